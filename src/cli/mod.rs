@@ -1,0 +1,31 @@
+//! Subcommands of `mpcl`, one file each.
+
+use clap::{Parser, Subcommand};
+
+/// Federated mixed-emotion recognition from physiological and behavioral signals.
+#[derive(Debug, Parser)]
+#[command(name = "mpcl", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {}
+    }
+}
+
+/// Logs go to stderr through `tracing`; `RUST_LOG` overrides the default level (`info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
