@@ -6,4 +6,24 @@
 //! Everything numeric is written against burn's run-time `Device`, so the same code trains on the
 //! CPU (`flex`) and, with the `wgpu` feature, on a GPU.
 
+pub mod config;
 pub mod data;
+pub mod device;
+#[cfg(feature = "wgpu")]
+mod gpu_probe;
+pub mod loss;
+pub mod metrics;
+pub mod model;
+pub mod network;
+pub mod parameters;
+pub mod tensors;
+pub mod train;
+
+/// The device type, re-exported so that other crates need not depend on burn.
+pub use burn::tensor::Device;
+pub use config::{ConfigError, ModelConfig};
+pub use device::{DeviceChoice, DeviceError, SelectedDevice};
+pub use metrics::DistributionMetrics;
+pub use model::{ModelError, MpclModel};
+pub use tensors::TensorDataset;
+pub use train::{TrainOptions, TrainReport, train};
