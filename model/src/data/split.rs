@@ -1,0 +1,328 @@
+//! Train/test splits, in one place so that every experiment splits the same way. Consecutive
+//! windows of a trial overlap and share a label, so a split at window level leaks: every split
+//! here keeps all samples of a (subject, trial) on one side.
+//!
+//! - [`subject_dependent`]: each subject's *trials* are divided between train and test; every
+//!   subject with at least two trials has at least one on each side (a subject with a single
+//!   trial goes wholly to training).
+//! - [`leave_one_subject_out`] and [`k_fold_subjects`]: whole subjects are held out.
+//!
+//! All randomness comes from a ChaCha8 generator seeded with the caller's seed: the same seed on
+//! the same dataset gives the same split everywhere.
+
+use std::collections::BTreeMap;
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::Dataset;
+
+/// Sample indices on each side of a split.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    /// Indices into `dataset.samples` used for training.
+    pub train: Vec<usize>,
+    /// Indices into `dataset.samples` used for testing.
+    pub test: Vec<usize>,
+}
+
+/// One fold of a subject-independent protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fold {
+    /// The subjects whose samples are all in `test`.
+    pub held_out: Vec<String>,
+    /// Indices of the samples of every other subject.
+    pub train: Vec<usize>,
+    /// Indices of the samples of the held-out subjects.
+    pub test: Vec<usize>,
+}
+
+/// Why a split cannot be made.
+#[derive(Debug, Error, PartialEq)]
+pub enum SplitError {
+    /// The test fraction is not strictly between 0 and 1.
+    #[error("test fraction {0} must be strictly between 0 and 1")]
+    BadFraction(f64),
+    /// No subject has two trials, so no trial can be held out without emptying a subject.
+    #[error(
+        "dataset `{0}`: no subject has at least 2 trials, so a subject-dependent split is impossible"
+    )]
+    TooFewTrials(String),
+    /// Fewer subjects than the protocol needs.
+    #[error("dataset `{dataset}` has {subjects} subject(s); {protocol} needs at least {needed}")]
+    TooFewSubjects {
+        /// Dataset name.
+        dataset: String,
+        /// Subjects in the dataset.
+        subjects: usize,
+        /// Subjects needed.
+        needed: usize,
+        /// The protocol asked for.
+        protocol: String,
+    },
+    /// k outside 2..=subjects.
+    #[error("k = {k} folds is not possible with {subjects} subjects (need 2 <= k <= subjects)")]
+    BadK {
+        /// Folds asked for.
+        k: usize,
+        /// Subjects in the dataset.
+        subjects: usize,
+    },
+}
+
+/// Sample indices grouped by subject (in order of first appearance) and trial.
+fn by_subject_and_trial(dataset: &Dataset) -> Vec<(String, BTreeMap<u32, Vec<usize>>)> {
+    let mut groups: Vec<(String, BTreeMap<u32, Vec<usize>>)> = Vec::new();
+    let mut position: BTreeMap<&str, usize> = BTreeMap::new();
+    for (index, sample) in dataset.samples.iter().enumerate() {
+        let slot = *position.entry(sample.subject.as_str()).or_insert_with(|| {
+            groups.push((sample.subject.clone(), BTreeMap::new()));
+            groups.len() - 1
+        });
+        groups[slot].1.entry(sample.trial).or_default().push(index);
+    }
+    groups
+}
+
+/// Splits each subject's trials into train and test, about `test_fraction` of the trials (at least
+/// one, at most all but one) going to test.
+pub fn subject_dependent(
+    dataset: &Dataset,
+    test_fraction: f64,
+    seed: u64,
+) -> Result<Split, SplitError> {
+    if !(test_fraction > 0.0 && test_fraction < 1.0) {
+        return Err(SplitError::BadFraction(test_fraction));
+    }
+    let groups = by_subject_and_trial(dataset);
+    if !groups.iter().any(|(_, trials)| trials.len() >= 2) {
+        return Err(SplitError::TooFewTrials(dataset.name.clone()));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut split = Split {
+        train: Vec::new(),
+        test: Vec::new(),
+    };
+    for (_, trials) in groups {
+        let mut ids: Vec<u32> = trials.keys().copied().collect();
+        ids.shuffle(&mut rng);
+        let n = ids.len();
+        let n_test = if n < 2 {
+            0
+        } else {
+            ((n as f64 * test_fraction).round() as usize).clamp(1, n - 1)
+        };
+        for (i, trial) in ids.iter().enumerate() {
+            let side = if i < n_test {
+                &mut split.test
+            } else {
+                &mut split.train
+            };
+            side.extend(&trials[trial]);
+        }
+    }
+    split.train.sort_unstable();
+    split.test.sort_unstable();
+    Ok(split)
+}
+
+fn fold(dataset: &Dataset, held_out: Vec<String>) -> Fold {
+    let (test, train) =
+        (0..dataset.samples.len()).partition(|&i| held_out.contains(&dataset.samples[i].subject));
+    Fold {
+        held_out,
+        train,
+        test,
+    }
+}
+
+/// One fold per subject, that subject held out.
+pub fn leave_one_subject_out(dataset: &Dataset) -> Result<Vec<Fold>, SplitError> {
+    let subjects = dataset.subjects();
+    if subjects.len() < 2 {
+        return Err(SplitError::TooFewSubjects {
+            dataset: dataset.name.clone(),
+            subjects: subjects.len(),
+            needed: 2,
+            protocol: "leave-one-subject-out".into(),
+        });
+    }
+    Ok(subjects
+        .into_iter()
+        .map(|s| fold(dataset, vec![s]))
+        .collect())
+}
+
+/// `k` folds of whole subjects: the subjects are shuffled with `seed` and dealt round-robin, so
+/// fold sizes differ by at most one subject.
+pub fn k_fold_subjects(dataset: &Dataset, k: usize, seed: u64) -> Result<Vec<Fold>, SplitError> {
+    let mut subjects = dataset.subjects();
+    if subjects.len() < 2 {
+        return Err(SplitError::TooFewSubjects {
+            dataset: dataset.name.clone(),
+            subjects: subjects.len(),
+            needed: 2,
+            protocol: format!("{k}-fold subject cross-validation"),
+        });
+    }
+    if k < 2 || k > subjects.len() {
+        return Err(SplitError::BadK {
+            k,
+            subjects: subjects.len(),
+        });
+    }
+    subjects.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let mut groups: Vec<Vec<String>> = vec![Vec::new(); k];
+    for (i, subject) in subjects.into_iter().enumerate() {
+        groups[i % k].push(subject);
+    }
+    Ok(groups.into_iter().map(|g| fold(dataset, g)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::data::{Modality, ModalityGroup, Sample, Schema};
+
+    /// `trials[s]` trials for subject s, each with `windows` windows.
+    fn dataset(trials: &[u32], windows: u32) -> Dataset {
+        let mut samples = Vec::new();
+        for (s, &n) in trials.iter().enumerate() {
+            for trial in 0..n {
+                for time in 0..windows {
+                    samples.push(Sample {
+                        features: vec![vec![0.0]],
+                        label: vec![0.5, 0.5],
+                        subject: format!("s{s}"),
+                        trial: trial * 3 + 1,
+                        time,
+                    });
+                }
+            }
+        }
+        Dataset {
+            name: "t".into(),
+            schema: Schema {
+                emotions: vec!["a".into(), "b".into()],
+                modalities: vec![Modality::new("x", ModalityGroup::Physiological, 1, 1)],
+            },
+            samples,
+        }
+    }
+
+    fn keys(d: &Dataset, idx: &[usize]) -> HashSet<(String, u32)> {
+        idx.iter()
+            .map(|&i| (d.samples[i].subject.clone(), d.samples[i].trial))
+            .collect()
+    }
+
+    fn subjects(d: &Dataset, idx: &[usize]) -> HashSet<String> {
+        idx.iter().map(|&i| d.samples[i].subject.clone()).collect()
+    }
+
+    #[test]
+    fn subject_dependent_keeps_trials_whole_and_every_subject_on_both_sides() {
+        let d = dataset(&[2, 5, 8, 1, 32], 4);
+        for seed in 0..20 {
+            let split = subject_dependent(&d, 0.25, seed).expect("split");
+            let (train, test) = (keys(&d, &split.train), keys(&d, &split.test));
+            assert!(train.is_disjoint(&test), "a trial is on both sides");
+            assert_eq!(split.train.len() + split.test.len(), d.samples.len());
+            let mut all: Vec<usize> = split.train.iter().chain(&split.test).copied().collect();
+            all.sort_unstable();
+            all.dedup();
+            assert_eq!(all.len(), d.samples.len());
+            for s in ["s0", "s1", "s2", "s4"] {
+                assert!(
+                    train.iter().any(|(x, _)| x == s) && test.iter().any(|(x, _)| x == s),
+                    "{s}"
+                );
+            }
+            // The single-trial subject trains only.
+            assert!(!test.iter().any(|(x, _)| x == "s3"));
+            // 25 % of 32 trials.
+            assert_eq!(test.iter().filter(|(x, _)| x == "s4").count(), 8);
+        }
+        assert_eq!(
+            subject_dependent(&d, 0.25, 7),
+            subject_dependent(&d, 0.25, 7)
+        );
+        assert_ne!(
+            subject_dependent(&d, 0.25, 7),
+            subject_dependent(&d, 0.25, 8)
+        );
+    }
+
+    #[test]
+    fn subject_dependent_errors() {
+        let d = dataset(&[2, 3], 1);
+        assert_eq!(
+            subject_dependent(&d, 0.0, 1),
+            Err(SplitError::BadFraction(0.0))
+        );
+        assert_eq!(
+            subject_dependent(&d, 1.0, 1),
+            Err(SplitError::BadFraction(1.0))
+        );
+        assert!(matches!(
+            subject_dependent(&dataset(&[1, 1, 1], 5), 0.5, 1),
+            Err(SplitError::TooFewTrials(_))
+        ));
+    }
+
+    #[test]
+    fn leave_one_subject_out_holds_each_subject_out_once() {
+        let d = dataset(&[2, 3, 4], 2);
+        let folds = leave_one_subject_out(&d).expect("folds");
+        assert_eq!(folds.len(), 3);
+        for fold in &folds {
+            let held: HashSet<String> = fold.held_out.iter().cloned().collect();
+            assert_eq!(subjects(&d, &fold.test), held);
+            assert!(subjects(&d, &fold.train).is_disjoint(&held));
+            assert_eq!(fold.train.len() + fold.test.len(), d.samples.len());
+        }
+        assert!(matches!(
+            leave_one_subject_out(&dataset(&[3], 2)),
+            Err(SplitError::TooFewSubjects { subjects: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn k_folds_partition_the_subjects() {
+        let d = dataset(&[2, 3, 4, 2, 2, 6, 1], 3);
+        let folds = k_fold_subjects(&d, 3, 11).expect("folds");
+        assert_eq!(folds.len(), 3);
+        let mut seen: Vec<String> = Vec::new();
+        for fold in &folds {
+            assert!(fold.held_out.len() == 2 || fold.held_out.len() == 3);
+            let held: HashSet<String> = fold.held_out.iter().cloned().collect();
+            assert_eq!(subjects(&d, &fold.test), held);
+            assert!(subjects(&d, &fold.train).is_disjoint(&held));
+            assert!(keys(&d, &fold.train).is_disjoint(&keys(&d, &fold.test)));
+            seen.extend(fold.held_out.iter().cloned());
+        }
+        seen.sort();
+        let mut all = d.subjects();
+        all.sort();
+        assert_eq!(seen, all);
+        assert_eq!(k_fold_subjects(&d, 3, 11), k_fold_subjects(&d, 3, 11));
+        assert_eq!(
+            k_fold_subjects(&d, 8, 1),
+            Err(SplitError::BadK { k: 8, subjects: 7 })
+        );
+        assert_eq!(
+            k_fold_subjects(&d, 1, 1),
+            Err(SplitError::BadK { k: 1, subjects: 7 })
+        );
+        let text = k_fold_subjects(&d, 8, 1).unwrap_err().to_string();
+        assert!(
+            text.contains("k = 8") && text.contains("7 subjects"),
+            "{text}"
+        );
+    }
+}
