@@ -308,6 +308,20 @@ pub struct Coordinator {
     restarts: u32,
 }
 
+impl fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("run", &self.config.name)
+            .field("run_id", &hex(&self.run_id))
+            .field("completed_rounds", &self.completed_rounds)
+            .field("rounds", &self.config.rounds)
+            .field("connected", &self.connected.len())
+            .field("round_status", &self.round_status())
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
 impl Coordinator {
     /// A coordinator for a new run starting from `initial`. Validates the config and that the
     /// initial state is well formed (finite parameters, consistent banks and statistics).

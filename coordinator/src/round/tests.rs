@@ -767,3 +767,12 @@ fn participant_ids_are_hex_in_json_and_bytes_in_bincode() {
         bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
     assert_eq!(back, participant);
 }
+
+#[test]
+fn the_coordinator_can_move_into_a_server_task() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Coordinator>();
+    assert_send_sync::<Action>();
+    let coordinator = Coordinator::new(config(1, 2, 2, 2), RUN, global()).unwrap();
+    assert!(format!("{coordinator:?}").contains("completed_rounds: 0"));
+}
