@@ -1,1 +1,29 @@
-//! placeholder
+//! The mpcl coordinator: the federated round logic as a pure state machine, the aggregation
+//! rules, run configuration, checkpoints and the per-round log.
+//!
+//! Nothing here opens a socket or reads a clock: [`round::Coordinator`] is fed events with the
+//! time and returns actions, so the in-process simulation and the network server (built on top
+//! later) run the very same code.
+
+pub mod aggregation;
+pub mod checkpoint;
+pub mod config;
+pub mod round;
+pub mod round_log;
+pub mod validate;
+
+#[cfg(test)]
+mod test_support;
+
+pub use aggregation::{Aggregate, AggregationError, FedAdamState, RoundAggregator};
+pub use checkpoint::{
+    Checkpoint, CheckpointError, CheckpointFormatError, LoadedCheckpoint, read_checkpoint,
+    read_latest_checkpoint, write_checkpoint,
+};
+pub use config::{AggregationConfig, AggregationRule, ConfigError, CoordinatorConfig};
+pub use round::{
+    Action, ContributorSummary, Coordinator, CoordinatorError, Event, Millis, ParticipantId,
+    RoundStatus, RoundSummary, WaitReason,
+};
+pub use round_log::{RoundLog, RoundLogError, RoundRecord, RoundTraffic};
+pub use validate::{RejectReason, validate_update};

@@ -1,0 +1,881 @@
+//! The round state machine: the whole federated protocol as a pure function from events to
+//! actions, with no sockets, threads or clock reads.
+//!
+//! A driver (the QUIC server, or the in-process simulation) feeds [`Event`]s with the current
+//! time in abstract milliseconds to [`Coordinator::handle`] and carries out the returned
+//! [`Action`]s in order (send this, persist that, arm a timer). Because nothing here reads a
+//! clock or a random source of its own, the same script of events always gives the same actions,
+//! which is what makes the simulations reproducible and the tests exact.
+//!
+//! # A round
+//!
+//! 1. When at least [`CoordinatorConfig::start_threshold`] participants are connected, round
+//!    `r` starts: a cohort of [`CoordinatorConfig::cohort_size`] participants is sampled from the
+//!    connected ones (sorted by id) with a ChaCha20 generator seeded from `(seed, r)`, each gets
+//!    [`Action::SendRound`], and a deadline is armed with [`Action::SetDeadline`].
+//! 2. Updates are checked (run, round, sampled, first answer, then content via
+//!    [`validate_update`]) and either accepted into the round's streaming aggregator or rejected
+//!    with a typed reason. A sampled participant whose update is rejected for its content has
+//!    answered: it cannot resend in the same round.
+//! 3. The round is aggregated as soon as every sampled participant has answered and at least
+//!    `min_clients_to_aggregate` updates were accepted, or when the deadline passes with at least
+//!    that many accepted.
+//! 4. When the deadline passes with too few accepted updates (or everyone answered but too many
+//!    were rejected), the round is **extended**, never aggregated short: the accepted updates are
+//!    kept, replacements are sampled from connected participants not yet in the cohort (as many
+//!    as the target cohort size minus the accepted updates: participants that have not answered
+//!    are presumed lost, though their update is still welcome), and a new deadline is armed
+//!    ([`Action::RoundExtended`], [`Action::SetDeadline`]). This repeats until enough updates
+//!    arrive.
+//! 5. After aggregating: [`Action::Aggregated`] with the round's summary, [`Action::Persist`]
+//!    with the checkpoint to write, then the next round starts (if enough participants are
+//!    connected) or, after the last round, [`Action::Finished`].
+//!
+//! A participant that disconnects mid-round simply stops counting as pending (its already
+//! accepted update still counts); if it reconnects and asks for work while the round it was
+//! sampled for is still open and it has not answered, it gets the round's state again.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use mpcl_protocol::messages::{ClientUpdate, GlobalState, RunId, TrainingConfig};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::aggregation::{FedAdamState, RoundAggregator};
+use crate::checkpoint::Checkpoint;
+use crate::config::{ConfigError, CoordinatorConfig};
+use crate::validate::{RejectReason, hex, validate_update};
+
+/// Abstract time in milliseconds, supplied by the driver (monotonic; the origin is arbitrary).
+pub type Millis = u64;
+
+/// A participant's identity: its 32-byte ed25519 public key (the transport authenticates it).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ParticipantId(pub [u8; 32]);
+
+impl ParticipantId {
+    /// A synthetic id for simulations and tests: `index` big-endian in the last eight bytes, so
+    /// ids sort by index.
+    pub fn from_index(index: u64) -> Self {
+        let mut bytes = [0u8; 32];
+        bytes[24..].copy_from_slice(&index.to_be_bytes());
+        Self(bytes)
+    }
+
+    /// The key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for ParticipantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
+impl fmt::Debug for ParticipantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ParticipantId({})", hex(&self.0))
+    }
+}
+
+/// Hex text in human-readable formats (JSON logs), raw bytes otherwise (checkpoints).
+impl Serialize for ParticipantId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&hex(&self.0))
+        } else {
+            self.0.serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ParticipantId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = String::deserialize(deserializer)?;
+            let bytes = text.as_bytes();
+            if bytes.len() != 64 || !text.is_ascii() {
+                return Err(serde::de::Error::custom(format!(
+                    "participant id must be 64 hex digits, got `{text}`"
+                )));
+            }
+            let mut id = [0u8; 32];
+            for (i, chunk) in bytes.chunks(2).enumerate() {
+                let pair = std::str::from_utf8(chunk).map_err(serde::de::Error::custom)?;
+                id[i] = u8::from_str_radix(pair, 16).map_err(|_| {
+                    serde::de::Error::custom(format!("participant id `{text}` is not hex"))
+                })?;
+            }
+            Ok(Self(id))
+        } else {
+            Ok(Self(<[u8; 32]>::deserialize(deserializer)?))
+        }
+    }
+}
+
+/// Something that happened, as the driver saw it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// An authenticated participant connected.
+    ClientConnected { participant: ParticipantId },
+    /// A participant's connection closed.
+    ClientDisconnected { participant: ParticipantId },
+    /// A participant asks what to do.
+    WorkRequested { participant: ParticipantId },
+    /// A participant sent an update (signature already verified by the transport).
+    UpdateReceived {
+        participant: ParticipantId,
+        update: Box<ClientUpdate>,
+    },
+    /// The timer armed by [`Action::SetDeadline`] for `round` fired. Ignored unless it is the
+    /// open round and `now` has reached its current deadline (a timer left over from before an
+    /// extension is harmless).
+    DeadlinePassed { round: u64 },
+    /// Time moved on; checks the open round's deadline against `now`.
+    Tick,
+}
+
+/// Why a participant is told to wait.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WaitReason {
+    /// No round is open: too few participants are connected.
+    WaitingForParticipants { connected: usize, needed: usize },
+    /// A round is open but this participant is not in its cohort.
+    NotSampled,
+    /// The participant already answered the open round.
+    AlreadySubmitted,
+    /// All rounds are done; the participant may disconnect.
+    RunFinished,
+}
+
+/// Something the driver must do, in the order returned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Send the round's global state and training settings to a participant.
+    SendRound {
+        participant: ParticipantId,
+        round: u64,
+        state: Arc<GlobalState>,
+        config: TrainingConfig,
+    },
+    /// Tell a participant there is no work for it now.
+    SendWait {
+        participant: ParticipantId,
+        /// The open round, or the next one when none is open.
+        round: u64,
+        reason: WaitReason,
+    },
+    /// The participant's update for `round` was accepted.
+    Accept {
+        participant: ParticipantId,
+        round: u64,
+    },
+    /// The participant's update was rejected (`round` is the round the update claimed).
+    Reject {
+        participant: ParticipantId,
+        round: u64,
+        reason: RejectReason,
+    },
+    /// Arm (or re-arm, replacing any earlier one) the timer for `round`; when it fires, send
+    /// [`Event::DeadlinePassed`].
+    SetDeadline { round: u64, at_ms: Millis },
+    /// The deadline passed with too few accepted updates; the round goes on with `added`
+    /// participants sampled as replacements.
+    RoundExtended {
+        round: u64,
+        accepted: usize,
+        required: usize,
+        added: Vec<ParticipantId>,
+    },
+    /// A round was aggregated; the new global state is [`Coordinator::global_state`].
+    Aggregated {
+        round: u64,
+        summary: Box<RoundSummary>,
+    },
+    /// Aggregation failed on internally inconsistent data (not bad client input, which is
+    /// rejected earlier); the round's updates are discarded and the round starts again.
+    RoundFailed { round: u64, error: String },
+    /// Write this checkpoint durably (see [`crate::checkpoint::write_checkpoint`]) before
+    /// carrying out the actions after it.
+    Persist { checkpoint: Box<Checkpoint> },
+    /// The last round has been aggregated.
+    Finished { rounds: u64 },
+}
+
+/// One contributor to a round, as the round log reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContributorSummary {
+    pub participant: ParticipantId,
+    pub sample_count: u64,
+    /// L2 norm of the participant's encoder delta.
+    pub update_norm: f64,
+    /// Local training loss the participant reported.
+    pub train_loss: f64,
+    /// Local training KL the participant reported.
+    pub train_kl: f64,
+    /// Local training seconds the participant reported.
+    pub train_seconds: f64,
+}
+
+/// What happened in one round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundSummary {
+    pub round: u64,
+    /// Participants sampled, replacements included.
+    pub sampled: usize,
+    /// The accepted updates, in arrival order.
+    pub contributors: Vec<ContributorSummary>,
+    /// Updates rejected while the round was open (any reason).
+    pub rejected: usize,
+    /// Sum of the contributors' sample counts.
+    pub total_samples: u64,
+    /// Sample-weighted mean of the contributors' reported train loss (non-finite reports
+    /// ignored); `None` when no finite loss was reported.
+    pub mean_train_loss: Option<f64>,
+    /// L2 norm of the combined client delta.
+    pub combined_delta_norm: f64,
+    /// L2 norm of the change applied to the global encoder.
+    pub applied_norm: f64,
+    /// Driver time when the round started and when it was aggregated.
+    pub started_at_ms: Millis,
+    pub completed_at_ms: Millis,
+    /// How many times the deadline was extended.
+    pub deadline_extensions: u32,
+}
+
+/// Errors from building or resuming a coordinator.
+#[derive(Debug, Error)]
+pub enum CoordinatorError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The initial or checkpointed global state is malformed.
+    #[error("invalid global state: {0}")]
+    InvalidState(String),
+    /// The checkpoint is inconsistent with itself.
+    #[error("inconsistent checkpoint: {0}")]
+    InvalidCheckpoint(String),
+}
+
+/// The state of the open round.
+struct OpenRound {
+    round: u64,
+    sampled: BTreeSet<ParticipantId>,
+    responded: BTreeSet<ParticipantId>,
+    contributors: Vec<ContributorSummary>,
+    aggregator: RoundAggregator,
+    started_at: Millis,
+    deadline_at: Millis,
+    extensions: u32,
+    rejected: usize,
+}
+
+enum Phase {
+    /// Waiting for enough participants to start round `completed_rounds + 1`.
+    Waiting,
+    Collecting(Box<OpenRound>),
+    Finished,
+}
+
+/// Snapshot of the open round, for status displays.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundStatus {
+    pub round: u64,
+    pub sampled: Vec<ParticipantId>,
+    pub accepted: usize,
+    pub responded: usize,
+    pub deadline_at_ms: Millis,
+}
+
+/// The coordinator's protocol logic (see the module documentation).
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    config_toml: String,
+    run_id: RunId,
+    global: Arc<GlobalState>,
+    completed_rounds: u64,
+    fedadam: Option<FedAdamState>,
+    history: Vec<RoundSummary>,
+    connected: BTreeSet<ParticipantId>,
+    phase: Phase,
+    restarts: u32,
+}
+
+impl fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("run", &self.config.name)
+            .field("run_id", &hex(&self.run_id))
+            .field("completed_rounds", &self.completed_rounds)
+            .field("rounds", &self.config.rounds)
+            .field("connected", &self.connected.len())
+            .field("round_status", &self.round_status())
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+impl Coordinator {
+    /// A coordinator for a new run starting from `initial`. Validates the config and that the
+    /// initial state is well formed (finite parameters, consistent banks and statistics).
+    pub fn new(
+        config: CoordinatorConfig,
+        run_id: RunId,
+        initial: GlobalState,
+    ) -> Result<Self, CoordinatorError> {
+        config.validate()?;
+        check_global_state(&initial)?;
+        let config_toml = config.to_toml_string()?;
+        Ok(Self {
+            config,
+            config_toml,
+            run_id,
+            global: Arc::new(initial),
+            completed_rounds: 0,
+            fedadam: None,
+            history: Vec::new(),
+            connected: BTreeSet::new(),
+            phase: Phase::Waiting,
+            restarts: 0,
+        })
+    }
+
+    /// A coordinator continuing from a checkpoint, with no participant connected yet (they
+    /// reconnect). Sampling is derived from `(seed, round)`, so given the same events the
+    /// resumed run proceeds exactly as an uninterrupted one would from that round boundary.
+    pub fn resume(checkpoint: Checkpoint) -> Result<Self, CoordinatorError> {
+        let config = checkpoint.config()?;
+        check_global_state(&checkpoint.global)?;
+        let parameters = checkpoint.global.parameters.value_count();
+        if let Some(state) = &checkpoint.fedadam
+            && (state.m.len() != parameters || state.v.len() != parameters)
+        {
+            return Err(CoordinatorError::InvalidCheckpoint(format!(
+                "FedAdam state holds {} / {} values, the model has {parameters}",
+                state.m.len(),
+                state.v.len()
+            )));
+        }
+        if checkpoint.completed_rounds > config.rounds {
+            return Err(CoordinatorError::InvalidCheckpoint(format!(
+                "{} rounds completed but the run has only {}",
+                checkpoint.completed_rounds, config.rounds
+            )));
+        }
+        let phase = if checkpoint.completed_rounds >= config.rounds {
+            Phase::Finished
+        } else {
+            Phase::Waiting
+        };
+        Ok(Self {
+            config,
+            config_toml: checkpoint.config_toml,
+            run_id: checkpoint.run_id,
+            global: Arc::new(checkpoint.global),
+            completed_rounds: checkpoint.completed_rounds,
+            fedadam: checkpoint.fedadam,
+            history: checkpoint.history,
+            connected: BTreeSet::new(),
+            phase,
+            restarts: 0,
+        })
+    }
+
+    /// The state to persist: everything up to the last completed round.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            config_toml: self.config_toml.clone(),
+            run_id: self.run_id,
+            completed_rounds: self.completed_rounds,
+            global: (*self.global).clone(),
+            fedadam: self.fedadam.clone(),
+            history: self.history.clone(),
+        }
+    }
+
+    /// The run configuration.
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    /// The run id.
+    pub fn run_id(&self) -> RunId {
+        self.run_id
+    }
+
+    /// The global state after the last completed round.
+    pub fn global_state(&self) -> &Arc<GlobalState> {
+        &self.global
+    }
+
+    /// Rounds aggregated so far.
+    pub fn completed_rounds(&self) -> u64 {
+        self.completed_rounds
+    }
+
+    /// Summaries of the completed rounds.
+    pub fn history(&self) -> &[RoundSummary] {
+        &self.history
+    }
+
+    /// The FedAdam moments, once FedAdam has stepped.
+    pub fn fedadam_state(&self) -> Option<&FedAdamState> {
+        self.fedadam.as_ref()
+    }
+
+    /// Participants currently connected.
+    pub fn connected(&self) -> impl Iterator<Item = &ParticipantId> {
+        self.connected.iter()
+    }
+
+    /// Whether every round has been aggregated.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finished)
+    }
+
+    /// The open round, if one is collecting updates.
+    pub fn round_status(&self) -> Option<RoundStatus> {
+        match &self.phase {
+            Phase::Collecting(open) => Some(RoundStatus {
+                round: open.round,
+                sampled: open.sampled.iter().copied().collect(),
+                accepted: open.aggregator.accepted(),
+                responded: open.responded.len(),
+                deadline_at_ms: open.deadline_at,
+            }),
+            _ => None,
+        }
+    }
+
+    /// When the open round's deadline falls, if one is open (what a driver's timer waits for).
+    pub fn next_deadline(&self) -> Option<Millis> {
+        match &self.phase {
+            Phase::Collecting(open) => Some(open.deadline_at),
+            _ => None,
+        }
+    }
+
+    /// The round that is open or will open next.
+    pub fn current_round(&self) -> u64 {
+        match &self.phase {
+            Phase::Collecting(open) => open.round,
+            _ => self.completed_rounds + 1,
+        }
+    }
+
+    /// Feeds one event at driver time `now`; returns what to do, in order.
+    pub fn handle(&mut self, now: Millis, event: Event) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match event {
+            Event::ClientConnected { participant } => {
+                self.connected.insert(participant);
+                self.maybe_start_round(now, &mut actions);
+            }
+            Event::ClientDisconnected { participant } => {
+                self.connected.remove(&participant);
+            }
+            Event::WorkRequested { participant } => {
+                self.connected.insert(participant);
+                self.maybe_start_round(now, &mut actions);
+                self.answer_work_request(participant, &mut actions);
+            }
+            Event::UpdateReceived {
+                participant,
+                update,
+            } => {
+                self.connected.insert(participant);
+                self.on_update(now, participant, &update, &mut actions);
+            }
+            Event::DeadlinePassed { round } => {
+                if matches!(&self.phase, Phase::Collecting(open) if open.round == round) {
+                    self.check_deadline(now, &mut actions);
+                }
+            }
+            Event::Tick => self.check_deadline(now, &mut actions),
+        }
+        actions
+    }
+
+    fn answer_work_request(&mut self, participant: ParticipantId, actions: &mut Vec<Action>) {
+        let round = self.current_round();
+        let reason = match &self.phase {
+            Phase::Finished => WaitReason::RunFinished,
+            Phase::Waiting => WaitReason::WaitingForParticipants {
+                connected: self.connected.len(),
+                needed: self.config.start_threshold(),
+            },
+            Phase::Collecting(open) => {
+                if !open.sampled.contains(&participant) {
+                    WaitReason::NotSampled
+                } else if open.responded.contains(&participant) {
+                    WaitReason::AlreadySubmitted
+                } else {
+                    // Sampled and still owing an update: (re)send the round, unless the round
+                    // started in this very call and already sent it.
+                    let already_sent = actions.iter().any(|a| {
+                        matches!(a, Action::SendRound { participant: p, .. } if *p == participant)
+                    });
+                    if !already_sent {
+                        actions.push(self.send_round(participant, round));
+                    }
+                    return;
+                }
+            }
+        };
+        actions.push(Action::SendWait {
+            participant,
+            round,
+            reason,
+        });
+    }
+
+    fn send_round(&self, participant: ParticipantId, round: u64) -> Action {
+        let t = &self.config.training;
+        Action::SendRound {
+            participant,
+            round,
+            state: Arc::clone(&self.global),
+            config: TrainingConfig {
+                local_epochs: t.local_epochs,
+                batch_size: t.batch_size,
+                learning_rate: t.learning_rate,
+                proximal_mu: t.proximal_mu,
+                seed: training_seed(self.config.seed, round, &participant),
+            },
+        }
+    }
+
+    fn maybe_start_round(&mut self, now: Millis, actions: &mut Vec<Action>) {
+        if !matches!(self.phase, Phase::Waiting)
+            || self.connected.len() < self.config.start_threshold()
+        {
+            return;
+        }
+        let round = self.completed_rounds + 1;
+        let cohort = self.config.cohort_size(self.connected.len());
+        let candidates: Vec<ParticipantId> = self.connected.iter().copied().collect();
+        let mut rng = sampling_rng(self.config.seed, round, self.restarts, 0);
+        let sampled: BTreeSet<ParticipantId> =
+            sample(&mut rng, &candidates, cohort).into_iter().collect();
+        let deadline_at = now.saturating_add(self.config.round_deadline_ms());
+        for participant in &sampled {
+            actions.push(self.send_round(*participant, round));
+        }
+        actions.push(Action::SetDeadline {
+            round,
+            at_ms: deadline_at,
+        });
+        self.phase = Phase::Collecting(Box::new(OpenRound {
+            round,
+            sampled,
+            responded: BTreeSet::new(),
+            contributors: Vec::new(),
+            aggregator: RoundAggregator::new(&self.global, &self.config.aggregation.rule),
+            started_at: now,
+            deadline_at,
+            extensions: 0,
+            rejected: 0,
+        }));
+    }
+
+    fn on_update(
+        &mut self,
+        now: Millis,
+        participant: ParticipantId,
+        update: &ClientUpdate,
+        actions: &mut Vec<Action>,
+    ) {
+        let claimed = update.round;
+        let reject = |reason: RejectReason| Action::Reject {
+            participant,
+            round: claimed,
+            reason,
+        };
+        if update.run_id != self.run_id {
+            self.count_rejection();
+            actions.push(reject(RejectReason::WrongRun {
+                expected: self.run_id,
+                found: update.run_id,
+            }));
+            return;
+        }
+        let current = self.current_round();
+        let open = match &mut self.phase {
+            Phase::Finished => {
+                actions.push(reject(RejectReason::RunFinished));
+                return;
+            }
+            Phase::Waiting => {
+                actions.push(reject(round_mismatch(claimed, current)));
+                return;
+            }
+            Phase::Collecting(open) => open,
+        };
+        if claimed != open.round {
+            open.rejected += 1;
+            actions.push(reject(round_mismatch(claimed, open.round)));
+            return;
+        }
+        if !open.sampled.contains(&participant) {
+            open.rejected += 1;
+            actions.push(reject(RejectReason::NotSampled { round: claimed }));
+            return;
+        }
+        if open.responded.contains(&participant) {
+            open.rejected += 1;
+            actions.push(reject(RejectReason::Duplicate { round: claimed }));
+            return;
+        }
+        open.responded.insert(participant);
+        let outcome = validate_update(&self.global, update, &self.config.limits).and_then(|()| {
+            open.aggregator
+                .add(update)
+                .map_err(|e| RejectReason::LayoutMismatch(e.to_string()))
+        });
+        match outcome {
+            Err(reason) => {
+                open.rejected += 1;
+                actions.push(reject(reason));
+            }
+            Ok(()) => {
+                open.contributors.push(ContributorSummary {
+                    participant,
+                    sample_count: update.sample_count,
+                    update_norm: update.delta.l2_norm(),
+                    train_loss: update.metrics.train_loss,
+                    train_kl: update.metrics.train_kl,
+                    train_seconds: update.metrics.seconds,
+                });
+                actions.push(Action::Accept {
+                    participant,
+                    round: claimed,
+                });
+            }
+        }
+        if open.responded.len() == open.sampled.len() {
+            if open.aggregator.accepted() >= self.config.min_clients_to_aggregate {
+                self.finish_round(now, actions);
+            } else {
+                self.extend_round(now, actions);
+            }
+        }
+    }
+
+    fn count_rejection(&mut self) {
+        if let Phase::Collecting(open) = &mut self.phase {
+            open.rejected += 1;
+        }
+    }
+
+    fn check_deadline(&mut self, now: Millis, actions: &mut Vec<Action>) {
+        let Phase::Collecting(open) = &self.phase else {
+            return;
+        };
+        if now < open.deadline_at {
+            return;
+        }
+        if open.aggregator.accepted() >= self.config.min_clients_to_aggregate {
+            self.finish_round(now, actions);
+        } else {
+            self.extend_round(now, actions);
+        }
+    }
+
+    fn extend_round(&mut self, now: Millis, actions: &mut Vec<Action>) {
+        let target = self.config.cohort_size(self.connected.len());
+        let required = self.config.min_clients_to_aggregate;
+        let deadline_ms = self.config.round_deadline_ms();
+        let seed = self.config.seed;
+        let restarts = self.restarts;
+        let Phase::Collecting(open) = &mut self.phase else {
+            return;
+        };
+        open.extensions += 1;
+        let accepted = open.aggregator.accepted();
+        // Participants that have not answered by now are presumed lost (they may still answer):
+        // replacements cover the whole gap between the accepted updates and the target cohort.
+        let wanted = target.saturating_sub(accepted);
+        let candidates: Vec<ParticipantId> = self
+            .connected
+            .iter()
+            .filter(|p| !open.sampled.contains(*p))
+            .copied()
+            .collect();
+        let mut rng = sampling_rng(seed, open.round, restarts, open.extensions);
+        let added = sample(&mut rng, &candidates, wanted);
+        open.sampled.extend(added.iter().copied());
+        open.deadline_at = now.saturating_add(deadline_ms);
+        let round = open.round;
+        let at_ms = open.deadline_at;
+        actions.push(Action::RoundExtended {
+            round,
+            accepted,
+            required,
+            added: added.clone(),
+        });
+        for participant in added {
+            actions.push(self.send_round(participant, round));
+        }
+        actions.push(Action::SetDeadline { round, at_ms });
+    }
+
+    fn finish_round(&mut self, now: Millis, actions: &mut Vec<Action>) {
+        let Phase::Collecting(open) = std::mem::replace(&mut self.phase, Phase::Waiting) else {
+            return;
+        };
+        let open = *open;
+        let round = open.round;
+        match open
+            .aggregator
+            .finish(&self.global, &self.config.aggregation, &mut self.fedadam)
+        {
+            Ok(aggregate) => {
+                self.global = Arc::new(aggregate.state);
+                self.completed_rounds = round;
+                self.restarts = 0;
+                let (weighted_loss, loss_weight) = open
+                    .contributors
+                    .iter()
+                    .filter(|c| c.train_loss.is_finite())
+                    .fold((0.0, 0.0), |(sum, weight), c| {
+                        let n = c.sample_count as f64;
+                        (sum + n * c.train_loss, weight + n)
+                    });
+                let summary = RoundSummary {
+                    round,
+                    sampled: open.sampled.len(),
+                    total_samples: open.contributors.iter().map(|c| c.sample_count).sum(),
+                    contributors: open.contributors,
+                    rejected: open.rejected,
+                    mean_train_loss: (loss_weight > 0.0).then(|| weighted_loss / loss_weight),
+                    combined_delta_norm: aggregate.combined_delta_norm,
+                    applied_norm: aggregate.applied_norm,
+                    started_at_ms: open.started_at,
+                    completed_at_ms: now,
+                    deadline_extensions: open.extensions,
+                };
+                self.history.push(summary.clone());
+                actions.push(Action::Aggregated {
+                    round,
+                    summary: Box::new(summary),
+                });
+                actions.push(Action::Persist {
+                    checkpoint: Box::new(self.checkpoint()),
+                });
+                if self.completed_rounds >= self.config.rounds {
+                    self.phase = Phase::Finished;
+                    actions.push(Action::Finished {
+                        rounds: self.completed_rounds,
+                    });
+                    return;
+                }
+            }
+            Err(error) => {
+                self.restarts = self.restarts.saturating_add(1);
+                actions.push(Action::RoundFailed {
+                    round,
+                    error: error.to_string(),
+                });
+            }
+        }
+        self.maybe_start_round(now, actions);
+    }
+}
+
+fn round_mismatch(claimed: u64, current: u64) -> RejectReason {
+    if claimed < current {
+        RejectReason::StaleRound {
+            round: claimed,
+            current,
+        }
+    } else if claimed > current {
+        RejectReason::FutureRound {
+            round: claimed,
+            current,
+        }
+    } else {
+        RejectReason::RoundNotOpen { round: claimed }
+    }
+}
+
+/// Samples `amount` of `candidates` (capped at their number), in candidate order.
+fn sample(
+    rng: &mut ChaCha20Rng,
+    candidates: &[ParticipantId],
+    amount: usize,
+) -> Vec<ParticipantId> {
+    let amount = amount.min(candidates.len());
+    let mut indices = rand::seq::index::sample(rng, candidates.len(), amount).into_vec();
+    indices.sort_unstable();
+    indices.into_iter().map(|i| candidates[i]).collect()
+}
+
+/// The generator for round `round`'s sampling: ChaCha20 keyed by
+/// `SHA-256("mpcl/sample" || seed || round || restart || extension)`.
+fn sampling_rng(seed: u64, round: u64, restart: u32, extension: u32) -> ChaCha20Rng {
+    let mut hasher = Sha256::new();
+    hasher.update(b"mpcl/sample");
+    hasher.update(seed.to_le_bytes());
+    hasher.update(round.to_le_bytes());
+    hasher.update(restart.to_le_bytes());
+    hasher.update(extension.to_le_bytes());
+    ChaCha20Rng::from_seed(hasher.finalize().into())
+}
+
+/// The training seed a participant gets for a round: the first eight bytes of
+/// `SHA-256("mpcl/train" || seed || round || participant)`.
+pub fn training_seed(seed: u64, round: u64, participant: &ParticipantId) -> u64 {
+    let mut hasher = Sha256::new();
+    hasher.update(b"mpcl/train");
+    hasher.update(seed.to_le_bytes());
+    hasher.update(round.to_le_bytes());
+    hasher.update(participant.0);
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
+}
+
+fn check_global_state(state: &GlobalState) -> Result<(), CoordinatorError> {
+    let invalid = |m: String| Err(CoordinatorError::InvalidState(m));
+    if let Err(e) = state.parameters.validate() {
+        return invalid(format!("parameters: {e}"));
+    }
+    let mut groups = BTreeSet::new();
+    for bank in &state.prototypes {
+        if !groups.insert(bank.group.as_str()) {
+            return invalid(format!("two prototype banks for group `{}`", bank.group));
+        }
+        let expected = bank.emotions * bank.prototypes * bank.width;
+        if bank.values.len() != expected {
+            return invalid(format!(
+                "prototype bank `{}` holds {} values, {}x{}x{} needs {expected}",
+                bank.group,
+                bank.values.len(),
+                bank.emotions,
+                bank.prototypes,
+                bank.width
+            ));
+        }
+        if !bank.values.all_finite() {
+            return invalid(format!(
+                "prototype bank `{}` holds a non-finite value",
+                bank.group
+            ));
+        }
+    }
+    if let Err(e) = state.cooccurrence.validate() {
+        return invalid(e.to_string());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

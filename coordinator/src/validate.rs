@@ -1,0 +1,284 @@
+//! Why an update is refused, and the content checks every update passes before it may touch the
+//! global model.
+//!
+//! The transport has already checked the signature; what remains is whether the update belongs
+//! here (run, round, sampled, first answer) — judged by the state machine — and whether its
+//! content fits the global state and is sane (layout, finite, bounded, valid statistics) — judged
+//! here. A refused update never reaches an accumulator, so one bad client cannot spoil a round.
+
+use std::collections::BTreeSet;
+
+use mpcl_protocol::messages::{ClientUpdate, GlobalState, RunId};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::config::UpdateLimits;
+
+/// Why an update was rejected. Each variant carries what a log reader needs to see why.
+#[derive(Clone, Debug, Error, PartialEq, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// The update names another run.
+    #[error("update is for run {}, this run is {}", hex(found), hex(expected))]
+    WrongRun { expected: RunId, found: RunId },
+    /// The update is for a round that has already been aggregated.
+    #[error("update is for round {round}, which is over (current round {current})")]
+    StaleRound { round: u64, current: u64 },
+    /// The update is for a round that has not started.
+    #[error("update is for round {round}, which has not started (current round {current})")]
+    FutureRound { round: u64, current: u64 },
+    /// No round is collecting updates (the coordinator waits for participants).
+    #[error("round {round} is not collecting updates yet")]
+    RoundNotOpen { round: u64 },
+    /// The run has completed all its rounds.
+    #[error("the run is finished")]
+    RunFinished,
+    /// The participant already answered this round.
+    #[error("duplicate update for round {round}")]
+    Duplicate { round: u64 },
+    /// The participant was not sampled for this round.
+    #[error("participant was not sampled for round {round}")]
+    NotSampled { round: u64 },
+    /// The encoder delta or a statistics block does not match the global layout.
+    #[error("layout mismatch: {0}")]
+    LayoutMismatch(String),
+    /// A value is NaN or infinite.
+    #[error("{0} holds a non-finite value")]
+    NonFinite(String),
+    /// A value exceeds a configured bound.
+    #[error("{what} is {value}, above the limit {limit}")]
+    Oversized {
+        what: String,
+        value: f64,
+        limit: f64,
+    },
+    /// The claimed sample count is zero (it is the aggregation weight).
+    #[error("update claims zero training samples")]
+    ZeroSamples,
+    /// Prototype or co-occurrence statistics are malformed.
+    #[error("invalid statistics: {0}")]
+    InvalidStatistics(String),
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks an update's content against the global state it was trained from and the limits.
+///
+/// Does not look at run id or round (the state machine does). On success the update can be
+/// accumulated without any further error.
+pub fn validate_update(
+    global: &GlobalState,
+    update: &ClientUpdate,
+    limits: &UpdateLimits,
+) -> Result<(), RejectReason> {
+    if update.sample_count == 0 {
+        return Err(RejectReason::ZeroSamples);
+    }
+    if update.sample_count > limits.max_sample_count {
+        return Err(RejectReason::Oversized {
+            what: "sample count".into(),
+            value: update.sample_count as f64,
+            limit: limits.max_sample_count as f64,
+        });
+    }
+
+    global
+        .parameters
+        .check_same_layout(&update.delta)
+        .map_err(|e| RejectReason::LayoutMismatch(format!("encoder delta: {e}")))?;
+    for tensor in &update.delta.tensors {
+        let expected: usize = tensor.shape.iter().product();
+        if expected != tensor.values.len() {
+            return Err(RejectReason::LayoutMismatch(format!(
+                "delta `{}` has {} values for shape {:?}",
+                tensor.name,
+                tensor.values.len(),
+                tensor.shape
+            )));
+        }
+        let mut largest = 0.0f64;
+        for value in &tensor.values.0 {
+            if !value.is_finite() {
+                return Err(RejectReason::NonFinite(format!(
+                    "encoder delta `{}`",
+                    tensor.name
+                )));
+            }
+            largest = largest.max(f64::from(value.abs()));
+        }
+        if largest > limits.max_abs_value {
+            return Err(RejectReason::Oversized {
+                what: format!("largest |value| of encoder delta `{}`", tensor.name),
+                value: largest,
+                limit: limits.max_abs_value,
+            });
+        }
+    }
+    if let Some(limit) = limits.max_update_norm {
+        let norm = update.delta.l2_norm();
+        if norm > limit {
+            return Err(RejectReason::Oversized {
+                what: "encoder delta L2 norm".into(),
+                value: norm,
+                limit,
+            });
+        }
+    }
+
+    let mut seen = BTreeSet::new();
+    for stats in &update.prototypes {
+        if !seen.insert(stats.group.as_str()) {
+            return Err(RejectReason::InvalidStatistics(format!(
+                "prototype statistics of group `{}` sent twice",
+                stats.group
+            )));
+        }
+        let Some(bank) = global.prototypes.iter().find(|b| b.group == stats.group) else {
+            return Err(RejectReason::LayoutMismatch(format!(
+                "prototype statistics for group `{}`, which has no global bank",
+                stats.group
+            )));
+        };
+        if (stats.emotions, stats.prototypes, stats.width)
+            != (bank.emotions, bank.prototypes, bank.width)
+        {
+            return Err(RejectReason::LayoutMismatch(format!(
+                "prototype statistics of group `{}` are {}x{}x{}, the global bank is {}x{}x{}",
+                stats.group,
+                stats.emotions,
+                stats.prototypes,
+                stats.width,
+                bank.emotions,
+                bank.prototypes,
+                bank.width
+            )));
+        }
+        if !stats.sum.all_finite() || !stats.weight.all_finite() {
+            return Err(RejectReason::NonFinite(format!(
+                "prototype statistics of group `{}`",
+                stats.group
+            )));
+        }
+        stats
+            .validate()
+            .map_err(|e| RejectReason::InvalidStatistics(e.to_string()))?;
+    }
+
+    let co = &update.cooccurrence;
+    if co.emotions != global.cooccurrence.emotions {
+        return Err(RejectReason::LayoutMismatch(format!(
+            "co-occurrence statistics for {} emotions, the run has {}",
+            co.emotions, global.cooccurrence.emotions
+        )));
+    }
+    if !co.sum.all_finite() || !co.count.is_finite() {
+        return Err(RejectReason::NonFinite("co-occurrence statistics".into()));
+    }
+    co.validate()
+        .map_err(|e| RejectReason::InvalidStatistics(e.to_string()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{global, update};
+
+    #[test]
+    fn a_well_formed_update_passes() {
+        let g = global();
+        assert_eq!(
+            validate_update(&g, &update(&g, 1, 5, 0.5), &UpdateLimits::default()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn each_problem_gets_its_reason() {
+        let g = global();
+        let limits = UpdateLimits {
+            max_update_norm: Some(100.0),
+            ..UpdateLimits::default()
+        };
+        let check = |edit: &dyn Fn(&mut ClientUpdate)| {
+            let mut u = update(&g, 1, 5, 0.5);
+            edit(&mut u);
+            validate_update(&g, &u, &limits).unwrap_err()
+        };
+        assert_eq!(check(&|u| u.sample_count = 0), RejectReason::ZeroSamples);
+        assert!(matches!(
+            check(&|u| u.sample_count = u64::MAX),
+            RejectReason::Oversized { .. }
+        ));
+        assert!(matches!(
+            check(&|u| u.delta.tensors[0].values.0[0] = f32::NAN),
+            RejectReason::NonFinite(_)
+        ));
+        assert!(matches!(
+            check(&|u| u.delta.tensors[0].values.0[0] = f32::INFINITY),
+            RejectReason::NonFinite(_)
+        ));
+        assert!(matches!(
+            check(&|u| u.delta.tensors[0].values.0[0] = 1e5),
+            RejectReason::Oversized { .. }
+        ));
+        assert!(matches!(
+            check(&|u| u.delta.tensors[0].values.0.fill(90.0)),
+            RejectReason::Oversized { .. }
+        ));
+        assert!(matches!(
+            check(&|u| u.delta.tensors[0].name = "other".into()),
+            RejectReason::LayoutMismatch(_)
+        ));
+        assert!(matches!(
+            check(&|u| u.delta.tensors.pop().map(|_| ()).unwrap_or(())),
+            RejectReason::LayoutMismatch(_)
+        ));
+        assert!(matches!(
+            check(&|u| u.prototypes[0].group = "behavioral".into()),
+            RejectReason::LayoutMismatch(_)
+        ));
+        assert!(matches!(
+            check(&|u| u.prototypes.push(u.prototypes[0].clone())),
+            RejectReason::InvalidStatistics(_)
+        ));
+        assert!(matches!(
+            check(&|u| u.prototypes[0].weight.0[0] = -1.0),
+            RejectReason::InvalidStatistics(_)
+        ));
+        assert!(matches!(
+            check(&|u| u.prototypes[0].sum.0.push(1.0)),
+            RejectReason::InvalidStatistics(_)
+        ));
+        assert!(matches!(
+            check(&|u| u.prototypes[0].sum.0[0] = f32::NAN),
+            RejectReason::NonFinite(_)
+        ));
+        assert!(matches!(
+            check(&|u| u.cooccurrence.count = f64::NAN),
+            RejectReason::NonFinite(_)
+        ));
+        assert!(matches!(
+            check(&|u| u.cooccurrence = mpcl_protocol::CooccurrenceStatistics::zeros(3)),
+            RejectReason::LayoutMismatch(_)
+        ));
+    }
+
+    #[test]
+    fn reasons_read_well() {
+        let reason = RejectReason::WrongRun {
+            expected: [0xab; 16],
+            found: [0; 16],
+        };
+        assert!(reason.to_string().contains("abababab"));
+        assert_eq!(
+            RejectReason::StaleRound {
+                round: 2,
+                current: 3
+            }
+            .to_string(),
+            "update is for round 2, which is over (current round 3)"
+        );
+    }
+}
