@@ -205,7 +205,9 @@ fn global_state_round_trips_between_models() -> Result<()> {
 fn one_group_only_has_zero_distillation_not_an_error() -> Result<()> {
     let (model, data) = model_and_data(&[ModalityGroup::Behavioral], 7)?;
     let (inputs, labels) = data.batch(&[0, 1, 2]);
-    let output = model.network.forward(&inputs, &model.memories, &model.config);
+    let output = model
+        .network
+        .forward(&inputs, &model.memories, &model.config);
     let terms = mpcl_loss(&output, labels, &model.memories, &model.config);
     assert!(terms.distillation.is_none());
     assert!(terms.prototype.is_some());
@@ -219,7 +221,10 @@ fn a_label_that_is_not_a_distribution_is_refused_before_training() {
     let mut data = dataset(&schema, 4);
     data.samples[2].label = vec![0.5, 0.5, 0.5];
     let err = data.validate().unwrap_err().to_string();
-    assert!(err.contains("sample 2") && err.contains("sum to 1.5"), "{err}");
+    assert!(
+        err.contains("sample 2") && err.contains("sum to 1.5"),
+        "{err}"
+    );
 }
 
 #[test]

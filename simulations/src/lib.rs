@@ -1,5 +1,11 @@
 //! The simulation harness: replaying datasets as federations (one client per subject), running
 //! experiment plans (federated, centralized, local-only, label prior) in-process or over the
-//! network, and reporting. Also the seeded synthetic data generator used by tests and demos.
+//! network, and reporting. Also the seeded synthetic data generator used by tests and demos, and
+//! the centralized training job behind `mpcl train`.
 
+pub mod centralized;
+pub mod dataset;
+pub mod evaluation;
+pub mod report;
 pub mod synthetic;
+pub mod train_job;

@@ -1,5 +1,7 @@
 //! Subcommands of `mpcl`, one file each.
 
+mod train;
+
 use clap::{Parser, Subcommand};
 
 /// Federated mixed-emotion recognition from physiological and behavioral signals.
@@ -11,12 +13,16 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    Train(train::TrainArgs),
+}
 
 impl Cli {
     /// Runs the chosen subcommand.
     pub fn run(self) -> anyhow::Result<()> {
-        match self.command {}
+        match self.command {
+            Command::Train(args) => args.run(),
+        }
     }
 }
 
