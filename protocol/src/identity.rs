@@ -10,7 +10,7 @@
 //!
 //! | file | content |
 //! |---|---|
-//! | `private_key.pem` | the private key as PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`, the format `openssl genpkey -algorithm ed25519` writes and `openssl pkey` reads); created with mode 0600 from the start, never briefly readable by others |
+//! | `private_key.pem` | the private key as PKCS#8 v1 PEM (`-----BEGIN PRIVATE KEY-----`, RFC 8410: exactly what `openssl genpkey -algorithm ed25519` writes and `openssl pkey` reads); created with mode 0600 from the start, never briefly readable by others |
 //! | `public_key.hex` | the 32-byte public key as 64 lowercase hex digits and a newline |
 //! | `node_id.txt` | the participant id and a newline |
 //!
@@ -251,13 +251,21 @@ impl NodeIdentity {
         fingerprint(&self.public_key())
     }
 
-    /// The private key as PKCS#8 DER (v2, with the public key), as rustls and rcgen take it.
+    /// The private key as PKCS#8 v1 DER (RFC 8410, without the optional public key: the form
+    /// OpenSSL writes and every reader accepts), as rustls and rcgen take it.
     pub fn pkcs8_der(&self) -> Result<Vec<u8>, IdentityError> {
         let document = self
-            .signing_key
+            .pkcs8_v1()
             .to_pkcs8_der()
             .map_err(|error| IdentityError::Encode(error.to_string()))?;
         Ok(document.as_bytes().to_vec())
+    }
+
+    fn pkcs8_v1(&self) -> ed25519_dalek::pkcs8::KeypairBytes {
+        ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.signing_key.to_bytes(),
+            public_key: None,
+        }
     }
 
     /// The `[[participant]]` table to paste into an enrolment file.
@@ -282,7 +290,7 @@ impl NodeIdentity {
             }
         }
         let pem = self
-            .signing_key
+            .pkcs8_v1()
             .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
             .map_err(|error| IdentityError::Encode(error.to_string()))?;
         write_new_file(&private_path, pem.as_bytes(), 0o600)?;
@@ -718,7 +726,7 @@ MC4CAQAwBQYDK2VwBCIEIB6//3z/mNvEl/QWA6DiHgAim9CbRDvqTPbfCbZ0RFtF
     }
 
     #[test]
-    fn openssl_written_key_is_read() {
+    fn key_files_match_what_openssl_writes() {
         let dir = tempfile::tempdir().unwrap();
         write_new_file(
             &dir.path().join(PRIVATE_KEY_FILE),
@@ -730,6 +738,13 @@ MC4CAQAwBQYDK2VwBCIEIB6//3z/mNvEl/QWA6DiHgAim9CbRDvqTPbfCbZ0RFtF
         assert_eq!(public_key_hex(&identity.public_key()), OPENSSL_PUBLIC);
         // No id file: the id is the fingerprint.
         assert_eq!(identity.id(), identity.fingerprint());
+        // Written back, the private key file is byte for byte what OpenSSL wrote.
+        let out = dir.path().join("rewritten");
+        identity.save_new(&out).unwrap();
+        assert_eq!(
+            fs::read_to_string(out.join(PRIVATE_KEY_FILE)).unwrap(),
+            OPENSSL_PEM
+        );
     }
 
     #[test]
