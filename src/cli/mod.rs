@@ -1,5 +1,7 @@
 //! Subcommands of `mpcl`, one file each.
 
+mod keygen;
+
 use clap::{Parser, Subcommand};
 
 /// Federated mixed-emotion recognition from physiological and behavioral signals.
@@ -11,12 +13,17 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    // The help text is `KeygenArgs`' doc comment.
+    Keygen(keygen::KeygenArgs),
+}
 
 impl Cli {
     /// Runs the chosen subcommand.
     pub fn run(self) -> anyhow::Result<()> {
-        match self.command {}
+        match self.command {
+            Command::Keygen(args) => keygen::run(args),
+        }
     }
 }
 
