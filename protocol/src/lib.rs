@@ -3,12 +3,43 @@
 //!
 //! Nothing here knows about burn or sockets, so every other crate (the model, the coordinator,
 //! the client, the simulations) can share these types without pulling in either.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`messages`] | the wire messages and the conversation between client and coordinator |
+//! | [`codec`] | bytes <-> messages (bincode, the only place it is used), size limits, version |
+//! | [`framing`] | length-prefixed frames over async streams (quinn streams included) |
+//! | [`identity`] | ed25519 key files, participant ids, the enrolment file |
+//! | [`signing`] | signed updates, their verification, the replay guard |
+//! | [`tls`] | rustls configs that authenticate by enrolled / pinned ed25519 keys |
 
+pub mod codec;
+pub mod framing;
+pub mod identity;
 pub mod messages;
 pub mod params;
+pub mod signing;
 pub mod stats;
+pub mod tls;
 pub mod vector;
 
+pub use codec::{ALPN, CodecError, HARD_MAX_MESSAGE_BYTES, MessageLimits, PROTOCOL_VERSION};
+pub use framing::{read_message, write_message};
+pub use identity::{Enrolment, EnrolmentError, IdentityError, NodeIdentity, Participant, keygen};
+pub use messages::{
+    ClientMessage, ClientUpdate, CoordinatorMessage, GlobalState, LocalMetrics, PrototypeBank,
+    RejectReason, RoundPhase, RunId, StatusReport, TrainingConfig, WaitReason, Welcome,
+};
 pub use params::{NamedTensor, ParameterSet, ParameterSetError};
+pub use signing::{
+    ReplayError, ReplayGuard, SignedUpdate, UpdateError, UpdateVerifier, VerifiedUpdate,
+};
 pub use stats::{CooccurrenceStatistics, PrototypeStatistics, StatisticsError};
+pub use tls::{TLS_SERVER_NAME, TlsError, client_config, server_config};
 pub use vector::F32Vec;
+
+/// Re-exported so users of the identity and signing APIs need not depend on ed25519-dalek
+/// themselves (and cannot end up with a second version of it).
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
+/// Re-exported for the same reason: the configs from [`tls`] are rustls 0.23 types.
+pub use rustls;

@@ -1,9 +1,51 @@
 //! The messages of a federated run. Only plain data lives here; encoding, limits and signatures
 //! are in their own modules so that each can change without touching the others.
+//!
+//! # The conversation
+//!
+//! A client opens one QUIC connection (mutual TLS, ALPN [`crate::codec::ALPN`]) and then talks
+//! in strict request/response pairs: for each request it opens a bidirectional stream, writes one
+//! [`ClientMessage`] frame, finishes its side, and reads exactly one [`CoordinatorMessage`]
+//! frame back. (A rejected client certificate does not fail the QUIC `connect()`, so the first
+//! exchange doubles as the admission check.)
+//!
+//! ```text
+//! client                                     coordinator
+//!   | Hello { participant_id, version } ------> |  checks version and that the id matches the
+//!   | <------------ Welcome { run_id, limits,.. } |  key that authenticated the TLS connection
+//!   |                                          |  (or Error { reason } and closes)
+//!   | RequestWork { last_completed_round } ---> |
+//!   | <---------- Wait { retry_after_ms, reason } |  not sampled / waiting for participants /
+//!   |   ... sleeps retry_after_ms, asks again ... |  aggregating / already submitted
+//!   | RequestWork ----------------------------> |
+//!   | <- StartRound { run_id, round, state, config, deadline_ms }
+//!   |   ... trains locally for E epochs ...       |
+//!   | Update(SignedUpdate) -------------------> |  verifies signature, run, round, replay,
+//!   | <------- UpdateAccepted { round }          |  values (NaN, sizes, layout)
+//!   |      or UpdateRejected { round, reason }   |
+//!   | RequestWork { Some(round) } ------------> |  ... next round, or
+//!   | <---------------------- Finished { rounds } |  the run is over
+//!   | Goodbye --------------------------------> |
+//!   | <------------------------------- Goodbye   |  then the client closes the connection
+//! ```
+//!
+//! `StatusRequest` may be sent at any time after `Welcome` and is answered with `Status`. Any
+//! request may be answered with `Error { reason }` when the coordinator cannot serve it (then the
+//! connection is usually closed). A client that loses its connection reconnects and starts again
+//! with `Hello`; the coordinator remembers what it already accepted, so re-sending an update for
+//! the same round gets `UpdateRejected { reason: Duplicate }` rather than counting twice.
+//!
+//! Size limits: `Hello`, `Welcome` and the other small messages fit
+//! [`MessageLimits::CONTROL`](crate::codec::MessageLimits::CONTROL); `Welcome` announces
+//! `max_message_bytes`, the limit for `StartRound` and `Update`, computed by the coordinator from
+//! its model with [`MessageLimits::for_model`](crate::codec::MessageLimits::for_model). A client
+//! should cap the announced value with its own limit for the model it expects.
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::PROTOCOL_VERSION;
 use crate::params::ParameterSet;
+use crate::signing::SignedUpdate;
 use crate::stats::{CooccurrenceStatistics, PrototypeStatistics};
 use crate::vector::F32Vec;
 
@@ -66,4 +108,381 @@ pub struct ClientUpdate {
     /// Number of training samples (the FedAvg weight).
     pub sample_count: u64,
     pub metrics: LocalMetrics,
+}
+
+/// What a client sends. Each request gets exactly one [`CoordinatorMessage`] in reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// First message on a connection: who the client says it is and which protocol it speaks.
+    /// The coordinator checks `participant_id` against the key that authenticated the TLS
+    /// connection. Answered with `Welcome` or `Error`.
+    Hello {
+        participant_id: String,
+        protocol_version: u16,
+    },
+    /// "Do you have work for me?" `last_completed_round` is the last round whose update this
+    /// client had accepted (if any), which lets a reconnecting client resume. Answered with
+    /// `StartRound`, `Wait` or `Finished`.
+    RequestWork { last_completed_round: Option<u64> },
+    /// A signed update for a round. Answered with `UpdateAccepted` or `UpdateRejected`.
+    Update(SignedUpdate),
+    /// Asks where the run stands. Answered with `Status`.
+    StatusRequest,
+    /// The client is leaving. Answered with `Goodbye`; the client then closes the connection.
+    Goodbye,
+}
+
+impl ClientMessage {
+    /// A `Hello` for this node speaking [`PROTOCOL_VERSION`].
+    pub fn hello(participant_id: impl Into<String>) -> Self {
+        Self::Hello {
+            participant_id: participant_id.into(),
+            protocol_version: PROTOCOL_VERSION,
+        }
+    }
+
+    /// The variant's name, for logs (never the payload).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "Hello",
+            Self::RequestWork { .. } => "RequestWork",
+            Self::Update(_) => "Update",
+            Self::StatusRequest => "StatusRequest",
+            Self::Goodbye => "Goodbye",
+        }
+    }
+}
+
+/// What the coordinator sends, always in reply to one [`ClientMessage`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CoordinatorMessage {
+    /// Reply to `Hello`: the client is admitted to the run.
+    Welcome(Welcome),
+    /// Reply to `RequestWork`: train on this state and send an update for `round`.
+    StartRound {
+        run_id: RunId,
+        round: u64,
+        state: GlobalState,
+        config: TrainingConfig,
+        /// Milliseconds from now until the coordinator stops waiting for this round's updates
+        /// (relative, so clocks need not agree).
+        deadline_ms: u64,
+    },
+    /// Reply to `RequestWork`: nothing for this client now; ask again after `retry_after_ms`.
+    Wait {
+        retry_after_ms: u64,
+        reason: WaitReason,
+    },
+    /// Reply to `Update`: counted for `round`.
+    UpdateAccepted { round: u64 },
+    /// Reply to `Update`: not counted, and why. The client should not resend the same update.
+    UpdateRejected { round: u64, reason: RejectReason },
+    /// Reply to `RequestWork`: the run is over after `rounds` rounds.
+    Finished { rounds: u64 },
+    /// Reply to `StatusRequest`.
+    Status(StatusReport),
+    /// Reply to `Goodbye`.
+    Goodbye,
+    /// The request could not be served (version mismatch, identity mismatch, internal error).
+    Error { reason: String },
+}
+
+impl CoordinatorMessage {
+    /// The variant's name, for logs (never the payload).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Welcome(_) => "Welcome",
+            Self::StartRound { .. } => "StartRound",
+            Self::Wait { .. } => "Wait",
+            Self::UpdateAccepted { .. } => "UpdateAccepted",
+            Self::UpdateRejected { .. } => "UpdateRejected",
+            Self::Finished { .. } => "Finished",
+            Self::Status(_) => "Status",
+            Self::Goodbye => "Goodbye",
+            Self::Error { .. } => "Error",
+        }
+    }
+}
+
+/// The coordinator's answer to `Hello`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub run_id: RunId,
+    /// The protocol version the coordinator speaks ([`PROTOCOL_VERSION`]).
+    pub protocol_version: u16,
+    /// The participant id the coordinator has for the key that authenticated this connection.
+    pub participant_id: String,
+    /// Limit for every message of this run (the `StartRound` and `Update` messages are the
+    /// large ones); see [`crate::codec::MessageLimits`].
+    pub max_message_bytes: u64,
+    /// Rounds planned for the run.
+    pub total_rounds: u64,
+    /// The round in progress or last started (0 before the first).
+    pub current_round: u64,
+}
+
+/// Why a client is told to wait.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum WaitReason {
+    /// Fewer clients are connected than the first round needs.
+    #[error("waiting for participants ({connected} of {needed} connected)")]
+    WaitingForParticipants { connected: u32, needed: u32 },
+    /// A round is running and this client was not sampled for it.
+    #[error("not selected for round {round}")]
+    NotSelected { round: u64 },
+    /// This client's update for the round is in; the round has not closed yet.
+    #[error("update for round {round} already received")]
+    AlreadySubmitted { round: u64 },
+    /// The coordinator is aggregating the round's updates.
+    #[error("aggregating round {round}")]
+    Aggregating { round: u64 },
+    /// Anything else, in words.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Why an update was not counted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RejectReason {
+    /// The update is for another run.
+    #[error("update belongs to another run")]
+    WrongRun,
+    /// The update is for a round that has already closed.
+    #[error("round is over (current round is {current})")]
+    StaleRound { current: u64 },
+    /// The update is for a round that has not started.
+    #[error("round has not started (current round is {current})")]
+    FutureRound { current: u64 },
+    /// An update from this participant for this round was already accepted.
+    #[error("an update for this round was already accepted from this participant")]
+    Duplicate,
+    /// This participant was not sampled for the round.
+    #[error("participant was not selected for this round")]
+    NotSelected,
+    /// The round's deadline passed before the update arrived.
+    #[error("the round's deadline has passed")]
+    DeadlinePassed,
+    /// The signer is not enrolled.
+    #[error("participant is not enrolled")]
+    UnknownParticipant,
+    /// The update is signed by someone other than the participant on this connection.
+    #[error("update is signed by another participant than the one connected")]
+    SenderMismatch,
+    /// The signature does not verify.
+    #[error("signature does not verify")]
+    BadSignature,
+    /// The payload could not be decoded or is inconsistent with its envelope.
+    #[error("malformed update: {0}")]
+    Malformed(String),
+    /// The update decodes but its values are unusable (NaN, wrong layout, out of range).
+    #[error("invalid update: {0}")]
+    Invalid(String),
+}
+
+/// Phase of the coordinator's round state machine, as reported in [`StatusReport`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoundPhase {
+    /// Waiting for enough participants before the first (or next) round.
+    WaitingForParticipants,
+    /// Sampled clients are training; updates are being collected.
+    Training,
+    /// Updates are being aggregated into the next global state.
+    Aggregating,
+    /// All rounds are done.
+    Finished,
+}
+
+/// Where the run stands, as seen by the asking participant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub run_id: RunId,
+    pub phase: RoundPhase,
+    /// Round in progress or last started (0 before the first).
+    pub round: u64,
+    pub total_rounds: u64,
+    /// Updates accepted so far in the current round.
+    pub updates_received: u32,
+    /// Updates the coordinator waits for in the current round (before the deadline).
+    pub updates_expected: u32,
+    /// Participants connected now.
+    pub connected_participants: u32,
+    /// Participants in the enrolment file.
+    pub enrolled_participants: u32,
+    /// The last round for which the asking participant's update was accepted.
+    pub last_accepted_round: Option<u64>,
+    /// Milliseconds until the current round's deadline, when one is running.
+    pub deadline_in_ms: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{MessageLimits, decode_message, encode_message};
+    use crate::identity::NodeIdentity;
+    use crate::params::NamedTensor;
+
+    /// A model of `parameters` values in one tensor, two groups of 10 x 4 x 64 prototypes.
+    fn state(parameters: usize) -> GlobalState {
+        let bank = |group: &str| PrototypeBank {
+            group: group.into(),
+            emotions: 10,
+            prototypes: 4,
+            width: 64,
+            values: F32Vec(vec![0.5; 10 * 4 * 64]),
+        };
+        GlobalState {
+            parameters: ParameterSet {
+                tensors: vec![NamedTensor {
+                    name: "encoder.physiological.eeg.weight".into(),
+                    shape: vec![parameters],
+                    values: F32Vec(vec![0.25; parameters]),
+                }],
+            },
+            prototypes: vec![bank("physiological"), bank("behavioral")],
+            cooccurrence: CooccurrenceStatistics::zeros(10),
+        }
+    }
+
+    fn config() -> TrainingConfig {
+        TrainingConfig {
+            local_epochs: 2,
+            batch_size: 32,
+            learning_rate: 1e-3,
+            proximal_mu: 0.0,
+            seed: 7,
+        }
+    }
+
+    fn update(parameters: usize) -> ClientUpdate {
+        let stats = |group: &str| PrototypeStatistics::zeros(group, 10, 4, 64);
+        ClientUpdate {
+            run_id: [1; 16],
+            round: 2,
+            delta: state(parameters).parameters,
+            prototypes: vec![stats("physiological"), stats("behavioral")],
+            cooccurrence: CooccurrenceStatistics::zeros(10),
+            sample_count: 1200,
+            metrics: LocalMetrics {
+                train_loss: 0.5,
+                train_kl: 0.25,
+                seconds: 12.0,
+            },
+        }
+    }
+
+    fn round_trip<T>(message: &T, limits: &MessageLimits) -> T
+    where
+        T: Serialize + serde::de::DeserializeOwned,
+    {
+        let bytes = encode_message(message, limits).unwrap();
+        decode_message(&bytes, limits).unwrap()
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let limits = MessageLimits::for_model(1000, 2 * 10 * 4 * 64, 10);
+        let identity = NodeIdentity::generate(Some("alice")).unwrap();
+        let client = vec![
+            ClientMessage::hello("alice"),
+            ClientMessage::RequestWork {
+                last_completed_round: Some(3),
+            },
+            ClientMessage::Update(SignedUpdate::sign(&update(1000), &identity, &limits).unwrap()),
+            ClientMessage::StatusRequest,
+            ClientMessage::Goodbye,
+        ];
+        for message in &client {
+            assert_eq!(&round_trip(message, &limits), message, "{}", message.kind());
+        }
+        let coordinator = vec![
+            CoordinatorMessage::Welcome(Welcome {
+                run_id: [1; 16],
+                protocol_version: PROTOCOL_VERSION,
+                participant_id: "alice".into(),
+                max_message_bytes: limits.max_message_bytes as u64,
+                total_rounds: 50,
+                current_round: 0,
+            }),
+            CoordinatorMessage::StartRound {
+                run_id: [1; 16],
+                round: 1,
+                state: state(1000),
+                config: config(),
+                deadline_ms: 600_000,
+            },
+            CoordinatorMessage::Wait {
+                retry_after_ms: 1000,
+                reason: WaitReason::WaitingForParticipants {
+                    connected: 1,
+                    needed: 3,
+                },
+            },
+            CoordinatorMessage::UpdateAccepted { round: 1 },
+            CoordinatorMessage::UpdateRejected {
+                round: 1,
+                reason: RejectReason::Invalid("NaN in `encoder.weight`".into()),
+            },
+            CoordinatorMessage::Finished { rounds: 50 },
+            CoordinatorMessage::Status(StatusReport {
+                run_id: [1; 16],
+                phase: RoundPhase::Training,
+                round: 1,
+                total_rounds: 50,
+                updates_received: 2,
+                updates_expected: 5,
+                connected_participants: 6,
+                enrolled_participants: 8,
+                last_accepted_round: None,
+                deadline_in_ms: Some(30_000),
+            }),
+            CoordinatorMessage::Goodbye,
+            CoordinatorMessage::Error {
+                reason: "protocol version 2 is not supported".into(),
+            },
+        ];
+        for message in &coordinator {
+            assert_eq!(&round_trip(message, &limits), message, "{}", message.kind());
+        }
+    }
+
+    #[test]
+    fn control_messages_fit_the_control_limit() {
+        let hello = encode_message(
+            &ClientMessage::hello("a".repeat(64)),
+            &MessageLimits::CONTROL,
+        );
+        assert!(hello.unwrap().len() < 100);
+    }
+
+    #[test]
+    fn model_limit_holds_the_largest_messages_of_that_model() {
+        let parameters = 200_000;
+        let limits = MessageLimits::for_model(parameters, 2 * 10 * 4 * 64, 10);
+        let start = CoordinatorMessage::StartRound {
+            run_id: [1; 16],
+            round: 1,
+            state: state(parameters),
+            config: config(),
+            deadline_ms: 1,
+        };
+        let start_bytes = encode_message(&start, &limits).unwrap().len();
+        let identity = NodeIdentity::generate(None).unwrap();
+        let signed = SignedUpdate::sign(&update(parameters), &identity, &limits).unwrap();
+        let update_bytes = encode_message(&ClientMessage::Update(signed), &limits)
+            .unwrap()
+            .len();
+        // The numbers dominate: 4 bytes a value plus little else.
+        let raw = 4 * (parameters + 2 * 10 * 4 * 64 + 100);
+        assert!(start_bytes < raw + 1024, "{start_bytes} vs {raw}");
+        assert!(update_bytes < raw + 2 * 10 * 4 * 4 + 1024, "{update_bytes}");
+        // A model whose parameters alone exceed the limit is refused when encoding.
+        let too_big = CoordinatorMessage::StartRound {
+            run_id: [1; 16],
+            round: 1,
+            state: state(limits.max_message_bytes / 4 + 1),
+            config: config(),
+            deadline_ms: 1,
+        };
+        assert!(encode_message(&too_big, &limits).is_err());
+    }
 }

@@ -50,7 +50,7 @@ impl Serialize for F32Vec {
 impl<'de> Deserialize<'de> for F32Vec {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(deserializer)?;
-        if bytes.len() % 4 != 0 {
+        if !bytes.len().is_multiple_of(4) {
             return Err(serde::de::Error::custom(format!(
                 "f32 vector has {} bytes, not a multiple of 4",
                 bytes.len()

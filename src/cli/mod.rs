@@ -1,6 +1,7 @@
 //! Subcommands of `mpcl`, one file each.
 
 mod train;
+mod keygen;
 
 use clap::{Parser, Subcommand};
 
@@ -15,6 +16,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Train(train::TrainArgs),
+    Keygen(keygen::KeygenArgs),
 }
 
 impl Cli {
@@ -22,6 +24,7 @@ impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Train(args) => args.run(),
+            Command::Keygen(args) => keygen::run(args),
         }
     }
 }

@@ -1,0 +1,273 @@
+//! Length-prefixed frames over any async byte stream (a QUIC stream, a TCP socket, a pipe).
+//!
+//! QUIC streams are byte streams: message boundaries have to be written down. A frame is the
+//! payload length as a little-endian `u32` followed by the payload (see [`crate::codec`] for the
+//! payload). The reader checks the declared length against the [`MessageLimits`] in force
+//! *before* allocating anything, and grows its buffer only as bytes actually arrive, so a peer
+//! cannot make a node reserve memory by merely announcing a large frame.
+//!
+//! Everything is generic over `tokio::io::AsyncRead` / `AsyncWrite`, which quinn's `SendStream`
+//! and `RecvStream` implement.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::codec::{self, CodecError, MessageLimits};
+
+/// Bytes of the length prefix.
+pub const FRAME_HEADER_BYTES: usize = 4;
+
+fn io_error(action: &'static str) -> impl FnOnce(std::io::Error) -> CodecError {
+    move |source| CodecError::Io { action, source }
+}
+
+/// Writes one frame holding `payload`, refusing a payload larger than `limits`.
+pub async fn write_frame<W: AsyncWrite + Unpin + ?Sized>(
+    writer: &mut W,
+    payload: &[u8],
+    limits: &MessageLimits,
+) -> Result<(), CodecError> {
+    limits.check(payload.len() as u64)?;
+    let length = u32::try_from(payload.len()).map_err(|_| CodecError::FrameTooLarge {
+        size: payload.len() as u64,
+        limit: limits.max_message_bytes,
+    })?;
+    writer
+        .write_all(&length.to_le_bytes())
+        .await
+        .map_err(io_error("writing a frame header"))?;
+    writer
+        .write_all(payload)
+        .await
+        .map_err(io_error("writing a frame"))?;
+    writer.flush().await.map_err(io_error("flushing a frame"))
+}
+
+/// Reads one frame's payload. A stream that ends before the first header byte gives
+/// [`CodecError::Closed`]; one that ends later gives [`CodecError::Truncated`]; a declared length
+/// above `limits` gives [`CodecError::FrameTooLarge`] without reading the payload.
+pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
+    reader: &mut R,
+    limits: &MessageLimits,
+) -> Result<Vec<u8>, CodecError> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    let mut filled = 0;
+    while filled < FRAME_HEADER_BYTES {
+        let read = reader
+            .read(&mut header[filled..])
+            .await
+            .map_err(io_error("reading a frame header"))?;
+        if read == 0 {
+            if filled == 0 {
+                return Err(CodecError::Closed);
+            }
+            return Err(CodecError::Truncated {
+                expected: FRAME_HEADER_BYTES as u64,
+                received: filled as u64,
+            });
+        }
+        filled += read;
+    }
+    let length = u64::from(u32::from_le_bytes(header));
+    limits.check(length)?;
+    // Grow with the data that really arrives rather than trusting the declared length.
+    let mut payload = Vec::with_capacity((length as usize).min(64 * 1024));
+    let received = (&mut *reader)
+        .take(length)
+        .read_to_end(&mut payload)
+        .await
+        .map_err(io_error("reading a frame"))?;
+    if (received as u64) < length {
+        return Err(CodecError::Truncated {
+            expected: length,
+            received: received as u64,
+        });
+    }
+    Ok(payload)
+}
+
+/// Encodes `message` and writes it as one frame (encoded straight behind the header: no copy).
+pub async fn write_message<W, T>(
+    writer: &mut W,
+    message: &T,
+    limits: &MessageLimits,
+) -> Result<(), CodecError>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+    T: Serialize + ?Sized,
+{
+    let mut frame = vec![0u8; FRAME_HEADER_BYTES];
+    let size = codec::encode_message_into(&mut frame, message, limits)?;
+    let length = u32::try_from(size).map_err(|_| CodecError::FrameTooLarge {
+        size: size as u64,
+        limit: limits.max_message_bytes,
+    })?;
+    frame[..FRAME_HEADER_BYTES].copy_from_slice(&length.to_le_bytes());
+    writer
+        .write_all(&frame)
+        .await
+        .map_err(io_error("writing a message"))?;
+    writer.flush().await.map_err(io_error("flushing a message"))
+}
+
+/// Reads one frame and decodes it as a `T`.
+pub async fn read_message<R, T>(reader: &mut R, limits: &MessageLimits) -> Result<T, CodecError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    T: DeserializeOwned,
+{
+    let payload = read_frame(reader, limits).await?;
+    codec::decode_message(&payload, limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::PROTOCOL_VERSION;
+    use crate::messages::{ClientMessage, CoordinatorMessage, WaitReason};
+    use tokio::io::duplex;
+
+    fn limits() -> MessageLimits {
+        MessageLimits::CONTROL
+    }
+
+    #[tokio::test]
+    async fn messages_round_trip_over_a_duplex_stream() {
+        let (mut a, mut b) = duplex(64);
+        let sent = vec![
+            ClientMessage::Hello {
+                participant_id: "alice".into(),
+                protocol_version: PROTOCOL_VERSION,
+            },
+            ClientMessage::StatusRequest,
+            ClientMessage::Goodbye,
+        ];
+        let writer = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                for message in &sent {
+                    write_message(&mut a, message, &limits()).await.unwrap();
+                }
+            })
+        };
+        for expected in &sent {
+            let got: ClientMessage = read_message(&mut b, &limits()).await.unwrap();
+            assert_eq!(&got, expected);
+        }
+        writer.await.unwrap();
+        // The writer is gone: the next read sees a clean close.
+        let end = read_message::<_, ClientMessage>(&mut b, &limits()).await;
+        assert!(matches!(end, Err(CodecError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn truncated_frame_is_reported() {
+        let (mut a, mut b) = duplex(1024);
+        let payload = codec::encode_message(
+            &CoordinatorMessage::Wait {
+                retry_after_ms: 500,
+                reason: WaitReason::Other("later".into()),
+            },
+            &limits(),
+        )
+        .unwrap();
+        let len = payload.len() as u32;
+        a.write_all(&len.to_le_bytes()).await.unwrap();
+        a.write_all(&payload[..payload.len() - 2]).await.unwrap();
+        drop(a);
+        let error = read_message::<_, CoordinatorMessage>(&mut b, &limits())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, CodecError::Truncated { expected, received }
+                if expected == u64::from(len) && received == u64::from(len) - 2),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn truncated_header_is_reported() {
+        let (mut a, mut b) = duplex(16);
+        a.write_all(&[1, 0]).await.unwrap();
+        drop(a);
+        let error = read_frame(&mut b, &limits()).await.unwrap_err();
+        assert!(matches!(
+            error,
+            CodecError::Truncated {
+                expected: 4,
+                received: 2
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_is_refused_before_its_payload_is_read() {
+        let (mut a, mut b) = duplex(16);
+        // Declare 3 GiB and send nothing more: the reader must refuse at once, not wait or
+        // allocate.
+        a.write_all(&(3u32 << 30).to_le_bytes()).await.unwrap();
+        let error = read_frame(&mut b, &limits()).await.unwrap_err();
+        assert!(matches!(
+            error,
+            CodecError::FrameTooLarge { size, limit }
+                if size == 3 << 30 && limit == limits().max_message_bytes
+        ));
+    }
+
+    #[tokio::test]
+    async fn oversized_message_is_refused_by_the_writer() {
+        let (mut a, _b) = duplex(16);
+        let tiny = MessageLimits::new(3).unwrap();
+        let hello = ClientMessage::Hello {
+            participant_id: "alice".into(),
+            protocol_version: PROTOCOL_VERSION,
+        };
+        let error = write_message(&mut a, &hello, &tiny).await.unwrap_err();
+        assert!(matches!(error, CodecError::FrameTooLarge { limit: 3, .. }));
+        let error = write_frame(&mut a, &[0u8; 10], &tiny).await.unwrap_err();
+        assert!(matches!(
+            error,
+            CodecError::FrameTooLarge { size: 10, limit: 3 }
+        ));
+    }
+
+    #[tokio::test]
+    async fn garbage_bytes_are_typed_errors() {
+        // A frame with a plausible length but random content: wrong version.
+        let (mut a, mut b) = duplex(64);
+        a.write_all(&6u32.to_le_bytes()).await.unwrap();
+        a.write_all(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0x01])
+            .await
+            .unwrap();
+        let error = read_message::<_, ClientMessage>(&mut b, &limits())
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            error,
+            CodecError::VersionMismatch {
+                expected: PROTOCOL_VERSION,
+                found: 0xadde
+            }
+        ));
+
+        // Right version, nonsense body: malformed (unknown enum variant).
+        let mut payload = PROTOCOL_VERSION.to_le_bytes().to_vec();
+        payload.extend_from_slice(&[0x63, 0x10, 0x20]);
+        write_frame(&mut a, &payload, &limits()).await.unwrap();
+        let error = read_message::<_, ClientMessage>(&mut b, &limits())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, CodecError::Malformed(_)), "{error:?}");
+
+        // ASCII text (someone speaking HTTP at us): the "length" is huge, refused at once.
+        a.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let error = read_message::<_, ClientMessage>(&mut b, &limits())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, CodecError::FrameTooLarge { .. }),
+            "{error:?}"
+        );
+    }
+}
