@@ -1,0 +1,146 @@
+//! One participant's local training: global state in, update out.
+
+use std::time::Instant;
+
+use mpcl_model::data::{Dataset, Standardizer};
+use mpcl_model::{Device, ModelConfig, ModelError, MpclModel, TensorDataset, TrainOptions, train};
+use mpcl_protocol::CooccurrenceStatistics;
+use mpcl_protocol::messages::{ClientUpdate, GlobalState, LocalMetrics, RunId, TrainingConfig};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Local choices of a participant that the coordinator does not dictate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ParticipantSettings {
+    /// Prototype statistics of an emotion are withheld (zeroed) when the participant's label mass
+    /// for it is below this, so that no prototype is built from one or two of its samples.
+    pub min_prototype_mass: f32,
+}
+
+impl Default for ParticipantSettings {
+    fn default() -> Self {
+        Self {
+            min_prototype_mass: 1.0,
+        }
+    }
+}
+
+/// Errors of local training.
+#[derive(Debug, Error)]
+pub enum ParticipantError {
+    #[error("local data: {0}")]
+    Data(#[from] mpcl_model::data::DatasetError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("the global state's parameters do not fit the local model: {0}")]
+    Layout(#[from] mpcl_protocol::ParameterSetError),
+    #[error("local training produced non-finite parameters (learning rate {0} too high?)")]
+    Diverged(f64),
+}
+
+/// A participant: its own training data, standardised with its own statistics, and a model.
+pub struct Participant {
+    model: MpclModel,
+    data: TensorDataset,
+    standardizer: Standardizer,
+    own_cooccurrence: CooccurrenceStatistics,
+    settings: ParticipantSettings,
+}
+
+impl Participant {
+    /// A participant training on `dataset` (its local training samples).
+    pub fn new(
+        dataset: &Dataset,
+        model_config: &ModelConfig,
+        device: &Device,
+        settings: ParticipantSettings,
+    ) -> Result<Self, ParticipantError> {
+        dataset.validate()?;
+        // The initial weights are overwritten by the first round's global state.
+        let model = MpclModel::new(&dataset.schema, model_config, device, 0)?;
+        let standardizer = Standardizer::fit(dataset);
+        let data = TensorDataset::new(dataset, &standardizer, model.device());
+        let mut own_cooccurrence = CooccurrenceStatistics::zeros(dataset.schema.emotion_count());
+        for sample in &dataset.samples {
+            own_cooccurrence.add_label(&sample.label);
+        }
+        Ok(Self {
+            model,
+            data,
+            standardizer,
+            own_cooccurrence,
+            settings,
+        })
+    }
+
+    /// Number of local training samples.
+    pub fn sample_count(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The participant's feature statistics (for evaluating on its other local samples).
+    pub fn standardizer(&self) -> &Standardizer {
+        &self.standardizer
+    }
+
+    /// Trains from `state` for the round and returns the update to send.
+    pub fn train_round(
+        &mut self,
+        run_id: RunId,
+        round: u64,
+        state: &GlobalState,
+        config: &TrainingConfig,
+    ) -> Result<ClientUpdate, ParticipantError> {
+        let started = Instant::now();
+        self.model.load_global_state(state)?;
+        if state.cooccurrence.count == 0.0 {
+            // The first round has no global co-occurrence memory yet: use the local one.
+            self.model
+                .memories
+                .set_cooccurrence(self.own_cooccurrence.clone());
+        }
+        let options = TrainOptions {
+            epochs: config.local_epochs as usize,
+            batch_size: config.batch_size as usize,
+            learning_rate: config.learning_rate,
+            seed: config.seed,
+            proximal_mu: config.proximal_mu,
+            progress: false,
+        };
+        let report = train(&mut self.model, &self.data, &options, Some(&state.parameters));
+        let delta = self.model.parameters().delta_from(&state.parameters)?;
+        if delta.validate().is_err() {
+            return Err(ParticipantError::Diverged(config.learning_rate));
+        }
+        let (mut prototypes, _) = self.model.memory_statistics(&self.data);
+        for statistics in &mut prototypes {
+            statistics.withhold_below(self.settings.min_prototype_mass);
+        }
+        Ok(ClientUpdate {
+            run_id,
+            round,
+            delta,
+            prototypes,
+            cooccurrence: self.own_cooccurrence.clone(),
+            sample_count: self.data.len() as u64,
+            metrics: LocalMetrics {
+                train_loss: report.epoch_losses.last().copied().unwrap_or(0.0),
+                train_kl: report.epoch_kl.last().copied().unwrap_or(0.0),
+                seconds: started.elapsed().as_secs_f64(),
+            },
+        })
+    }
+
+    /// Predictions of the global model `state` on `dataset` (standardised with this participant's
+    /// own statistics), e.g. for evaluating on the participant's held-out trials.
+    pub fn predict_with(
+        &mut self,
+        state: &GlobalState,
+        dataset: &Dataset,
+    ) -> Result<Vec<Vec<f32>>, ParticipantError> {
+        self.model.load_global_state(state)?;
+        let tensors = TensorDataset::new(dataset, &self.standardizer, self.model.device());
+        Ok(self.model.predict(&tensors))
+    }
+}
