@@ -1,5 +1,7 @@
 //! Subcommands of `mpcl`, one file each.
 
+mod data;
+
 use clap::{Parser, Subcommand};
 
 /// Federated mixed-emotion recognition from physiological and behavioral signals.
@@ -11,12 +13,17 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Inspect datasets.
+    Data(data::DataArgs),
+}
 
 impl Cli {
     /// Runs the chosen subcommand.
     pub fn run(self) -> anyhow::Result<()> {
-        match self.command {}
+        match self.command {
+            Command::Data(args) => args.run(),
+        }
     }
 }
 
