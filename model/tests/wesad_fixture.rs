@@ -172,3 +172,24 @@ fn a_bad_panas_score_is_named_with_row_and_item() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn an_unanswered_panas_item_skips_the_condition_with_a_reason() -> anyhow::Result<()> {
+    let dir = copy_fixture()?;
+    let quest = dir.path().join("S97/S97_quest.csv");
+    let text = std::fs::read_to_string(&quest)?;
+    // The first PANAS row (Base) loses its Interested answer.
+    let broken = text.replacen("# PANAS;1;4;1;", "# PANAS;1;4;NaN;", 1);
+    assert_ne!(text, broken, "fixture changed: update this test");
+    std::fs::write(&quest, broken)?;
+    let (dataset, report) = read_wesad_dir(dir.path())?;
+    assert!(!dataset.samples.iter().any(|s| s.trial == 0));
+    assert!(
+        report
+            .skipped
+            .iter()
+            .any(|s| s.trial == Some(0) && s.reason.contains("`interested` was not answered")),
+        "{report:?}"
+    );
+    Ok(())
+}

@@ -29,7 +29,8 @@
 //!   row after the stress condition has 26: Angry and Irritated come between Happy and Sad. They
 //!   were asked only once, so they are dropped and the label ranges over the 24 common items.
 //! - Label: `p_k = (r_k - 1) / sum (r - 1)`, as for Larwood, so that "not at all" carries no mass;
-//!   a condition rated 1 on every item is skipped and reported.
+//!   a condition rated 1 on every item, or with an unanswered item (an empty or `NaN` cell), is
+//!   skipped and reported; a score outside 1..5 is an error.
 //!
 //! **`SX_E4_Data.zip`**: `EDA.csv` (4 Hz), `BVP.csv` (64 Hz), `TEMP.csv` (4 Hz) and `ACC.csv`
 //! (32 Hz, three columns, raw units of 1/64 g). In each, the first row is the start time (unix
@@ -109,7 +110,8 @@ pub struct Condition {
     pub start_s: f64,
     /// End, in seconds after the start of the recording.
     pub end_s: f64,
-    /// The 24 common PANAS item scores, if the condition has a questionnaire.
+    /// The 24 common PANAS item scores, if the condition has a questionnaire; an unanswered item
+    /// (an empty or `NaN` cell) is NaN here.
     pub panas: Option<Vec<f64>>,
 }
 
@@ -238,6 +240,9 @@ fn panas_scores(path: &Path, row: usize, cells: &[String]) -> Result<Vec<f64>, R
         .zip(EMOTIONS)
         .map(|(&i, item)| {
             let cell = &cells[i];
+            if cell.is_empty() || cell.eq_ignore_ascii_case("nan") {
+                return Ok(f64::NAN);
+            }
             match cell.parse::<f64>() {
                 Ok(v) if (1.0..=5.0).contains(&v) => Ok(v),
                 _ => Err(ReadError::value(
@@ -505,6 +510,17 @@ fn read_subject(
             );
             continue;
         };
+        if let Some(k) = panas.iter().position(|v| v.is_nan()) {
+            report.skip(
+                subject,
+                Some(trial),
+                format!(
+                    "condition `{}`: PANAS item `{}` was not answered",
+                    condition.name, EMOTIONS[k]
+                ),
+            );
+            continue;
+        }
         let Some(label) = distribution_from_ratings(panas) else {
             report.skip(
                 subject,
