@@ -474,18 +474,6 @@ fn read_subject(
             "subject {subject}: the chest RespiBAN recording is not read; only the wrist E4 signals are used"
         ));
     }
-    let channels: Vec<(&str, &Signal)> = vec![
-        ("EDA.csv", &e4.eda),
-        ("BVP.csv", &e4.bvp),
-        ("TEMP.csv", &e4.temp),
-        ("ACC.csv", &e4.acc[0]),
-        ("ACC.csv", &e4.acc[1]),
-        ("ACC.csv", &e4.acc[2]),
-    ];
-    let origin = channels
-        .iter()
-        .map(|(_, s)| s.start)
-        .fold(f64::INFINITY, f64::min);
     let magnitude: Vec<f32> = e4.acc[0]
         .samples
         .iter()
@@ -498,6 +486,22 @@ fn read_subject(
         rate: e4.acc[0].rate,
         samples: magnitude,
     };
+    // Every channel summarised per window, in feature order: eda, bvp, temp, then the acc tokens
+    // x, y, z, magnitude. The member name is for error messages.
+    let channels: [(&str, &Signal); 7] = [
+        ("EDA.csv", &e4.eda),
+        ("BVP.csv", &e4.bvp),
+        ("TEMP.csv", &e4.temp),
+        ("ACC.csv", &e4.acc[0]),
+        ("ACC.csv", &e4.acc[1]),
+        ("ACC.csv", &e4.acc[2]),
+        ("ACC.csv", &acc_magnitude),
+    ];
+    // Condition times count from the start of the E4 recording (the earliest file start).
+    let origin = channels
+        .iter()
+        .map(|(_, s)| s.start)
+        .fold(f64::INFINITY, f64::min);
     let mut spectra = Spectra::new();
     let mut samples = Vec::new();
     for (index, condition) in conditions.iter().enumerate() {
@@ -542,41 +546,27 @@ fn read_subject(
         let mut time = 0u32;
         for w in 0..count {
             let from = origin + condition.start_s + w as f64 * STAT_HOP_SECONDS;
-            let windows: Option<Vec<&[f32]>> = [
-                &e4.eda,
-                &e4.bvp,
-                &e4.temp,
-                &e4.acc[0],
-                &e4.acc[1],
-                &e4.acc[2],
-                &acc_magnitude,
-            ]
-            .into_iter()
-            .map(|signal| window_of(signal, from))
-            .collect();
+            let windows: Option<Vec<&[f32]>> = channels
+                .iter()
+                .map(|(_, signal)| window_of(signal, from))
+                .collect();
             let Some(windows) = windows else {
                 outside += 1;
                 continue;
             };
-            let rates = [
-                e4.eda.rate,
-                e4.bvp.rate,
-                e4.temp.rate,
-                e4.acc[0].rate,
-                e4.acc[1].rate,
-                e4.acc[2].rate,
-                acc_magnitude.rate,
-            ];
             let mut stats = Vec::with_capacity(windows.len());
-            for (k, (window, rate)) in windows.iter().zip(rates).enumerate() {
-                let member = channels.get(k).map(|c| c.0).unwrap_or("ACC.csv");
-                stats.push(spectra.window_statistics(window, rate).map_err(|e| {
-                    ReadError::field(
-                        zip_path.clone(),
-                        member,
-                        format!("condition `{}`, window {w}: {e}", condition.name),
-                    )
-                })?);
+            for (window, (member, signal)) in windows.iter().zip(&channels) {
+                stats.push(
+                    spectra
+                        .window_statistics(window, signal.rate)
+                        .map_err(|e| {
+                            ReadError::field(
+                                zip_path.clone(),
+                                *member,
+                                format!("condition `{}`, window {w}: {e}", condition.name),
+                            )
+                        })?,
+                );
             }
             let mut stats = stats.into_iter();
             let mut take = || stats.next().unwrap_or_default();
