@@ -108,7 +108,12 @@ impl Participant {
             proximal_mu: config.proximal_mu,
             progress: false,
         };
-        let report = train(&mut self.model, &self.data, &options, Some(&state.parameters));
+        let report = train(
+            &mut self.model,
+            &self.data,
+            &options,
+            Some(&state.parameters),
+        );
         let delta = self.model.parameters().delta_from(&state.parameters)?;
         if delta.validate().is_err() {
             return Err(ParticipantError::Diverged(config.learning_rate));

@@ -1,7 +1,8 @@
 //! Subcommands of `mpcl`, one file each.
 
-mod train;
+mod data;
 mod keygen;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +18,8 @@ pub struct Cli {
 enum Command {
     Train(train::TrainArgs),
     Keygen(keygen::KeygenArgs),
+    /// Inspect datasets.
+    Data(data::DataArgs),
 }
 
 impl Cli {
@@ -25,6 +28,7 @@ impl Cli {
         match self.command {
             Command::Train(args) => args.run(),
             Command::Keygen(args) => keygen::run(args),
+            Command::Data(args) => args.run(),
         }
     }
 }

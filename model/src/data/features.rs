@@ -8,7 +8,7 @@
 //!   bins by Parseval's theorem, `var = sum_kept |X_k|^2 / N^2` (the band excludes DC, so the
 //!   band-passed mean is zero). The variance is floored at [`VARIANCE_FLOOR`] so that a silent band
 //!   gives a finite value. Windows are 1 s long.
-//! - **Window statistics** ([`window_statistics`], 20 values, 4 tokens of 5): median, mean, std
+//! - **Window statistics** ([`window_statistics`], 20 values in four groups of five): median, mean, std
 //!   (population), min, max of the signal, of its first difference and of its second difference,
 //!   then five spectral statistics of the mean-removed window's one-sided power spectrum
 //!   `P_k = |X_k|^2`, `k = 1..=N/2` (DC excluded): centroid `sum f P / sum P`, spread
@@ -53,7 +53,7 @@ pub const STATISTICS_WIDTH: usize = 20;
 /// The roll-off fraction of the spectral roll-off frequency.
 pub const ROLLOFF_FRACTION: f64 = 0.85;
 
-/// Names of the [`window_statistics`] values, in order (4 tokens of 5).
+/// Names of the [`window_statistics`] values, in order (four groups of five).
 pub const STATISTICS_NAMES: [&str; STATISTICS_WIDTH] = [
     "median",
     "mean",

@@ -26,8 +26,11 @@ pub use standardize::Standardizer;
 
 /// Where the bundled Larwood (2019) dataset lives in this repository.
 pub fn bundled_larwood_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
+    // The model crate sits one level below the repository root.
+    let model_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    model_dir
+        .parent()
+        .unwrap_or(model_dir)
         .join("datasets")
         .join("larwood2019")
 }
@@ -56,10 +59,7 @@ pub fn open(spec: &str) -> Result<(Dataset, LoadReport), ReadError> {
         }
         match kind {
             "larwood" => larwood::read_larwood(path)?,
-            "dmer" if path.is_file() => {
-                let (dataset, report) = dmer::read_dmer_file(path)?;
-                (dataset, report)
-            }
+            "dmer" if path.is_file() => dmer::read_dmer_file(path)?,
             "dmer" => dmer::read_dmer_dir(path)?,
             "wesad" => wesad::read_wesad_dir(path)?,
             other => {

@@ -29,7 +29,8 @@
 //!   row after the stress condition has 26: Angry and Irritated come between Happy and Sad. They
 //!   were asked only once, so they are dropped and the label ranges over the 24 common items.
 //! - Label: `p_k = (r_k - 1) / sum (r - 1)`, as for Larwood, so that "not at all" carries no mass;
-//!   a condition rated 1 on every item is skipped and reported.
+//!   a condition rated 1 on every item, or with an unanswered item (an empty or `NaN` cell), is
+//!   skipped and reported; a score outside 1..5 is an error.
 //!
 //! **`SX_E4_Data.zip`**: `EDA.csv` (4 Hz), `BVP.csv` (64 Hz), `TEMP.csv` (4 Hz) and `ACC.csv`
 //! (32 Hz, three columns, raw units of 1/64 g). In each, the first row is the start time (unix
@@ -109,7 +110,8 @@ pub struct Condition {
     pub start_s: f64,
     /// End, in seconds after the start of the recording.
     pub end_s: f64,
-    /// The 24 common PANAS item scores, if the condition has a questionnaire.
+    /// The 24 common PANAS item scores, if the condition has a questionnaire; an unanswered item
+    /// (an empty or `NaN` cell) is NaN here.
     pub panas: Option<Vec<f64>>,
 }
 
@@ -238,6 +240,9 @@ fn panas_scores(path: &Path, row: usize, cells: &[String]) -> Result<Vec<f64>, R
         .zip(EMOTIONS)
         .map(|(&i, item)| {
             let cell = &cells[i];
+            if cell.is_empty() || cell.eq_ignore_ascii_case("nan") {
+                return Ok(f64::NAN);
+            }
             match cell.parse::<f64>() {
                 Ok(v) if (1.0..=5.0).contains(&v) => Ok(v),
                 _ => Err(ReadError::value(
@@ -469,18 +474,6 @@ fn read_subject(
             "subject {subject}: the chest RespiBAN recording is not read; only the wrist E4 signals are used"
         ));
     }
-    let channels: Vec<(&str, &Signal)> = vec![
-        ("EDA.csv", &e4.eda),
-        ("BVP.csv", &e4.bvp),
-        ("TEMP.csv", &e4.temp),
-        ("ACC.csv", &e4.acc[0]),
-        ("ACC.csv", &e4.acc[1]),
-        ("ACC.csv", &e4.acc[2]),
-    ];
-    let origin = channels
-        .iter()
-        .map(|(_, s)| s.start)
-        .fold(f64::INFINITY, f64::min);
     let magnitude: Vec<f32> = e4.acc[0]
         .samples
         .iter()
@@ -493,6 +486,22 @@ fn read_subject(
         rate: e4.acc[0].rate,
         samples: magnitude,
     };
+    // Every channel summarised per window, in feature order: eda, bvp, temp, then the acc tokens
+    // x, y, z, magnitude. The member name is for error messages.
+    let channels: [(&str, &Signal); 7] = [
+        ("EDA.csv", &e4.eda),
+        ("BVP.csv", &e4.bvp),
+        ("TEMP.csv", &e4.temp),
+        ("ACC.csv", &e4.acc[0]),
+        ("ACC.csv", &e4.acc[1]),
+        ("ACC.csv", &e4.acc[2]),
+        ("ACC.csv", &acc_magnitude),
+    ];
+    // Condition times count from the start of the E4 recording (the earliest file start).
+    let origin = channels
+        .iter()
+        .map(|(_, s)| s.start)
+        .fold(f64::INFINITY, f64::min);
     let mut spectra = Spectra::new();
     let mut samples = Vec::new();
     for (index, condition) in conditions.iter().enumerate() {
@@ -505,6 +514,17 @@ fn read_subject(
             );
             continue;
         };
+        if let Some(k) = panas.iter().position(|v| v.is_nan()) {
+            report.skip(
+                subject,
+                Some(trial),
+                format!(
+                    "condition `{}`: PANAS item `{}` was not answered",
+                    condition.name, EMOTIONS[k]
+                ),
+            );
+            continue;
+        }
         let Some(label) = distribution_from_ratings(panas) else {
             report.skip(
                 subject,
@@ -526,41 +546,27 @@ fn read_subject(
         let mut time = 0u32;
         for w in 0..count {
             let from = origin + condition.start_s + w as f64 * STAT_HOP_SECONDS;
-            let windows: Option<Vec<&[f32]>> = [
-                &e4.eda,
-                &e4.bvp,
-                &e4.temp,
-                &e4.acc[0],
-                &e4.acc[1],
-                &e4.acc[2],
-                &acc_magnitude,
-            ]
-            .into_iter()
-            .map(|signal| window_of(signal, from))
-            .collect();
+            let windows: Option<Vec<&[f32]>> = channels
+                .iter()
+                .map(|(_, signal)| window_of(signal, from))
+                .collect();
             let Some(windows) = windows else {
                 outside += 1;
                 continue;
             };
-            let rates = [
-                e4.eda.rate,
-                e4.bvp.rate,
-                e4.temp.rate,
-                e4.acc[0].rate,
-                e4.acc[1].rate,
-                e4.acc[2].rate,
-                acc_magnitude.rate,
-            ];
             let mut stats = Vec::with_capacity(windows.len());
-            for (k, (window, rate)) in windows.iter().zip(rates).enumerate() {
-                let member = channels.get(k).map(|c| c.0).unwrap_or("ACC.csv");
-                stats.push(spectra.window_statistics(window, rate).map_err(|e| {
-                    ReadError::field(
-                        zip_path.clone(),
-                        member,
-                        format!("condition `{}`, window {w}: {e}", condition.name),
-                    )
-                })?);
+            for (window, (member, signal)) in windows.iter().zip(&channels) {
+                stats.push(
+                    spectra
+                        .window_statistics(window, signal.rate)
+                        .map_err(|e| {
+                            ReadError::field(
+                                zip_path.clone(),
+                                *member,
+                                format!("condition `{}`, window {w}: {e}", condition.name),
+                            )
+                        })?,
+                );
             }
             let mut stats = stats.into_iter();
             let mut take = || stats.next().unwrap_or_default();
