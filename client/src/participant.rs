@@ -16,12 +16,16 @@ pub struct ParticipantSettings {
     /// Prototype statistics of an emotion are withheld (zeroed) when the participant's label mass
     /// for it is below this, so that no prototype is built from one or two of its samples.
     pub min_prototype_mass: f32,
+    /// Send prototype and co-occurrence statistics. Off, the participant sends an encoder delta
+    /// only, so the global memories never learn (plain FedAvg of the encoder, an ablation).
+    pub share_memories: bool,
 }
 
 impl Default for ParticipantSettings {
     fn default() -> Self {
         Self {
             min_prototype_mass: 1.0,
+            share_memories: true,
         }
     }
 }
@@ -118,16 +122,23 @@ impl Participant {
         if delta.validate().is_err() {
             return Err(ParticipantError::Diverged(config.learning_rate));
         }
-        let (mut prototypes, _) = self.model.memory_statistics(&self.data);
+        let (mut prototypes, mut cooccurrence) = self.model.memory_statistics(&self.data);
         for statistics in &mut prototypes {
-            statistics.withhold_below(self.settings.min_prototype_mass);
+            if self.settings.share_memories {
+                statistics.withhold_below(self.settings.min_prototype_mass);
+            } else {
+                statistics.withhold_below(f32::INFINITY);
+            }
+        }
+        if !self.settings.share_memories {
+            cooccurrence = CooccurrenceStatistics::zeros(cooccurrence.emotions);
         }
         Ok(ClientUpdate {
             run_id,
             round,
             delta,
             prototypes,
-            cooccurrence: self.own_cooccurrence.clone(),
+            cooccurrence,
             sample_count: self.data.len() as u64,
             metrics: LocalMetrics {
                 train_loss: report.epoch_losses.last().copied().unwrap_or(0.0),

@@ -183,10 +183,15 @@ impl MpclModel {
 
     /// Predicted distributions for every sample, in order.
     pub fn predict(&self, data: &TensorDataset) -> Vec<Vec<f32>> {
+        let rows: Vec<usize> = (0..data.len()).collect();
+        self.predict_rows(data, &rows)
+    }
+
+    /// Predicted distributions for the samples at `rows`, in that order.
+    pub fn predict_rows(&self, data: &TensorDataset, rows: &[usize]) -> Vec<Vec<f32>> {
         let emotions = self.schema.emotion_count();
-        let mut predictions = Vec::with_capacity(data.len());
-        let indices: Vec<usize> = (0..data.len()).collect();
-        for chunk in indices.chunks(PREDICT_BATCH) {
+        let mut predictions = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(PREDICT_BATCH) {
             let (inputs, _) = data.batch(chunk);
             let output = self.network.forward(&inputs, &self.memories, &self.config);
             let probs = crate::network::prototypes::tensor_to_vec(output.log_probs.detach().exp());

@@ -6,6 +6,12 @@
 pub mod centralized;
 pub mod dataset;
 pub mod evaluation;
+pub mod evaluator;
+pub mod federation;
+pub mod learner;
+pub mod normalize;
+pub mod plots;
 pub mod report;
+pub mod simulate;
 pub mod synthetic;
 pub mod train_job;

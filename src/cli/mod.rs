@@ -2,6 +2,7 @@
 
 mod data;
 mod keygen;
+mod simulate;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Simulate(simulate::SimulateArgs),
     Train(train::TrainArgs),
     Keygen(keygen::KeygenArgs),
     /// Inspect datasets.
@@ -26,6 +28,7 @@ impl Cli {
     /// Runs the chosen subcommand.
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
+            Command::Simulate(args) => args.run(),
             Command::Train(args) => args.run(),
             Command::Keygen(args) => keygen::run(args),
             Command::Data(args) => args.run(),

@@ -1,0 +1,664 @@
+//! `mpcl simulate`: one experiment plan, every arm on identical splits, seeds and initial
+//! weights, with per-round metrics, a final table and plots written to an output folder.
+//!
+//! Arms:
+//! - `federated`: MPCL trained by the federation (encoder deltas averaged, prototype banks and
+//!   co-occurrence memory aggregated from statistics);
+//! - `fedavg-encoder`: the same federation with memory sharing off (plain FedAvg of the encoder;
+//!   shows what the global memories add);
+//! - `centralized`: pooled training data in one place (the upper reference);
+//! - `local-only`: each client alone on its own data;
+//! - `label-prior`: the mean training distribution for every sample (a model that does not beat
+//!   it has learned nothing).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use mpcl_client::ParticipantSettings;
+use mpcl_coordinator::{AggregationConfig, CoordinatorConfig};
+use mpcl_model::data::Dataset;
+use mpcl_model::metrics::{DistributionMetrics, evaluate};
+use mpcl_model::{
+    Device, DeviceChoice, DeviceError, ModelConfig, ModelError, MpclModel, TrainOptions,
+};
+use mpcl_protocol::messages::GlobalState;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::dataset::{LoadError, load_dataset};
+use crate::evaluation::{EvaluationProtocol, partitions};
+use crate::evaluator::Evaluator;
+use crate::federation::{FederationError, InProcessFederation};
+use crate::learner::Learner;
+use crate::normalize::normalize_per_subject;
+use crate::plots;
+use crate::report::MetricsTable;
+use crate::synthetic::SyntheticConfig;
+use crate::train_job::{write_json, write_text};
+
+/// An arm of the experiment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arm {
+    Federated,
+    FedavgEncoder,
+    Centralized,
+    LocalOnly,
+    LabelPrior,
+}
+
+impl Arm {
+    /// Every arm, in table order.
+    pub const ALL: [Arm; 5] = [
+        Arm::Federated,
+        Arm::FedavgEncoder,
+        Arm::Centralized,
+        Arm::LocalOnly,
+        Arm::LabelPrior,
+    ];
+
+    /// The name used in tables and plots.
+    pub fn label(self) -> &'static str {
+        match self {
+            Arm::Federated => "federated MPCL",
+            Arm::FedavgEncoder => "federated, no memory sharing",
+            Arm::Centralized => "centralized MPCL",
+            Arm::LocalOnly => "local-only MPCL",
+            Arm::LabelPrior => "label prior",
+        }
+    }
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arm::Federated => "federated",
+            Arm::FedavgEncoder => "fedavg-encoder",
+            Arm::Centralized => "centralized",
+            Arm::LocalOnly => "local-only",
+            Arm::LabelPrior => "label-prior",
+        }
+    }
+}
+
+impl std::str::FromStr for Arm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Arm::ALL
+            .into_iter()
+            .find(|arm| arm.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown arm `{s}` (expected one of: {})",
+                    Arm::ALL.map(Arm::name).join(", ")
+                )
+            })
+    }
+}
+
+/// Everything that defines a simulation; written as `config.json` next to its results.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimulationConfig {
+    /// Dataset spec (`larwood2019`, `synthetic`, `dmer:DIR`, ...).
+    pub dataset: String,
+    pub synthetic: SyntheticConfig,
+    /// Use a seeded sample of this many subjects (all when unset).
+    pub subjects: Option<usize>,
+    pub protocol: EvaluationProtocol,
+    pub model: ModelConfig,
+    pub rounds: u64,
+    pub local_epochs: u32,
+    pub batch_size: u32,
+    pub learning_rate: f64,
+    /// Clients sampled per round (all when unset).
+    pub clients_per_round: Option<usize>,
+    pub aggregation: AggregationConfig,
+    /// FedProx proximal weight (0 = FedAvg local training).
+    pub proximal_mu: f64,
+    /// Participants withhold prototype statistics of emotions with less label mass than this.
+    pub min_prototype_mass: f32,
+    pub arms: Vec<Arm>,
+    pub device: DeviceChoice,
+    pub seed: u64,
+}
+
+impl Default for SimulationConfig {
+    fn default() -> Self {
+        Self {
+            dataset: "larwood2019".to_string(),
+            synthetic: SyntheticConfig::default(),
+            subjects: None,
+            protocol: EvaluationProtocol::default(),
+            model: ModelConfig::default(),
+            rounds: 10,
+            local_epochs: 1,
+            batch_size: 32,
+            learning_rate: 3e-3,
+            clients_per_round: None,
+            aggregation: AggregationConfig::default(),
+            proximal_mu: 0.0,
+            min_prototype_mass: 1.0,
+            arms: Arm::ALL.to_vec(),
+            device: DeviceChoice::Cpu,
+            seed: 0,
+        }
+    }
+}
+
+/// Errors of a simulation, each naming what failed.
+#[derive(Debug, Error)]
+pub enum SimulationError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("cannot split dataset: {0}")]
+    Split(#[from] mpcl_model::data::split::SplitError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
+    Federation(#[from] FederationError),
+    #[error("invalid federation settings: {0}")]
+    Coordinator(#[from] mpcl_coordinator::ConfigError),
+    #[error(transparent)]
+    Output(#[from] crate::train_job::JobError),
+    #[error("cannot write `{path}`: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("simulation config: {0}")]
+    Config(String),
+}
+
+/// One line of `rounds.jsonl`: an arm's metrics on one partition's test samples after a round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub arm: Arm,
+    pub partition: String,
+    pub round: u64,
+    pub metrics: DistributionMetrics,
+    /// Bytes from the coordinator to the participants this round (federated arms).
+    pub bytes_down: u64,
+    /// Bytes from the participants to the coordinator this round (federated arms).
+    pub bytes_up: u64,
+    pub wall_seconds: f64,
+}
+
+/// Pooled (all partitions) metrics of an arm after a round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PooledRound {
+    pub arm: Arm,
+    pub round: u64,
+    pub metrics: DistributionMetrics,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+}
+
+/// One subject's final metrics under one arm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubjectMetrics {
+    pub arm: Arm,
+    pub subject: String,
+    pub metrics: DistributionMetrics,
+}
+
+/// The outcome of a simulation.
+#[derive(Clone, Debug)]
+pub struct SimulationResult {
+    pub dataset: String,
+    pub subjects: usize,
+    pub protocol: String,
+    pub device: String,
+    pub rounds: Vec<PooledRound>,
+    pub per_subject: Vec<SubjectMetrics>,
+    pub final_table: MetricsTable,
+    /// Final global state of each federated arm, per partition (for tests and checks).
+    pub final_states: BTreeMap<Arm, Vec<GlobalState>>,
+    pub wall_seconds: f64,
+}
+
+/// Called after each round of an arm with (round, predictions, (bytes down, bytes up), seconds).
+type RoundObserver<'a> =
+    dyn FnMut(u64, &[Vec<f32>], (u64, u64), f64) -> Result<(), SimulationError> + 'a;
+
+/// Predictions of one arm on one partition's test samples, after each round.
+struct ArmTrace {
+    predictions: Vec<Vec<Vec<f32>>>,
+    bytes: Vec<(u64, u64)>,
+}
+
+/// Runs the simulation; when `out` is given, writes `config.json`, `rounds.jsonl`,
+/// `final.csv`, `final.md`, `per_subject.csv` and the plots there.
+pub fn run_simulation(
+    config: &SimulationConfig,
+    out: Option<&Path>,
+    progress: bool,
+) -> Result<SimulationResult, SimulationError> {
+    let started = Instant::now();
+    if config.arms.is_empty() {
+        return Err(SimulationError::Config("no arms selected".into()));
+    }
+    if config.rounds == 0 {
+        return Err(SimulationError::Config("rounds must be at least 1".into()));
+    }
+    let mut round_log = match out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|source| SimulationError::Write {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            write_json(&dir.join("config.json"), config)?;
+            let path = dir.join("rounds.jsonl");
+            Some((
+                BufWriter::new(
+                    File::create(&path).map_err(|source| SimulationError::Write {
+                        path: path.clone(),
+                        source,
+                    })?,
+                ),
+                path,
+            ))
+        }
+        None => None,
+    };
+    let selected = config.device.resolve()?;
+    let device = &selected.device;
+    let (dataset, _report) = load_dataset(&config.dataset, &config.synthetic)?;
+    let dataset = sample_subjects(&dataset, config.subjects, config.seed);
+    config
+        .model
+        .validate(&dataset.schema)
+        .map_err(ModelError::from)?;
+    let parts = partitions(&dataset, config.protocol, config.seed)?;
+    let initial =
+        MpclModel::new(&dataset.schema, &config.model, device, config.seed)?.global_state();
+
+    let bar = progress_bar(
+        progress,
+        parts.len() * config.arms.len() * config.rounds as usize,
+    );
+    let mut labels: Vec<Vec<f32>> = Vec::new();
+    let mut subjects: Vec<String> = Vec::new();
+    let mut traces: BTreeMap<Arm, Vec<ArmTrace>> = BTreeMap::new();
+    let mut final_states: BTreeMap<Arm, Vec<GlobalState>> = BTreeMap::new();
+    for part in &parts {
+        let normalized = normalize_per_subject(&dataset, &part.train);
+        let train_set = normalized.subset(&part.train);
+        let test_set = normalized.subset(&part.test);
+        labels.extend(test_set.samples.iter().map(|s| s.label.clone()));
+        subjects.extend(test_set.samples.iter().map(|s| s.subject.clone()));
+        let mut evaluator = Evaluator::new(&test_set, &train_set, &config.model, device)?;
+        for &arm in &config.arms {
+            let mut on_round =
+                |round: u64, predictions: &[Vec<f32>], bytes: (u64, u64), seconds: f64| {
+                    let metrics = evaluate(
+                        test_set
+                            .samples
+                            .iter()
+                            .zip(predictions)
+                            .map(|(s, p)| (s.label.as_slice(), p.as_slice())),
+                    );
+                    let record = RoundRecord {
+                        arm,
+                        partition: part.name.clone(),
+                        round,
+                        metrics,
+                        bytes_down: bytes.0,
+                        bytes_up: bytes.1,
+                        wall_seconds: seconds,
+                    };
+                    if let Some(bar) = &bar {
+                        bar.inc(1);
+                        bar.set_message(format!(
+                            "{} round {round}: KL {:.4}",
+                            arm.name(),
+                            metrics.kl
+                        ));
+                    }
+                    if let Some((writer, path)) = round_log.as_mut() {
+                        let line = serde_json::to_string(&record).expect("plain data serialises");
+                        writeln!(writer, "{line}")
+                            .and_then(|()| writer.flush())
+                            .map_err(|source| SimulationError::Write {
+                                path: path.clone(),
+                                source,
+                            })?;
+                    }
+                    Ok::<(), SimulationError>(())
+                };
+            let (trace, state) = run_arm(
+                arm,
+                config,
+                &train_set,
+                &test_set,
+                &initial,
+                device,
+                &mut evaluator,
+                &mut on_round,
+            )?;
+            traces.entry(arm).or_default().push(trace);
+            if let Some(state) = state {
+                final_states.entry(arm).or_default().push(state);
+            }
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let rounds = pool_rounds(&traces, &labels, config.rounds);
+    let per_subject = per_subject_metrics(&traces, &labels, &subjects);
+    let mut final_table = MetricsTable::default();
+    for &arm in &config.arms {
+        if let Some(last) = rounds.iter().rev().find(|r| r.arm == arm) {
+            final_table.push(arm.label(), last.metrics);
+        }
+    }
+    let result = SimulationResult {
+        dataset: dataset.name.clone(),
+        subjects: dataset.subjects().len(),
+        protocol: config.protocol.to_string(),
+        device: selected.description,
+        rounds,
+        per_subject,
+        final_table,
+        final_states,
+        wall_seconds: started.elapsed().as_secs_f64(),
+    };
+    if let Some(dir) = out {
+        write_outputs(dir, &result)?;
+    }
+    Ok(result)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_arm(
+    arm: Arm,
+    config: &SimulationConfig,
+    train_set: &Dataset,
+    test_set: &Dataset,
+    initial: &GlobalState,
+    device: &Device,
+    evaluator: &mut Evaluator,
+    on_round: &mut RoundObserver<'_>,
+) -> Result<(ArmTrace, Option<GlobalState>), SimulationError> {
+    let mut trace = ArmTrace {
+        predictions: Vec::new(),
+        bytes: Vec::new(),
+    };
+    let options = |round: u64, salt: u64| TrainOptions {
+        epochs: config.local_epochs as usize,
+        batch_size: config.batch_size as usize,
+        learning_rate: config.learning_rate,
+        seed: config.seed ^ (round << 32) ^ salt,
+        proximal_mu: 0.0,
+        progress: false,
+    };
+    match arm {
+        Arm::Federated | Arm::FedavgEncoder => {
+            let settings = ParticipantSettings {
+                min_prototype_mass: config.min_prototype_mass,
+                share_memories: arm == Arm::Federated,
+            };
+            let mut federation = InProcessFederation::new(
+                train_set,
+                &config.model,
+                &settings,
+                coordinator_config(config, train_set.subjects().len())?,
+                initial.clone(),
+                device,
+            )?;
+            let final_state = federation.run(|outcome| {
+                let predictions = evaluator.predict(&outcome.state)?;
+                on_round(
+                    outcome.round,
+                    &predictions,
+                    (outcome.bytes_down, outcome.bytes_up),
+                    outcome.seconds,
+                )?;
+                trace.predictions.push(predictions);
+                trace.bytes.push((outcome.bytes_down, outcome.bytes_up));
+                Ok::<(), SimulationError>(())
+            })?;
+            Ok((trace, Some(final_state)))
+        }
+        Arm::Centralized => {
+            let mut learner = Learner::new(train_set, &config.model, initial, device)?;
+            for round in 1..=config.rounds {
+                let started = Instant::now();
+                learner.train_round(&options(round, 0));
+                let predictions = evaluator.predict(&learner.state())?;
+                on_round(round, &predictions, (0, 0), started.elapsed().as_secs_f64())?;
+                trace.predictions.push(predictions);
+                trace.bytes.push((0, 0));
+            }
+            Ok((trace, Some(learner.state())))
+        }
+        Arm::LocalOnly => {
+            let mut learners = Vec::new();
+            for (index, subject) in train_set.subjects().into_iter().enumerate() {
+                let rows: Vec<usize> = (0..train_set.samples.len())
+                    .filter(|&i| train_set.samples[i].subject == subject)
+                    .collect();
+                let own_test: Vec<usize> = (0..test_set.samples.len())
+                    .filter(|&i| test_set.samples[i].subject == subject)
+                    .collect();
+                learners.push((
+                    index as u64,
+                    Learner::new(&train_set.subset(&rows), &config.model, initial, device)?,
+                    own_test,
+                ));
+            }
+            // Test samples of subjects without a learner of their own (held-out subjects) are
+            // predicted by the mean of all local models.
+            let orphan_rows: Vec<usize> = (0..test_set.samples.len())
+                .filter(|&i| !learners.iter().any(|(_, _, rows)| rows.contains(&i)))
+                .collect();
+            let emotions = test_set.schema.emotion_count();
+            let learner_count = learners.len() as f32;
+            for round in 1..=config.rounds {
+                let started = Instant::now();
+                let mut predictions = vec![vec![0.0f32; emotions]; test_set.samples.len()];
+                for (salt, learner, rows) in &mut learners {
+                    learner.train_round(&options(round, *salt + 1));
+                    let state = learner.state();
+                    for (row, p) in rows.iter().zip(evaluator.predict_rows(&state, rows)?) {
+                        predictions[*row] = p;
+                    }
+                    if !orphan_rows.is_empty() {
+                        let ensemble = evaluator.predict_rows(&state, &orphan_rows)?;
+                        for (row, p) in orphan_rows.iter().zip(ensemble) {
+                            for (acc, v) in predictions[*row].iter_mut().zip(p) {
+                                *acc += v / learner_count;
+                            }
+                        }
+                    }
+                }
+                on_round(round, &predictions, (0, 0), started.elapsed().as_secs_f64())?;
+                trace.predictions.push(predictions);
+                trace.bytes.push((0, 0));
+            }
+            Ok((trace, None))
+        }
+        Arm::LabelPrior => {
+            let prior = train_set.label_prior();
+            let predictions = vec![prior; test_set.samples.len()];
+            for round in 1..=config.rounds {
+                on_round(round, &predictions, (0, 0), 0.0)?;
+                trace.predictions.push(predictions.clone());
+                trace.bytes.push((0, 0));
+            }
+            Ok((trace, None))
+        }
+    }
+}
+
+/// The coordinator settings of a simulation's federated arms.
+pub fn coordinator_config(
+    config: &SimulationConfig,
+    clients: usize,
+) -> Result<CoordinatorConfig, SimulationError> {
+    let cohort = config
+        .clients_per_round
+        .unwrap_or(clients)
+        .min(clients)
+        .max(1);
+    let mut coordinator = CoordinatorConfig {
+        name: "simulation".to_string(),
+        seed: config.seed,
+        rounds: config.rounds,
+        clients_per_round: Some(cohort),
+        min_clients_to_aggregate: cohort,
+        min_available_clients: Some(clients),
+        aggregation: config.aggregation.clone(),
+        ..CoordinatorConfig::default()
+    };
+    coordinator.training.local_epochs = config.local_epochs;
+    coordinator.training.batch_size = config.batch_size;
+    coordinator.training.learning_rate = config.learning_rate;
+    coordinator.training.proximal_mu = config.proximal_mu;
+    coordinator.validate()?;
+    Ok(coordinator)
+}
+
+/// A seeded sample of `count` subjects (all of them when `count` is unset or too large).
+fn sample_subjects(dataset: &Dataset, count: Option<usize>, seed: u64) -> Dataset {
+    let subjects = dataset.subjects();
+    let Some(count) = count.filter(|c| *c < subjects.len()) else {
+        return dataset.clone();
+    };
+    let mut chosen = subjects;
+    chosen.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    chosen.truncate(count);
+    let rows: Vec<usize> = (0..dataset.samples.len())
+        .filter(|&i| chosen.contains(&dataset.samples[i].subject))
+        .collect();
+    dataset.subset(&rows)
+}
+
+fn pool_rounds(
+    traces: &BTreeMap<Arm, Vec<ArmTrace>>,
+    labels: &[Vec<f32>],
+    rounds: u64,
+) -> Vec<PooledRound> {
+    let mut pooled = Vec::new();
+    for (&arm, parts) in traces {
+        for round in 0..rounds as usize {
+            let predictions: Vec<&Vec<f32>> = parts
+                .iter()
+                .flat_map(|t| t.predictions.get(round).into_iter().flatten())
+                .collect();
+            if predictions.len() != labels.len() {
+                continue;
+            }
+            let metrics = evaluate(
+                labels
+                    .iter()
+                    .zip(&predictions)
+                    .map(|(l, p)| (l.as_slice(), p.as_slice())),
+            );
+            let (down, up) = parts
+                .iter()
+                .filter_map(|t| t.bytes.get(round))
+                .fold((0, 0), |(d, u), (bd, bu)| (d + bd, u + bu));
+            pooled.push(PooledRound {
+                arm,
+                round: round as u64 + 1,
+                metrics,
+                bytes_down: down,
+                bytes_up: up,
+            });
+        }
+    }
+    pooled
+}
+
+fn per_subject_metrics(
+    traces: &BTreeMap<Arm, Vec<ArmTrace>>,
+    labels: &[Vec<f32>],
+    subjects: &[String],
+) -> Vec<SubjectMetrics> {
+    let mut out = Vec::new();
+    for (&arm, parts) in traces {
+        let last: Vec<&Vec<f32>> = parts
+            .iter()
+            .flat_map(|t| t.predictions.last().into_iter().flatten())
+            .collect();
+        if last.len() != labels.len() {
+            continue;
+        }
+        let mut by_subject: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, subject) in subjects.iter().enumerate() {
+            by_subject.entry(subject).or_default().push(i);
+        }
+        for (subject, rows) in by_subject {
+            out.push(SubjectMetrics {
+                arm,
+                subject: subject.to_string(),
+                metrics: evaluate(
+                    rows.iter()
+                        .map(|&i| (labels[i].as_slice(), last[i].as_slice())),
+                ),
+            });
+        }
+    }
+    out
+}
+
+fn write_outputs(dir: &Path, result: &SimulationResult) -> Result<(), SimulationError> {
+    write_text(&dir.join("final.csv"), &result.final_table.to_csv())?;
+    write_text(&dir.join("final.md"), &result.final_table.to_markdown())?;
+    let mut pooled = String::new();
+    for round in &result.rounds {
+        pooled.push_str(&serde_json::to_string(round).expect("plain data serialises"));
+        pooled.push('\n');
+    }
+    write_text(&dir.join("rounds_pooled.jsonl"), &pooled)?;
+    let mut csv =
+        String::from("arm,subject,chebyshev,clark,canberra,kl,cosine,intersection,samples\n");
+    for s in &result.per_subject {
+        let v = s.metrics.values();
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{}\n",
+            s.arm.name(),
+            s.subject,
+            v[0],
+            v[1],
+            v[2],
+            v[3],
+            v[4],
+            v[5],
+            s.metrics.samples
+        ));
+    }
+    write_text(&dir.join("per_subject.csv"), &csv)?;
+    plots::metric_vs_round(&dir.join("kl_vs_round.svg"), &result.rounds, "kl")
+        .map_err(|e| SimulationError::Config(format!("plot: {e}")))?;
+    plots::metric_vs_round(&dir.join("cosine_vs_round.svg"), &result.rounds, "cosine")
+        .map_err(|e| SimulationError::Config(format!("plot: {e}")))?;
+    plots::per_subject_spread(&dir.join("per_subject_kl.svg"), &result.per_subject)
+        .map_err(|e| SimulationError::Config(format!("plot: {e}")))?;
+    Ok(())
+}
+
+fn progress_bar(enabled: bool, total: usize) -> Option<indicatif::ProgressBar> {
+    if !enabled {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "[{bar:30}] {pos}/{len} arm-rounds {elapsed} {msg}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    Some(bar)
+}
