@@ -9,7 +9,7 @@ What computes the numbers
   loaded directly from the installed Opacus package *by file path*, so that `import opacus` (which
   imports torch) never runs. That file needs only math, numpy and scipy. Install it without torch:
 
-      pip install numpy scipy dp-accounting
+      pip install numpy scipy mpmath dp-accounting
       pip install --no-deps opacus==1.6.0
 
   The order grid is Opacus' `RDPAccountant.DEFAULT_ALPHAS`
