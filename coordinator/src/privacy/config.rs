@@ -17,6 +17,9 @@
 //! combinations that would silently not do what they say: noise without a clip norm, a budget
 //! without noise, robust aggregation rules under secure aggregation or with DP noise, cohorts
 //! larger than secure aggregation supports.
+//!
+//! Protects against misconfiguration (a setting that would silently give less privacy than it
+//! says is an error naming the field); it cannot tell whether the numbers chosen are enough.
 
 use std::fmt;
 

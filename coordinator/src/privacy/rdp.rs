@@ -18,6 +18,10 @@
 //!
 //! which is never worse than the classic `rdp(a) - ln(delta) / (a - 1)` (Mironov 2017).
 //!
+//! Protects against nothing by itself: it measures. Its numbers hold only under the
+//! assumptions listed in [`super::ledger`] (Poisson sampling, clipped unit-weight contributions,
+//! noise as configured).
+//!
 //! `tools/make_rdp_references.py` writes Opacus' own numbers to
 //! `coordinator/tests/fixtures/privacy/rdp_references.json`; `tests/rdp_references.rs` checks this
 //! port against them.

@@ -1,6 +1,13 @@
 //! The client side of a session: one [`SecAggClient`] per round, driven through its steps in
 //! order. Any failed step leaves the client in a failed state (it never retries a step with
 //! different input, which could leak more than one answer).
+//!
+//! Protects the client's input against the coordinator and other clients as described in the
+//! module doc of [`super`]: it verifies every peer's signed keys itself, encrypts shares end to
+//! end, signs one survivor list per session and reveals at most one secret of each peer. It does
+//! not protect against a roster padded with coordinator-controlled identities unless
+//! [`ClientOptions::trusted_peers`] is set, nor against its own randomness being predictable
+//! (seed it from the operating system: [`SecAggClient::with_os_randomness`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -16,7 +16,8 @@
 //! `w` is the sample count for FedAvg; with differential privacy it must be 1 (every client the
 //! same weight), because the noise is calibrated to one client's clipped contribution.
 //!
-//! What the layout does **not** carry: local metrics (they are not summed; under secure
+//! Protects against nothing by itself: it only decides what goes into the masked vector. What it
+//! puts there is hidden by the masks; what it does **not** carry stays outside them: local metrics (they are not summed; under secure
 //! aggregation a client sends none, or only coarse ones outside the masked vector).
 
 use std::ops::Range;

@@ -7,6 +7,12 @@
 //!   one stream) read as little-endian `u32` words. A mask of `n` words costs `4n` keystream
 //!   bytes; the 32-bit block counter allows 2^36 words.
 
+//!
+//! Protects: masks are pseudorandom to anyone without the key (ChaCha20), keys are independent per
+//! pair, purpose and session (a mask key reconstructed in one round says nothing about another).
+//! Does not protect: a leaked X25519 private key or self-mask seed unmasks that client's vector
+//! of that session.
+
 use chacha20::ChaCha20;
 use chacha20::cipher::{KeyIvInit, StreamCipher};
 use sha2::{Digest, Sha256};

@@ -1,6 +1,9 @@
 //! The messages of a secure-aggregation session: plain serde data that the network layer can
 //! carry inside its own client and coordinator messages. Who sends what to whom is in the table
 //! of the module doc ([`super`]).
+//!
+//! They protect nothing on their own: advertisements and survivor signatures are signed, shares
+//! are encrypted, inputs are masked, but the transport (TLS) is what hides who talks to whom.
 
 use std::fmt;
 

@@ -20,6 +20,12 @@
 //! ([`Quantizer::sum_error_bound`]). Counts ([`ValueKind::Count`]) use scale 1 and are exact for
 //! integer inputs.
 //!
+//! # What it protects against, and what not
+//!
+//! It protects the sum against silent wrap-around (a value outside the range is refused with the
+//! segment and index named). It does not make an update private by itself, and it does not
+//! bound a malicious client's influence beyond the range: any in-range value is summed.
+//!
 //! Choosing `s`: precision improves with `s`, range shrinks with it. With `s = 2^16` and 10
 //! clients a client may send values up to about 3276 with a per-coordinate error of 7.6e-5 on the
 //! sum; a sample-weighted delta divided by the total sample count then carries an error of at most

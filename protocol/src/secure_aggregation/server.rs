@@ -5,6 +5,12 @@
 //! cohort. A step closed with fewer than `t` participants fails the session
 //! ([`SecAggError::BelowThreshold`]); so does a reconstruction that does not match what its owner
 //! advertised. A failed or finished server refuses every further message.
+//!
+//! Protects the correctness of the sum: it checks signatures, senders, duplicates, lengths and
+//! share coordinates, and verifies every reconstruction, so it outputs the exact sum of the
+//! contributors or an error. It sees only masked vectors and the sum. It does not protect against
+//! a contributor's valid but poisoned input (it cannot see inputs), and a client that disrupts a
+//! step (wrong shares, no answer) can make the round fail.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -7,6 +7,11 @@
 //! instead of interpolating garbage. Shamir shares carry no integrity: a wrong share gives a
 //! wrong secret, which the callers detect by checking the result against a commitment or a
 //! public key.
+//!
+//! Protects: fewer than `t` shares reveal nothing about a secret (information-theoretically).
+//! Does not protect: against wrong shares (no verifiable secret sharing: detection only, see
+//! above), or timing side channels of the crate's table-based GF(256) arithmetic; at most 255
+//! shares per secret.
 
 use blahaj::{Share, Sharks};
 use chacha20::ChaCha20Rng;
