@@ -20,6 +20,12 @@
 //! [aggregation]
 //! rule = { name = "fedadam", server_lr = 0.01 }   # or rule = "fedavg" / "median"
 //! prototype_blend = 0.5
+//!
+//! [privacy]                                        # see crate::privacy::config
+//! secure_aggregation = true
+//! clip_norm = 1.0
+//! noise_multiplier = 1.1
+//! epsilon_budget = 8.0
 //! ```
 
 use std::fmt;
@@ -96,7 +102,7 @@ pub struct CoordinatorConfig {
     pub aggregation: AggregationConfig,
     /// Bounds past which an update is rejected as oversized.
     pub limits: UpdateLimits,
-    /// Privacy settings (reserved: differential privacy and secure aggregation come later).
+    /// Privacy settings: secure aggregation, differential privacy, prototype withholding.
     pub privacy: PrivacyConfig,
 }
 
@@ -319,11 +325,9 @@ impl Default for UpdateLimits {
     }
 }
 
-/// Reserved for differential privacy and secure aggregation settings; empty for now, so any key
-/// in `[privacy]` is reported as unknown rather than silently ignored.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PrivacyConfig {}
+/// The `[privacy]` section: secure aggregation, differential privacy, prototype withholding
+/// (defined with the privacy building blocks, [`crate::privacy::config`]).
+pub use crate::privacy::PrivacyConfig;
 
 impl CoordinatorConfig {
     /// Reads, parses and validates a TOML file; errors name the file and the offending field.
@@ -498,6 +502,12 @@ impl CoordinatorConfig {
         }
         if l.max_sample_count == 0 {
             return fail("limits.max_sample_count", "must be at least 1".into());
+        }
+        if let Err((field, message)) = self
+            .privacy
+            .validate(&self.aggregation.rule, self.clients_per_round)
+        {
+            return fail(&field, message);
         }
         Ok(())
     }

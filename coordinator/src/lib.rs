@@ -1,5 +1,6 @@
 //! The mpcl coordinator: the federated round logic as a pure state machine, the aggregation
-//! rules, run configuration, checkpoints and the per-round log.
+//! rules, run configuration, privacy (differential-privacy accounting, clipping and noise),
+//! checkpoints and the per-round log.
 //!
 //! Nothing here opens a socket or reads a clock: [`round::Coordinator`] is fed events with the
 //! time and returns actions, so the in-process simulation and the network server (built on top
@@ -8,6 +9,7 @@
 pub mod aggregation;
 pub mod checkpoint;
 pub mod config;
+pub mod privacy;
 pub mod round;
 pub mod round_log;
 pub mod validate;
@@ -21,6 +23,7 @@ pub use checkpoint::{
     read_latest_checkpoint, write_checkpoint,
 };
 pub use config::{AggregationConfig, AggregationRule, ConfigError, CoordinatorConfig};
+pub use privacy::{BudgetExhausted, LedgerError, PrivacyConfig, PrivacyLedger, PrivacySpent};
 pub use round::{
     Action, ContributorSummary, Coordinator, CoordinatorError, Event, Millis, ParticipantId,
     RoundStatus, RoundSummary, WaitReason,

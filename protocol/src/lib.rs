@@ -12,12 +12,14 @@
 //! | [`identity`] | ed25519 key files, participant ids, the enrolment file |
 //! | [`signing`] | signed updates, their verification, the replay guard |
 //! | [`tls`] | rustls configs that authenticate by enrolled / pinned ed25519 keys |
+//! | [`secure_aggregation`] | masking math, Shamir shares and the client/coordinator steps of secure aggregation |
 
 pub mod codec;
 pub mod framing;
 pub mod identity;
 pub mod messages;
 pub mod params;
+pub mod secure_aggregation;
 pub mod signing;
 pub mod stats;
 pub mod tls;
