@@ -34,10 +34,10 @@ pub struct SimulateArgs {
     #[arg(long, default_value = "subject-dependent")]
     protocol: EvaluationProtocol,
     /// Federated rounds (the other arms train the same number of epochs).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 20)]
     rounds: u64,
     /// Local epochs per round.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 2)]
     local_epochs: u32,
     /// Local batch size.
     #[arg(long, default_value_t = 32)]
