@@ -20,7 +20,8 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     Train(train::TrainArgs),
     Keygen(keygen::KeygenArgs),
-    /// Inspect datasets.
+    /// Inspect, validate and convert datasets.
+    #[command(long_about = data::LONG_ABOUT)]
     Data(data::DataArgs),
 }
 
