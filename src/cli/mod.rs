@@ -46,3 +46,15 @@ pub fn init_tracing() {
         .with_writer(std::io::stderr)
         .init();
 }
+
+/// The model config from a JSON file (any subset of `ModelConfig`'s fields), or the defaults.
+fn load_model_config(path: Option<&std::path::Path>) -> anyhow::Result<mpcl_model::ModelConfig> {
+    use anyhow::Context;
+    let Some(path) = path else {
+        return Ok(mpcl_model::ModelConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read model config `{}`", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("invalid model config `{}`", path.display()))
+}
