@@ -1,15 +1,16 @@
 //! The mpcl coordinator: the federated round logic as a pure state machine, the aggregation
 //! rules, run configuration, checkpoints and the per-round log.
 //!
-//! Nothing here opens a socket or reads a clock: [`round::Coordinator`] is fed events with the
-//! time and returns actions, so the in-process simulation and the network server (built on top
-//! later) run the very same code.
+//! Nothing but [`server`] opens a socket or reads a clock: [`round::Coordinator`] is fed events
+//! with the time and returns actions, so the in-process simulation and the QUIC server
+//! ([`server`]) run the very same code.
 
 pub mod aggregation;
 pub mod checkpoint;
 pub mod config;
 pub mod round;
 pub mod round_log;
+pub mod server;
 pub mod validate;
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! Subcommands of `mpcl`, one file each.
 
+mod client;
+mod coordinator;
 mod data;
 mod keygen;
 mod train;
@@ -20,6 +22,9 @@ enum Command {
     Keygen(keygen::KeygenArgs),
     /// Inspect datasets.
     Data(data::DataArgs),
+    Coordinator(coordinator::CoordinatorArgs),
+    Client(client::ClientArgs),
+    Status(client::StatusArgs),
 }
 
 impl Cli {
@@ -29,6 +34,9 @@ impl Cli {
             Command::Train(args) => args.run(),
             Command::Keygen(args) => keygen::run(args),
             Command::Data(args) => args.run(),
+            Command::Coordinator(args) => args.run(),
+            Command::Client(args) => args.run(),
+            Command::Status(args) => args.run(),
         }
     }
 }
