@@ -389,14 +389,14 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     {
         Ok(key) => key,
         Err(error) => {
-            warn!(participant = "unknown", %remote, %error, "cannot read the peer's key; closing");
+            warn!(participant = %"unknown", %remote, %error, "cannot read the peer's key; closing");
             connection.close(CLOSE_PROTOCOL.into(), b"no usable client certificate");
             return;
         }
     };
     let Some(enrolled) = shared.enrolment.by_key(&key).cloned() else {
         // The TLS verifier admits only enrolled keys; this is a second fence.
-        warn!(participant = "unknown", %remote, "key not enrolled; closing");
+        warn!(participant = %"unknown", %remote, "key not enrolled; closing");
         connection.close(CLOSE_PROTOCOL.into(), b"not enrolled");
         return;
     };
@@ -420,10 +420,10 @@ fn log_handshake_failure(remote: SocketAddr, error: &quinn::ConnectionError) {
         other => other.to_string(),
     };
     warn!(
-        participant = "unauthenticated",
+        participant = %"unauthenticated",
         %remote,
         %reason,
-        "rejected connection during the TLS handshake"
+        "TLS handshake failed (unenrolled key, or the client refused this coordinator)"
     );
 }
 
