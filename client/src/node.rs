@@ -280,7 +280,18 @@ impl Node {
         self.emit(NodeEvent::Admitted {
             welcome: welcome.clone(),
         });
-        let result = self.work(&session, &welcome, shutdown).await;
+        let result = match self.work(&session, &welcome, shutdown).await {
+            // The coordinator closed the connection because the run is over (this node missed
+            // the `Finished` answer, for example while it slept).
+            Err(SessionFailure::Lost(SessionError::RunOver)) => {
+                info!("the coordinator closed the connection: the run is over");
+                self.emit(NodeEvent::Finished {
+                    rounds: welcome.total_rounds,
+                });
+                Ok(SessionEnd::Finished(welcome.total_rounds))
+            }
+            other => other,
+        };
         match &result {
             Ok(_) => session.close().await,
             Err(_) => session.abort(),
@@ -578,5 +589,61 @@ pub fn phase_name(phase: RoundPhase) -> &'static str {
         RoundPhase::Training => "training",
         RoundPhase::Aggregating => "aggregating",
         RoundPhase::Finished => "finished",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mpcl_model::data::{Modality, ModalityGroup};
+
+    fn schema(emotions: &[&str], width: usize) -> Schema {
+        Schema {
+            emotions: emotions.iter().map(|e| e.to_string()).collect(),
+            modalities: vec![Modality::new("eeg", ModalityGroup::Physiological, 2, width)],
+        }
+    }
+
+    fn welcome(schema: &Schema, model: &str) -> Welcome {
+        Welcome {
+            run_id: [0; 16],
+            protocol_version: mpcl_protocol::PROTOCOL_VERSION,
+            participant_id: "p".into(),
+            max_message_bytes: 1 << 20,
+            total_rounds: 1,
+            current_round: 0,
+            model_config_json: model.into(),
+            schema_json: serde_json::to_string(schema).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_matching_schema_gives_the_model_config() {
+        let local = schema(&["joy", "fear"], 3);
+        let config = check_compatible(&welcome(&local, r#"{"width": 8}"#), &local).unwrap();
+        assert_eq!(config.width, 8);
+        assert_eq!(config.memory_slots, ModelConfig::default().memory_slots);
+    }
+
+    #[test]
+    fn other_emotions_or_modalities_are_incompatible_and_named() {
+        let local = schema(&["joy", "fear"], 3);
+        let error = check_compatible(&welcome(&schema(&["joy", "anger"], 3), "{}"), &local)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("anger") && error.contains("fear"), "{error}");
+        let error = check_compatible(&welcome(&schema(&["joy", "fear"], 4), "{}"), &local)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("2x4") && error.contains("2x3"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_model_field_is_incompatible() {
+        let local = schema(&["joy", "fear"], 3);
+        let error = check_compatible(&welcome(&local, r#"{"widht": 8}"#), &local)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("widht"), "{error}");
     }
 }

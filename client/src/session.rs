@@ -367,3 +367,43 @@ async fn exchange(
         .await
         .map_err(|e| stream_error(e, connection, addr))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        "127.0.0.1:1".parse().unwrap()
+    }
+
+    #[test]
+    fn crypto_closes_are_fatal_and_shutdowns_are_not() {
+        let refused = quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: quinn::TransportErrorCode::crypto(42),
+            frame_type: None,
+            reason: Default::default(),
+        });
+        let error = classify(refused, addr());
+        assert!(matches!(error, SessionError::Rejected { .. }) && error.is_fatal());
+
+        let app = |code: u32, reason: &'static [u8]| {
+            quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                error_code: code.into(),
+                reason: reason.into(),
+            })
+        };
+        let error = classify(app(CLOSE_SHUTDOWN, b"coordinator shutting down"), addr());
+        assert!(matches!(error, SessionError::Connection(_)) && !error.is_fatal());
+        assert!(matches!(
+            classify(app(CLOSE_FINISHED, b"run finished"), addr()),
+            SessionError::RunOver
+        ));
+        // A connection dropped without a reason (a crashed coordinator) is not "finished".
+        assert!(matches!(
+            classify(app(0, b""), addr()),
+            SessionError::Connection(_)
+        ));
+        assert!(classify(app(CLOSE_PROTOCOL, b"bad hello"), addr()).is_fatal());
+        assert!(!classify(quinn::ConnectionError::TimedOut, addr()).is_fatal());
+    }
+}

@@ -12,7 +12,7 @@
 //! ```text
 //! client                                     coordinator
 //!   | Hello { participant_id, version } ------> |  checks version and that the id matches the
-//!   | <------------ Welcome { run_id, limits,.. } |  key that authenticated the TLS connection
+//!   | <--- Welcome { run_id, model, schema,.. } |  key that authenticated the TLS connection
 //!   |                                          |  (or Error { reason } and closes)
 //!   | RequestWork { last_completed_round } ---> |
 //!   | <---------- Wait { retry_after_ms, reason } |  not sampled / waiting for participants /

@@ -42,11 +42,14 @@ impl Cli {
 }
 
 /// Logs go to stderr through `tracing`; `RUST_LOG` overrides the default level (`info`).
+/// Colours only when stderr is a terminal, so that log files stay greppable.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -1,5 +1,5 @@
 //! Faults a coordinator must turn away while the run goes on: a key that is not enrolled, a
-//! server that is not the pinned coordinator, a truncated frame, an oversized frame, a bad
+//! server that is not the pinned coordinator, local data of another schema, a truncated frame, an oversized frame, a bad
 //! signature, an update signed by someone else, a NaN update and replayed updates. Each is
 //! refused with a reason the client receives and the coordinator logs (with the participant's
 //! id), and both rounds still complete with the honest clients.
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use mpcl_client::{NodeEvent, NodeOutcome, Session, SessionError, UpdateOutcome};
+use mpcl_client::{NodeError, NodeEvent, NodeOutcome, Session, SessionError, UpdateOutcome};
 use mpcl_coordinator::Coordinator;
 use mpcl_coordinator::round_log::read_round_log;
 use mpcl_coordinator::server::ROUND_LOG_FILE;
@@ -20,6 +20,7 @@ use mpcl_protocol::messages::{
     TrainingConfig,
 };
 use mpcl_protocol::{CooccurrenceStatistics, PrototypeStatistics, SignedUpdate};
+use mpcl_simulations::synthetic::SyntheticConfig;
 use mpcl_tests::{
     Federation, Keys, identity, join, run_config, session_config, start_node, start_server,
 };
@@ -149,6 +150,24 @@ async fn bad_clients_are_refused_with_logged_reasons_while_rounds_complete() -> 
     match Session::connect(&wrong_pin).await {
         Err(error @ SessionError::WrongCoordinator { .. }) => assert!(error.is_fatal()),
         other => bail!("a wrong pinned key got {other:?}"),
+    }
+
+    // Local data with another schema (a wider face vector) cannot take part.
+    let other_schema = mpcl_simulations::synthetic::generate(&SyntheticConfig {
+        subjects: 1,
+        face_width: 12,
+        ..SyntheticConfig::default()
+    });
+    let misfit = start_node(
+        server.addr,
+        &keys,
+        keys.participants[1].clone(),
+        other_schema,
+        CancellationToken::new(),
+    );
+    match join(misfit.task, Duration::from_secs(30), "misfit node").await? {
+        Err(NodeError::Incompatible(reason)) => ensure!(reason.contains("face"), "{reason}"),
+        other => bail!("a node with another schema got {other:?}"),
     }
 
     let mallory_identity = keys.participants[3].clone();

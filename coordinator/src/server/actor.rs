@@ -529,3 +529,53 @@ pub(crate) fn wire_reject(reason: &RejectReason) -> WireReject {
         | RejectReason::InvalidStatistics(_) => WireReject::Invalid(reason.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rejection_has_a_wire_reason() {
+        let cases = [
+            (
+                RejectReason::StaleRound {
+                    round: 1,
+                    current: 3,
+                },
+                WireReject::StaleRound { current: 3 },
+            ),
+            (
+                RejectReason::FutureRound {
+                    round: 4,
+                    current: 3,
+                },
+                WireReject::FutureRound { current: 3 },
+            ),
+            (
+                RejectReason::RoundNotOpen { round: 2 },
+                WireReject::RoundNotOpen { round: 2 },
+            ),
+            (RejectReason::RunFinished, WireReject::RunFinished),
+            (RejectReason::Duplicate { round: 2 }, WireReject::Duplicate),
+            (
+                RejectReason::NotSampled { round: 2 },
+                WireReject::NotSelected,
+            ),
+            (
+                RejectReason::WrongRun {
+                    expected: [1; 16],
+                    found: [2; 16],
+                },
+                WireReject::WrongRun,
+            ),
+        ];
+        for (reason, wire) in cases {
+            assert_eq!(wire_reject(&reason), wire);
+        }
+        let nan = RejectReason::NonFinite("encoder delta `w`".into());
+        match wire_reject(&nan) {
+            WireReject::Invalid(text) => assert!(text.contains("non-finite"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
