@@ -68,7 +68,9 @@ impl NodeConfig {
 /// The coordinator's answer to an uploaded update.
 #[derive(Clone, Debug, PartialEq)]
 pub enum UpdateOutcome {
+    /// Counted for its round.
     Accepted,
+    /// Not counted, for this reason.
     Rejected(RejectReason),
 }
 

@@ -218,3 +218,80 @@ async fn three_clients_improve_the_global_model_and_aggregate_exactly() -> anyho
     );
     Ok(())
 }
+
+/// A sampled client that takes the round and then goes silent (a stalled or hung node) does not
+/// hold the run up: the deadline passes and the round is aggregated from the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_mid_round_is_outwaited_by_the_deadline() -> anyhow::Result<()> {
+    let federation = Federation::synthetic(2);
+    let keys = Keys::new(&["alice", "bob", "sleepy"]);
+    let out = tempfile::tempdir()?;
+    let mut config = run_config(2, 2);
+    config.clients_per_round = None;
+    config.min_available_clients = Some(3);
+    config.round_deadline_secs = 2;
+    let coordinator = Coordinator::new(config, [6; 16], federation.initial_state(7))?;
+    let server = start_server(
+        coordinator,
+        &keys,
+        &federation.schema,
+        out.path(),
+        "127.0.0.1:0".parse()?,
+    )?;
+    let sleepy = mpcl_client::Session::connect(&mpcl_tests::session_config(
+        server.addr,
+        &keys,
+        keys.participants[2].clone(),
+    ))
+    .await?;
+    let shutdown = CancellationToken::new();
+    let nodes: Vec<_> = keys.participants[..2]
+        .iter()
+        .zip(&federation.train)
+        .map(|(identity, data)| {
+            start_node(
+                server.addr,
+                &keys,
+                identity.clone(),
+                data.clone(),
+                shutdown.clone(),
+            )
+        })
+        .collect();
+    // Sleepy asks for work (so it is sampled in both rounds) and never answers.
+    let mut handed_out = 0;
+    while handed_out < 2 {
+        match sleepy
+            .request(&mpcl_protocol::ClientMessage::RequestWork {
+                last_completed_round: None,
+            })
+            .await?
+        {
+            mpcl_protocol::CoordinatorMessage::StartRound { round, .. } => {
+                handed_out = round;
+            }
+            mpcl_protocol::CoordinatorMessage::Wait { .. } => {}
+            other => anyhow::bail!("sleepy got {}", other.kind()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for node in nodes {
+        let outcome = join(node.task, Duration::from_secs(60), "node").await??;
+        assert_eq!(outcome, NodeOutcome::Finished { rounds: 2 });
+    }
+    sleepy.abort();
+    let outcome = join(server.task, Duration::from_secs(30), "coordinator").await??;
+    assert!(outcome.finished);
+    let log = read_round_log(out.path().join(ROUND_LOG_FILE))?;
+    assert_eq!(log.len(), 2);
+    for record in &log {
+        assert_eq!(record.sampled, 3, "sleepy was sampled");
+        assert_eq!(record.participants.len(), 2, "aggregated without sleepy");
+        assert!(
+            record.round_ms >= 1500,
+            "round {} waited for the deadline",
+            record.round
+        );
+    }
+    Ok(())
+}

@@ -206,7 +206,7 @@ impl Actor {
                 let count = self.connections.entry(participant).or_insert(0);
                 *count += 1;
                 debug!(participant = %name, connections = *count, "connection admitted");
-                let _ = reply.send(self.coordinator.current_round());
+                let _ = reply.send(self.reported_round());
             }
             Command::Leave { participant } => {
                 let name = self.name(&participant);
@@ -464,6 +464,15 @@ impl Actor {
         }
     }
 
+    /// The round in progress, or else the last one completed (0 before the first), as
+    /// `Welcome` and `Status` report it.
+    fn reported_round(&self) -> u64 {
+        self.coordinator
+            .round_status()
+            .map(|open| open.round)
+            .unwrap_or_else(|| self.coordinator.completed_rounds())
+    }
+
     fn status(&self, participant: &ParticipantId) -> StatusReport {
         let open = self.coordinator.round_status();
         let phase = if self.coordinator.is_finished() {
@@ -477,11 +486,7 @@ impl Actor {
         StatusReport {
             run_id: self.run_id,
             phase,
-            round: if self.coordinator.is_finished() {
-                self.coordinator.completed_rounds()
-            } else {
-                self.coordinator.current_round()
-            },
+            round: self.reported_round(),
             total_rounds: self.coordinator.config().rounds,
             updates_received: open
                 .as_ref()
