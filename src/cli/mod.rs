@@ -1,5 +1,7 @@
 //! Subcommands of `mpcl`, one file each.
 
+mod client;
+mod coordinator;
 mod data;
 mod keygen;
 mod simulate;
@@ -23,6 +25,9 @@ enum Command {
     /// Inspect, validate and convert datasets.
     #[command(long_about = data::LONG_ABOUT)]
     Data(data::DataArgs),
+    Coordinator(coordinator::CoordinatorArgs),
+    Client(client::ClientArgs),
+    Status(client::StatusArgs),
 }
 
 impl Cli {
@@ -33,16 +38,22 @@ impl Cli {
             Command::Train(args) => args.run(),
             Command::Keygen(args) => keygen::run(args),
             Command::Data(args) => args.run(),
+            Command::Coordinator(args) => args.run(),
+            Command::Client(args) => args.run(),
+            Command::Status(args) => args.run(),
         }
     }
 }
 
 /// Logs go to stderr through `tracing`; `RUST_LOG` overrides the default level (`info`).
+/// Colours only when stderr is a terminal, so that log files stay greppable.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
