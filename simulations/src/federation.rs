@@ -236,6 +236,7 @@ impl InProcessFederation {
                     | Action::SetDeadline { .. }
                     | Action::RoundExtended { .. }
                     | Action::RoundFailed { .. }
+                    | Action::Stopped { .. }
                     | Action::Persist { .. } => {}
                 }
             }
