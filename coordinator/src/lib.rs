@@ -2,9 +2,9 @@
 //! rules, run configuration, privacy (differential-privacy accounting, clipping and noise),
 //! checkpoints and the per-round log.
 //!
-//! Nothing here opens a socket or reads a clock: [`round::Coordinator`] is fed events with the
-//! time and returns actions, so the in-process simulation and the network server (built on top
-//! later) run the very same code.
+//! Nothing but [`server`] opens a socket or reads a clock: [`round::Coordinator`] is fed events
+//! with the time and returns actions, so the in-process simulation and the QUIC server
+//! ([`server`]) run the very same code.
 
 pub mod aggregation;
 pub mod checkpoint;
@@ -12,6 +12,7 @@ pub mod config;
 pub mod privacy;
 pub mod round;
 pub mod round_log;
+pub mod server;
 pub mod validate;
 
 #[cfg(test)]

@@ -115,19 +115,13 @@ pub fn load_parameters<M: Module>(
     parameters: &ParameterSet,
 ) -> Result<M, ParameterLoadError> {
     parameters.validate()?;
-    flatten_layout(&module).check_same_layout(parameters)?;
+    flatten_parameters(&module).check_same_layout(parameters)?;
     let mut loader = Loader {
         path: PathTracker::default(),
         source: parameters,
         next: 0,
     };
     Ok(module.map(&mut loader))
-}
-
-/// The module's parameter names and shapes (values left empty where cheap to do so is not
-/// possible; the values are read, which is fine for the sizes involved).
-fn flatten_layout<M: Module>(module: &M) -> ParameterSet {
-    flatten_parameters(module)
 }
 
 struct ProximalTerm<'a> {

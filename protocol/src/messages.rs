@@ -12,7 +12,7 @@
 //! ```text
 //! client                                     coordinator
 //!   | Hello { participant_id, version } ------> |  checks version and that the id matches the
-//!   | <------------ Welcome { run_id, limits,.. } |  key that authenticated the TLS connection
+//!   | <--- Welcome { run_id, model, schema,.. } |  key that authenticated the TLS connection
 //!   |                                          |  (or Error { reason } and closes)
 //!   | RequestWork { last_completed_round } ---> |
 //!   | <---------- Wait { retry_after_ms, reason } |  not sampled / waiting for participants /
@@ -219,6 +219,14 @@ pub struct Welcome {
     pub total_rounds: u64,
     /// The round in progress or last started (0 before the first).
     pub current_round: u64,
+    /// The model configuration the global state was built with, as JSON (an
+    /// `mpcl_model::ModelConfig`): the client builds its network from it. JSON text keeps this
+    /// crate free of the model crate and lets a client report exactly which field it cannot use.
+    pub model_config_json: String,
+    /// The run's dataset schema as JSON (an `mpcl_model::data::Schema`: the emotion names, in
+    /// label order, and the modalities with their token layout). A client checks that its local
+    /// data has exactly this schema before training.
+    pub schema_json: String,
 }
 
 /// Why a client is told to wait.
@@ -277,6 +285,13 @@ pub enum RejectReason {
     /// The update decodes but its values are unusable (NaN, wrong layout, out of range).
     #[error("invalid update: {0}")]
     Invalid(String),
+    /// No round is collecting updates right now (for example the coordinator restarted and
+    /// waits for participants); ask for work again.
+    #[error("round {round} is not collecting updates (ask for work again)")]
+    RoundNotOpen { round: u64 },
+    /// The run has completed all its rounds.
+    #[error("the run is finished")]
+    RunFinished,
 }
 
 /// Phase of the coordinator's round state machine, as reported in [`StatusReport`].
@@ -402,6 +417,8 @@ mod tests {
                 max_message_bytes: limits.max_message_bytes as u64,
                 total_rounds: 50,
                 current_round: 0,
+                model_config_json: r#"{"width":16}"#.into(),
+                schema_json: r#"{"emotions":["a","b"],"modalities":[]}"#.into(),
             }),
             CoordinatorMessage::StartRound {
                 run_id: [1; 16],

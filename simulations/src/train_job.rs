@@ -15,6 +15,7 @@ use thiserror::Error;
 use crate::centralized::train_centralized;
 use crate::dataset::{LoadError, load_dataset};
 use crate::evaluation::{EvaluationProtocol, partitions};
+use crate::normalize::normalize_per_subject;
 use crate::report::MetricsTable;
 use crate::synthetic::SyntheticConfig;
 
@@ -125,8 +126,11 @@ pub fn run_train_job(config: &TrainJobConfig, out: &Path) -> Result<TrainJobResu
     let mut priors: Vec<Vec<f32>> = Vec::new();
     for (index, part) in parts.iter().enumerate() {
         tracing::info!(partition = %part.name, train = part.train.len(), test = part.test.len(), "training");
-        let train_set = dataset.subset(&part.train);
-        let test_set = dataset.subset(&part.test);
+        // Each subject's features standardised with its own (label-free) statistics, as in the
+        // simulations, so `mpcl train` and the centralized arm of `mpcl simulate` agree.
+        let normalized = normalize_per_subject(&dataset, &part.train);
+        let train_set = normalized.subset(&part.train);
+        let test_set = normalized.subset(&part.test);
         let trained = train_centralized(
             &train_set,
             &config.model,

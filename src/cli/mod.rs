@@ -1,5 +1,7 @@
 //! Subcommands of `mpcl`, one file each.
 
+mod client;
+mod coordinator;
 mod data;
 mod keygen;
 mod simulate;
@@ -20,8 +22,12 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     Train(train::TrainArgs),
     Keygen(keygen::KeygenArgs),
-    /// Inspect datasets.
+    /// Inspect, validate and convert datasets.
+    #[command(long_about = data::LONG_ABOUT)]
     Data(data::DataArgs),
+    Coordinator(coordinator::CoordinatorArgs),
+    Client(client::ClientArgs),
+    Status(client::StatusArgs),
 }
 
 impl Cli {
@@ -32,16 +38,34 @@ impl Cli {
             Command::Train(args) => args.run(),
             Command::Keygen(args) => keygen::run(args),
             Command::Data(args) => args.run(),
+            Command::Coordinator(args) => args.run(),
+            Command::Client(args) => args.run(),
+            Command::Status(args) => args.run(),
         }
     }
 }
 
 /// Logs go to stderr through `tracing`; `RUST_LOG` overrides the default level (`info`).
+/// Colours only when stderr is a terminal, so that log files stay greppable.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// The model config from a JSON file (any subset of `ModelConfig`'s fields), or the defaults.
+fn load_model_config(path: Option<&std::path::Path>) -> anyhow::Result<mpcl_model::ModelConfig> {
+    use anyhow::Context;
+    let Some(path) = path else {
+        return Ok(mpcl_model::ModelConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read model config `{}`", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("invalid model config `{}`", path.display()))
 }

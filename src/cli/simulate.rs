@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use mpcl_coordinator::AggregationRule;
 use mpcl_coordinator::privacy::{PrivacyConfig, Threshold};
-use mpcl_model::{DeviceChoice, ModelConfig};
+use mpcl_model::DeviceChoice;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::simulate::{Arm, SimulationConfig, run_simulation};
 
@@ -112,15 +112,7 @@ pub struct SimulateArgs {
 
 impl SimulateArgs {
     pub fn run(self) -> anyhow::Result<()> {
-        let model = match &self.model_config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read model config `{}`", path.display()))?;
-                serde_json::from_str::<ModelConfig>(&text)
-                    .with_context(|| format!("invalid model config `{}`", path.display()))?
-            }
-            None => ModelConfig::default(),
-        };
+        let model = super::load_model_config(self.model_config.as_deref())?;
         let mut config = SimulationConfig {
             dataset: self.dataset,
             subjects: self.subjects,

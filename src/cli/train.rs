@@ -2,9 +2,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
-use mpcl_model::{DeviceChoice, ModelConfig, TrainOptions};
+use mpcl_model::{DeviceChoice, TrainOptions};
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::train_job::{TrainJobConfig, run_train_job};
 
@@ -48,15 +47,7 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     pub fn run(self) -> anyhow::Result<()> {
-        let model = match &self.model_config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read model config `{}`", path.display()))?;
-                serde_json::from_str::<ModelConfig>(&text)
-                    .with_context(|| format!("invalid model config `{}`", path.display()))?
-            }
-            None => ModelConfig::default(),
-        };
+        let model = super::load_model_config(self.model_config.as_deref())?;
         let config = TrainJobConfig {
             dataset: self.dataset,
             model,

@@ -1,1 +1,369 @@
-//! placeholder
+//! Shared harness of the end-to-end tests in `tests/tests/`: deterministic keys and an enrolment,
+//! small synthetic federations (one client per subject, held-out trials per subject), a
+//! coordinator server and participant nodes run as tokio tasks talking real QUIC on 127.0.0.1,
+//! and the evaluation of a global state on the held-out data beside the label prior.
+//!
+//! Everything runs on the CPU with `ModelConfig::tiny()` and small data so that a whole run
+//! takes seconds even in a debug build on two cores.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use mpcl_client::{Node, NodeConfig, NodeEvent, NodeOutcome, Participant, SessionConfig};
+use mpcl_coordinator::server::{NetworkSettings, Server, ServerOutcome, ServerSetup};
+use mpcl_coordinator::{Coordinator, CoordinatorConfig};
+use mpcl_model::data::{Dataset, Schema, split};
+use mpcl_model::metrics::{DistributionMetrics, evaluate, label_prior_metrics};
+use mpcl_model::{Device, ModelConfig, MpclModel};
+use mpcl_protocol::identity::Participant as Enrolled;
+use mpcl_protocol::messages::{ClientUpdate, GlobalState, TrainingConfig};
+use mpcl_protocol::{Enrolment, NodeIdentity, SigningKey};
+use mpcl_simulations::synthetic::{SyntheticConfig, generate};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A deterministic identity (the same id and seed give the same key in every run, so training
+/// seeds, which depend on the key, repeat too).
+pub fn identity(id: &str, seed: u8) -> NodeIdentity {
+    NodeIdentity::from_signing_key(Some(id), SigningKey::from_bytes(&[seed; 32]))
+        .expect("valid test identity")
+}
+
+/// The coordinator's key and the participants' keys, with the enrolment of the participants.
+pub struct Keys {
+    pub coordinator: NodeIdentity,
+    pub participants: Vec<Arc<NodeIdentity>>,
+    pub enrolment: Enrolment,
+}
+
+impl Keys {
+    /// `names.len()` enrolled participants (seeds 1, 2, ...) and a coordinator (seed 200).
+    pub fn new(names: &[&str]) -> Self {
+        let participants: Vec<Arc<NodeIdentity>> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Arc::new(identity(name, i as u8 + 1)))
+            .collect();
+        let enrolment = Enrolment::from_participants(
+            participants
+                .iter()
+                .map(|p| Enrolled {
+                    id: p.id().to_string(),
+                    public_key: p.public_key(),
+                })
+                .collect(),
+        )
+        .expect("valid enrolment");
+        Self {
+            coordinator: identity("coordinator", 200),
+            participants,
+            enrolment,
+        }
+    }
+
+    /// A copy of the coordinator identity (identities are not `Clone`).
+    pub fn coordinator_identity(&self) -> NodeIdentity {
+        NodeIdentity::from_signing_key(
+            Some(self.coordinator.id()),
+            self.coordinator.signing_key().clone(),
+        )
+        .expect("valid identity")
+    }
+}
+
+/// Synthetic data cut into one client per subject, with held-out trials per subject.
+pub struct Federation {
+    pub schema: Schema,
+    /// Training samples of each client (subject), in subject order.
+    pub train: Vec<Dataset>,
+    /// Held-out trials of each subject (never trained on).
+    pub test: Vec<Dataset>,
+}
+
+impl Federation {
+    /// `subjects` subjects of seeded synthetic data (10 trials of 4 windows each, a narrow face
+    /// vector); a quarter of each subject's trials is held out.
+    pub fn synthetic(subjects: usize) -> Self {
+        let data = generate(&SyntheticConfig {
+            seed: 11,
+            subjects,
+            trials_per_subject: 10,
+            windows_per_trial: 4,
+            face_width: 8,
+            ..SyntheticConfig::default()
+        });
+        let parts = split::subject_dependent(&data, 0.25, 5).expect("splittable");
+        let mut train = Vec::new();
+        let mut test = Vec::new();
+        for subject in data.subjects() {
+            let of = |indices: &[usize]| -> Vec<usize> {
+                indices
+                    .iter()
+                    .copied()
+                    .filter(|&i| data.samples[i].subject == subject)
+                    .collect()
+            };
+            train.push(data.subset(&of(&parts.train)));
+            test.push(data.subset(&of(&parts.test)));
+        }
+        Self {
+            schema: data.schema.clone(),
+            train,
+            test,
+        }
+    }
+
+    /// The run's initial global state: the tiny model seeded with `seed`, on the CPU.
+    pub fn initial_state(&self, seed: u64) -> GlobalState {
+        MpclModel::new(&self.schema, &ModelConfig::tiny(), &Device::flex(), seed)
+            .expect("tiny model fits the schema")
+            .global_state()
+    }
+
+    /// The global model `state` on every held-out sample (each subject's features standardised
+    /// with that subject's own training statistics, as its client would), and the label-prior
+    /// baseline (the mean training label of all clients) on the same samples.
+    pub fn evaluate(&self, state: &GlobalState) -> (DistributionMetrics, DistributionMetrics) {
+        let mut labels: Vec<Vec<f32>> = Vec::new();
+        let mut predictions: Vec<Vec<f32>> = Vec::new();
+        for (train, test) in self.train.iter().zip(&self.test) {
+            let mut participant = Participant::new(
+                train,
+                &ModelConfig::tiny(),
+                &Device::flex(),
+                Default::default(),
+            )
+            .expect("participant");
+            predictions.extend(participant.predict_with(state, test).expect("predict"));
+            labels.extend(test.samples.iter().map(|s| s.label.clone()));
+        }
+        let emotions = self.schema.emotion_count();
+        let mut prior = vec![0.0f64; emotions];
+        let mut n = 0.0;
+        for sample in self.train.iter().flat_map(|d| &d.samples) {
+            for (p, v) in prior.iter_mut().zip(&sample.label) {
+                *p += f64::from(*v);
+            }
+            n += 1.0;
+        }
+        let prior: Vec<f32> = prior.iter().map(|p| (p / n) as f32).collect();
+        let model = evaluate(
+            labels
+                .iter()
+                .zip(&predictions)
+                .map(|(l, p)| (l.as_slice(), p.as_slice())),
+        );
+        let baseline = label_prior_metrics(labels.iter().map(Vec::as_slice), &prior);
+        (model, baseline)
+    }
+}
+
+/// A run of `rounds` rounds in which all `clients` take part every round (so that sampling,
+/// and with it the result, does not depend on who connects first).
+pub fn run_config(rounds: u64, clients: usize) -> CoordinatorConfig {
+    let mut config = CoordinatorConfig {
+        name: "e2e".into(),
+        seed: 7,
+        rounds,
+        clients_per_round: Some(clients),
+        min_clients_to_aggregate: clients,
+        min_available_clients: Some(clients),
+        round_deadline_secs: 60,
+        ..CoordinatorConfig::default()
+    };
+    config.training.local_epochs = 2;
+    config.training.batch_size = 16;
+    config.training.learning_rate = 0.01;
+    config
+}
+
+/// Network settings for tests: quick polls and keep-alives, short grace after the last round.
+pub fn test_network() -> NetworkSettings {
+    NetworkSettings {
+        keep_alive_secs: 1.0,
+        idle_timeout_secs: 10.0,
+        poll_interval_ms: 50,
+        request_timeout_secs: 10.0,
+        finish_grace_secs: 3.0,
+        ..NetworkSettings::default()
+    }
+}
+
+/// A running coordinator.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<ServerOutcome>>,
+}
+
+/// Binds a server for `coordinator` on `listen` (port 0 for any) writing to `out_dir`, and runs
+/// it as a task.
+pub fn start_server(
+    coordinator: Coordinator,
+    keys: &Keys,
+    schema: &Schema,
+    out_dir: &Path,
+    listen: SocketAddr,
+) -> anyhow::Result<RunningServer> {
+    let setup = ServerSetup {
+        coordinator,
+        identity: keys.coordinator_identity(),
+        enrolment: keys.enrolment.clone(),
+        model_config_json: serde_json::to_string(&ModelConfig::tiny())?,
+        schema_json: serde_json::to_string(schema)?,
+        network: test_network(),
+        listen,
+        out_dir: out_dir.to_path_buf(),
+    };
+    let server = Server::bind(setup)?;
+    let addr = server.local_addr();
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move { server.run(token).await.context("server failed") });
+    Ok(RunningServer {
+        addr,
+        shutdown,
+        task,
+    })
+}
+
+/// Binds like [`start_server`], retrying for a few seconds while the port is still held by a
+/// coordinator that was just killed.
+pub async fn restart_server(
+    coordinator: impl Fn() -> anyhow::Result<Coordinator>,
+    keys: &Keys,
+    schema: &Schema,
+    out_dir: &Path,
+    listen: SocketAddr,
+) -> anyhow::Result<RunningServer> {
+    let mut last = None;
+    for _ in 0..50 {
+        match start_server(coordinator()?, keys, schema, out_dir, listen) {
+            Ok(server) => return Ok(server),
+            Err(error) => last = Some(error),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("cannot bind")))
+}
+
+/// Session settings for a test node: short timeouts.
+pub fn session_config(addr: SocketAddr, keys: &Keys, identity: Arc<NodeIdentity>) -> SessionConfig {
+    let mut config = SessionConfig::new(addr, keys.coordinator.public_key(), identity);
+    config.keep_alive = Duration::from_secs(1);
+    config.idle_timeout = Duration::from_secs(10);
+    config.connect_timeout = Duration::from_secs(2);
+    config.request_timeout = Duration::from_secs(30);
+    config
+}
+
+/// A running participant node and what it reports.
+pub struct RunningNode {
+    pub task: JoinHandle<Result<NodeOutcome, mpcl_client::NodeError>>,
+    pub events: UnboundedReceiver<NodeEvent>,
+}
+
+/// Starts a node for `identity` training on `data`.
+pub fn start_node(
+    addr: SocketAddr,
+    keys: &Keys,
+    identity: Arc<NodeIdentity>,
+    data: Dataset,
+    shutdown: CancellationToken,
+) -> RunningNode {
+    let mut config = NodeConfig::new(session_config(addr, keys, identity));
+    config.backoff_initial = Duration::from_millis(100);
+    config.backoff_max = Duration::from_millis(800);
+    config.give_up_after = Some(Duration::from_secs(30));
+    let (sender, events) = unbounded_channel();
+    let node = Node::new(config, data, Device::flex())
+        .expect("valid local data")
+        .with_events(sender);
+    RunningNode {
+        task: tokio::spawn(node.run(shutdown)),
+        events,
+    }
+}
+
+/// Everything a node reported, once it has stopped.
+pub fn drain(events: &mut UnboundedReceiver<NodeEvent>) -> Vec<NodeEvent> {
+    let mut all = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        all.push(event);
+    }
+    all
+}
+
+/// The (state, config) each `RoundStarted` event carried, by round (the last one wins when a
+/// round was handed out twice).
+pub fn rounds_started(
+    events: &[NodeEvent],
+) -> std::collections::BTreeMap<u64, (Arc<GlobalState>, TrainingConfig)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::RoundStarted {
+                round,
+                state,
+                config,
+            } => Some((*round, (Arc::clone(state), config.clone()))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The accepted updates a node sent, by round.
+pub fn accepted_updates(
+    events: &[NodeEvent],
+) -> std::collections::BTreeMap<u64, Arc<ClientUpdate>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::UpdateSent {
+                round,
+                update,
+                outcome: mpcl_client::UpdateOutcome::Accepted,
+            } => Some((*round, Arc::clone(update))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Largest absolute difference between two global states' numbers (parameters, banks,
+/// co-occurrence); `None` when their layouts differ.
+pub fn max_state_difference(a: &GlobalState, b: &GlobalState) -> Option<f64> {
+    if a.parameters.check_same_layout(&b.parameters).is_err()
+        || a.prototypes.len() != b.prototypes.len()
+        || a.cooccurrence.sum.len() != b.cooccurrence.sum.len()
+    {
+        return None;
+    }
+    let mut worst = 0.0f64;
+    let mut compare = |x: &[f32], y: &[f32]| {
+        for (p, q) in x.iter().zip(y) {
+            worst = worst.max((f64::from(*p) - f64::from(*q)).abs());
+        }
+    };
+    compare(&a.parameters.to_flat(), &b.parameters.to_flat());
+    for (x, y) in a.prototypes.iter().zip(&b.prototypes) {
+        if x.values.len() != y.values.len() {
+            return None;
+        }
+        compare(&x.values.0, &y.values.0);
+    }
+    compare(&a.cooccurrence.sum.0, &b.cooccurrence.sum.0);
+    worst = worst.max((a.cooccurrence.count - b.cooccurrence.count).abs());
+    Some(worst)
+}
+
+/// Waits for a task with a timeout, turning a timeout or a panic into an error.
+pub async fn join<T>(task: JoinHandle<T>, within: Duration, what: &str) -> anyhow::Result<T> {
+    tokio::time::timeout(within, task)
+        .await
+        .with_context(|| format!("{what} did not finish within {within:?}"))?
+        .with_context(|| format!("{what} panicked"))
+}

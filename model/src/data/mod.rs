@@ -2,7 +2,7 @@
 //! tokens) and samples (one feature vector per modality, a label distribution, and where the
 //! sample came from). Readers for concrete datasets live in submodules and all produce this form,
 //! together with a [`LoadReport`] of what they left out and why; [`open`] picks the reader from a
-//! short dataset spec such as `larwood2019` or `dmer:/data/DMER`.
+//! short dataset spec such as `larwood2019`, `dmer:/data/DMER` or a user's own study folder.
 
 pub mod dmer;
 pub mod features;
@@ -14,6 +14,7 @@ mod sample;
 mod schema;
 pub mod split;
 mod standardize;
+pub mod study;
 pub mod wesad;
 
 use std::path::{Path, PathBuf};
@@ -37,18 +38,23 @@ pub fn bundled_larwood_dir() -> PathBuf {
 
 /// The dataset specs [`open`] understands, for help texts and error messages.
 pub const DATASET_SPECS: &str = "`larwood2019` (the bundled copy), `larwood:DIR`, `dmer:DIR` \
-     (or `dmer:FILE.mat`), `wesad:DIR`";
+     (or `dmer:FILE.mat`), `wesad:DIR`, `study:DIR` or a study folder (a DIR holding a \
+     `schema.toml`)";
 
 /// Opens a dataset named by `spec` and checks it against its schema.
 ///
 /// Accepted specs: `larwood2019` (the copy bundled in `datasets/larwood2019`), `larwood:DIR` (a
 /// folder holding a `trials.csv` in the same layout), `dmer:DIR` (a folder of `<id>.mat` files; a
 /// single `dmer:FILE.mat` also works), `wesad:DIR` (the WESAD root with one `SX/` folder per
-/// subject). Synthetic data is generated elsewhere, not opened here.
+/// subject), `study:DIR` or just `DIR` for a user's own study folder (one holding a
+/// `schema.toml`; see [`study`]). Synthetic data is generated elsewhere, not opened here.
 pub fn open(spec: &str) -> Result<(Dataset, LoadReport), ReadError> {
     let spec = spec.trim();
     let (dataset, report) = if spec == "larwood2019" {
         larwood::read_larwood(&bundled_larwood_dir())?
+    } else if study::is_study_dir(Path::new(spec)) {
+        // Checked before the `kind:` forms, so that a path with a colon still opens.
+        study::read_study_dir(Path::new(spec))?
     } else if let Some((kind, path)) = spec.split_once(':') {
         let path = Path::new(path);
         if path.as_os_str().is_empty() {
@@ -62,6 +68,7 @@ pub fn open(spec: &str) -> Result<(Dataset, LoadReport), ReadError> {
             "dmer" if path.is_file() => dmer::read_dmer_file(path)?,
             "dmer" => dmer::read_dmer_dir(path)?,
             "wesad" => wesad::read_wesad_dir(path)?,
+            "study" => study::read_study_dir(path)?,
             other => {
                 return Err(ReadError::UnknownSpec {
                     spec: spec.to_string(),
@@ -71,6 +78,15 @@ pub fn open(spec: &str) -> Result<(Dataset, LoadReport), ReadError> {
                 });
             }
         }
+    } else if Path::new(spec).is_dir() {
+        return Err(ReadError::UnknownSpec {
+            spec: spec.to_string(),
+            reason: format!(
+                "the folder has no `{}`, so it is not a study folder (see \
+                 docs/dataset-format.md); other datasets need a prefix: {DATASET_SPECS}",
+                study::SCHEMA_FILE
+            ),
+        });
     } else {
         return Err(ReadError::UnknownSpec {
             spec: spec.to_string(),

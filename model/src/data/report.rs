@@ -41,9 +41,9 @@ impl LoadReport {
         let reason = reason.into();
         match trial {
             Some(trial) => {
-                tracing::info!(source = %self.source, subject, trial, "skipped: {reason}")
+                tracing::debug!(source = %self.source, subject, trial, "skipped: {reason}")
             }
-            None => tracing::info!(source = %self.source, subject, "skipped: {reason}"),
+            None => tracing::debug!(source = %self.source, subject, "skipped: {reason}"),
         }
         self.skipped.push(Skipped {
             subject: subject.to_string(),

@@ -1,0 +1,651 @@
+//! The participant node: connects to the coordinator, asks for work, trains on its private data
+//! when sampled, signs and uploads the update, and keeps at it until the run is over.
+//!
+//! ```text
+//! connect + Hello ──► Welcome (model config, schema: checked against the local data)
+//!   loop: RequestWork ─► StartRound  ─► train (blocking thread) ─► sign ─► Update ─► ack
+//!                     └► Wait        ─► sleep retry_after_ms
+//!                     └► Finished    ─► Goodbye, exit
+//! ```
+//!
+//! When the connection is lost (the coordinator restarts, the network drops), the node
+//! reconnects with capped exponential backoff and starts again with `Hello`. An update trained
+//! but not acknowledged is kept: if the (resumed) coordinator hands out the same round from the
+//! same global state with the same seed, the update is sent again without retraining. Errors that
+//! reconnecting cannot fix (this key is not enrolled, the server is not the pinned coordinator,
+//! the run's schema does not fit the local data, local training fails) end the node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mpcl_model::data::{Dataset, Schema};
+use mpcl_model::{Device, ModelConfig};
+use mpcl_protocol::codec::CodecError;
+use mpcl_protocol::messages::{
+    ClientMessage, ClientUpdate, CoordinatorMessage, GlobalState, RejectReason, RunId,
+    TrainingConfig, Welcome,
+};
+use mpcl_protocol::{RoundPhase, SignedUpdate, StatusReport};
+use thiserror::Error;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::participant::{Participant, ParticipantError, ParticipantSettings};
+use crate::session::{Session, SessionConfig, SessionError};
+
+/// How a node behaves.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// How to reach the coordinator.
+    pub session: SessionConfig,
+    /// First reconnection delay (doubled after each failed attempt).
+    pub backoff_initial: Duration,
+    /// Longest reconnection delay.
+    pub backoff_max: Duration,
+    /// Longest sleep when told to wait (caps the coordinator's `retry_after_ms`).
+    pub max_wait: Duration,
+    /// Give up when no connection succeeded for this long (`None`: keep trying).
+    pub give_up_after: Option<Duration>,
+    /// Local training choices.
+    pub participant: ParticipantSettings,
+}
+
+impl NodeConfig {
+    /// Defaults: backoff from 0.5 s up to 30 s, waits capped at 30 s, never give up.
+    pub fn new(session: SessionConfig) -> Self {
+        Self {
+            session,
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            max_wait: Duration::from_secs(30),
+            give_up_after: None,
+            participant: ParticipantSettings::default(),
+        }
+    }
+}
+
+/// The coordinator's answer to an uploaded update.
+#[derive(Clone, Debug, PartialEq)]
+pub enum UpdateOutcome {
+    /// Counted for its round.
+    Accepted,
+    /// Not counted, for this reason.
+    Rejected(RejectReason),
+}
+
+/// What a node did, for observers (tests, progress displays).
+#[derive(Clone, Debug)]
+pub enum NodeEvent {
+    /// The coordinator admitted the node.
+    Admitted { welcome: Welcome },
+    /// The node was sampled for a round and starts from `state`.
+    RoundStarted {
+        round: u64,
+        state: Arc<GlobalState>,
+        config: TrainingConfig,
+    },
+    /// An update was uploaded and answered.
+    UpdateSent {
+        round: u64,
+        update: Arc<ClientUpdate>,
+        outcome: UpdateOutcome,
+    },
+    /// The connection was lost; the node reconnects.
+    Disconnected { reason: String },
+    /// The run is over.
+    Finished { rounds: u64 },
+}
+
+/// How a node stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeOutcome {
+    /// The coordinator said the run is over after `rounds` rounds.
+    Finished { rounds: u64 },
+    /// The cancellation token was cancelled.
+    Cancelled,
+}
+
+/// Errors that end a node.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// Reconnecting cannot help (see [`SessionError::is_fatal`]).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// No connection succeeded for too long.
+    #[error("gave up after {elapsed:?} without reaching the coordinator; last error: {last}")]
+    GaveUp {
+        elapsed: Duration,
+        last: SessionError,
+    },
+    /// The run's model or schema does not fit the local data.
+    #[error("this node cannot take part in the run: {0}")]
+    Incompatible(String),
+    /// Local training failed.
+    #[error("local training failed in round {round}: {source}")]
+    Training {
+        round: u64,
+        #[source]
+        source: ParticipantError,
+    },
+    /// The update could not be encoded within the limits.
+    #[error("cannot encode the update of round {round}: {source}")]
+    Encode {
+        round: u64,
+        #[source]
+        source: CodecError,
+    },
+    /// A bug (the training thread panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A trained update not yet acknowledged, and what it was trained from.
+struct Pending {
+    run_id: RunId,
+    round: u64,
+    state: Arc<GlobalState>,
+    config: TrainingConfig,
+    update: Arc<ClientUpdate>,
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    Finished(u64),
+    Cancelled,
+}
+
+/// A participant node (see the module documentation).
+pub struct Node {
+    config: NodeConfig,
+    dataset: Arc<Dataset>,
+    device: Device,
+    participant: Option<(String, Participant)>,
+    pending: Option<Pending>,
+    last_completed_round: Option<u64>,
+    events: Option<UnboundedSender<NodeEvent>>,
+}
+
+impl Node {
+    /// A node training on `dataset` (its local training samples) on `device`.
+    pub fn new(config: NodeConfig, dataset: Dataset, device: Device) -> Result<Self, NodeError> {
+        dataset
+            .validate()
+            .map_err(|e| NodeError::Incompatible(format!("local data: {e}")))?;
+        Ok(Self {
+            config,
+            dataset: Arc::new(dataset),
+            device,
+            participant: None,
+            pending: None,
+            last_completed_round: None,
+            events: None,
+        })
+    }
+
+    /// Reports what the node does on `events`.
+    pub fn with_events(mut self, events: UnboundedSender<NodeEvent>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    fn emit(&self, event: NodeEvent) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
+        }
+    }
+
+    /// Runs until the run is finished, `shutdown` is cancelled, or an error reconnecting cannot
+    /// fix.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<NodeOutcome, NodeError> {
+        let span = info_span!("node", participant = %self.config.session.identity.id());
+        async move {
+            let mut backoff = self.config.backoff_initial;
+            let mut failing_since: Option<tokio::time::Instant> = None;
+            loop {
+                if shutdown.is_cancelled() {
+                    return Ok(NodeOutcome::Cancelled);
+                }
+                let connected = tokio::select! {
+                    () = shutdown.cancelled() => return Ok(NodeOutcome::Cancelled),
+                    connected = Session::connect(&self.config.session) => connected,
+                };
+                let error = match connected {
+                    Ok(session) => {
+                        backoff = self.config.backoff_initial;
+                        failing_since = None;
+                        match self.serve(session, &shutdown).await {
+                            Ok(SessionEnd::Finished(rounds)) => {
+                                return Ok(NodeOutcome::Finished { rounds });
+                            }
+                            Ok(SessionEnd::Cancelled) => return Ok(NodeOutcome::Cancelled),
+                            Err(SessionFailure::Fatal(error)) => return Err(error),
+                            Err(SessionFailure::Lost(error)) => error,
+                        }
+                    }
+                    Err(SessionError::RunOver) => {
+                        info!("the run is over");
+                        self.emit(NodeEvent::Finished { rounds: 0 });
+                        return Ok(NodeOutcome::Finished { rounds: 0 });
+                    }
+                    Err(error) if error.is_fatal() => return Err(error.into()),
+                    Err(error) => error,
+                };
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                if let Some(limit) = self.config.give_up_after
+                    && since.elapsed() >= limit
+                {
+                    return Err(NodeError::GaveUp {
+                        elapsed: since.elapsed(),
+                        last: error,
+                    });
+                }
+                let delay = self.jittered(backoff);
+                warn!(%error, retry_in = ?delay, "not connected to the coordinator");
+                self.emit(NodeEvent::Disconnected {
+                    reason: error.to_string(),
+                });
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(NodeOutcome::Cancelled),
+                    () = tokio::time::sleep(delay) => {}
+                }
+                backoff = (backoff * 2).min(self.config.backoff_max);
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Up to 25 % more delay, fixed per node (from its key), so that nodes reconnecting after a
+    /// coordinator restart do not all knock at once.
+    fn jittered(&self, delay: Duration) -> Duration {
+        let byte = self.config.session.identity.public_key().as_bytes()[0];
+        delay.mul_f64(1.0 + f64::from(byte) / 255.0 * 0.25)
+    }
+
+    /// Serves one admitted session until it ends.
+    async fn serve(
+        &mut self,
+        session: Session,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, SessionFailure> {
+        let welcome = session.welcome().clone();
+        info!(
+            round = welcome.current_round,
+            total_rounds = welcome.total_rounds,
+            "admitted by the coordinator"
+        );
+        if let Err(error) = self.prepare(&welcome).await {
+            session.abort();
+            return Err(SessionFailure::Fatal(error));
+        }
+        self.emit(NodeEvent::Admitted {
+            welcome: welcome.clone(),
+        });
+        let result = match self.work(&session, &welcome, shutdown).await {
+            // The coordinator closed the connection because the run is over (this node missed
+            // the `Finished` answer, for example while it slept).
+            Err(SessionFailure::Lost(SessionError::RunOver)) => {
+                info!("the coordinator closed the connection: the run is over");
+                self.emit(NodeEvent::Finished {
+                    rounds: welcome.total_rounds,
+                });
+                Ok(SessionEnd::Finished(welcome.total_rounds))
+            }
+            other => other,
+        };
+        match &result {
+            Ok(_) => session.close().await,
+            Err(_) => session.abort(),
+        }
+        result
+    }
+
+    /// Checks the run's model and schema against the local data and builds the local model
+    /// (once; again only if the model configuration changed).
+    async fn prepare(&mut self, welcome: &Welcome) -> Result<(), NodeError> {
+        let config = check_compatible(welcome, &self.dataset.schema)?;
+        if let Some((json, _)) = &self.participant
+            && *json == welcome.model_config_json
+        {
+            return Ok(());
+        }
+        let dataset = Arc::clone(&self.dataset);
+        let device = self.device.clone();
+        let settings = self.config.participant.clone();
+        let participant = tokio::task::spawn_blocking(move || {
+            Participant::new(&dataset, &config, &device, settings)
+        })
+        .await
+        .map_err(|e| NodeError::Internal(format!("model construction panicked: {e}")))?
+        .map_err(|e| NodeError::Incompatible(format!("cannot build the model: {e}")))?;
+        info!(
+            samples = participant.sample_count(),
+            "local model built from the run's model config"
+        );
+        self.participant = Some((welcome.model_config_json.clone(), participant));
+        Ok(())
+    }
+
+    async fn work(
+        &mut self,
+        session: &Session,
+        welcome: &Welcome,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, SessionFailure> {
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(SessionEnd::Cancelled);
+            }
+            let request = ClientMessage::RequestWork {
+                last_completed_round: self.last_completed_round,
+            };
+            let reply = tokio::select! {
+                () = shutdown.cancelled() => return Ok(SessionEnd::Cancelled),
+                reply = session.request(&request) => reply?,
+            };
+            match reply {
+                CoordinatorMessage::StartRound {
+                    run_id,
+                    round,
+                    state,
+                    config,
+                    deadline_ms,
+                } => {
+                    if run_id != welcome.run_id {
+                        return Err(SessionFailure::Lost(SessionError::Coordinator {
+                            reason: "StartRound names another run than Welcome".into(),
+                        }));
+                    }
+                    info!(round, deadline_ms, seed = config.seed, "sampled for round");
+                    let state = Arc::new(state);
+                    self.emit(NodeEvent::RoundStarted {
+                        round,
+                        state: Arc::clone(&state),
+                        config: config.clone(),
+                    });
+                    let update = match self.reusable(run_id, round, &state, &config) {
+                        Some(update) => {
+                            info!(
+                                round,
+                                "re-sending the update trained before the reconnection"
+                            );
+                            update
+                        }
+                        None => {
+                            let trained = tokio::select! {
+                                () = shutdown.cancelled() => return Ok(SessionEnd::Cancelled),
+                                trained = self.train(run_id, round, Arc::clone(&state), config.clone()) => trained?,
+                            };
+                            self.pending = Some(Pending {
+                                run_id,
+                                round,
+                                state,
+                                config,
+                                update: Arc::clone(&trained),
+                            });
+                            trained
+                        }
+                    };
+                    let signed = SignedUpdate::sign(
+                        &update,
+                        &self.config.session.identity,
+                        &session.limits(),
+                    )
+                    .map_err(|source| SessionFailure::Fatal(NodeError::Encode { round, source }))?;
+                    let upload = ClientMessage::Update(signed);
+                    let reply = tokio::select! {
+                        () = shutdown.cancelled() => return Ok(SessionEnd::Cancelled),
+                        reply = session.request(&upload) => reply?,
+                    };
+                    let outcome = match reply {
+                        CoordinatorMessage::UpdateAccepted { round: acked } => {
+                            info!(round = acked, "update accepted");
+                            self.last_completed_round = Some(acked);
+                            self.pending = None;
+                            UpdateOutcome::Accepted
+                        }
+                        CoordinatorMessage::UpdateRejected { round, reason } => {
+                            warn!(round, %reason, "update rejected");
+                            // A round that is not open may be handed out again from the same
+                            // state; keep the update for that case only.
+                            if !matches!(reason, RejectReason::RoundNotOpen { .. }) {
+                                self.pending = None;
+                            }
+                            UpdateOutcome::Rejected(reason)
+                        }
+                        CoordinatorMessage::Error { reason } => {
+                            return Err(SessionFailure::Lost(SessionError::Coordinator { reason }));
+                        }
+                        other => {
+                            return Err(SessionFailure::Lost(SessionError::Unexpected {
+                                request: "Update",
+                                reply: other.kind(),
+                            }));
+                        }
+                    };
+                    self.emit(NodeEvent::UpdateSent {
+                        round,
+                        update,
+                        outcome,
+                    });
+                }
+                CoordinatorMessage::Wait {
+                    retry_after_ms,
+                    reason,
+                } => {
+                    let delay = Duration::from_millis(retry_after_ms).min(self.config.max_wait);
+                    debug!(%reason, ?delay, "waiting");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(SessionEnd::Cancelled),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                CoordinatorMessage::Finished { rounds } => {
+                    info!(rounds, "the run is finished");
+                    self.emit(NodeEvent::Finished { rounds });
+                    return Ok(SessionEnd::Finished(rounds));
+                }
+                CoordinatorMessage::Error { reason } => {
+                    return Err(SessionFailure::Lost(SessionError::Coordinator { reason }));
+                }
+                other => {
+                    return Err(SessionFailure::Lost(SessionError::Unexpected {
+                        request: "RequestWork",
+                        reply: other.kind(),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// The pending update, if it was trained for exactly this round, state and settings.
+    fn reusable(
+        &self,
+        run_id: RunId,
+        round: u64,
+        state: &GlobalState,
+        config: &TrainingConfig,
+    ) -> Option<Arc<ClientUpdate>> {
+        let pending = self.pending.as_ref()?;
+        (pending.run_id == run_id
+            && pending.round == round
+            && pending.config == *config
+            && *pending.state == *state)
+            .then(|| Arc::clone(&pending.update))
+    }
+
+    /// Trains on a blocking thread (the connection's keep-alives go on meanwhile).
+    async fn train(
+        &mut self,
+        run_id: RunId,
+        round: u64,
+        state: Arc<GlobalState>,
+        config: TrainingConfig,
+    ) -> Result<Arc<ClientUpdate>, SessionFailure> {
+        let (json, mut participant) = self
+            .participant
+            .take()
+            .ok_or_else(|| SessionFailure::Fatal(NodeError::Internal("no local model".into())))?;
+        let (participant, result) = tokio::task::spawn_blocking(move || {
+            let result = participant.train_round(run_id, round, &state, &config);
+            (participant, result)
+        })
+        .await
+        .map_err(|e| {
+            SessionFailure::Fatal(NodeError::Internal(format!("training panicked: {e}")))
+        })?;
+        self.participant = Some((json, participant));
+        let update = result
+            .map_err(|source| SessionFailure::Fatal(NodeError::Training { round, source }))?;
+        info!(
+            round,
+            samples = update.sample_count,
+            loss = update.metrics.train_loss,
+            seconds = update.metrics.seconds,
+            "trained"
+        );
+        Ok(Arc::new(update))
+    }
+}
+
+/// How a session failed.
+enum SessionFailure {
+    /// Reconnect and carry on.
+    Lost(SessionError),
+    /// Stop the node.
+    Fatal(NodeError),
+}
+
+impl From<SessionError> for SessionFailure {
+    fn from(error: SessionError) -> Self {
+        if error.is_fatal() {
+            Self::Fatal(error.into())
+        } else {
+            Self::Lost(error)
+        }
+    }
+}
+
+/// The run's model config, after checking that the run's schema is the local data's.
+pub fn check_compatible(welcome: &Welcome, local: &Schema) -> Result<ModelConfig, NodeError> {
+    let schema: Schema = serde_json::from_str(&welcome.schema_json).map_err(|e| {
+        NodeError::Incompatible(format!("unreadable schema from the coordinator: {e}"))
+    })?;
+    if schema.emotions != local.emotions {
+        return Err(NodeError::Incompatible(format!(
+            "the run's emotions are [{}], the local data's are [{}]",
+            schema.emotions.join(", "),
+            local.emotions.join(", ")
+        )));
+    }
+    if schema.modalities != local.modalities {
+        let describe = |s: &Schema| {
+            s.modalities
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{} ({}, {}x{})",
+                        m.name, m.group, m.token_count, m.token_width
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(NodeError::Incompatible(format!(
+            "the run's modalities are [{}], the local data's are [{}]",
+            describe(&schema),
+            describe(local)
+        )));
+    }
+    let config: ModelConfig = serde_json::from_str(&welcome.model_config_json).map_err(|e| {
+        NodeError::Incompatible(format!("unusable model config from the coordinator: {e}"))
+    })?;
+    config
+        .validate(local)
+        .map_err(|e| NodeError::Incompatible(format!("model config: {e}")))?;
+    Ok(config)
+}
+
+/// Asks the coordinator where the run stands (`mpcl status`).
+pub async fn query_status(config: &SessionConfig) -> Result<StatusReport, SessionError> {
+    let session = Session::connect(config).await?;
+    let reply = session.request(&ClientMessage::StatusRequest).await;
+    let report = match reply {
+        Ok(CoordinatorMessage::Status(report)) => Ok(report),
+        Ok(CoordinatorMessage::Error { reason }) => Err(SessionError::Coordinator { reason }),
+        Ok(other) => Err(SessionError::Unexpected {
+            request: "StatusRequest",
+            reply: other.kind(),
+        }),
+        Err(error) => Err(error),
+    };
+    session.close().await;
+    report
+}
+
+/// A phase in words.
+pub fn phase_name(phase: RoundPhase) -> &'static str {
+    match phase {
+        RoundPhase::WaitingForParticipants => "waiting for participants",
+        RoundPhase::Training => "training",
+        RoundPhase::Aggregating => "aggregating",
+        RoundPhase::Finished => "finished",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mpcl_model::data::{Modality, ModalityGroup};
+
+    fn schema(emotions: &[&str], width: usize) -> Schema {
+        Schema {
+            emotions: emotions.iter().map(|e| e.to_string()).collect(),
+            modalities: vec![Modality::new("eeg", ModalityGroup::Physiological, 2, width)],
+        }
+    }
+
+    fn welcome(schema: &Schema, model: &str) -> Welcome {
+        Welcome {
+            run_id: [0; 16],
+            protocol_version: mpcl_protocol::PROTOCOL_VERSION,
+            participant_id: "p".into(),
+            max_message_bytes: 1 << 20,
+            total_rounds: 1,
+            current_round: 0,
+            model_config_json: model.into(),
+            schema_json: serde_json::to_string(schema).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_matching_schema_gives_the_model_config() {
+        let local = schema(&["joy", "fear"], 3);
+        let config = check_compatible(&welcome(&local, r#"{"width": 8}"#), &local).unwrap();
+        assert_eq!(config.width, 8);
+        assert_eq!(config.memory_slots, ModelConfig::default().memory_slots);
+    }
+
+    #[test]
+    fn other_emotions_or_modalities_are_incompatible_and_named() {
+        let local = schema(&["joy", "fear"], 3);
+        let error = check_compatible(&welcome(&schema(&["joy", "anger"], 3), "{}"), &local)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("anger") && error.contains("fear"), "{error}");
+        let error = check_compatible(&welcome(&schema(&["joy", "fear"], 4), "{}"), &local)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("2x4") && error.contains("2x3"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_model_field_is_incompatible() {
+        let local = schema(&["joy", "fear"], 3);
+        let error = check_compatible(&welcome(&local, r#"{"widht": 8}"#), &local)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("widht"), "{error}");
+    }
+}

@@ -1,0 +1,590 @@
+//! The single task that owns the round state machine.
+//!
+//! Connection tasks never touch [`Coordinator`] themselves: they send a [`Command`] with a reply
+//! channel, and this actor feeds the matching [`Event`] to the state machine, carries out the
+//! returned [`Action`]s in order (answering the request that asked, arming the deadline timer,
+//! writing checkpoints and the round log), and only then answers. Because one task does all of
+//! it, events are totally ordered, nothing is ever held across a network await, and a checkpoint
+//! is durable before any client hears about the round that follows it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use mpcl_protocol::messages::{
+    ClientUpdate, CoordinatorMessage, GlobalState, RejectReason as WireReject, RoundPhase,
+    StatusReport, WaitReason as WireWait,
+};
+use mpcl_protocol::{ReplayGuard, RunId};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::checkpoint::write_checkpoint;
+use crate::round::{Action, Coordinator, Event, Millis, ParticipantId, RoundSummary, WaitReason};
+use crate::round_log::{RoundLog, RoundTraffic};
+use crate::validate::RejectReason;
+
+use super::ServerError;
+
+/// A request from a connection task.
+pub(crate) enum Command {
+    /// A participant said `Hello` on a new connection. Answered with the round in progress.
+    Admit {
+        participant: ParticipantId,
+        name: String,
+        reply: oneshot::Sender<u64>,
+    },
+    /// One of the participant's connections closed.
+    Leave { participant: ParticipantId },
+    /// `RequestWork`.
+    RequestWork {
+        participant: ParticipantId,
+        reply: oneshot::Sender<CoordinatorMessage>,
+    },
+    /// An update whose signature, run and payload were verified.
+    Update {
+        participant: ParticipantId,
+        update: Box<ClientUpdate>,
+        reply: oneshot::Sender<CoordinatorMessage>,
+    },
+    /// `StatusRequest`.
+    Status {
+        participant: ParticipantId,
+        reply: oneshot::Sender<CoordinatorMessage>,
+    },
+}
+
+/// Bytes moved since the last aggregated round (connection tasks add, the actor reads).
+#[derive(Debug, Default)]
+pub(crate) struct Traffic {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+/// How the actor stopped.
+pub(crate) struct ActorOutcome {
+    pub finished: bool,
+    pub completed_rounds: u64,
+    pub global: Arc<GlobalState>,
+    pub history: Vec<RoundSummary>,
+}
+
+/// The actor's state.
+pub(crate) struct Actor {
+    coordinator: Coordinator,
+    run_id: RunId,
+    replay: ReplayGuard,
+    names: HashMap<ParticipantId, String>,
+    /// Open connections per admitted participant (status queries included).
+    connections: BTreeMap<ParticipantId, usize>,
+    /// Participants that asked for work on a connection still open: the ones the state
+    /// machine counts as connected. A status query alone does not make a participant active.
+    active: BTreeSet<ParticipantId>,
+    last_accepted: HashMap<ParticipantId, u64>,
+    enrolled: usize,
+    deadline: Option<(u64, Instant)>,
+    origin: Instant,
+    checkpoint_path: PathBuf,
+    round_log: Option<RoundLog>,
+    traffic: Arc<Traffic>,
+    poll_interval_ms: u64,
+    finish_grace: Duration,
+    finished_at: Option<Instant>,
+}
+
+impl Actor {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        coordinator: Coordinator,
+        enrolled: usize,
+        checkpoint_path: PathBuf,
+        round_log: Option<RoundLog>,
+        traffic: Arc<Traffic>,
+        poll_interval_ms: u64,
+        finish_grace: Duration,
+    ) -> Self {
+        let run_id = coordinator.run_id();
+        let replay = ReplayGuard::new(coordinator.current_round());
+        let finished_at = coordinator.is_finished().then(Instant::now);
+        Self {
+            coordinator,
+            run_id,
+            replay,
+            names: HashMap::new(),
+            connections: BTreeMap::new(),
+            active: BTreeSet::new(),
+            last_accepted: HashMap::new(),
+            enrolled,
+            deadline: None,
+            origin: Instant::now(),
+            checkpoint_path,
+            round_log,
+            traffic,
+            poll_interval_ms,
+            finish_grace,
+            finished_at,
+        }
+    }
+
+    fn now(&self) -> Millis {
+        self.origin.elapsed().as_millis() as Millis
+    }
+
+    fn name(&self, participant: &ParticipantId) -> String {
+        self.names
+            .get(participant)
+            .cloned()
+            .unwrap_or_else(|| participant.to_string())
+    }
+
+    /// Runs until the run is finished (and every client has left or the grace period passed),
+    /// `shutdown` is cancelled (a final checkpoint is written) or the command channel closes.
+    pub(crate) async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) -> Result<ActorOutcome, ServerError> {
+        loop {
+            if self.finished_at.is_some() && self.connections.is_empty() {
+                info!("run finished and every participant has left");
+                break;
+            }
+            let deadline = self.deadline.map(|(_, at)| at);
+            let grace_end = self.finished_at.map(|at| at + self.finish_grace);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    if !self.coordinator.is_finished() {
+                        info!(
+                            completed_rounds = self.coordinator.completed_rounds(),
+                            "shutting down: writing a checkpoint"
+                        );
+                        self.persist(Box::new(self.coordinator.checkpoint())).await?;
+                    }
+                    break;
+                }
+                () = sleep_until_opt(deadline) => {
+                    if let Some((round, _)) = self.deadline.take() {
+                        info!(round, "round deadline passed");
+                        let actions = self.coordinator.handle(self.now(), Event::DeadlinePassed { round });
+                        self.execute(actions, None).await?;
+                    }
+                }
+                () = sleep_until_opt(grace_end) => {
+                    info!(
+                        still_connected = self.connections.len(),
+                        "run finished; grace period over, stopping"
+                    );
+                    break;
+                }
+                command = commands.recv() => match command {
+                    Some(command) => self.on_command(command).await?,
+                    None => break,
+                },
+            }
+        }
+        Ok(ActorOutcome {
+            finished: self.coordinator.is_finished(),
+            completed_rounds: self.coordinator.completed_rounds(),
+            global: Arc::clone(self.coordinator.global_state()),
+            history: self.coordinator.history().to_vec(),
+        })
+    }
+
+    async fn on_command(&mut self, command: Command) -> Result<(), ServerError> {
+        match command {
+            Command::Admit {
+                participant,
+                name,
+                reply,
+            } => {
+                self.names.insert(participant, name.clone());
+                let count = self.connections.entry(participant).or_insert(0);
+                *count += 1;
+                debug!(participant = %name, connections = *count, "connection admitted");
+                let _ = reply.send(self.reported_round());
+            }
+            Command::Leave { participant } => {
+                let name = self.name(&participant);
+                if let Some(count) = self.connections.get_mut(&participant) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.connections.remove(&participant);
+                        if self.active.remove(&participant) {
+                            info!(participant = %name, active = self.active.len(), "participant left");
+                            let actions = self
+                                .coordinator
+                                .handle(self.now(), Event::ClientDisconnected { participant });
+                            self.execute(actions, None).await?;
+                        }
+                    }
+                }
+            }
+            Command::RequestWork { participant, reply } => {
+                self.activate(participant);
+                let actions = self
+                    .coordinator
+                    .handle(self.now(), Event::WorkRequested { participant });
+                let answer = self.execute(actions, Some(participant)).await?;
+                let _ = reply.send(answer.unwrap_or_else(|| no_answer("RequestWork")));
+            }
+            Command::Update {
+                participant,
+                update,
+                reply,
+            } => {
+                self.activate(participant);
+                let name = self.name(&participant);
+                let round = update.round;
+                if let Err(replay) = self.replay.check(&name, round) {
+                    let reason = replay.reject_reason();
+                    warn!(participant = %name, round, reason = %replay, "rejected update (replay guard)");
+                    let _ = reply.send(CoordinatorMessage::UpdateRejected { round, reason });
+                    return Ok(());
+                }
+                let actions = self.coordinator.handle(
+                    self.now(),
+                    Event::UpdateReceived {
+                        participant,
+                        update,
+                    },
+                );
+                let answer = self.execute(actions, Some(participant)).await?;
+                let _ = reply.send(answer.unwrap_or_else(|| no_answer("Update")));
+            }
+            Command::Status { participant, reply } => {
+                let _ = reply.send(CoordinatorMessage::Status(self.status(&participant)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts the participant as taking part (the state machine learns it from the event that
+    /// follows).
+    fn activate(&mut self, participant: ParticipantId) {
+        if self.active.insert(participant) {
+            info!(
+                participant = %self.name(&participant),
+                active = self.active.len(),
+                "participant joined"
+            );
+        }
+    }
+
+    /// Carries out `actions` in order; returns the answer for `requester`, if one was produced.
+    async fn execute(
+        &mut self,
+        actions: Vec<Action>,
+        requester: Option<ParticipantId>,
+    ) -> Result<Option<CoordinatorMessage>, ServerError> {
+        let mut answer = None;
+        for action in actions {
+            match action {
+                Action::SendRound {
+                    participant,
+                    round,
+                    state,
+                    config,
+                } => {
+                    let name = self.name(&participant);
+                    if Some(participant) == requester && answer.is_none() {
+                        let deadline_ms = self
+                            .coordinator
+                            .next_deadline()
+                            .map(|at| at.saturating_sub(self.now()))
+                            .unwrap_or(0);
+                        info!(participant = %name, round, deadline_ms, "sending round");
+                        answer = Some(CoordinatorMessage::StartRound {
+                            run_id: self.run_id,
+                            round,
+                            state: (*state).clone(),
+                            config,
+                            deadline_ms,
+                        });
+                    } else {
+                        debug!(participant = %name, round, "sampled; gets the round on its next request");
+                    }
+                }
+                Action::SendWait {
+                    participant,
+                    round,
+                    reason,
+                } => {
+                    if Some(participant) == requester && answer.is_none() {
+                        answer = Some(self.wait_message(round, reason));
+                    }
+                }
+                Action::Accept { participant, round } => {
+                    let name = self.name(&participant);
+                    if let Err(error) = self.replay.record(&name, round) {
+                        // The state machine accepted what the guard had cleared a moment ago;
+                        // a disagreement would be a bug worth seeing.
+                        error!(participant = %name, round, %error, "replay guard disagrees with the state machine");
+                    }
+                    self.last_accepted.insert(participant, round);
+                    info!(participant = %name, round, "accepted update");
+                    if Some(participant) == requester && answer.is_none() {
+                        answer = Some(CoordinatorMessage::UpdateAccepted { round });
+                    }
+                }
+                Action::Reject {
+                    participant,
+                    round,
+                    reason,
+                } => {
+                    let name = self.name(&participant);
+                    warn!(participant = %name, round, reason = %reason, "rejected update");
+                    if Some(participant) == requester && answer.is_none() {
+                        answer = Some(CoordinatorMessage::UpdateRejected {
+                            round,
+                            reason: wire_reject(&reason),
+                        });
+                    }
+                }
+                Action::SetDeadline { round, at_ms } => {
+                    if self.deadline.map(|(r, _)| r) != Some(round) {
+                        let sampled = self
+                            .coordinator
+                            .round_status()
+                            .map(|s| {
+                                s.sampled
+                                    .iter()
+                                    .map(|p| self.name(p))
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            })
+                            .unwrap_or_default();
+                        info!(round, %sampled, "round started");
+                    }
+                    self.deadline = Some((round, self.origin + Duration::from_millis(at_ms)));
+                }
+                Action::RoundExtended {
+                    round,
+                    accepted,
+                    required,
+                    added,
+                } => {
+                    let added: Vec<String> = added.iter().map(|p| self.name(p)).collect();
+                    warn!(
+                        round,
+                        accepted,
+                        required,
+                        added = %added.join(","),
+                        "too few updates by the deadline: round extended"
+                    );
+                }
+                Action::Aggregated { round, summary } => {
+                    let traffic = RoundTraffic {
+                        wall_seconds: Some(
+                            summary
+                                .completed_at_ms
+                                .saturating_sub(summary.started_at_ms)
+                                as f64
+                                / 1000.0,
+                        ),
+                        bytes_in: Some(self.traffic.bytes_in.swap(0, Ordering::Relaxed)),
+                        bytes_out: Some(self.traffic.bytes_out.swap(0, Ordering::Relaxed)),
+                    };
+                    info!(
+                        round,
+                        contributors = summary.contributors.len(),
+                        rejected = summary.rejected,
+                        total_samples = summary.total_samples,
+                        mean_train_loss = summary.mean_train_loss.unwrap_or(f64::NAN),
+                        "round aggregated"
+                    );
+                    if let Some(log) = &mut self.round_log
+                        && let Err(error) = log.append_summary(&summary, &traffic)
+                    {
+                        warn!(%error, "cannot append to the round log");
+                    }
+                    self.deadline = None;
+                }
+                Action::RoundFailed { round, error } => {
+                    error!(round, %error, "aggregation failed; the round starts again");
+                    self.deadline = None;
+                }
+                Action::Persist { checkpoint } => self.persist(checkpoint).await?,
+                Action::Stopped { rounds, reason } => {
+                    warn!(rounds, %reason, "the run stops early");
+                }
+                Action::Finished { rounds } => {
+                    info!(rounds, "all rounds done");
+                    self.deadline = None;
+                    self.finished_at = Some(Instant::now());
+                }
+            }
+        }
+        let current = self.coordinator.current_round();
+        if let Err(error) = self.replay.advance_to(current) {
+            error!(%error, "replay guard out of step with the state machine");
+        }
+        Ok(answer)
+    }
+
+    async fn persist(
+        &mut self,
+        checkpoint: Box<crate::checkpoint::Checkpoint>,
+    ) -> Result<(), ServerError> {
+        let path = self.checkpoint_path.clone();
+        let rounds = checkpoint.completed_rounds;
+        let written = tokio::task::spawn_blocking(move || write_checkpoint(&path, &checkpoint))
+            .await
+            .map_err(|e| ServerError::Internal(format!("checkpoint writer panicked: {e}")))?;
+        written.map_err(ServerError::Checkpoint)?;
+        info!(
+            completed_rounds = rounds,
+            path = %self.checkpoint_path.display(),
+            "checkpoint written"
+        );
+        Ok(())
+    }
+
+    fn wait_message(&self, round: u64, reason: WaitReason) -> CoordinatorMessage {
+        let retry_after_ms = self.poll_interval_ms;
+        let reason = match reason {
+            WaitReason::RunFinished => {
+                return CoordinatorMessage::Finished {
+                    rounds: self.coordinator.completed_rounds(),
+                };
+            }
+            WaitReason::WaitingForParticipants { connected, needed } => {
+                WireWait::WaitingForParticipants {
+                    connected: u32::try_from(connected).unwrap_or(u32::MAX),
+                    needed: u32::try_from(needed).unwrap_or(u32::MAX),
+                }
+            }
+            WaitReason::NotSampled => WireWait::NotSelected { round },
+            WaitReason::AlreadySubmitted => WireWait::AlreadySubmitted { round },
+        };
+        CoordinatorMessage::Wait {
+            retry_after_ms,
+            reason,
+        }
+    }
+
+    /// The round in progress, or else the last one completed (0 before the first), as
+    /// `Welcome` and `Status` report it.
+    fn reported_round(&self) -> u64 {
+        self.coordinator
+            .round_status()
+            .map(|open| open.round)
+            .unwrap_or_else(|| self.coordinator.completed_rounds())
+    }
+
+    fn status(&self, participant: &ParticipantId) -> StatusReport {
+        let open = self.coordinator.round_status();
+        let phase = if self.coordinator.is_finished() {
+            RoundPhase::Finished
+        } else if open.is_some() {
+            RoundPhase::Training
+        } else {
+            RoundPhase::WaitingForParticipants
+        };
+        let now = self.now();
+        StatusReport {
+            run_id: self.run_id,
+            phase,
+            round: self.reported_round(),
+            total_rounds: self.coordinator.config().rounds,
+            updates_received: open
+                .as_ref()
+                .map(|s| u32::try_from(s.accepted).unwrap_or(u32::MAX))
+                .unwrap_or(0),
+            updates_expected: open
+                .as_ref()
+                .map(|s| u32::try_from(s.sampled.len()).unwrap_or(u32::MAX))
+                .unwrap_or(0),
+            connected_participants: u32::try_from(self.active.len()).unwrap_or(u32::MAX),
+            enrolled_participants: u32::try_from(self.enrolled).unwrap_or(u32::MAX),
+            last_accepted_round: self.last_accepted.get(participant).copied(),
+            deadline_in_ms: open.map(|s| s.deadline_at_ms.saturating_sub(now)),
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn no_answer(request: &str) -> CoordinatorMessage {
+    CoordinatorMessage::Error {
+        reason: format!("internal error: the coordinator produced no answer to {request}"),
+    }
+}
+
+/// The wire form of a state-machine rejection.
+pub(crate) fn wire_reject(reason: &RejectReason) -> WireReject {
+    match reason {
+        RejectReason::WrongRun { .. } => WireReject::WrongRun,
+        RejectReason::StaleRound { current, .. } => WireReject::StaleRound { current: *current },
+        RejectReason::FutureRound { current, .. } => WireReject::FutureRound { current: *current },
+        RejectReason::RoundNotOpen { round } => WireReject::RoundNotOpen { round: *round },
+        RejectReason::RunFinished => WireReject::RunFinished,
+        RejectReason::Duplicate { .. } => WireReject::Duplicate,
+        RejectReason::NotSampled { .. } => WireReject::NotSelected,
+        RejectReason::LayoutMismatch(_)
+        | RejectReason::NonFinite(_)
+        | RejectReason::Oversized { .. }
+        | RejectReason::ZeroSamples
+        | RejectReason::InvalidStatistics(_)
+        | RejectReason::SecureAggregationRequired => WireReject::Invalid(reason.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rejection_has_a_wire_reason() {
+        let cases = [
+            (
+                RejectReason::StaleRound {
+                    round: 1,
+                    current: 3,
+                },
+                WireReject::StaleRound { current: 3 },
+            ),
+            (
+                RejectReason::FutureRound {
+                    round: 4,
+                    current: 3,
+                },
+                WireReject::FutureRound { current: 3 },
+            ),
+            (
+                RejectReason::RoundNotOpen { round: 2 },
+                WireReject::RoundNotOpen { round: 2 },
+            ),
+            (RejectReason::RunFinished, WireReject::RunFinished),
+            (RejectReason::Duplicate { round: 2 }, WireReject::Duplicate),
+            (
+                RejectReason::NotSampled { round: 2 },
+                WireReject::NotSelected,
+            ),
+            (
+                RejectReason::WrongRun {
+                    expected: [1; 16],
+                    found: [2; 16],
+                },
+                WireReject::WrongRun,
+            ),
+        ];
+        for (reason, wire) in cases {
+            assert_eq!(wire_reject(&reason), wire);
+        }
+        let nan = RejectReason::NonFinite("encoder delta `w`".into());
+        match wire_reject(&nan) {
+            WireReject::Invalid(text) => assert!(text.contains("non-finite"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

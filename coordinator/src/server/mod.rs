@@ -1,0 +1,737 @@
+//! The QUIC server around the round state machine: a thin async layer that turns connections
+//! and requests into [`Event`](crate::round::Event)s and the resulting actions into replies,
+//! timers, checkpoints and round-log lines.
+//!
+//! - **Who gets in.** TLS 1.3 with client certificates ([`mpcl_protocol::tls::server_config`]):
+//!   only enrolled ed25519 keys complete the handshake. The key that authenticated the
+//!   connection is the participant's [`ParticipantId`]; its first request must be a `Hello`
+//!   naming the same participant.
+//! - **Conversation.** One request per bidirectional stream (see [`mpcl_protocol::messages`]).
+//!   Requests are read with the run's [`MessageLimits`] (computed from the model); a frame larger
+//!   than [`MessageLimits::CONTROL`] (an update) must first get one of
+//!   [`NetworkSettings::max_concurrent_uploads`] permits, so that concurrent uploads cannot
+//!   exhaust memory. Updates are verified ([`UpdateVerifier`]: enrolled signer, same key as the
+//!   connection, signature, run, payload) before the state machine sees them; the actor then
+//!   applies the [`ReplayGuard`](mpcl_protocol::ReplayGuard).
+//! - **State.** One actor task ([`actor`]) owns the [`Coordinator`]; nothing holds it across a
+//!   network await. It writes checkpoints atomically ([`crate::checkpoint::write_checkpoint`])
+//!   and appends the round log before the clients hear about the next round.
+//! - **Stopping.** After the last round the server keeps answering `Finished` until every
+//!   participant has left or [`NetworkSettings::finish_grace_secs`] passed. Cancelling the
+//!   shutdown token writes a checkpoint and closes every connection; [`resume_coordinator`] picks
+//!   the run up again from the output folder.
+//!
+//! Every log line about a peer carries its participant id (`participant` field).
+
+mod actor;
+pub mod run_file;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mpcl_protocol::codec::{self, CodecError, MessageLimits, PROTOCOL_VERSION};
+use mpcl_protocol::framing::{self, FRAME_HEADER_BYTES};
+use mpcl_protocol::messages::{ClientMessage, CoordinatorMessage, GlobalState, RunId, Welcome};
+use mpcl_protocol::tls::{TlsError, peer_public_key_from_identity};
+use mpcl_protocol::{Enrolment, NodeIdentity, UpdateVerifier};
+use quinn::crypto::rustls::QuicServerConfig;
+use thiserror::Error;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::checkpoint::{CheckpointError, read_latest_checkpoint, write_checkpoint};
+use crate::round::{Coordinator, CoordinatorError, ParticipantId, RoundSummary};
+use crate::round_log::{RoundLog, RoundLogError};
+
+use actor::{Actor, Command, Traffic};
+pub use run_file::{NetworkSettings, RunFile, RunFileError};
+
+/// File name of the checkpoint in the output folder (its previous copy is
+/// `checkpoint.prev.bin`).
+pub const CHECKPOINT_FILE: &str = "checkpoint.bin";
+/// File name of the per-round JSON-lines log in the output folder.
+pub const ROUND_LOG_FILE: &str = "rounds.jsonl";
+
+/// Application close code: the run is over.
+pub const CLOSE_FINISHED: u32 = 0;
+/// Application close code: the coordinator is shutting down (clients should reconnect later).
+pub const CLOSE_SHUTDOWN: u32 = 1;
+/// Application close code: the peer broke the protocol (bad `Hello`).
+pub const CLOSE_PROTOCOL: u32 = 2;
+
+/// Most concurrent requests (streams) one connection may have open.
+const MAX_STREAMS_PER_CONNECTION: u32 = 4;
+/// How long shutdown waits for connections to close cleanly.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// The checkpoint path inside an output folder.
+pub fn checkpoint_path(out_dir: &Path) -> PathBuf {
+    out_dir.join(CHECKPOINT_FILE)
+}
+
+/// Errors of the server.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The TLS configuration could not be built.
+    #[error("cannot build the TLS configuration: {0}")]
+    Tls(#[from] TlsError),
+    /// quinn refused the TLS configuration.
+    #[error("the TLS configuration does not suit QUIC: {0}")]
+    Quic(String),
+    /// A network setting is out of range.
+    #[error("invalid network settings: {0}")]
+    Settings(String),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The output folder could not be prepared.
+    #[error("cannot use output folder {}: {source}", path.display())]
+    OutDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint could not be written or read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The round log could not be opened.
+    #[error(transparent)]
+    RoundLog(#[from] RoundLogError),
+    /// The checkpoint does not make a coordinator.
+    #[error(transparent)]
+    Coordinator(#[from] CoordinatorError),
+    /// `--resume` found no checkpoint.
+    #[error("nothing to resume: no checkpoint in {}", path.display())]
+    NothingToResume { path: PathBuf },
+    /// A bug (a task panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Everything a server needs.
+pub struct ServerSetup {
+    /// The state machine, new ([`Coordinator::new`]) or resumed ([`resume_coordinator`]).
+    pub coordinator: Coordinator,
+    /// The coordinator's own key (its TLS certificate; clients pin its public key).
+    pub identity: NodeIdentity,
+    /// Who may connect.
+    pub enrolment: Enrolment,
+    /// `ModelConfig` as JSON, sent in `Welcome`.
+    pub model_config_json: String,
+    /// The dataset schema as JSON, sent in `Welcome`.
+    pub schema_json: String,
+    /// Transport settings.
+    pub network: NetworkSettings,
+    /// Address to listen on (port 0 picks a free port; see [`Server::local_addr`]).
+    pub listen: SocketAddr,
+    /// Folder for the checkpoint and the round log (created if missing).
+    pub out_dir: PathBuf,
+}
+
+/// How a server run ended.
+#[derive(Clone, Debug)]
+pub struct ServerOutcome {
+    /// Whether every round was aggregated (false: stopped by the shutdown token).
+    pub finished: bool,
+    /// Rounds aggregated so far.
+    pub completed_rounds: u64,
+    /// The global state after the last completed round.
+    pub global: Arc<GlobalState>,
+    /// Summaries of the completed rounds.
+    pub history: Vec<RoundSummary>,
+    /// The run id.
+    pub run_id: RunId,
+}
+
+/// What connection tasks share.
+struct Shared {
+    enrolment: Enrolment,
+    run_id: RunId,
+    total_rounds: u64,
+    limits: MessageLimits,
+    verifier: UpdateVerifier,
+    model_config_json: String,
+    schema_json: String,
+    uploads: Semaphore,
+    request_timeout: Duration,
+    commands: mpsc::Sender<Command>,
+    traffic: Arc<Traffic>,
+    shutdown: CancellationToken,
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    actor: Actor,
+    commands: mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+}
+
+/// A fresh random run id.
+pub fn new_run_id() -> RunId {
+    rand::random()
+}
+
+/// The message limits of a run whose global state is `state`.
+pub fn limits_for_state(state: &GlobalState) -> MessageLimits {
+    let prototype_values: usize = state.prototypes.iter().map(|b| b.values.len()).sum();
+    MessageLimits::for_model(
+        state.parameters.value_count(),
+        prototype_values,
+        state.cooccurrence.emotions,
+    )
+}
+
+/// A coordinator resumed from the latest usable checkpoint in `out_dir` (falling back to the
+/// previous copy, with a warning, when the latest is damaged).
+pub fn resume_coordinator(out_dir: &Path) -> Result<Coordinator, ServerError> {
+    let path = checkpoint_path(out_dir);
+    let loaded = read_latest_checkpoint(&path).map_err(|error| {
+        if error.is_missing() {
+            ServerError::NothingToResume {
+                path: out_dir.to_path_buf(),
+            }
+        } else {
+            ServerError::Checkpoint(error)
+        }
+    })?;
+    if let Some(problem) = &loaded.primary_error {
+        warn!(%problem, used = %loaded.path.display(), "latest checkpoint unusable; resuming from the previous copy");
+    }
+    info!(
+        completed_rounds = loaded.checkpoint.completed_rounds,
+        path = %loaded.path.display(),
+        "resuming from checkpoint"
+    );
+    Ok(Coordinator::resume(loaded.checkpoint)?)
+}
+
+impl Server {
+    /// Binds the UDP socket and prepares the output folder. Must be called inside a tokio
+    /// runtime.
+    pub fn bind(setup: ServerSetup) -> Result<Self, ServerError> {
+        setup.network.validate().map_err(ServerError::Settings)?;
+        if setup.coordinator.config().privacy.secure_aggregation {
+            // The state machine refuses plain updates under secure aggregation, and the masking
+            // protocol's messages are not on the wire yet: the run could never finish a round.
+            return Err(ServerError::Settings(
+                "privacy.secure_aggregation is not available over the network yet (only in `mpcl simulate`); turn it off or simulate".into(),
+            ));
+        }
+        std::fs::create_dir_all(&setup.out_dir).map_err(|source| ServerError::OutDir {
+            path: setup.out_dir.clone(),
+            source,
+        })?;
+        let checkpoint = checkpoint_path(&setup.out_dir);
+        if !checkpoint.exists() {
+            // A run stopped before its first round can then still be resumed with its run id.
+            write_checkpoint(&checkpoint, &setup.coordinator.checkpoint())?;
+        }
+        let round_log = RoundLog::open(setup.out_dir.join(ROUND_LOG_FILE))?;
+
+        let network = &setup.network;
+        let tls =
+            mpcl_protocol::tls::server_config(&setup.identity, setup.enrolment.public_keys())?;
+        let crypto =
+            QuicServerConfig::try_from(tls).map_err(|e| ServerError::Quic(e.to_string()))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(Arc::new(transport_config(network)?));
+        let endpoint =
+            quinn::Endpoint::server(config, setup.listen).map_err(|source| ServerError::Bind {
+                addr: setup.listen,
+                source,
+            })?;
+        let local_addr = endpoint.local_addr().map_err(|source| ServerError::Bind {
+            addr: setup.listen,
+            source,
+        })?;
+
+        let coordinator = setup.coordinator;
+        let run_id = coordinator.run_id();
+        let limits = limits_for_state(coordinator.global_state());
+        let traffic = Arc::new(Traffic::default());
+        let (sender, commands) = mpsc::channel(256);
+        let shared = Arc::new(Shared {
+            verifier: UpdateVerifier::new(setup.enrolment.clone(), run_id, limits),
+            enrolment: setup.enrolment.clone(),
+            run_id,
+            total_rounds: coordinator.config().rounds,
+            limits,
+            model_config_json: setup.model_config_json,
+            schema_json: setup.schema_json,
+            uploads: Semaphore::new(network.max_concurrent_uploads),
+            request_timeout: network.request_timeout(),
+            commands: sender,
+            traffic: Arc::clone(&traffic),
+            shutdown: CancellationToken::new(),
+        });
+        let actor = Actor::new(
+            coordinator,
+            setup.enrolment.len(),
+            checkpoint,
+            Some(round_log),
+            traffic,
+            network.poll_interval_ms,
+            network.finish_grace(),
+        );
+        Ok(Self {
+            endpoint,
+            local_addr,
+            actor,
+            commands,
+            shared,
+        })
+    }
+
+    /// The address actually bound (with the real port when listening on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until the run is finished or `shutdown` is cancelled (then a checkpoint is
+    /// written first). Errors only when the state cannot be persisted or a task panicked.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<ServerOutcome, ServerError> {
+        let Self {
+            endpoint,
+            local_addr,
+            actor,
+            commands,
+            shared,
+        } = self;
+        info!(%local_addr, run_id = %hex(&shared.run_id), "coordinator listening");
+        let actor_run = actor.run(commands, shutdown.clone());
+        tokio::pin!(actor_run);
+        let mut connections = JoinSet::new();
+        let result = loop {
+            tokio::select! {
+                outcome = &mut actor_run => break outcome,
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => {
+                        connections.spawn(serve_connection(incoming, Arc::clone(&shared)));
+                    }
+                    None => break Err(ServerError::Internal("the endpoint closed unexpectedly".into())),
+                },
+                Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                    if let Err(error) = joined && error.is_panic() {
+                        error!(%error, "a connection task panicked");
+                    }
+                }
+            }
+        };
+        // Stop every connection: the run is over or the coordinator is going away.
+        shared.shutdown.cancel();
+        let (code, reason): (u32, &[u8]) = match &result {
+            Ok(outcome) if outcome.finished => (CLOSE_FINISHED, b"run finished"),
+            _ => (CLOSE_SHUTDOWN, b"coordinator shutting down"),
+        };
+        endpoint.close(code.into(), reason);
+        connections.shutdown().await;
+        if tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            debug!("connections did not close within {CLOSE_WAIT:?}");
+        }
+        let outcome = result?;
+        info!(
+            finished = outcome.finished,
+            completed_rounds = outcome.completed_rounds,
+            "coordinator stopped"
+        );
+        Ok(ServerOutcome {
+            finished: outcome.finished,
+            completed_rounds: outcome.completed_rounds,
+            global: outcome.global,
+            history: outcome.history,
+            run_id: shared.run_id,
+        })
+    }
+}
+
+fn transport_config(network: &NetworkSettings) -> Result<quinn::TransportConfig, ServerError> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(network.keep_alive()));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(network.idle_timeout())
+            .map_err(|e| ServerError::Settings(format!("idle timeout: {e}")))?,
+    ));
+    let window = quinn::VarInt::from_u64(network.stream_receive_window)
+        .map_err(|e| ServerError::Settings(format!("stream receive window: {e}")))?;
+    transport.stream_receive_window(window);
+    transport.max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    Ok(transport)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Handshake, `Hello`, then one task per request until the connection closes.
+async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let remote = incoming.remote_address();
+    let connection = match incoming.await {
+        Ok(connection) => connection,
+        Err(error) => {
+            log_handshake_failure(remote, &error);
+            return;
+        }
+    };
+    let key = match connection
+        .peer_identity()
+        .as_deref()
+        .ok_or(TlsError::NoPeerCertificate)
+        .and_then(peer_public_key_from_identity)
+    {
+        Ok(key) => key,
+        Err(error) => {
+            warn!(participant = %"unknown", %remote, %error, "cannot read the peer's key; closing");
+            connection.close(CLOSE_PROTOCOL.into(), b"no usable client certificate");
+            return;
+        }
+    };
+    let Some(enrolled) = shared.enrolment.by_key(&key).cloned() else {
+        // The TLS verifier admits only enrolled keys; this is a second fence.
+        warn!(participant = %"unknown", %remote, "key not enrolled; closing");
+        connection.close(CLOSE_PROTOCOL.into(), b"not enrolled");
+        return;
+    };
+    let span = info_span!("peer", participant = %enrolled.id);
+    async move {
+        debug!(%remote, "connection established");
+        let participant = ParticipantId(key.to_bytes());
+        let admitted = serve_admitted(&connection, &shared, participant, &enrolled.id, key).await;
+        if admitted {
+            let _ = shared.commands.send(Command::Leave { participant }).await;
+        }
+        debug!(%remote, reason = ?connection.close_reason(), "connection ended");
+    }
+    .instrument(span)
+    .await
+}
+
+fn log_handshake_failure(remote: SocketAddr, error: &quinn::ConnectionError) {
+    let reason = match error {
+        quinn::ConnectionError::TransportError(transport) => transport.reason.clone(),
+        other => other.to_string(),
+    };
+    warn!(
+        participant = %"unauthenticated",
+        %remote,
+        %reason,
+        "TLS handshake failed (unenrolled key, or the client refused this coordinator)"
+    );
+}
+
+/// Serves an authenticated connection; returns whether the participant was admitted (and so
+/// must be reported as gone).
+async fn serve_admitted(
+    connection: &quinn::Connection,
+    shared: &Arc<Shared>,
+    participant: ParticipantId,
+    name: &str,
+    key: mpcl_protocol::VerifyingKey,
+) -> bool {
+    // The first stream must be a Hello.
+    let (mut send, mut recv) = tokio::select! {
+        () = shared.shutdown.cancelled() => return false,
+        stream = connection.accept_bi() => match stream {
+            Ok(stream) => stream,
+            Err(error) => {
+                debug!(%error, "connection closed before Hello");
+                return false;
+            }
+        },
+    };
+    let hello = tokio::time::timeout(
+        shared.request_timeout,
+        framing::read_message::<_, ClientMessage>(&mut recv, &MessageLimits::CONTROL),
+    )
+    .await;
+    let reply = match hello {
+        Ok(Ok(ClientMessage::Hello {
+            participant_id,
+            protocol_version,
+        })) => {
+            if protocol_version != PROTOCOL_VERSION {
+                Err(format!(
+                    "protocol version {protocol_version} is not supported (this coordinator speaks {PROTOCOL_VERSION})"
+                ))
+            } else if participant_id != name {
+                Err(format!(
+                    "Hello names participant `{participant_id}` but the connection is authenticated as `{name}`"
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        Ok(Ok(other)) => Err(format!("expected Hello first, got {}", other.kind())),
+        Ok(Err(error)) => Err(format!("unreadable Hello: {error}")),
+        Err(_) => Err(format!("no Hello within {:?}", shared.request_timeout)),
+    };
+    if let Err(reason) = reply {
+        warn!(%reason, "refused Hello; closing");
+        let _ = send_reply(
+            &mut send,
+            &CoordinatorMessage::Error { reason },
+            &MessageLimits::CONTROL,
+            shared,
+        )
+        .await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, send.stopped()).await;
+        connection.close(CLOSE_PROTOCOL.into(), b"bad hello");
+        return false;
+    }
+    let (reply_to, current) = oneshot::channel();
+    if shared
+        .commands
+        .send(Command::Admit {
+            participant,
+            name: name.to_string(),
+            reply: reply_to,
+        })
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let Ok(current_round) = current.await else {
+        return false;
+    };
+    let welcome = CoordinatorMessage::Welcome(Welcome {
+        run_id: shared.run_id,
+        protocol_version: PROTOCOL_VERSION,
+        participant_id: name.to_string(),
+        max_message_bytes: shared.limits.max_message_bytes as u64,
+        total_rounds: shared.total_rounds,
+        current_round,
+        model_config_json: shared.model_config_json.clone(),
+        schema_json: shared.schema_json.clone(),
+    });
+    if let Err(error) = send_reply(&mut send, &welcome, &MessageLimits::CONTROL, shared).await {
+        debug!(%error, "cannot send Welcome");
+    }
+    info!("participant admitted");
+
+    let mut requests = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => break,
+            stream = connection.accept_bi() => match stream {
+                Ok((send, recv)) => {
+                    let shared = Arc::clone(shared);
+                    requests.spawn(
+                        serve_request(send, recv, shared, participant, key)
+                            .instrument(tracing::Span::current()),
+                    );
+                }
+                Err(error) => {
+                    debug!(%error, "connection closed");
+                    break;
+                }
+            },
+            Some(joined) = requests.join_next(), if !requests.is_empty() => {
+                if let Err(error) = joined && error.is_panic() {
+                    error!(%error, "a request task panicked");
+                }
+            }
+        }
+    }
+    requests.shutdown().await;
+    true
+}
+
+/// Reads one request, answers it, finishes the stream.
+async fn serve_request(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    shared: Arc<Shared>,
+    participant: ParticipantId,
+    key: mpcl_protocol::VerifyingKey,
+) {
+    let read = tokio::time::timeout(
+        shared.request_timeout,
+        read_request(&mut recv, &shared.limits, &shared.uploads),
+    )
+    .await;
+    let (request, _permit) = match read {
+        Ok(Ok((request, bytes, permit))) => {
+            shared
+                .traffic
+                .bytes_in
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+            (request, permit)
+        }
+        Ok(Err(CodecError::Closed)) => {
+            debug!("stream closed without a request");
+            return;
+        }
+        Ok(Err(error)) => {
+            warn!(reason = %error, "rejected request: unreadable frame");
+            let _ = recv.stop(0u32.into());
+            let reply = CoordinatorMessage::Error {
+                reason: format!("unreadable request: {error}"),
+            };
+            let _ = send_reply(&mut send, &reply, &MessageLimits::CONTROL, &shared).await;
+            return;
+        }
+        Err(_) => {
+            warn!(timeout = ?shared.request_timeout, "rejected request: not received in time");
+            let _ = recv.stop(0u32.into());
+            let reply = CoordinatorMessage::Error {
+                reason: format!("request not received within {:?}", shared.request_timeout),
+            };
+            let _ = send_reply(&mut send, &reply, &MessageLimits::CONTROL, &shared).await;
+            return;
+        }
+    };
+    let kind = request.kind();
+    let reply = match request {
+        ClientMessage::Hello { .. } => CoordinatorMessage::Error {
+            reason: "Hello was already received on this connection".into(),
+        },
+        ClientMessage::Goodbye => {
+            info!("participant said goodbye");
+            CoordinatorMessage::Goodbye
+        }
+        ClientMessage::RequestWork { .. } => {
+            ask(&shared, |reply| Command::RequestWork { participant, reply }).await
+        }
+        ClientMessage::StatusRequest => {
+            ask(&shared, |reply| Command::Status { participant, reply }).await
+        }
+        ClientMessage::Update(signed) => {
+            let round = signed.round;
+            match shared.verifier.verify(&signed, Some(&key)) {
+                Ok(verified) => {
+                    ask(&shared, |reply| Command::Update {
+                        participant,
+                        update: Box::new(verified.update),
+                        reply,
+                    })
+                    .await
+                }
+                Err(error) => {
+                    warn!(round, reason = %error, "rejected update");
+                    CoordinatorMessage::UpdateRejected {
+                        round,
+                        reason: error.reject_reason(),
+                    }
+                }
+            }
+        }
+    };
+    debug!(request = kind, reply = reply.kind(), "answered");
+    if let Err(error) = send_reply(&mut send, &reply, &shared.limits, &shared).await {
+        warn!(%error, request = kind, "cannot send the reply");
+    }
+}
+
+/// Sends a command to the actor and waits for its answer.
+async fn ask(
+    shared: &Shared,
+    command: impl FnOnce(oneshot::Sender<CoordinatorMessage>) -> Command,
+) -> CoordinatorMessage {
+    let (reply, answer) = oneshot::channel();
+    if shared.commands.send(command(reply)).await.is_err() {
+        return CoordinatorMessage::Error {
+            reason: "the coordinator is shutting down".into(),
+        };
+    }
+    answer.await.unwrap_or_else(|_| CoordinatorMessage::Error {
+        reason: "the coordinator is shutting down".into(),
+    })
+}
+
+/// Reads one request frame. Frames above [`MessageLimits::CONTROL`] wait for an upload permit
+/// before their payload is read; the permit is returned so that it is held until the update has
+/// been handled.
+async fn read_request<'a>(
+    recv: &mut quinn::RecvStream,
+    limits: &MessageLimits,
+    uploads: &'a Semaphore,
+) -> Result<
+    (
+        ClientMessage,
+        usize,
+        Option<tokio::sync::SemaphorePermit<'a>>,
+    ),
+    CodecError,
+> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Err(CodecError::Closed),
+        Err(quinn::ReadExactError::FinishedEarly(received)) => {
+            return Err(CodecError::Truncated {
+                expected: FRAME_HEADER_BYTES as u64,
+                received: received as u64,
+            });
+        }
+        Err(quinn::ReadExactError::ReadError(error)) => {
+            return Err(CodecError::Io {
+                action: "reading a frame header",
+                source: error.into(),
+            });
+        }
+    }
+    let length = u64::from(u32::from_le_bytes(header));
+    limits.check(length)?;
+    let permit = if length > MessageLimits::CONTROL.max_message_bytes as u64 {
+        Some(
+            uploads
+                .acquire()
+                .await
+                .map_err(|_| CodecError::Malformed("the coordinator is shutting down".into()))?,
+        )
+    } else {
+        None
+    };
+    let mut payload = Vec::with_capacity((length as usize).min(64 * 1024));
+    let received = (&mut *recv)
+        .take(length)
+        .read_to_end(&mut payload)
+        .await
+        .map_err(|source| CodecError::Io {
+            action: "reading a frame",
+            source,
+        })?;
+    if (received as u64) < length {
+        return Err(CodecError::Truncated {
+            expected: length,
+            received: received as u64,
+        });
+    }
+    let message = codec::decode_message(&payload, limits)?;
+    Ok((message, FRAME_HEADER_BYTES + payload.len(), permit))
+}
+
+/// Writes `message` as one frame and finishes the stream.
+async fn send_reply(
+    send: &mut quinn::SendStream,
+    message: &CoordinatorMessage,
+    limits: &MessageLimits,
+    shared: &Shared,
+) -> Result<(), CodecError> {
+    let payload = codec::encode_message(message, limits)?;
+    framing::write_frame(send, &payload, limits).await?;
+    shared.traffic.bytes_out.fetch_add(
+        (FRAME_HEADER_BYTES + payload.len()) as u64,
+        Ordering::Relaxed,
+    );
+    send.finish().map_err(|e| CodecError::Io {
+        action: "finishing a reply",
+        source: std::io::Error::other(e),
+    })
+}

@@ -1,0 +1,250 @@
+//! `mpcl client` and `mpcl status`: a participant node on local data, and a look at where a run
+//! stands. The node is `mpcl_client::node`; this file picks the local data (including the
+//! synthetic demo subjects, which the client crate does not know about) and the device.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use mpcl_client::node::{phase_name, query_status};
+use mpcl_client::{Node, NodeConfig, NodeOutcome, ParticipantSettings, SessionConfig};
+use mpcl_model::DeviceChoice;
+use mpcl_model::data::Dataset;
+use mpcl_protocol::identity::read_public_key_file;
+use mpcl_protocol::{NodeIdentity, VerifyingKey};
+use tokio_util::sync::CancellationToken;
+
+/// How to reach the coordinator (shared by `client` and `status`).
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// The coordinator's address, HOST:PORT (as printed by `mpcl coordinator`).
+    #[arg(long, value_name = "HOST:PORT")]
+    coordinator: String,
+
+    /// The coordinator's public key file (its DIR/public_key.hex from `mpcl keygen`): only a
+    /// server holding this key is accepted.
+    #[arg(long, value_name = "FILE")]
+    coordinator_key: PathBuf,
+
+    /// This participant's key directory (from `mpcl keygen`); its public key must be in the
+    /// coordinator's enrolment file.
+    #[arg(long, value_name = "DIR")]
+    key: PathBuf,
+
+    /// QUIC keep-alive interval in seconds (keeps the connection up while training).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    keep_alive_secs: f64,
+
+    /// QUIC idle timeout in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    idle_timeout_secs: f64,
+
+    /// Seconds connecting (handshake and Hello) may take.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    connect_timeout_secs: f64,
+}
+
+impl ConnectArgs {
+    async fn session_config(&self) -> anyhow::Result<SessionConfig> {
+        let identity = NodeIdentity::load(&self.key)
+            .with_context(|| format!("cannot load this node's key from {}", self.key.display()))?;
+        let coordinator_key: VerifyingKey = read_public_key_file(&self.coordinator_key)?;
+        let address = resolve(&self.coordinator).await?;
+        for (name, value) in [
+            ("--keep-alive-secs", self.keep_alive_secs),
+            ("--idle-timeout-secs", self.idle_timeout_secs),
+            ("--connect-timeout-secs", self.connect_timeout_secs),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                bail!("{name} must be a positive number of seconds, got {value}");
+            }
+        }
+        if self.keep_alive_secs >= self.idle_timeout_secs {
+            bail!("--keep-alive-secs must be below --idle-timeout-secs");
+        }
+        let mut config = SessionConfig::new(address, coordinator_key, Arc::new(identity));
+        config.keep_alive = Duration::from_secs_f64(self.keep_alive_secs);
+        config.idle_timeout = Duration::from_secs_f64(self.idle_timeout_secs);
+        config.connect_timeout = Duration::from_secs_f64(self.connect_timeout_secs);
+        Ok(config)
+    }
+}
+
+async fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host(address)
+        .await
+        .with_context(|| format!("cannot resolve the coordinator address `{address}`"))?
+        .next()
+        .with_context(|| format!("`{address}` resolves to no address"))
+}
+
+/// Take part in a federated run as a participant: train locally on private data when sampled
+/// and send only signed updates (encoder delta, prototype and co-occurrence statistics).
+///
+/// Reconnects with exponential backoff when the coordinator goes away (for example while it
+/// restarts with --resume); exits 0 when the run is finished or on Ctrl-C, and with an error when
+/// the coordinator refuses this key or the run's schema does not fit the local data.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+
+    /// Local training data: `synthetic:INDEX` (subject INDEX, from 0, of the default synthetic
+    /// dataset: a demo), `larwood2019`, `larwood:DIR`, `dmer:DIR` (or `dmer:FILE.mat`) or
+    /// `wesad:DIR`. Its schema must be the run's.
+    #[arg(long, value_name = "SPEC")]
+    data: String,
+
+    /// Use only this subject's samples of --data (for datasets holding several subjects).
+    #[arg(long, value_name = "ID")]
+    subject: Option<String>,
+
+    /// Where to train: `cpu`, `wgpu` (needs a build with --features wgpu) or `auto`.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+
+    /// Prototype statistics of an emotion with less local label mass than this are not sent.
+    #[arg(long, value_name = "MASS", default_value_t = 1.0)]
+    min_prototype_mass: f32,
+
+    /// Stop after this many seconds without reaching the coordinator (default: keep trying).
+    #[arg(long, value_name = "SECS")]
+    give_up_after_secs: Option<f64>,
+}
+
+/// Loads the local data of `mpcl client --data SPEC [--subject ID]`.
+pub fn load_local_data(spec: &str, subject: Option<&str>) -> anyhow::Result<Dataset> {
+    let dataset = if let Some(index) = spec.strip_prefix("synthetic:") {
+        use mpcl_simulations::synthetic::{SyntheticConfig, generate};
+        let index: usize = index
+            .parse()
+            .with_context(|| format!("`{spec}`: expected synthetic:SUBJECT_INDEX"))?;
+        let all = generate(&SyntheticConfig::default());
+        let subjects = all.subjects();
+        let Some(id) = subjects.get(index) else {
+            bail!(
+                "`{spec}`: the synthetic dataset has subjects 0..{}",
+                subjects.len()
+            );
+        };
+        only_subject(&all, id)
+    } else {
+        mpcl_model::data::open(spec)
+            .with_context(|| format!("cannot open the local data `{spec}`"))?
+            .0
+    };
+    match subject {
+        None => Ok(dataset),
+        Some(id) => {
+            let picked = only_subject(&dataset, id);
+            if picked.samples.is_empty() {
+                bail!(
+                    "subject `{id}` is not in `{spec}` (subjects: {})",
+                    dataset.subjects().join(", ")
+                );
+            }
+            Ok(picked)
+        }
+    }
+}
+
+fn only_subject(dataset: &Dataset, subject: &str) -> Dataset {
+    let indices: Vec<usize> = dataset
+        .samples
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.subject == subject)
+        .map(|(i, _)| i)
+        .collect();
+    let mut picked = dataset.subset(&indices);
+    picked.name = format!("{} ({subject})", dataset.name);
+    picked
+}
+
+impl ClientArgs {
+    /// Runs `mpcl client`.
+    pub fn run(self) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(self.serve())
+    }
+
+    async fn serve(self) -> anyhow::Result<()> {
+        let session = self.connect.session_config().await?;
+        let dataset = load_local_data(&self.data, self.subject.as_deref())?;
+        let device = self.device.resolve()?;
+        tracing::info!(
+            data = %dataset.name,
+            samples = dataset.samples.len(),
+            device = %device.description,
+            "local data loaded"
+        );
+        let mut config = NodeConfig::new(session);
+        config.participant = ParticipantSettings {
+            min_prototype_mass: self.min_prototype_mass,
+            ..ParticipantSettings::default()
+        };
+        if let Some(secs) = self.give_up_after_secs {
+            if !(secs.is_finite() && secs > 0.0) {
+                bail!("--give-up-after-secs must be a positive number, got {secs}");
+            }
+            config.give_up_after = Some(Duration::from_secs_f64(secs));
+        }
+        let node = Node::new(config, dataset, device.device)?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(super::coordinator::cancel_on_signal(shutdown.clone()));
+        match node.run(shutdown).await? {
+            NodeOutcome::Finished { rounds } => println!("run finished after {rounds} rounds"),
+            NodeOutcome::Cancelled => println!("stopped"),
+        }
+        Ok(())
+    }
+}
+
+/// Show where a run stands: phase, round, participants connected, updates received.
+///
+/// Connects like a client (the key must be enrolled) but takes no part in the run.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+impl StatusArgs {
+    /// Runs `mpcl status`.
+    pub fn run(self) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(async {
+            let config = self.connect.session_config().await?;
+            let report = query_status(&config).await?;
+            let run_id: String = report.run_id.iter().map(|b| format!("{b:02x}")).collect();
+            println!("run           {run_id}");
+            println!("phase         {}", phase_name(report.phase));
+            println!("round         {} of {}", report.round, report.total_rounds);
+            println!(
+                "participants  {} connected, {} enrolled",
+                report.connected_participants, report.enrolled_participants
+            );
+            println!(
+                "updates       {} of {} received",
+                report.updates_received, report.updates_expected
+            );
+            if let Some(ms) = report.deadline_in_ms {
+                println!("deadline      in {:.1} s", ms as f64 / 1000.0);
+            }
+            match report.last_accepted_round {
+                Some(round) => println!("your last accepted update: round {round}"),
+                None => println!("your last accepted update: none"),
+            }
+            Ok(())
+        })
+    }
+}

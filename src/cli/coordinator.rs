@@ -1,0 +1,231 @@
+//! `mpcl coordinator`: runs the coordinator of a federated run over QUIC. The server itself is
+//! `mpcl_coordinator::server`; this file turns the run file's schema spec and `[model]` table
+//! into the initial global state, and wires the output folder and signals.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use mpcl_coordinator::Coordinator;
+use mpcl_coordinator::server::{
+    CHECKPOINT_FILE, ROUND_LOG_FILE, RunFile, Server, ServerSetup, checkpoint_path, new_run_id,
+    resume_coordinator,
+};
+use mpcl_model::data::Schema;
+use mpcl_model::{Device, ModelConfig, MpclModel};
+use mpcl_protocol::{Enrolment, NodeIdentity};
+use tokio_util::sync::CancellationToken;
+
+/// File name of the run file copy in the output folder.
+pub const SAVED_CONFIG_FILE: &str = "config.toml";
+/// File name of the enrolment copy in the output folder.
+pub const SAVED_ENROLMENT_FILE: &str = "enrolment.toml";
+
+/// Run the coordinator of a federated run: admit enrolled participants over QUIC, hand out
+/// rounds, verify and aggregate their signed updates, checkpoint after every round.
+///
+/// Prints `listening on ADDR` as the first line on stdout (useful with port 0), logs to stderr.
+/// Writes to --out: config.toml (the run file), enrolment.toml, checkpoint.bin (and its previous
+/// copy checkpoint.prev.bin) and rounds.jsonl (one JSON line per aggregated round). Ctrl-C or
+/// SIGTERM writes a checkpoint and exits 0; `--resume` continues from it.
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// Run file (TOML): the run configuration (rounds, clients per round, deadline, training,
+    /// aggregation), `schema = "synthetic" | DATASET_SPEC`, a `[model]` table and an optional
+    /// `[network]` table (keep-alive, idle timeout, upload concurrency). Required for a new run;
+    /// with --resume the copy saved in --out is used (if given, it must be the same).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Enrolment file: the `[[participant]]` ids and public keys allowed to join (as printed by
+    /// `mpcl keygen`). Anyone else fails the TLS handshake.
+    #[arg(long, value_name = "FILE")]
+    enrol: PathBuf,
+
+    /// The coordinator's key directory (from `mpcl keygen`). Participants pin its public key
+    /// (DIR/public_key.hex).
+    #[arg(long, value_name = "DIR")]
+    key: PathBuf,
+
+    /// UDP address to listen on; port 0 picks a free port (the address is printed).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:4433")]
+    listen: SocketAddr,
+
+    /// Output folder for the saved config, checkpoints and the round log.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+
+    /// Continue the run whose checkpoint is in --out (after a crash or a Ctrl-C).
+    #[arg(long)]
+    resume: bool,
+}
+
+/// Turns a run file's `schema` spec into a schema: `synthetic` (the synthetic DMER layout with
+/// the generator's default face width), `synthetic:FACE_WIDTH`, or a dataset spec that is opened
+/// only to read its schema.
+pub fn resolve_schema(spec: &str) -> anyhow::Result<Schema> {
+    use mpcl_simulations::synthetic::{SyntheticConfig, synthetic_schema};
+    if spec == "synthetic" {
+        return Ok(synthetic_schema(SyntheticConfig::default().face_width));
+    }
+    if let Some(width) = spec.strip_prefix("synthetic:") {
+        let width: usize = width
+            .parse()
+            .with_context(|| format!("schema `{spec}`: the face width must be a number"))?;
+        return Ok(synthetic_schema(width));
+    }
+    let (dataset, _) = mpcl_model::data::open(spec)
+        .with_context(|| format!("cannot open dataset `{spec}` to read its schema"))?;
+    Ok(dataset.schema)
+}
+
+/// The model config of a run file, with every default filled in.
+pub fn model_config(run: &RunFile) -> anyhow::Result<ModelConfig> {
+    serde_json::from_str(&run.model_config_json).context("invalid [model] section in the run file")
+}
+
+/// The run's initial model on the CPU, seeded with the run seed.
+pub fn initial_model(run: &RunFile, schema: &Schema) -> anyhow::Result<MpclModel> {
+    let config = model_config(run)?;
+    MpclModel::new(schema, &config, &Device::flex(), run.coordinator.seed)
+        .context("the [model] section does not fit the schema")
+}
+
+impl CoordinatorArgs {
+    /// Runs `mpcl coordinator`.
+    pub fn run(self) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(self.serve())
+    }
+
+    async fn serve(self) -> anyhow::Result<()> {
+        let identity = NodeIdentity::load(&self.key).with_context(|| {
+            format!(
+                "cannot load the coordinator key from {}",
+                self.key.display()
+            )
+        })?;
+        let enrolment = Enrolment::load(&self.enrol)?;
+        let saved_config = self.out.join(SAVED_CONFIG_FILE);
+
+        let (run, coordinator, schema) = if self.resume {
+            let run = RunFile::load(&saved_config).with_context(|| {
+                format!(
+                    "--resume needs the run file saved in {}",
+                    self.out.display()
+                )
+            })?;
+            if let Some(path) = &self.config {
+                let given = RunFile::load(path)?;
+                let same = given.coordinator == run.coordinator
+                    && given.schema == run.schema
+                    && given.model_config_json == run.model_config_json
+                    && given.network == run.network;
+                if !same {
+                    bail!(
+                        "{} differs from the run file this run started with ({}); a resumed \
+                         run keeps its configuration (leave out --config, or start a new run \
+                         in another --out)",
+                        path.display(),
+                        saved_config.display()
+                    );
+                }
+            }
+            let coordinator = resume_coordinator(&self.out)?;
+            let schema = resolve_schema(&run.schema)?;
+            let model = initial_model(&run, &schema)?;
+            model
+                .parameters()
+                .check_same_layout(&coordinator.global_state().parameters)
+                .context("the checkpoint does not fit the model of the saved run file")?;
+            (run, coordinator, schema)
+        } else {
+            let Some(path) = &self.config else {
+                bail!("--config FILE is required for a new run (or --resume to continue one)");
+            };
+            let run = RunFile::load(path)?;
+            if checkpoint_path(&self.out).exists() {
+                bail!(
+                    "{} already holds a run ({CHECKPOINT_FILE}); continue it with --resume or \
+                     choose another --out",
+                    self.out.display()
+                );
+            }
+            std::fs::create_dir_all(&self.out)
+                .with_context(|| format!("cannot create {}", self.out.display()))?;
+            write_file(&saved_config, &run.text)?;
+            let schema = resolve_schema(&run.schema)?;
+            let model = initial_model(&run, &schema)?;
+            let coordinator =
+                Coordinator::new(run.coordinator.clone(), new_run_id(), model.global_state())?;
+            (run, coordinator, schema)
+        };
+        write_file(&self.out.join(SAVED_ENROLMENT_FILE), &enrolment.to_toml())?;
+        let setup = ServerSetup {
+            coordinator,
+            identity,
+            enrolment,
+            model_config_json: serde_json::to_string(&model_config(&run)?)?,
+            schema_json: serde_json::to_string(&schema)?,
+            network: run.network.clone(),
+            listen: self.listen,
+            out_dir: self.out.clone(),
+        };
+        let server = Server::bind(setup)?;
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "listening on {}", server.local_addr())?;
+        stdout.flush()?;
+
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let outcome = server.run(shutdown).await?;
+        if outcome.finished {
+            println!(
+                "finished {} rounds; results in {} ({CHECKPOINT_FILE}, {ROUND_LOG_FILE})",
+                outcome.completed_rounds,
+                self.out.display()
+            );
+        } else {
+            println!(
+                "stopped after {} completed rounds; continue with --resume --out {}",
+                outcome.completed_rounds,
+                self.out.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Cancels `token` on Ctrl-C or (on Unix) SIGTERM.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("signal received: shutting down");
+    token.cancel();
+}
