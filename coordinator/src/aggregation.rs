@@ -19,15 +19,28 @@
 //!   not change between rounds, so accumulating across rounds would over-count clients sampled
 //!   often). A round whose clients sent no co-occurrence samples (count 0) keeps the previous
 //!   statistics instead of wiping them.
+//!
+//! # Privacy
+//!
+//! A [`ContributionPolicy`] may clip each delta to an L2 bound and weight every client the same
+//! (what differential privacy needs: the noise is calibrated to one client's clipped
+//! contribution, so no client may enter the sum with a weight above 1). Gaussian noise goes on
+//! the running sum ([`RoundAggregator::add_sum_noise`]) before it is divided by the number of
+//! contributors. Under secure aggregation the coordinator never sees single updates: the
+//! unmasked sum of the round goes in at once ([`RoundAggregator::add_sum`]) and is combined
+//! exactly like the sum FedAvg accumulates update by update.
 
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, PrototypeBank};
+use mpcl_protocol::secure_aggregation::SummedUpdate;
 use mpcl_protocol::{
     CooccurrenceStatistics, ParameterSetError, PrototypeStatistics, StatisticsError,
 };
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::{AggregationConfig, AggregationRule};
+use crate::privacy::{PrivacyConfig, add_gaussian_noise, clip_update};
 
 /// Errors from accumulating or finishing a round. Updates are validated before they get here
 /// ([`crate::validate::validate_update`]), so these indicate a caller mistake, never bad client
@@ -49,6 +62,42 @@ pub enum AggregationError {
     /// The FedAdam state does not match the model (for example a checkpoint of another model).
     #[error("FedAdam state holds {found} values, the model has {expected}")]
     OptimizerState { expected: usize, found: usize },
+    /// The rule needs every update on its own (median, trimmed mean), so a sum or noise on the
+    /// sum cannot be used.
+    #[error("the `{0}` rule needs every update in the clear; it cannot aggregate a sum")]
+    NeedsIndividualUpdates(&'static str),
+}
+
+/// How each accepted update's delta enters the sum.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ContributionPolicy {
+    /// Scale each delta down to this L2 norm when it is longer (no clipping when `None`).
+    pub clip_norm: Option<f64>,
+    /// Weight every update 1 instead of its sample count. Differential privacy needs this: the
+    /// noise is calibrated to the sensitivity of the sum to one client, which is `clip_norm`
+    /// only if no client enters with a weight above 1 (with sample-count weights a client
+    /// claiming many samples would move the mean by far more than the noise hides).
+    pub uniform_weights: bool,
+}
+
+impl ContributionPolicy {
+    /// The policy a run's privacy settings ask for: clip when `clip_norm` is set, uniform
+    /// weights when differential-privacy noise is added.
+    pub fn from_privacy(privacy: &PrivacyConfig) -> Self {
+        Self {
+            clip_norm: privacy.clip_norm,
+            uniform_weights: privacy.differential_privacy(),
+        }
+    }
+
+    /// The weight an update with `sample_count` samples gets.
+    pub fn weight(&self, sample_count: u64) -> u64 {
+        if self.uniform_weights {
+            1
+        } else {
+            sample_count
+        }
+    }
 }
 
 /// FedAdam's server-side moments, kept across rounds (and in checkpoints).
@@ -89,6 +138,8 @@ pub struct RoundAggregator {
     cooccurrence: CooccurrenceStatistics,
     accepted: usize,
     total_samples: u64,
+    policy: ContributionPolicy,
+    clipped: usize,
 }
 
 /// The result of a round's aggregation.
@@ -103,8 +154,18 @@ pub struct Aggregate {
 }
 
 impl RoundAggregator {
-    /// An empty accumulator for updates trained from `global`, combined by `rule`.
+    /// An empty accumulator for updates trained from `global`, combined by `rule` (sample-count
+    /// weights, no clipping).
     pub fn new(global: &GlobalState, rule: &AggregationRule) -> Self {
+        Self::with_policy(global, rule, ContributionPolicy::default())
+    }
+
+    /// An empty accumulator whose updates are clipped and weighted as `policy` says.
+    pub fn with_policy(
+        global: &GlobalState,
+        rule: &AggregationRule,
+        policy: ContributionPolicy,
+    ) -> Self {
         let parameter_count = global.parameters.value_count();
         let deltas = if rule.buffers_updates() {
             DeltaAccumulator::Buffered { deltas: Vec::new() }
@@ -125,7 +186,19 @@ impl RoundAggregator {
             cooccurrence: CooccurrenceStatistics::zeros(global.cooccurrence.emotions),
             accepted: 0,
             total_samples: 0,
+            policy,
+            clipped: 0,
         }
+    }
+
+    /// How updates are clipped and weighted.
+    pub fn policy(&self) -> ContributionPolicy {
+        self.policy
+    }
+
+    /// Number of accumulated updates that clipping scaled down.
+    pub fn clipped(&self) -> usize {
+        self.clipped
     }
 
     /// Number of updates accumulated.
@@ -185,15 +258,23 @@ impl RoundAggregator {
             ));
         }
 
+        let clipped_delta = self.policy.clip_norm.and_then(|clip| {
+            let mut delta = update.delta.clone();
+            clip_update(&mut delta, clip).clipped().then_some(delta)
+        });
+        let delta = clipped_delta.as_ref().unwrap_or(&update.delta);
         match &mut self.deltas {
             DeltaAccumulator::Weighted { sum, total_weight } => {
-                let weight = update.sample_count as f64;
-                for (acc, value) in sum.iter_mut().zip(update.delta.iter_values()) {
+                let weight = self.policy.weight(update.sample_count) as f64;
+                for (acc, value) in sum.iter_mut().zip(delta.iter_values()) {
                     *acc += weight * f64::from(value);
                 }
                 *total_weight += weight;
             }
-            DeltaAccumulator::Buffered { deltas } => deltas.push(update.delta.to_flat()),
+            DeltaAccumulator::Buffered { deltas } => deltas.push(delta.to_flat()),
+        }
+        if clipped_delta.is_some() {
+            self.clipped += 1;
         }
         for (stats, index) in update.prototypes.iter().zip(targets) {
             self.prototypes[index].merge(stats)?;
@@ -202,6 +283,108 @@ impl RoundAggregator {
         self.accepted += 1;
         self.total_samples = self.total_samples.saturating_add(update.sample_count);
         Ok(())
+    }
+
+    /// Folds in the unmasked sum of a secure-aggregation round: `sum.weighted_delta_sum` and
+    /// `sum.total_weight` join the running FedAvg numerator and denominator, the summed
+    /// statistics are merged, and `sum.contributors` updates count as accepted. Checked first
+    /// (lengths, shapes, finite values, positive weight); on error nothing is accumulated.
+    /// `total_samples` is raised by `samples` (what the caller knows of the contributors'
+    /// sample counts; the sum itself only carries their weights).
+    pub fn add_sum(&mut self, sum: &SummedUpdate, samples: u64) -> Result<(), AggregationError> {
+        let DeltaAccumulator::Weighted {
+            sum: running,
+            total_weight,
+        } = &mut self.deltas
+        else {
+            return Err(AggregationError::NeedsIndividualUpdates(
+                "median/trimmed_mean",
+            ));
+        };
+        if sum.weighted_delta_sum.len() != self.parameter_count {
+            return Err(AggregationError::Layout(format!(
+                "summed delta has {} values, the model {}",
+                sum.weighted_delta_sum.len(),
+                self.parameter_count
+            )));
+        }
+        if sum.contributors == 0 {
+            return Err(AggregationError::Layout(
+                "the sum has no contributor".into(),
+            ));
+        }
+        if !(sum.total_weight.is_finite() && sum.total_weight > 0.0) {
+            return Err(AggregationError::Layout(format!(
+                "the summed weight is {}, must be positive",
+                sum.total_weight
+            )));
+        }
+        if sum.weighted_delta_sum.iter().any(|v| !v.is_finite()) {
+            return Err(AggregationError::Layout(
+                "the summed delta holds a non-finite value".into(),
+            ));
+        }
+        let mut targets = Vec::with_capacity(sum.prototypes.len());
+        for stats in &sum.prototypes {
+            let index = self
+                .prototypes
+                .iter()
+                .position(|p| {
+                    p.group == stats.group
+                        && (p.emotions, p.prototypes, p.width)
+                            == (stats.emotions, stats.prototypes, stats.width)
+                        && p.sum.len() == stats.sum.len()
+                        && p.weight.len() == stats.weight.len()
+                })
+                .filter(|i| !targets.contains(i))
+                .ok_or_else(|| {
+                    AggregationError::Layout(format!(
+                        "summed prototype statistics of group `{}` do not fit",
+                        stats.group
+                    ))
+                })?;
+            stats.validate()?;
+            targets.push(index);
+        }
+        if sum.cooccurrence.emotions != self.cooccurrence.emotions
+            || sum.cooccurrence.sum.len() != self.cooccurrence.sum.len()
+        {
+            return Err(AggregationError::Layout(
+                "summed co-occurrence statistics do not fit".into(),
+            ));
+        }
+        sum.cooccurrence.validate()?;
+
+        for (acc, value) in running.iter_mut().zip(&sum.weighted_delta_sum) {
+            *acc += value;
+        }
+        *total_weight += sum.total_weight;
+        for (stats, index) in sum.prototypes.iter().zip(targets) {
+            self.prototypes[index].merge(stats)?;
+        }
+        self.cooccurrence.merge(&sum.cooccurrence)?;
+        self.accepted += sum.contributors;
+        self.total_samples = self.total_samples.saturating_add(samples);
+        Ok(())
+    }
+
+    /// Adds independent `N(0, std^2)` noise to every coordinate of the running sum of deltas
+    /// (before it is divided by the total weight): the central Gaussian mechanism of
+    /// differential privacy in plain mode, with `std = noise_multiplier * clip_norm`.
+    pub fn add_sum_noise<R: Rng + ?Sized>(
+        &mut self,
+        std: f64,
+        rng: &mut R,
+    ) -> Result<(), AggregationError> {
+        match &mut self.deltas {
+            DeltaAccumulator::Weighted { sum, .. } => {
+                add_gaussian_noise(sum, std, rng);
+                Ok(())
+            }
+            DeltaAccumulator::Buffered { .. } => Err(AggregationError::NeedsIndividualUpdates(
+                "median/trimmed_mean",
+            )),
+        }
     }
 
     /// Combines what was accumulated with the previous global state. `adam` is the FedAdam state
@@ -609,6 +792,83 @@ mod tests {
         assert_eq!(
             agg.finish(&g, &config(AggregationRule::FedAvg, 0.5), &mut None),
             Err(AggregationError::Empty)
+        );
+    }
+
+    #[test]
+    fn a_sum_aggregates_like_its_updates_one_by_one() {
+        let g = global();
+        let a = with_delta(&g, 3, &[1.0, 0.0, 2.0, 0.0, 1.0, -1.0]);
+        let b = with_delta(&g, 5, &[0.0, 4.0, 0.0, 1.0, 1.0, 1.0]);
+        let cfg = config(AggregationRule::FedAvg, 0.5);
+        let mut one_by_one = RoundAggregator::new(&g, &AggregationRule::FedAvg);
+        one_by_one.add(&a).unwrap();
+        one_by_one.add(&b).unwrap();
+        let expected = one_by_one.finish(&g, &cfg, &mut None).unwrap();
+
+        let mut prototypes = a.prototypes.clone();
+        prototypes[0].merge(&b.prototypes[0]).unwrap();
+        let mut cooccurrence = a.cooccurrence.clone();
+        cooccurrence.merge(&b.cooccurrence).unwrap();
+        let sum = SummedUpdate {
+            weighted_delta_sum: a
+                .delta
+                .iter_values()
+                .zip(b.delta.iter_values())
+                .map(|(x, y)| 3.0 * f64::from(x) + 5.0 * f64::from(y))
+                .collect(),
+            prototypes,
+            cooccurrence,
+            total_weight: 8.0,
+            contributors: 2,
+        };
+        let mut summed = RoundAggregator::new(&g, &AggregationRule::FedAvg);
+        summed.add_sum(&sum, 8).unwrap();
+        assert_eq!(summed.accepted(), 2);
+        assert_eq!(summed.total_samples(), 8);
+        assert_eq!(summed.finish(&g, &cfg, &mut None).unwrap(), expected);
+
+        // Refused, accumulating nothing: a wrong length, no weight, a buffering rule.
+        let mut short = sum.clone();
+        short.weighted_delta_sum.pop();
+        let mut empty = RoundAggregator::new(&g, &AggregationRule::FedAvg);
+        assert!(empty.add_sum(&short, 8).is_err());
+        let mut weightless = sum.clone();
+        weightless.total_weight = 0.0;
+        assert!(empty.add_sum(&weightless, 8).is_err());
+        assert_eq!(empty.accepted(), 0);
+        let mut median = RoundAggregator::new(&g, &AggregationRule::Median);
+        assert!(matches!(
+            median.add_sum(&sum, 8),
+            Err(AggregationError::NeedsIndividualUpdates(_))
+        ));
+        assert!(
+            median
+                .add_sum_noise(1.0, &mut crate::privacy::seeded_noise_rng(1))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_dp_policy_clips_and_weighs_uniformly() {
+        let g = global();
+        let policy = ContributionPolicy {
+            clip_norm: Some(1.0),
+            uniform_weights: true,
+        };
+        let mut agg = RoundAggregator::with_policy(&g, &AggregationRule::FedAvg, policy);
+        agg.add(&with_delta(&g, 100, &[3.0, 4.0, 0.0, 0.0, 0.0, 0.0]))
+            .unwrap();
+        agg.add(&with_delta(&g, 1, &[0.0, 0.0, 0.5, 0.0, 0.0, 0.0]))
+            .unwrap();
+        assert_eq!(agg.clipped(), 1);
+        let out = agg
+            .finish(&g, &config(AggregationRule::FedAvg, 0.5), &mut None)
+            .unwrap();
+        // ([0.6, 0.8, 0, ...] + [0, 0, 0.5, ...]) / 2, sample counts ignored.
+        close(
+            &out.state.parameters.to_flat(),
+            &[1.3, 2.4, 3.25, 4.0, 0.0, 0.0],
         );
     }
 

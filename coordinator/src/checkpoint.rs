@@ -3,7 +3,8 @@
 //!
 //! A checkpoint is taken at a round boundary: the config (as TOML text, which doubles as its
 //! digest and keeps the file readable), the run id, how many rounds are complete, the global
-//! state, the FedAdam moments and the per-round summaries so far. Sampling needs no RNG
+//! state, the FedAdam moments, the per-round summaries so far and, with differential privacy,
+//! the privacy ledger (a resumed run must go on spending from the same budget). Sampling needs no RNG
 //! position: each round's generator is derived from the run seed and the round number, so a
 //! resumed run samples exactly as an uninterrupted one would.
 //!
@@ -12,7 +13,7 @@
 //! | bytes | content |
 //! |---|---|
 //! | 8 | magic `MPCLCKPT` |
-//! | 4 | format version (currently 1) |
+//! | 4 | format version (currently 2; version 1 had no privacy ledger and no per-round privacy summary) |
 //! | 8 | payload length |
 //! | 32 | SHA-256 of the payload |
 //! | n | payload: the [`Checkpoint`] encoded with bincode 2 (serde, standard config) |
@@ -38,12 +39,13 @@ use thiserror::Error;
 
 use crate::aggregation::FedAdamState;
 use crate::config::{ConfigError, CoordinatorConfig};
+use crate::privacy::PrivacyLedger;
 use crate::round::RoundSummary;
 
 /// Magic bytes opening every checkpoint file.
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"MPCLCKPT";
 /// The checkpoint format version this build writes and reads.
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 32;
 
 /// The coordinator's state at a round boundary.
@@ -61,6 +63,8 @@ pub struct Checkpoint {
     pub fedadam: Option<FedAdamState>,
     /// One summary per completed round.
     pub history: Vec<RoundSummary>,
+    /// The privacy ledger (differential privacy only).
+    pub privacy_ledger: Option<PrivacyLedger>,
 }
 
 impl Checkpoint {
@@ -77,7 +81,7 @@ pub enum CheckpointFormatError {
     #[error("not an mpcl checkpoint (bad magic bytes)")]
     BadMagic,
     /// Written by another format version.
-    #[error("checkpoint format version {found}, this build reads version {supported}")]
+    #[error("checkpoint format version {found}, this build reads version {supported}{}", version_advice(*found, *supported))]
     UnsupportedVersion { found: u32, supported: u32 },
     /// Shorter than its header says.
     #[error("truncated: {found} bytes, expected {expected}")]
@@ -95,6 +99,14 @@ pub enum CheckpointFormatError {
     /// The checkpoint could not be encoded.
     #[error("cannot encode checkpoint: {0}")]
     Encode(String),
+}
+
+fn version_advice(found: u32, supported: u32) -> &'static str {
+    if found < supported {
+        " (written by an older mpcl, before the privacy ledger was checkpointed): finish that run with the build that started it, or start a new run"
+    } else {
+        " (written by a newer mpcl): use that build"
+    }
 }
 
 /// Errors from reading or writing checkpoint files; each names the file.
@@ -381,6 +393,7 @@ mod tests {
             global: global(),
             fedadam: Some(FedAdamState::new(6, 0.1)),
             history: Vec::new(),
+            privacy_ledger: None,
         }
     }
 
@@ -463,12 +476,43 @@ mod tests {
             ),
             Err(CheckpointFormatError::BadMagic)
         );
-        let mut future = bytes;
+        let mut future = bytes.clone();
         future[8] = 9;
         assert!(matches!(
             decode_checkpoint(&future),
             Err(CheckpointFormatError::UnsupportedVersion { found: 9, .. })
         ));
+    }
+
+    #[test]
+    fn a_version_1_checkpoint_is_refused_with_advice() {
+        let mut old = encode_checkpoint(&sample(1)).unwrap();
+        old[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let error = decode_checkpoint(&old).unwrap_err();
+        assert_eq!(
+            error,
+            CheckpointFormatError::UnsupportedVersion {
+                found: 1,
+                supported: 2
+            }
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("format version 1") && message.contains("older mpcl"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_privacy_ledger_round_trips() {
+        let mut checkpoint = sample(2);
+        let mut ledger = PrivacyLedger::new(1.1, 1e-5, Some(8.0)).unwrap();
+        ledger.record_round(0.5).unwrap();
+        ledger.record_round(0.5).unwrap();
+        checkpoint.privacy_ledger = Some(ledger);
+        let back = decode_checkpoint(&encode_checkpoint(&checkpoint).unwrap()).unwrap();
+        assert_eq!(back, checkpoint);
+        assert_eq!(back.privacy_ledger.unwrap().rounds(), 2);
     }
 
     #[test]

@@ -509,6 +509,15 @@ impl CoordinatorConfig {
         {
             return fail(&field, message);
         }
+        if self.privacy.secure_aggregation && self.min_clients_to_aggregate < 2 {
+            return fail(
+                "min_clients_to_aggregate",
+                format!(
+                    "is {}; secure aggregation needs at least 2 contributors (the sum of one client is its update)",
+                    self.min_clients_to_aggregate
+                ),
+            );
+        }
         Ok(())
     }
 

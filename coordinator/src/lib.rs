@@ -18,16 +18,20 @@ pub mod validate;
 #[cfg(test)]
 mod test_support;
 
-pub use aggregation::{Aggregate, AggregationError, FedAdamState, RoundAggregator};
+pub use aggregation::{
+    Aggregate, AggregationError, ContributionPolicy, FedAdamState, RoundAggregator,
+};
 pub use checkpoint::{
     Checkpoint, CheckpointError, CheckpointFormatError, LoadedCheckpoint, read_checkpoint,
     read_latest_checkpoint, write_checkpoint,
 };
 pub use config::{AggregationConfig, AggregationRule, ConfigError, CoordinatorConfig};
-pub use privacy::{BudgetExhausted, LedgerError, PrivacyConfig, PrivacyLedger, PrivacySpent};
+pub use privacy::{
+    BudgetExhausted, LedgerError, PrivacyConfig, PrivacyLedger, PrivacySpent, SecureRoundPlan,
+};
 pub use round::{
     Action, ContributorSummary, Coordinator, CoordinatorError, Event, Millis, ParticipantId,
-    RoundStatus, RoundSummary, WaitReason,
+    RoundPrivacy, RoundStatus, RoundSummary, StopReason, WaitReason,
 };
 pub use round_log::{RoundLog, RoundLogError, RoundRecord, RoundTraffic};
 pub use validate::{RejectReason, validate_update};

@@ -34,21 +34,62 @@
 //! A participant that disconnects mid-round simply stops counting as pending (its already
 //! accepted update still counts); if it reconnects and asks for work while the round it was
 //! sampled for is still open and it has not answered, it gets the round's state again.
+//!
+//! # Privacy
+//!
+//! With `privacy.clip_norm` set, every accepted delta is clipped to that L2 norm. With
+//! differential privacy on (`privacy.noise_multiplier > 0`):
+//!
+//! * FedAvg weights every client 1, not by sample count: the Gaussian noise is calibrated to the
+//!   sensitivity of the *sum* to one client, which is the clip norm only when no client's
+//!   clipped delta enters with a weight above 1 (a client claiming 10x the samples would move
+//!   the mean 10x further than the noise hides). The mean is then the noised sum divided by the
+//!   number of contributors.
+//! * In plain mode the coordinator adds `N(0, (sigma * C)^2)` to each coordinate of the sum of
+//!   clipped deltas (so `sigma * C / n` on the mean of `n` contributors), drawn from a generator
+//!   seeded by the operating system for every round. The run seed never seeds it: noise whose
+//!   seed is known can be subtracted. Tests and simulations may call
+//!   [`Coordinator::use_deterministic_noise_for_tests`], which makes the noise reproducible and
+//!   the guarantee void.
+//! * A [`PrivacyLedger`] accounts every aggregated round as one sampled Gaussian mechanism with
+//!   sampling rate `q = participants sampled (replacements included) / participants connected
+//!   when the round started`. This is an approximation: the analysis assumes Poisson sampling
+//!   from a fixed population, while the cohort is a fixed-size draw from whoever is connected.
+//!   Before a round starts, [`PrivacyLedger::peek_round`] checks that it would fit in
+//!   `privacy.epsilon_budget`; if not, no client trains for it and the run ends with
+//!   [`Action::Stopped`] ([`StopReason::PrivacyBudgetExhausted`]) and [`Action::Finished`]. A
+//!   round whose recorded cost turns out higher than peeked (replacements raised `q`) and does
+//!   not fit is discarded the same way, never released. Epsilon after each round is in
+//!   [`RoundSummary::privacy`]; the ledger is in every checkpoint.
+//!
+//! Under secure aggregation (`privacy.secure_aggregation`) the coordinator never sees a single
+//! update: [`Event::UpdateReceived`] is rejected
+//! ([`RejectReason::SecureAggregationRequired`]). The driver runs the masking protocol with the
+//! open round's [`SecureRoundPlan`] ([`Coordinator::secure_round_plan`]), the clients clip and
+//! add their share of the noise themselves, and the unmasked sum arrives as
+//! [`Event::SecureSumReceived`]; it is aggregated exactly like FedAvg's running sum. A failed
+//! session ([`Event::SecureAggregationFailed`]), an unusable sum, or a deadline passing without
+//! a sum restart the round with a newly sampled cohort (a session's roster is fixed, so a round
+//! cannot be topped up with replacements).
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, RunId, TrainingConfig};
+use mpcl_protocol::secure_aggregation::SummedUpdate;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::aggregation::{FedAdamState, RoundAggregator};
+use crate::aggregation::{ContributionPolicy, FedAdamState, RoundAggregator};
 use crate::checkpoint::Checkpoint;
 use crate::config::{ConfigError, CoordinatorConfig};
+use crate::privacy::{
+    BudgetExhausted, LedgerError, PrivacyLedger, PrivacySpent, SecureRoundPlan, central_noise_std,
+};
 use crate::validate::{RejectReason, hex, validate_update};
 
 /// Abstract time in milliseconds, supplied by the driver (monotonic; the origin is arbitrary).
@@ -140,6 +181,19 @@ pub enum Event {
     DeadlinePassed { round: u64 },
     /// Time moved on; checks the open round's deadline against `now`.
     Tick,
+    /// Secure aggregation: the unmasked sum of round `round`, decoded with the round's
+    /// [`SecureRoundPlan::decode`], and the participants whose inputs are in it. Ignored unless
+    /// secure aggregation is on and `round` is open; an unusable sum restarts the round
+    /// ([`Action::RoundFailed`]).
+    SecureSumReceived {
+        round: u64,
+        contributors: Vec<ParticipantId>,
+        sum: Box<SummedUpdate>,
+    },
+    /// Secure aggregation: the masking protocol of round `round` failed (too few survivors, a
+    /// bad reconstruction); the round restarts with a newly sampled cohort. Ignored unless
+    /// `round` is open.
+    SecureAggregationFailed { round: u64, error: String },
 }
 
 /// Why a participant is told to wait.
@@ -205,8 +259,52 @@ pub enum Action {
     /// Write this checkpoint durably (see [`crate::checkpoint::write_checkpoint`]) before
     /// carrying out the actions after it.
     Persist { checkpoint: Box<Checkpoint> },
-    /// The last round has been aggregated.
+    /// The run ends before its last round, for `reason`; [`Action::Finished`] follows.
+    Stopped { rounds: u64, reason: StopReason },
+    /// The run is over: the last round has been aggregated, or the run stopped early
+    /// ([`Action::Stopped`] comes first).
     Finished { rounds: u64 },
+}
+
+/// Why a run ended before its last round.
+#[derive(Clone, Debug, PartialEq, Error)]
+pub enum StopReason {
+    /// The next round would have exceeded the privacy budget (`privacy.epsilon_budget`).
+    #[error(
+        "privacy budget exhausted after {rounds} rounds, epsilon = {epsilon:.4} (delta {delta:e}); round {} would have raised epsilon to {:.4}, above the budget of {}",
+        refused.round, refused.epsilon, refused.budget
+    )]
+    PrivacyBudgetExhausted {
+        /// Rounds aggregated (and released).
+        rounds: u64,
+        /// Epsilon spent by those rounds.
+        epsilon: f64,
+        /// The delta epsilon is reported at.
+        delta: f64,
+        /// What the refused round would have cost.
+        refused: BudgetExhausted,
+    },
+}
+
+/// What the privacy layers did in one round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundPrivacy {
+    /// The coordinator saw only the sum (secure aggregation).
+    pub secure_aggregation: bool,
+    /// The L2 bound each delta was clipped to.
+    pub clip_norm: Option<f64>,
+    /// How many deltas clipping scaled down (`None` under secure aggregation: clients clip their
+    /// own and the coordinator cannot tell).
+    pub clipped: Option<usize>,
+    /// Standard deviation of the Gaussian noise on the sum of deltas (differential privacy);
+    /// under secure aggregation, that of the sum of the contributors' noise shares.
+    pub noise_std: Option<f64>,
+    /// The sampling rate the round was accounted with.
+    pub sampling_rate: Option<f64>,
+    /// Epsilon spent by the run up to and including this round.
+    pub epsilon: Option<f64>,
+    /// The delta epsilon is reported at.
+    pub delta: Option<f64>,
 }
 
 /// One contributor to a round, as the round log reports it.
@@ -248,6 +346,16 @@ pub struct RoundSummary {
     pub completed_at_ms: Millis,
     /// How many times the deadline was extended.
     pub deadline_extensions: u32,
+    /// What the privacy layers did (`None` when none is configured). Under secure aggregation
+    /// the contributors' sample counts, update norms and metrics are not known (reported as 0).
+    pub privacy: Option<RoundPrivacy>,
+}
+
+impl RoundSummary {
+    /// Epsilon spent by the run up to and including this round (differential privacy only).
+    pub fn epsilon(&self) -> Option<f64> {
+        self.privacy.as_ref().and_then(|p| p.epsilon)
+    }
 }
 
 /// Errors from building or resuming a coordinator.
@@ -262,6 +370,9 @@ pub enum CoordinatorError {
     /// The checkpoint is inconsistent with itself.
     #[error("inconsistent checkpoint: {0}")]
     InvalidCheckpoint(String),
+    /// The privacy ledger cannot be set up.
+    #[error("privacy accounting: {0}")]
+    Privacy(#[from] LedgerError),
 }
 
 /// The state of the open round.
@@ -275,6 +386,8 @@ struct OpenRound {
     deadline_at: Millis,
     extensions: u32,
     rejected: usize,
+    /// Participants connected when the round started (the population of the DP sampling rate).
+    available: usize,
 }
 
 enum Phase {
@@ -306,6 +419,19 @@ pub struct Coordinator {
     connected: BTreeSet<ParticipantId>,
     phase: Phase,
     restarts: u32,
+    /// The privacy ledger, when differential privacy is on.
+    ledger: Option<PrivacyLedger>,
+    noise: NoiseSource,
+    stop: Option<StopReason>,
+}
+
+/// Where the coordinator's differential-privacy noise comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum NoiseSource {
+    /// A generator seeded by the operating system for every round (the only safe choice).
+    OperatingSystem,
+    /// Derived from a seed, for reproducible tests; voids the guarantee.
+    DeterministicForTests(u64),
 }
 
 impl fmt::Debug for Coordinator {
@@ -333,6 +459,7 @@ impl Coordinator {
         config.validate()?;
         check_global_state(&initial)?;
         let config_toml = config.to_toml_string()?;
+        let ledger = new_ledger(&config)?;
         Ok(Self {
             config,
             config_toml,
@@ -344,6 +471,9 @@ impl Coordinator {
             connected: BTreeSet::new(),
             phase: Phase::Waiting,
             restarts: 0,
+            ledger,
+            noise: NoiseSource::OperatingSystem,
+            stop: None,
         })
     }
 
@@ -369,6 +499,41 @@ impl Coordinator {
                 checkpoint.completed_rounds, config.rounds
             )));
         }
+        let ledger = match (
+            config.privacy.differential_privacy(),
+            checkpoint.privacy_ledger,
+        ) {
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(CoordinatorError::InvalidCheckpoint(
+                    "it holds a privacy ledger but its config has no differential privacy".into(),
+                ));
+            }
+            (true, None) if checkpoint.completed_rounds == 0 => new_ledger(&config)?,
+            (true, None) => {
+                return Err(CoordinatorError::InvalidCheckpoint(format!(
+                    "differential privacy is on and {} rounds are done, but the privacy ledger is missing",
+                    checkpoint.completed_rounds
+                )));
+            }
+            (true, Some(ledger)) => {
+                let p = &config.privacy;
+                if ledger.rounds() != checkpoint.completed_rounds
+                    || ledger.noise_multiplier() != p.noise_multiplier
+                    || ledger.epsilon_budget() != p.epsilon_budget
+                    || ledger.spent().delta != p.target_delta
+                {
+                    return Err(CoordinatorError::InvalidCheckpoint(format!(
+                        "the privacy ledger ({} rounds, noise multiplier {}) does not match the run ({} rounds, noise multiplier {})",
+                        ledger.rounds(),
+                        ledger.noise_multiplier(),
+                        checkpoint.completed_rounds,
+                        p.noise_multiplier
+                    )));
+                }
+                Some(ledger)
+            }
+        };
         let phase = if checkpoint.completed_rounds >= config.rounds {
             Phase::Finished
         } else {
@@ -385,6 +550,59 @@ impl Coordinator {
             connected: BTreeSet::new(),
             phase,
             restarts: 0,
+            ledger,
+            noise: NoiseSource::OperatingSystem,
+            stop: None,
+        })
+    }
+
+    /// **Unsafe for real studies.** Draws the differential-privacy noise from a generator
+    /// derived from `seed` and the round instead of the operating system, so that simulations
+    /// and tests are reproducible. Anyone who knows the seed can subtract the noise: the
+    /// reported epsilon then means nothing. Not persisted: a resumed coordinator uses the
+    /// operating system again unless this is called again.
+    pub fn use_deterministic_noise_for_tests(&mut self, seed: u64) {
+        self.noise = NoiseSource::DeterministicForTests(seed);
+    }
+
+    /// The privacy ledger (differential privacy only).
+    pub fn privacy_ledger(&self) -> Option<&PrivacyLedger> {
+        self.ledger.as_ref()
+    }
+
+    /// The (epsilon, delta) spent so far (differential privacy only).
+    pub fn privacy_spent(&self) -> Option<PrivacySpent> {
+        self.ledger.as_ref().map(PrivacyLedger::spent)
+    }
+
+    /// Why the run ended early, if it did.
+    pub fn stop_reason(&self) -> Option<&StopReason> {
+        self.stop.as_ref()
+    }
+
+    /// The secure-aggregation plan of the open round: `Ok(None)` when secure aggregation is off
+    /// or no round is collecting.
+    pub fn secure_round_plan(&self) -> Result<Option<SecureRoundPlan>, CoordinatorError> {
+        let Phase::Collecting(open) = &self.phase else {
+            return Ok(None);
+        };
+        if !self.config.privacy.secure_aggregation {
+            return Ok(None);
+        }
+        SecureRoundPlan::new(
+            &self.config.privacy,
+            self.run_id,
+            open.round,
+            open.sampled.iter().copied().collect(),
+            &self.global,
+        )
+        .map(Some)
+        .map_err(|e| {
+            CoordinatorError::Config(ConfigError::Invalid {
+                path: None,
+                field: "privacy.quantisation_scale".into(),
+                message: e.to_string(),
+            })
         })
     }
 
@@ -397,6 +615,7 @@ impl Coordinator {
             global: (*self.global).clone(),
             fedadam: self.fedadam.clone(),
             history: self.history.clone(),
+            privacy_ledger: self.ledger.clone(),
         }
     }
 
@@ -499,6 +718,24 @@ impl Coordinator {
                 }
             }
             Event::Tick => self.check_deadline(now, &mut actions),
+            Event::SecureSumReceived {
+                round,
+                contributors,
+                sum,
+            } => self.on_secure_sum(now, round, contributors, &sum, &mut actions),
+            Event::SecureAggregationFailed { round, error } => {
+                if self.config.privacy.secure_aggregation
+                    && matches!(&self.phase, Phase::Collecting(open) if open.round == round)
+                {
+                    self.phase = Phase::Waiting;
+                    self.fail_round(
+                        now,
+                        round,
+                        format!("secure aggregation failed: {error}"),
+                        &mut actions,
+                    );
+                }
+            }
         }
         actions
     }
@@ -560,6 +797,13 @@ impl Coordinator {
         }
         let round = self.completed_rounds + 1;
         let cohort = self.config.cohort_size(self.connected.len());
+        if let Some(ledger) = &self.ledger {
+            let rate = sampling_rate(cohort, self.connected.len());
+            if let Err(LedgerError::BudgetExhausted(refused)) = ledger.peek_round(rate) {
+                self.stop_for_budget(refused, actions);
+                return;
+            }
+        }
         let candidates: Vec<ParticipantId> = self.connected.iter().copied().collect();
         let mut rng = sampling_rng(self.config.seed, round, self.restarts, 0);
         let sampled: BTreeSet<ParticipantId> =
@@ -577,12 +821,129 @@ impl Coordinator {
             sampled,
             responded: BTreeSet::new(),
             contributors: Vec::new(),
-            aggregator: RoundAggregator::new(&self.global, &self.config.aggregation.rule),
+            aggregator: RoundAggregator::with_policy(
+                &self.global,
+                &self.config.aggregation.rule,
+                ContributionPolicy::from_privacy(&self.config.privacy),
+            ),
             started_at: now,
             deadline_at,
             extensions: 0,
             rejected: 0,
+            available: self.connected.len(),
         }));
+    }
+
+    /// Ends the run because the next round would not fit in the privacy budget.
+    fn stop_for_budget(&mut self, refused: BudgetExhausted, actions: &mut Vec<Action>) {
+        let spent = self
+            .ledger
+            .as_ref()
+            .map(PrivacyLedger::spent)
+            .unwrap_or(PrivacySpent {
+                epsilon: refused.spent_epsilon,
+                delta: refused.delta,
+                order: f64::NAN,
+                rounds: self.completed_rounds,
+            });
+        let reason = StopReason::PrivacyBudgetExhausted {
+            rounds: self.completed_rounds,
+            epsilon: spent.epsilon,
+            delta: spent.delta,
+            refused,
+        };
+        self.phase = Phase::Finished;
+        self.stop = Some(reason.clone());
+        actions.push(Action::Stopped {
+            rounds: self.completed_rounds,
+            reason,
+        });
+        actions.push(Action::Finished {
+            rounds: self.completed_rounds,
+        });
+    }
+
+    /// Reports a failed round (already closed: the phase is `Waiting`) and starts it again with
+    /// a newly sampled cohort.
+    fn fail_round(&mut self, now: Millis, round: u64, error: String, actions: &mut Vec<Action>) {
+        self.restarts = self.restarts.saturating_add(1);
+        actions.push(Action::RoundFailed { round, error });
+        self.maybe_start_round(now, actions);
+    }
+
+    fn on_secure_sum(
+        &mut self,
+        now: Millis,
+        round: u64,
+        mut contributors: Vec<ParticipantId>,
+        sum: &SummedUpdate,
+        actions: &mut Vec<Action>,
+    ) {
+        if !self.config.privacy.secure_aggregation {
+            return;
+        }
+        let min = self.config.min_clients_to_aggregate;
+        let uniform = self.config.privacy.differential_privacy();
+        let Phase::Collecting(open) = &mut self.phase else {
+            return;
+        };
+        if open.round != round {
+            return;
+        }
+        contributors.sort();
+        contributors.dedup();
+        let problem = if let Some(stranger) =
+            contributors.iter().find(|p| !open.sampled.contains(*p))
+        {
+            Some(format!(
+                "the secure sum names {stranger}, who was not sampled"
+            ))
+        } else if contributors.len() != sum.contributors {
+            Some(format!(
+                "the secure sum holds {} inputs but names {} contributors",
+                sum.contributors,
+                contributors.len()
+            ))
+        } else if contributors.len() < min {
+            Some(format!(
+                "the secure sum holds {} inputs, min_clients_to_aggregate is {min}",
+                contributors.len()
+            ))
+        } else if uniform && (sum.total_weight - contributors.len() as f64).abs() > 0.5 {
+            Some(format!(
+                "the summed weight is {} for {} contributors; with differential privacy every client must weigh 1",
+                sum.total_weight,
+                contributors.len()
+            ))
+        } else {
+            // Sample-count weights: the summed weight is the contributors' total sample count.
+            let samples = if uniform {
+                0
+            } else {
+                sum.total_weight.round() as u64
+            };
+            open.aggregator
+                .add_sum(sum, samples)
+                .err()
+                .map(|e| format!("unusable secure sum: {e}"))
+        };
+        if let Some(error) = problem {
+            self.phase = Phase::Waiting;
+            self.fail_round(now, round, error, actions);
+            return;
+        }
+        for participant in contributors {
+            open.responded.insert(participant);
+            open.contributors.push(ContributorSummary {
+                participant,
+                sample_count: 0,
+                update_norm: 0.0,
+                train_loss: 0.0,
+                train_kl: 0.0,
+                train_seconds: 0.0,
+            });
+        }
+        self.finish_round(now, actions);
     }
 
     fn on_update(
@@ -604,6 +965,13 @@ impl Coordinator {
                 expected: self.run_id,
                 found: update.run_id,
             }));
+            return;
+        }
+        if self.config.privacy.secure_aggregation {
+            // The coordinator must never hold a single update in the clear under secure
+            // aggregation; the participant is not marked as answered (it may still mask).
+            self.count_rejection();
+            actions.push(reject(RejectReason::SecureAggregationRequired));
             return;
         }
         let current = self.current_round();
@@ -681,6 +1049,17 @@ impl Coordinator {
         if now < open.deadline_at {
             return;
         }
+        if self.config.privacy.secure_aggregation {
+            let round = open.round;
+            self.phase = Phase::Waiting;
+            self.fail_round(
+                now,
+                round,
+                "no secure sum arrived before the deadline".into(),
+                actions,
+            );
+            return;
+        }
         if open.aggregator.accepted() >= self.config.min_clients_to_aggregate {
             self.finish_round(now, actions);
         } else {
@@ -732,11 +1111,66 @@ impl Coordinator {
         };
         let open = *open;
         let round = open.round;
-        match open
-            .aggregator
-            .finish(&self.global, &self.config.aggregation, &mut self.fedadam)
-        {
+        let privacy = self.config.privacy.clone();
+        let secure = privacy.secure_aggregation;
+        let mut aggregator = open.aggregator;
+        let clipped = aggregator.clipped();
+        let total_samples = aggregator.total_samples();
+        let mut noise_std = None;
+        if let (true, Some(clip)) = (privacy.differential_privacy(), privacy.clip_norm) {
+            if secure {
+                // The clients added their shares; the sum carries one per contributor.
+                noise_std = Some(
+                    crate::privacy::distributed_noise_std(
+                        privacy.noise_multiplier,
+                        clip,
+                        privacy.threshold.for_cohort(open.sampled.len()),
+                    ) * (open.contributors.len() as f64).sqrt(),
+                );
+            } else {
+                let std = central_noise_std(privacy.noise_multiplier, clip);
+                let noised = self
+                    .noise_rng(round)
+                    .map_err(|e| format!("cannot seed the privacy noise: {e}"))
+                    .and_then(|mut rng| {
+                        aggregator
+                            .add_sum_noise(std, &mut rng)
+                            .map_err(|e| e.to_string())
+                    });
+                if let Err(error) = noised {
+                    self.fail_round(now, round, error, actions);
+                    return;
+                }
+                noise_std = Some(std);
+            }
+        }
+        match aggregator.finish(&self.global, &self.config.aggregation, &mut self.fedadam) {
             Ok(aggregate) => {
+                let rate = sampling_rate(open.sampled.len(), open.available);
+                let spent = match self.ledger.as_mut().map(|l| l.record_round(rate)) {
+                    None => None,
+                    Some(Ok(spent)) => Some(spent),
+                    Some(Err(LedgerError::BudgetExhausted(refused))) => {
+                        // The round cost more than peeked (replacements raised the sampling
+                        // rate) and does not fit: it is discarded, never released.
+                        self.stop_for_budget(refused, actions);
+                        return;
+                    }
+                    Some(Err(other)) => {
+                        self.fail_round(now, round, other.to_string(), actions);
+                        return;
+                    }
+                };
+                let round_privacy = (secure || privacy.clip_norm.is_some() || spent.is_some())
+                    .then(|| RoundPrivacy {
+                        secure_aggregation: secure,
+                        clip_norm: privacy.clip_norm,
+                        clipped: (!secure && privacy.clip_norm.is_some()).then_some(clipped),
+                        noise_std,
+                        sampling_rate: spent.map(|_| rate),
+                        epsilon: spent.map(|s| s.epsilon),
+                        delta: spent.map(|s| s.delta),
+                    });
                 self.global = Arc::new(aggregate.state);
                 self.completed_rounds = round;
                 self.restarts = 0;
@@ -751,7 +1185,7 @@ impl Coordinator {
                 let summary = RoundSummary {
                     round,
                     sampled: open.sampled.len(),
-                    total_samples: open.contributors.iter().map(|c| c.sample_count).sum(),
+                    total_samples,
                     contributors: open.contributors,
                     rejected: open.rejected,
                     mean_train_loss: (loss_weight > 0.0).then(|| weighted_loss / loss_weight),
@@ -760,6 +1194,7 @@ impl Coordinator {
                     started_at_ms: open.started_at,
                     completed_at_ms: now,
                     deadline_extensions: open.extensions,
+                    privacy: round_privacy,
                 };
                 self.history.push(summary.clone());
                 actions.push(Action::Aggregated {
@@ -778,14 +1213,50 @@ impl Coordinator {
                 }
             }
             Err(error) => {
-                self.restarts = self.restarts.saturating_add(1);
-                actions.push(Action::RoundFailed {
-                    round,
-                    error: error.to_string(),
-                });
+                self.fail_round(now, round, error.to_string(), actions);
+                return;
             }
         }
         self.maybe_start_round(now, actions);
+    }
+
+    /// The generator for round `round`'s central noise (see [`NoiseSource`]).
+    fn noise_rng(&self, round: u64) -> Result<ChaCha20Rng, String> {
+        match self.noise {
+            NoiseSource::OperatingSystem => {
+                ChaCha20Rng::try_from_os_rng().map_err(|e| e.to_string())
+            }
+            NoiseSource::DeterministicForTests(seed) => {
+                let mut hasher = Sha256::new();
+                hasher.update(b"mpcl/dp-noise/deterministic-for-tests-only");
+                hasher.update(seed.to_le_bytes());
+                hasher.update(round.to_le_bytes());
+                hasher.update(self.restarts.to_le_bytes());
+                Ok(ChaCha20Rng::from_seed(hasher.finalize().into()))
+            }
+        }
+    }
+}
+
+/// The privacy ledger of a run with differential privacy on.
+fn new_ledger(config: &CoordinatorConfig) -> Result<Option<PrivacyLedger>, CoordinatorError> {
+    let p = &config.privacy;
+    if !p.differential_privacy() {
+        return Ok(None);
+    }
+    Ok(Some(PrivacyLedger::new(
+        p.noise_multiplier,
+        p.target_delta,
+        p.epsilon_budget,
+    )?))
+}
+
+/// `sampled / available`, within [0, 1] (the DP sampling rate; see the module documentation).
+fn sampling_rate(sampled: usize, available: usize) -> f64 {
+    if available == 0 {
+        1.0
+    } else {
+        (sampled as f64 / available as f64).min(1.0)
     }
 }
 

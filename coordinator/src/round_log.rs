@@ -80,6 +80,18 @@ pub struct RoundRecord {
     pub bytes_in: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_out: Option<u64>,
+    /// The round was aggregated under secure aggregation (the coordinator saw only the sum).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secure_aggregation: bool,
+    /// Deltas scaled down by clipping (plain mode with a clip norm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clipped: Option<usize>,
+    /// Epsilon spent by the run up to and including this round (differential privacy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    /// The delta epsilon is reported at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<f64>,
 }
 
 impl RoundRecord {
@@ -107,6 +119,13 @@ impl RoundRecord {
             wall_seconds: traffic.wall_seconds,
             bytes_in: traffic.bytes_in,
             bytes_out: traffic.bytes_out,
+            secure_aggregation: summary
+                .privacy
+                .as_ref()
+                .is_some_and(|p| p.secure_aggregation),
+            clipped: summary.privacy.as_ref().and_then(|p| p.clipped),
+            epsilon: summary.epsilon(),
+            delta: summary.privacy.as_ref().and_then(|p| p.delta),
         }
     }
 }
@@ -195,7 +214,7 @@ pub fn read_round_log(path: impl AsRef<Path>) -> Result<Vec<RoundRecord>, RoundL
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::round::ContributorSummary;
+    use crate::round::{ContributorSummary, RoundPrivacy};
 
     fn summary(round: u64, loss: f64) -> RoundSummary {
         RoundSummary {
@@ -227,6 +246,7 @@ mod tests {
             started_at_ms: 1_000,
             completed_at_ms: 4_500,
             deadline_extensions: 0,
+            privacy: None,
         }
     }
 
@@ -268,6 +288,34 @@ mod tests {
         assert_eq!(records.len(), 2);
         assert_eq!(records[0], RoundRecord::new(&summary(1, 0.9), &traffic));
         assert_eq!(records[1].mean_train_loss, Some(0.7));
+        // No privacy fields without privacy.
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("epsilon"));
+    }
+
+    #[test]
+    fn epsilon_and_delta_are_logged_with_differential_privacy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rounds.jsonl");
+        let mut log = RoundLog::open(&path).unwrap();
+        let mut dp = summary(1, 0.5);
+        dp.privacy = Some(RoundPrivacy {
+            secure_aggregation: false,
+            clip_norm: Some(1.0),
+            clipped: Some(2),
+            noise_std: Some(1.1),
+            sampling_rate: Some(0.5),
+            epsilon: Some(1.25),
+            delta: Some(1e-5),
+        });
+        log.append_summary(&dp, &RoundTraffic::default()).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let value: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(value["epsilon"], 1.25);
+        assert_eq!(value["delta"], 1e-5);
+        assert_eq!(value["clipped"], 2);
+        assert!(value.get("secure_aggregation").is_none());
+        let records = read_round_log(&path).unwrap();
+        assert_eq!(records[0].epsilon, Some(1.25));
     }
 
     #[test]

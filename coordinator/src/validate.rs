@@ -57,6 +57,9 @@ pub enum RejectReason {
     /// Prototype or co-occurrence statistics are malformed.
     #[error("invalid statistics: {0}")]
     InvalidStatistics(String),
+    /// The run uses secure aggregation: updates must be masked, never sent in the clear.
+    #[error("this run uses secure aggregation: send the update masked, not in the clear")]
+    SecureAggregationRequired,
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -1,20 +1,33 @@
 //! The federated arms run in-process: one virtual participant per subject, driven through the
 //! coordinator's own state machine (the very code `mpcl coordinator` runs), with a virtual clock
 //! and no sockets. Participants train one after another in a fixed order, so a run is exactly
-//! reproducible.
+//! reproducible (with differential privacy only when
+//! [`InProcessFederation::use_deterministic_noise_for_tests`] is called: real noise comes from
+//! the operating system).
+//!
+//! Under secure aggregation (`privacy.secure_aggregation`) the cohort trains, each participant
+//! prepares its update with the round's [`mpcl_coordinator::SecureRoundPlan`] (clipping and its
+//! share of the noise with differential privacy), the masking protocol runs between the virtual
+//! participants and a secure-aggregation server ([`crate::secure`]), and the coordinator gets
+//! only the unmasked sum ([`Event::SecureSumReceived`]).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use mpcl_client::{Participant, ParticipantError, ParticipantSettings};
+use mpcl_coordinator::privacy::{os_noise_rng, seeded_noise_rng};
 use mpcl_coordinator::{
-    Action, Coordinator, CoordinatorConfig, CoordinatorError, Event, ParticipantId,
+    Action, Coordinator, CoordinatorConfig, CoordinatorError, Event, ParticipantId, RoundPrivacy,
+    StopReason,
 };
 use mpcl_model::data::Dataset;
 use mpcl_model::{Device, ModelConfig};
+use mpcl_protocol::SigningKey;
 use mpcl_protocol::codec::{MessageLimits, encode_message};
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, RunId};
 use thiserror::Error;
+
+use crate::secure::{DropStage, run_secure_round, simulation_signing_key};
 
 /// Errors of an in-process federation.
 #[derive(Debug, Error)]
@@ -34,13 +47,32 @@ pub enum FederationError {
     },
     #[error("the run stalled in round {0}: no participant has work and no round completed")]
     Stalled(u64),
+    #[error(
+        "participant `{subject}` cannot prepare its update for secure aggregation in round {round}: {reason}"
+    )]
+    SecureInput {
+        subject: String,
+        round: u64,
+        reason: String,
+    },
+    #[error("secure aggregation of round {round} failed {attempts} times in a row: {last}")]
+    SecureAggregation {
+        round: u64,
+        attempts: u32,
+        last: String,
+    },
 }
+
+/// Secure-aggregation sessions of one round that may fail in a row before the run gives up.
+const MAX_SECURE_ATTEMPTS: u32 = 3;
 
 /// One virtual participant.
 struct VirtualClient {
     id: ParticipantId,
     subject: String,
     participant: Participant,
+    /// Its identity for secure aggregation (derived from the simulation seed).
+    signing_key: SigningKey,
 }
 
 /// What one aggregated round looked like from the outside.
@@ -53,8 +85,18 @@ pub struct RoundOutcome {
     pub bytes_up: u64,
     pub seconds: f64,
     pub mean_train_loss: f64,
-    /// The updates the coordinator accepted this round, in arrival order.
+    /// The updates the participants produced this round, in training order (under secure
+    /// aggregation the coordinator never saw them; the simulation does).
     pub updates: Vec<ClientUpdate>,
+    /// What the privacy layers did (epsilon with differential privacy).
+    pub privacy: Option<RoundPrivacy>,
+}
+
+impl RoundOutcome {
+    /// Epsilon spent up to and including this round (differential privacy only).
+    pub fn epsilon(&self) -> Option<f64> {
+        self.privacy.as_ref().and_then(|p| p.epsilon)
+    }
 }
 
 /// A federation of virtual participants, one per subject of the training data.
@@ -63,6 +105,10 @@ pub struct InProcessFederation {
     clients: Vec<VirtualClient>,
     run_id: RunId,
     now: u64,
+    /// Seed of the reproducible (test-only) noise, when asked for.
+    deterministic_noise: Option<u64>,
+    /// Fault injection: (round, participant index) -> when it drops out of secure aggregation.
+    secure_drops: BTreeMap<(u64, usize), DropStage>,
 }
 
 impl InProcessFederation {
@@ -95,6 +141,7 @@ impl InProcessFederation {
                 id: ParticipantId::from_index(index as u64),
                 subject,
                 participant,
+                signing_key: simulation_signing_key(config.seed, index as u64),
             });
         }
         let run_id = run_id_from_seed(config.seed);
@@ -104,7 +151,34 @@ impl InProcessFederation {
             clients,
             run_id,
             now: 0,
+            deterministic_noise: None,
+            secure_drops: BTreeMap::new(),
         })
+    }
+
+    /// **Unsafe for real studies.** Makes the differential-privacy noise (the coordinator's, and
+    /// the participants' shares under secure aggregation) reproducible from the run seed, so the
+    /// same simulation gives the same numbers. Anyone who knows the seed can remove the noise.
+    pub fn use_deterministic_noise_for_tests(&mut self) {
+        let seed = self.coordinator.config().seed;
+        self.coordinator.use_deterministic_noise_for_tests(seed);
+        self.deterministic_noise = Some(seed);
+    }
+
+    /// Fault injection: participant number `index` (in subject order) drops out of round
+    /// `round`'s secure-aggregation session at `stage` (once; a restarted round runs clean).
+    pub fn drop_from_secure_round(&mut self, round: u64, index: usize, stage: DropStage) {
+        self.secure_drops.insert((round, index), stage);
+    }
+
+    /// Why the run ended before its last round (the privacy budget), if it did.
+    pub fn stop_reason(&self) -> Option<&StopReason> {
+        self.coordinator.stop_reason()
+    }
+
+    /// The coordinator (for its history, ledger and configuration).
+    pub fn coordinator(&self) -> &Coordinator {
+        &self.coordinator
     }
 
     /// Number of participants.
@@ -131,6 +205,11 @@ impl InProcessFederation {
         let mut round_started = Instant::now();
         let (mut bytes_down, mut bytes_up) = (0u64, 0u64);
         let mut updates: Vec<ClientUpdate> = Vec::new();
+        let secure = self.coordinator.config().privacy.secure_aggregation;
+        // Under secure aggregation: the cohort's updates of the open round, and failed sessions
+        // in a row.
+        let mut to_mask: BTreeMap<ParticipantId, ClientUpdate> = BTreeMap::new();
+        let mut failed_sessions = 0u32;
         loop {
             if pending.is_empty() {
                 // Everyone asks for work; the state machine answers with rounds or waits.
@@ -189,13 +268,17 @@ impl InProcessFederation {
                         bytes_up += encoded_size(&update, &limits);
                         updates.push(update.clone());
                         self.now += 1;
-                        pending.extend(self.coordinator.handle(
-                            self.now,
-                            Event::UpdateReceived {
-                                participant,
-                                update: Box::new(update),
-                            },
-                        ));
+                        if secure {
+                            to_mask.insert(participant, update);
+                        } else {
+                            pending.extend(self.coordinator.handle(
+                                self.now,
+                                Event::UpdateReceived {
+                                    participant,
+                                    update: Box::new(update),
+                                },
+                            ));
+                        }
                     }
                     Action::Reject {
                         participant,
@@ -211,6 +294,12 @@ impl InProcessFederation {
                         .into());
                     }
                     Action::Aggregated { round, summary } => {
+                        failed_sessions = 0;
+                        let mean_train_loss = if secure {
+                            mean(updates.iter().map(|u| u.metrics.train_loss))
+                        } else {
+                            mean(summary.contributors.iter().map(|c| c.train_loss))
+                        };
                         let outcome = RoundOutcome {
                             round,
                             state: self.coordinator.global_state().as_ref().clone(),
@@ -218,10 +307,9 @@ impl InProcessFederation {
                             bytes_down,
                             bytes_up,
                             seconds: round_started.elapsed().as_secs_f64(),
-                            mean_train_loss: mean(
-                                summary.contributors.iter().map(|c| c.train_loss),
-                            ),
+                            mean_train_loss,
                             updates: std::mem::take(&mut updates),
+                            privacy: summary.privacy.clone(),
                         };
                         on_round(&outcome)?;
                         round_started = Instant::now();
@@ -236,10 +324,85 @@ impl InProcessFederation {
                     | Action::SetDeadline { .. }
                     | Action::RoundExtended { .. }
                     | Action::RoundFailed { .. }
+                    | Action::Stopped { .. }
                     | Action::Persist { .. } => {}
                 }
             }
+            if secure && !to_mask.is_empty() {
+                let cohort = std::mem::take(&mut to_mask);
+                let (event, failed) = self.secure_round(cohort)?;
+                if let Some(error) = failed {
+                    failed_sessions += 1;
+                    if failed_sessions >= MAX_SECURE_ATTEMPTS {
+                        return Err(FederationError::SecureAggregation {
+                            round: self.coordinator.current_round(),
+                            attempts: failed_sessions,
+                            last: error,
+                        }
+                        .into());
+                    }
+                }
+                self.now += 1;
+                pending.extend(self.coordinator.handle(self.now, event));
+            }
         }
+    }
+
+    /// Runs the open round's secure-aggregation session over the cohort's `updates`; returns
+    /// the event for the coordinator and, when the session failed, why.
+    fn secure_round(
+        &mut self,
+        updates: BTreeMap<ParticipantId, ClientUpdate>,
+    ) -> Result<(Event, Option<String>), FederationError> {
+        let plan = self
+            .coordinator
+            .secure_round_plan()?
+            .ok_or_else(|| FederationError::Stalled(self.coordinator.current_round()))?;
+        let round = plan.round;
+        let mut keys = BTreeMap::new();
+        let mut inputs = BTreeMap::new();
+        let mut drops = BTreeMap::new();
+        for (index, client) in self.clients.iter().enumerate() {
+            let Some(update) = updates.get(&client.id) else {
+                continue;
+            };
+            let prepared = match self.deterministic_noise {
+                Some(seed) => {
+                    let mut rng = seeded_noise_rng(
+                        seed ^ round.rotate_left(32) ^ (index as u64).wrapping_mul(0x9e37_79b9),
+                    );
+                    plan.prepare_input(update, &mut rng)
+                }
+                None => plan.prepare_input(update, &mut os_noise_rng()),
+            }
+            .map_err(|e| FederationError::SecureInput {
+                subject: client.subject.clone(),
+                round,
+                reason: e.to_string(),
+            })?;
+            keys.insert(client.id, client.signing_key.clone());
+            inputs.insert(client.id, prepared.words);
+            if let Some(stage) = self.secure_drops.remove(&(round, index)) {
+                drops.insert(client.id, stage);
+            }
+        }
+        Ok(match run_secure_round(&plan, &keys, &inputs, &drops) {
+            Ok(outcome) => (
+                Event::SecureSumReceived {
+                    round,
+                    contributors: outcome.contributors,
+                    sum: Box::new(outcome.sum),
+                },
+                None,
+            ),
+            Err(error) => (
+                Event::SecureAggregationFailed {
+                    round,
+                    error: error.to_string(),
+                },
+                Some(error.to_string()),
+            ),
+        })
     }
 
     fn subject_of(&self, participant: ParticipantId) -> String {

@@ -12,6 +12,7 @@ pub mod learner;
 pub mod normalize;
 pub mod plots;
 pub mod report;
+pub mod secure;
 pub mod simulate;
 pub mod synthetic;
 pub mod train_job;

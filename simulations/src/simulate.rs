@@ -10,6 +10,12 @@
 //! - `local-only`: each client alone on its own data;
 //! - `label-prior`: the mean training distribution for every sample (a model that does not beat
 //!   it has learned nothing).
+//!
+//! Privacy (`privacy`, the coordinator's `[privacy]` section) applies to the two federated arms:
+//! secure aggregation runs the masking protocol in-process every round, differential privacy
+//! clips, noises and accounts (epsilon per round in `rounds.jsonl`); a run whose privacy budget
+//! runs out stops its federated arms early (the other arms run every round) and says so in
+//! [`SimulationResult::notes`].
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -18,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use mpcl_client::ParticipantSettings;
-use mpcl_coordinator::{AggregationConfig, CoordinatorConfig};
+use mpcl_coordinator::{AggregationConfig, CoordinatorConfig, PrivacyConfig};
 use mpcl_model::data::Dataset;
 use mpcl_model::metrics::{DistributionMetrics, evaluate};
 use mpcl_model::{
@@ -122,11 +128,25 @@ pub struct SimulationConfig {
     pub aggregation: AggregationConfig,
     /// FedProx proximal weight (0 = FedAvg local training).
     pub proximal_mu: f64,
-    /// Participants withhold prototype statistics of emotions with less label mass than this.
-    pub min_prototype_mass: f32,
+    /// Privacy settings of the federated arms (the coordinator's `[privacy]` section; its
+    /// `min_prototype_mass` is what participants withhold prototype statistics below). The
+    /// simulation's default keeps every layer off and withholds below mass 1 (small synthetic
+    /// subjects have little mass per emotion; the coordinator's own default is 5).
+    pub privacy: PrivacyConfig,
+    /// **Unsafe for real studies**: draw the differential-privacy noise from the run seed so
+    /// the simulation is reproducible (default false: noise from the operating system).
+    pub deterministic_noise_for_tests: bool,
     pub arms: Vec<Arm>,
     pub device: DeviceChoice,
     pub seed: u64,
+}
+
+/// The simulation's default privacy settings: every layer off, prototypes withheld below mass 1.
+pub fn default_simulation_privacy() -> PrivacyConfig {
+    PrivacyConfig {
+        min_prototype_mass: 1.0,
+        ..PrivacyConfig::default()
+    }
 }
 
 impl Default for SimulationConfig {
@@ -144,7 +164,8 @@ impl Default for SimulationConfig {
             clients_per_round: None,
             aggregation: AggregationConfig::default(),
             proximal_mu: 0.0,
-            min_prototype_mass: 1.0,
+            privacy: default_simulation_privacy(),
+            deterministic_noise_for_tests: false,
             arms: Arm::ALL.to_vec(),
             device: DeviceChoice::Cpu,
             seed: 0,
@@ -190,6 +211,9 @@ pub struct RoundRecord {
     /// Bytes from the participants to the coordinator this round (federated arms).
     pub bytes_up: u64,
     pub wall_seconds: f64,
+    /// Epsilon spent by this arm's federation after this round (differential privacy only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
 }
 
 /// Pooled (all partitions) metrics of an arm after a round.
@@ -200,6 +224,10 @@ pub struct PooledRound {
     pub metrics: DistributionMetrics,
     pub bytes_down: u64,
     pub bytes_up: u64,
+    /// The largest epsilon of the arm's federations (one per partition) after this round
+    /// (differential privacy only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
 }
 
 /// One subject's final metrics under one arm.
@@ -222,17 +250,22 @@ pub struct SimulationResult {
     pub final_table: MetricsTable,
     /// Final global state of each federated arm, per partition (for tests and checks).
     pub final_states: BTreeMap<Arm, Vec<GlobalState>>,
+    /// What a reader of the table must know, for example that an arm stopped early because its
+    /// privacy budget ran out.
+    pub notes: Vec<String>,
     pub wall_seconds: f64,
 }
 
-/// Called after each round of an arm with (round, predictions, (bytes down, bytes up), seconds).
+/// Called after each round of an arm with (round, predictions, (bytes down, bytes up), seconds,
+/// epsilon).
 type RoundObserver<'a> =
-    dyn FnMut(u64, &[Vec<f32>], (u64, u64), f64) -> Result<(), SimulationError> + 'a;
+    dyn FnMut(u64, &[Vec<f32>], (u64, u64), f64, Option<f64>) -> Result<(), SimulationError> + 'a;
 
 /// Predictions of one arm on one partition's test samples, after each round.
 struct ArmTrace {
     predictions: Vec<Vec<Vec<f32>>>,
     bytes: Vec<(u64, u64)>,
+    epsilons: Vec<Option<f64>>,
 }
 
 /// Runs the simulation; when `out` is given, writes `config.json`, `rounds.jsonl`,
@@ -289,6 +322,7 @@ pub fn run_simulation(
     let mut subjects: Vec<String> = Vec::new();
     let mut traces: BTreeMap<Arm, Vec<ArmTrace>> = BTreeMap::new();
     let mut final_states: BTreeMap<Arm, Vec<GlobalState>> = BTreeMap::new();
+    let mut notes: Vec<String> = Vec::new();
     for part in &parts {
         let normalized = normalize_per_subject(&dataset, &part.train);
         let train_set = normalized.subset(&part.train);
@@ -297,44 +331,48 @@ pub fn run_simulation(
         subjects.extend(test_set.samples.iter().map(|s| s.subject.clone()));
         let mut evaluator = Evaluator::new(&test_set, &train_set, &config.model, device)?;
         for &arm in &config.arms {
-            let mut on_round =
-                |round: u64, predictions: &[Vec<f32>], bytes: (u64, u64), seconds: f64| {
-                    let metrics = evaluate(
-                        test_set
-                            .samples
-                            .iter()
-                            .zip(predictions)
-                            .map(|(s, p)| (s.label.as_slice(), p.as_slice())),
-                    );
-                    let record = RoundRecord {
-                        arm,
-                        partition: part.name.clone(),
-                        round,
-                        metrics,
-                        bytes_down: bytes.0,
-                        bytes_up: bytes.1,
-                        wall_seconds: seconds,
-                    };
-                    if let Some(bar) = &bar {
-                        bar.inc(1);
-                        bar.set_message(format!(
-                            "{} round {round}: KL {:.4}",
-                            arm.name(),
-                            metrics.kl
-                        ));
-                    }
-                    if let Some((writer, path)) = round_log.as_mut() {
-                        let line = serde_json::to_string(&record).expect("plain data serialises");
-                        writeln!(writer, "{line}")
-                            .and_then(|()| writer.flush())
-                            .map_err(|source| SimulationError::Write {
-                                path: path.clone(),
-                                source,
-                            })?;
-                    }
-                    Ok::<(), SimulationError>(())
+            let mut on_round = |round: u64,
+                                predictions: &[Vec<f32>],
+                                bytes: (u64, u64),
+                                seconds: f64,
+                                epsilon: Option<f64>| {
+                let metrics = evaluate(
+                    test_set
+                        .samples
+                        .iter()
+                        .zip(predictions)
+                        .map(|(s, p)| (s.label.as_slice(), p.as_slice())),
+                );
+                let record = RoundRecord {
+                    arm,
+                    partition: part.name.clone(),
+                    round,
+                    metrics,
+                    bytes_down: bytes.0,
+                    bytes_up: bytes.1,
+                    wall_seconds: seconds,
+                    epsilon,
                 };
-            let (trace, state) = run_arm(
+                if let Some(bar) = &bar {
+                    bar.inc(1);
+                    bar.set_message(format!(
+                        "{} round {round}: KL {:.4}",
+                        arm.name(),
+                        metrics.kl
+                    ));
+                }
+                if let Some((writer, path)) = round_log.as_mut() {
+                    let line = serde_json::to_string(&record).expect("plain data serialises");
+                    writeln!(writer, "{line}")
+                        .and_then(|()| writer.flush())
+                        .map_err(|source| SimulationError::Write {
+                            path: path.clone(),
+                            source,
+                        })?;
+                }
+                Ok::<(), SimulationError>(())
+            };
+            let (trace, state, stopped) = run_arm(
                 arm,
                 config,
                 &train_set,
@@ -344,6 +382,9 @@ pub fn run_simulation(
                 &mut evaluator,
                 &mut on_round,
             )?;
+            if let Some(reason) = stopped {
+                notes.push(format!("{} ({}): {reason}", arm.label(), part.name));
+            }
             traces.entry(arm).or_default().push(trace);
             if let Some(state) = state {
                 final_states.entry(arm).or_default().push(state);
@@ -370,6 +411,7 @@ pub fn run_simulation(
         per_subject,
         final_table,
         final_states,
+        notes,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     if let Some(dir) = out {
@@ -388,10 +430,11 @@ fn run_arm(
     device: &Device,
     evaluator: &mut Evaluator,
     on_round: &mut RoundObserver<'_>,
-) -> Result<(ArmTrace, Option<GlobalState>), SimulationError> {
+) -> Result<(ArmTrace, Option<GlobalState>, Option<String>), SimulationError> {
     let mut trace = ArmTrace {
         predictions: Vec::new(),
         bytes: Vec::new(),
+        epsilons: Vec::new(),
     };
     let options = |round: u64, salt: u64| TrainOptions {
         epochs: config.local_epochs as usize,
@@ -404,7 +447,7 @@ fn run_arm(
     match arm {
         Arm::Federated | Arm::FedavgEncoder => {
             let settings = ParticipantSettings {
-                min_prototype_mass: config.min_prototype_mass,
+                min_prototype_mass: config.privacy.min_prototype_mass as f32,
                 share_memories: arm == Arm::Federated,
             };
             let mut federation = InProcessFederation::new(
@@ -415,6 +458,9 @@ fn run_arm(
                 initial.clone(),
                 device,
             )?;
+            if config.deterministic_noise_for_tests {
+                federation.use_deterministic_noise_for_tests();
+            }
             let final_state = federation.run(|outcome| {
                 let predictions = evaluator.predict(&outcome.state)?;
                 on_round(
@@ -422,12 +468,15 @@ fn run_arm(
                     &predictions,
                     (outcome.bytes_down, outcome.bytes_up),
                     outcome.seconds,
+                    outcome.epsilon(),
                 )?;
                 trace.predictions.push(predictions);
                 trace.bytes.push((outcome.bytes_down, outcome.bytes_up));
+                trace.epsilons.push(outcome.epsilon());
                 Ok::<(), SimulationError>(())
             })?;
-            Ok((trace, Some(final_state)))
+            let stopped = federation.stop_reason().map(ToString::to_string);
+            Ok((trace, Some(final_state), stopped))
         }
         Arm::Centralized => {
             let mut learner = Learner::new(train_set, &config.model, initial, device)?;
@@ -435,11 +484,18 @@ fn run_arm(
                 let started = Instant::now();
                 learner.train_round(&options(round, 0));
                 let predictions = evaluator.predict(&learner.state())?;
-                on_round(round, &predictions, (0, 0), started.elapsed().as_secs_f64())?;
+                on_round(
+                    round,
+                    &predictions,
+                    (0, 0),
+                    started.elapsed().as_secs_f64(),
+                    None,
+                )?;
                 trace.predictions.push(predictions);
                 trace.bytes.push((0, 0));
+                trace.epsilons.push(None);
             }
-            Ok((trace, Some(learner.state())))
+            Ok((trace, Some(learner.state()), None))
         }
         Arm::LocalOnly => {
             let mut learners = Vec::new();
@@ -481,21 +537,29 @@ fn run_arm(
                         }
                     }
                 }
-                on_round(round, &predictions, (0, 0), started.elapsed().as_secs_f64())?;
+                on_round(
+                    round,
+                    &predictions,
+                    (0, 0),
+                    started.elapsed().as_secs_f64(),
+                    None,
+                )?;
                 trace.predictions.push(predictions);
                 trace.bytes.push((0, 0));
+                trace.epsilons.push(None);
             }
-            Ok((trace, None))
+            Ok((trace, None, None))
         }
         Arm::LabelPrior => {
             let prior = train_set.label_prior();
             let predictions = vec![prior; test_set.samples.len()];
             for round in 1..=config.rounds {
-                on_round(round, &predictions, (0, 0), 0.0)?;
+                on_round(round, &predictions, (0, 0), 0.0, None)?;
                 trace.predictions.push(predictions.clone());
                 trace.bytes.push((0, 0));
+                trace.epsilons.push(None);
             }
-            Ok((trace, None))
+            Ok((trace, None, None))
         }
     }
 }
@@ -510,14 +574,21 @@ pub fn coordinator_config(
         .unwrap_or(clients)
         .min(clients)
         .max(1);
+    // Under secure aggregation a round completes with the threshold's number of survivors.
+    let min_clients_to_aggregate = if config.privacy.secure_aggregation {
+        config.privacy.threshold.for_cohort(cohort)
+    } else {
+        cohort
+    };
     let mut coordinator = CoordinatorConfig {
         name: "simulation".to_string(),
         seed: config.seed,
         rounds: config.rounds,
         clients_per_round: Some(cohort),
-        min_clients_to_aggregate: cohort,
+        min_clients_to_aggregate,
         min_available_clients: Some(clients),
         aggregation: config.aggregation.clone(),
+        privacy: config.privacy.clone(),
         ..CoordinatorConfig::default()
     };
     coordinator.training.local_epochs = config.local_epochs;
@@ -568,12 +639,17 @@ fn pool_rounds(
                 .iter()
                 .filter_map(|t| t.bytes.get(round))
                 .fold((0, 0), |(d, u), (bd, bu)| (d + bd, u + bu));
+            let epsilon = parts
+                .iter()
+                .filter_map(|t| t.epsilons.get(round).copied().flatten())
+                .reduce(f64::max);
             pooled.push(PooledRound {
                 arm,
                 round: round as u64 + 1,
                 metrics,
                 bytes_down: down,
                 bytes_up: up,
+                epsilon,
             });
         }
     }
@@ -614,7 +690,11 @@ fn per_subject_metrics(
 
 fn write_outputs(dir: &Path, result: &SimulationResult) -> Result<(), SimulationError> {
     write_text(&dir.join("final.csv"), &result.final_table.to_csv())?;
-    write_text(&dir.join("final.md"), &result.final_table.to_markdown())?;
+    let mut markdown = result.final_table.to_markdown();
+    for note in &result.notes {
+        markdown.push_str(&format!("\nNote: {note}\n"));
+    }
+    write_text(&dir.join("final.md"), &markdown)?;
     let mut pooled = String::new();
     for round in &result.rounds {
         pooled.push_str(&serde_json::to_string(round).expect("plain data serialises"));

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use mpcl_coordinator::AggregationRule;
+use mpcl_coordinator::privacy::{PrivacyConfig, Threshold};
 use mpcl_model::DeviceChoice;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::simulate::{Arm, SimulationConfig, run_simulation};
@@ -21,6 +22,11 @@ use mpcl_simulations::simulate::{Arm, SimulationConfig, run_simulation};
 /// Metrics: chebyshev, clark, canberra and kl are distances (lower is better); cosine and
 /// intersection are similarities (higher is better). A model that does not beat the label prior
 /// (predicting the mean training distribution for everyone) has learned nothing.
+///
+/// Privacy applies to the federated arms: --secure-aggregation masks every update in-process
+/// (the coordinator only sees sums); --noise-multiplier with --clip-norm adds client-level
+/// differential privacy (epsilon per round is printed and logged; --epsilon-budget stops the
+/// federated arms when the next round would exceed it).
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
     /// Dataset: `larwood2019` (bundled, real), `synthetic`, `dmer:DIR`, `wesad:DIR`, `larwood:DIR`.
@@ -54,6 +60,35 @@ pub struct SimulateArgs {
     /// FedProx proximal weight mu (0 = FedAvg local training).
     #[arg(long, default_value_t = 0.0)]
     proximal_mu: f64,
+    /// Mask updates with secure aggregation (the coordinator only sees their sum; needs fedavg or
+    /// fedadam).
+    #[arg(long)]
+    secure_aggregation: bool,
+    /// Secure-aggregation threshold: survivors needed, as a fraction of the cohort in (0.5, 1].
+    #[arg(long, default_value_t = 0.6)]
+    secagg_threshold: f64,
+    /// Secure-aggregation fixed-point scale (lower it if an update is out of range).
+    #[arg(long, default_value_t = 65536.0)]
+    quantisation_scale: f64,
+    /// Clip each client's encoder delta to this L2 norm.
+    #[arg(long)]
+    clip_norm: Option<f64>,
+    /// Differential privacy: Gaussian noise std on the sum of clipped deltas / clip norm
+    /// (0 = off; needs --clip-norm).
+    #[arg(long, default_value_t = 0.0)]
+    noise_multiplier: f64,
+    /// Stop the federated arms before epsilon exceeds this (needs --noise-multiplier).
+    #[arg(long)]
+    epsilon_budget: Option<f64>,
+    /// The delta epsilon is reported at.
+    #[arg(long, default_value_t = 1e-5)]
+    target_delta: f64,
+    /// Participants withhold prototype statistics of emotions with less label mass than this.
+    #[arg(long, default_value_t = 1.0)]
+    min_prototype_mass: f64,
+    /// UNSAFE for real studies: draw the DP noise from --seed so the run is reproducible.
+    #[arg(long)]
+    deterministic_noise_for_tests: bool,
     /// Arms to run, comma-separated: federated, fedavg-encoder, centralized, local-only,
     /// label-prior.
     #[arg(
@@ -89,29 +124,64 @@ impl SimulateArgs {
             learning_rate: self.learning_rate,
             clients_per_round: self.clients_per_round,
             proximal_mu: self.proximal_mu,
+            privacy: PrivacyConfig {
+                secure_aggregation: self.secure_aggregation,
+                threshold: Threshold::Fraction(self.secagg_threshold),
+                quantisation_scale: self.quantisation_scale,
+                clip_norm: self.clip_norm,
+                noise_multiplier: self.noise_multiplier,
+                target_delta: self.target_delta,
+                epsilon_budget: self.epsilon_budget,
+                min_prototype_mass: self.min_prototype_mass,
+            },
+            deterministic_noise_for_tests: self.deterministic_noise_for_tests,
             arms: self.arms,
             device: self.device,
             seed: self.seed,
             ..SimulationConfig::default()
         };
         config.aggregation.rule = parse_rule(&self.aggregation)?;
+        let federated = config
+            .arms
+            .iter()
+            .any(|a| matches!(a, Arm::Federated | Arm::FedavgEncoder));
+        if federated {
+            println!("privacy (federated arms): {}", config.privacy);
+        }
         let result = run_simulation(&config, Some(&self.out), true)?;
         println!(
             "{}: {} subjects, {}, device {}",
             result.dataset, result.subjects, result.protocol, result.device
         );
+        if federated {
+            println!("privacy (federated arms): {}", config.privacy);
+        }
         println!("round-by-round (pooled over all test samples):");
         for arm in &config.arms {
-            let line: Vec<String> = result
-                .rounds
+            let rounds: Vec<_> = result.rounds.iter().filter(|r| r.arm == *arm).collect();
+            let line: Vec<String> = rounds
                 .iter()
-                .filter(|r| r.arm == *arm)
                 .map(|r| format!("{:.4}", r.metrics.kl))
                 .collect();
             println!("  {:<30} KL {}", arm.label(), line.join(" "));
+            if rounds.iter().any(|r| r.epsilon.is_some()) {
+                let line: Vec<String> = rounds
+                    .iter()
+                    .map(|r| r.epsilon.map_or("-".into(), |e| format!("{e:.3}")))
+                    .collect();
+                println!(
+                    "  {:<30} epsilon {} (delta {:e})",
+                    "",
+                    line.join(" "),
+                    config.privacy.target_delta
+                );
+            }
         }
         println!();
         println!("{}", result.final_table.to_text());
+        for note in &result.notes {
+            println!("note: {note}");
+        }
         println!();
         println!(
             "finished in {:.1} s; results, per-round JSON lines and plots in {}",

@@ -16,6 +16,10 @@
 //! 4. after aggregation, [`PrivacyLedger::record_round`] before releasing the round; its
 //!    [`BudgetExhausted`] error ends the run.
 //!
+//! The round state machine ([`crate::round`]) does steps 2 to 4 in plain mode, and under secure
+//! aggregation hands out a [`SecureRoundPlan`] ([`secure_round`]) whose
+//! [`SecureRoundPlan::prepare_input`] is the client's half of step 3.
+//!
 //! # What it protects against, and what not
 //!
 //! Each module says so in detail. In short: DP bounds what the released models reveal about any
@@ -29,6 +33,7 @@ pub mod config;
 pub mod ledger;
 pub mod noise;
 pub mod rdp;
+pub mod secure_round;
 
 pub use config::{PrivacyConfig, Threshold};
 pub use ledger::{BudgetExhausted, LedgerError, PrivacyLedger, PrivacySpent};
@@ -36,3 +41,4 @@ pub use noise::{
     ClipOutcome, add_central_noise, add_distributed_noise, add_gaussian_noise, central_noise_std,
     clip_update, distributed_noise_std, os_noise_rng, seeded_noise_rng,
 };
+pub use secure_round::{PreparedInput, SecureRoundPlan};

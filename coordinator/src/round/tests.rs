@@ -9,6 +9,8 @@ use super::*;
 use crate::config::AggregationRule;
 use crate::test_support::{RUN, global};
 
+mod privacy;
+
 fn config(rounds: u64, per_round: usize, min: usize, available: usize) -> CoordinatorConfig {
     CoordinatorConfig {
         seed: 42,

@@ -409,6 +409,9 @@ impl Actor {
                     self.deadline = None;
                 }
                 Action::Persist { checkpoint } => self.persist(checkpoint).await?,
+                Action::Stopped { rounds, reason } => {
+                    warn!(rounds, %reason, "the run stops early");
+                }
                 Action::Finished { rounds } => {
                     info!(rounds, "all rounds done");
                     self.deadline = None;
@@ -531,7 +534,8 @@ pub(crate) fn wire_reject(reason: &RejectReason) -> WireReject {
         | RejectReason::NonFinite(_)
         | RejectReason::Oversized { .. }
         | RejectReason::ZeroSamples
-        | RejectReason::InvalidStatistics(_) => WireReject::Invalid(reason.to_string()),
+        | RejectReason::InvalidStatistics(_)
+        | RejectReason::SecureAggregationRequired => WireReject::Invalid(reason.to_string()),
     }
 }
 

@@ -222,6 +222,13 @@ impl Server {
     /// runtime.
     pub fn bind(setup: ServerSetup) -> Result<Self, ServerError> {
         setup.network.validate().map_err(ServerError::Settings)?;
+        if setup.coordinator.config().privacy.secure_aggregation {
+            // The state machine refuses plain updates under secure aggregation, and the masking
+            // protocol's messages are not on the wire yet: the run could never finish a round.
+            return Err(ServerError::Settings(
+                "privacy.secure_aggregation is not available over the network yet (only in `mpcl simulate`); turn it off or simulate".into(),
+            ));
+        }
         std::fs::create_dir_all(&setup.out_dir).map_err(|source| ServerError::OutDir {
             path: setup.out_dir.clone(),
             source,
