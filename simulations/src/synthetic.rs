@@ -18,21 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Gamma, Normal};
 use serde::{Deserialize, Serialize};
 
-use mpcl_model::data::{Dataset, Modality, ModalityGroup, Sample, Schema};
-
-/// The DMER emotions: five positive, then five negative PANAS items.
-pub const PANAS_EMOTIONS: [&str; 10] = [
-    "inspired",
-    "alert",
-    "excited",
-    "enthusiastic",
-    "determined",
-    "afraid",
-    "upset",
-    "nervous",
-    "scared",
-    "distressed",
-];
+use mpcl_model::data::{Dataset, Modality, ModalityGroup, Sample, Schema, dmer};
 
 /// Knobs of the generator.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -70,7 +56,8 @@ impl Default for SyntheticConfig {
 /// The schema of synthetic data (the DMER layout with a configurable face width).
 pub fn synthetic_schema(face_width: usize) -> Schema {
     Schema {
-        emotions: PANAS_EMOTIONS.iter().map(|e| e.to_string()).collect(),
+        // The DMER emotions: five positive, then five negative PANAS items.
+        emotions: dmer::EMOTIONS.iter().map(|e| e.to_string()).collect(),
         modalities: vec![
             Modality::new("eeg", ModalityGroup::Physiological, 18, 5),
             Modality::new("gsr", ModalityGroup::Physiological, 1, 28),
