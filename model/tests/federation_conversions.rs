@@ -238,3 +238,36 @@ fn a_config_inconsistent_with_the_schema_is_refused() {
         .to_string();
     assert!(err.contains("10 emotions"), "{err}");
 }
+
+#[test]
+fn fedprox_keeps_local_training_closer_to_the_global_model() -> Result<()> {
+    let distance_after = |mu: f64| -> Result<f64> {
+        let (mut model, data) = model_and_data(&BOTH, 8)?;
+        let global = model.parameters();
+        assert_eq!(
+            mpcl_model::parameters::squared_distance_to(&model.network, &global)
+                .map(|d| d.into_scalar::<f32>()),
+            Some(0.0)
+        );
+        train(
+            &mut model,
+            &data,
+            &TrainOptions {
+                epochs: 3,
+                batch_size: 4,
+                learning_rate: 1e-2,
+                proximal_mu: mu,
+                ..TrainOptions::default()
+            },
+            Some(&global),
+        );
+        Ok(model.parameters().delta_from(&global)?.l2_norm())
+    };
+    let plain = distance_after(0.0)?;
+    let proximal = distance_after(10.0)?;
+    assert!(
+        proximal < plain,
+        "FedProx moved {proximal}, plain training {plain}"
+    );
+    Ok(())
+}
