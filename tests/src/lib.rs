@@ -289,6 +289,23 @@ pub fn start_node(
     }
 }
 
+/// Starts one node per identity, each training on the dataset at the same position.
+pub fn start_nodes(
+    addr: SocketAddr,
+    keys: &Keys,
+    identities: &[Arc<NodeIdentity>],
+    train: &[Dataset],
+    shutdown: &CancellationToken,
+) -> Vec<RunningNode> {
+    identities
+        .iter()
+        .zip(train)
+        .map(|(identity, data)| {
+            start_node(addr, keys, identity.clone(), data.clone(), shutdown.clone())
+        })
+        .collect()
+}
+
 /// Everything a node reported, once it has stopped.
 pub fn drain(events: &mut UnboundedReceiver<NodeEvent>) -> Vec<NodeEvent> {
     let mut all = Vec::new();

@@ -11,7 +11,7 @@ use mpcl_coordinator::round_log::read_round_log;
 use mpcl_coordinator::server::ROUND_LOG_FILE;
 use mpcl_protocol::messages::{ClientUpdate, GlobalState};
 use mpcl_tests::{
-    Federation, Keys, accepted_updates, drain, join, rounds_started, run_config, start_node,
+    Federation, Keys, accepted_updates, drain, join, rounds_started, run_config, start_nodes,
     start_server,
 };
 use tokio_util::sync::CancellationToken;
@@ -107,20 +107,13 @@ async fn three_clients_improve_the_global_model_and_aggregate_exactly() -> anyho
     )?;
 
     let shutdown = CancellationToken::new();
-    let nodes: Vec<_> = keys
-        .participants
-        .iter()
-        .zip(&federation.train)
-        .map(|(identity, data)| {
-            start_node(
-                server.addr,
-                &keys,
-                identity.clone(),
-                data.clone(),
-                shutdown.clone(),
-            )
-        })
-        .collect();
+    let nodes = start_nodes(
+        server.addr,
+        &keys,
+        &keys.participants,
+        &federation.train,
+        &shutdown,
+    );
 
     let mut events = Vec::new();
     for mut node in nodes {
@@ -245,19 +238,13 @@ async fn a_client_that_stalls_mid_round_is_outwaited_by_the_deadline() -> anyhow
     ))
     .await?;
     let shutdown = CancellationToken::new();
-    let nodes: Vec<_> = keys.participants[..2]
-        .iter()
-        .zip(&federation.train)
-        .map(|(identity, data)| {
-            start_node(
-                server.addr,
-                &keys,
-                identity.clone(),
-                data.clone(),
-                shutdown.clone(),
-            )
-        })
-        .collect();
+    let nodes = start_nodes(
+        server.addr,
+        &keys,
+        &keys.participants[..2],
+        &federation.train,
+        &shutdown,
+    );
     // Sleepy asks for work (so it is sampled in both rounds) and never answers.
     let mut handed_out = 0;
     while handed_out < 2 {

@@ -22,7 +22,8 @@ use mpcl_protocol::messages::{
 use mpcl_protocol::{CooccurrenceStatistics, PrototypeStatistics, SignedUpdate};
 use mpcl_simulations::synthetic::SyntheticConfig;
 use mpcl_tests::{
-    Federation, Keys, identity, join, run_config, session_config, start_node, start_server,
+    Federation, Keys, identity, join, run_config, session_config, start_node, start_nodes,
+    start_server,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -181,19 +182,13 @@ async fn bad_clients_are_refused_with_logged_reasons_while_rounds_complete() -> 
     let limits = mallory.limits();
 
     let shutdown = CancellationToken::new();
-    let mut nodes: Vec<_> = keys.participants[..3]
-        .iter()
-        .zip(&federation.train)
-        .map(|(identity, data)| {
-            start_node(
-                server.addr,
-                &keys,
-                identity.clone(),
-                data.clone(),
-                shutdown.clone(),
-            )
-        })
-        .collect();
+    let mut nodes = start_nodes(
+        server.addr,
+        &keys,
+        &keys.participants[..3],
+        &federation.train,
+        &shutdown,
+    );
 
     // Round 1: garbage in every form; mallory's NaN update is its (rejected) answer.
     let (state, _) = wait_for_round(&mallory, 1).await?;

@@ -14,25 +14,19 @@ use mpcl_coordinator::{Coordinator, read_latest_checkpoint};
 use mpcl_protocol::messages::GlobalState;
 use mpcl_tests::{
     Federation, Keys, RunningNode, drain, join, max_state_difference, restart_server, run_config,
-    start_node, start_server,
+    start_nodes, start_server,
 };
 use tokio_util::sync::CancellationToken;
 
 const ROUNDS: u64 = 3;
 
-fn start_nodes(
+fn start_federation_nodes(
     addr: std::net::SocketAddr,
     keys: &Keys,
     federation: &Federation,
 ) -> Vec<RunningNode> {
     let shutdown = CancellationToken::new();
-    keys.participants
-        .iter()
-        .zip(&federation.train)
-        .map(|(identity, data)| {
-            start_node(addr, keys, identity.clone(), data.clone(), shutdown.clone())
-        })
-        .collect()
+    start_nodes(addr, keys, &keys.participants, &federation.train, &shutdown)
 }
 
 async fn finish_nodes(nodes: Vec<RunningNode>) -> anyhow::Result<Vec<Vec<NodeEvent>>> {
@@ -63,7 +57,7 @@ async fn uninterrupted(
         out,
         "127.0.0.1:0".parse()?,
     )?;
-    finish_nodes(start_nodes(server.addr, keys, federation)).await?;
+    finish_nodes(start_federation_nodes(server.addr, keys, federation)).await?;
     let outcome = join(server.task, Duration::from_secs(30), "coordinator").await??;
     assert!(outcome.finished);
     Ok((*outcome.global).clone())
@@ -95,7 +89,7 @@ async fn a_killed_coordinator_resumes_and_ends_like_an_uninterrupted_run() -> an
         "127.0.0.1:0".parse()?,
     )?;
     let addr = first.addr;
-    let mut nodes = start_nodes(addr, &keys, &federation);
+    let mut nodes = start_federation_nodes(addr, &keys, &federation);
     // A client handed round 2 means round 1's checkpoint is on disk (the coordinator persists
     // before it answers anyone).
     loop {
