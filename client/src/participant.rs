@@ -16,16 +16,12 @@ pub struct ParticipantSettings {
     /// Prototype statistics of an emotion are withheld (zeroed) when the participant's label mass
     /// for it is below this, so that no prototype is built from one or two of its samples.
     pub min_prototype_mass: f32,
-    /// Send prototype and co-occurrence statistics. Off, the participant sends an encoder delta
-    /// only, so the global memories never learn (plain FedAvg of the encoder, an ablation).
-    pub share_memories: bool,
 }
 
 impl Default for ParticipantSettings {
     fn default() -> Self {
         Self {
             min_prototype_mass: 1.0,
-            share_memories: true,
         }
     }
 }
@@ -124,13 +120,13 @@ impl Participant {
         }
         let (mut prototypes, mut cooccurrence) = self.model.memory_statistics(&self.data);
         for statistics in &mut prototypes {
-            if self.settings.share_memories {
+            if config.share_memories {
                 statistics.withhold_below(self.settings.min_prototype_mass);
             } else {
                 statistics.withhold_below(f32::INFINITY);
             }
         }
-        if !self.settings.share_memories {
+        if !config.share_memories {
             cooccurrence = CooccurrenceStatistics::zeros(cooccurrence.emotions);
         }
         Ok(ClientUpdate {

@@ -3,8 +3,8 @@
 //! Three things are combined, each its own way:
 //!
 //! * **Encoder deltas.** FedAvg and FedAdam need only the sample-weighted mean, so updates are
-//!   folded into a running weighted sum (`f64`, one value per parameter) and a total weight as
-//!   they arrive: memory is independent of the number of clients. FedAdam then feeds the mean as
+//!   folded into a running weighted sum (one value per parameter) and a total weight as they
+//!   arrive: memory is independent of the number of clients. FedAdam then feeds the mean as
 //!   a pseudo-gradient to a server-side Adam whose moments ([`FedAdamState`]) live across rounds.
 //!   Coordinate-wise median and trimmed mean cannot be computed from a running sum: those rules
 //!   buffer each accepted delta (as a flat `f32` vector), so their memory grows with the cohort
@@ -20,6 +20,10 @@
 //!   often). A round whose clients sent no co-occurrence samples (count 0) keeps the previous
 //!   statistics instead of wiping them.
 //!
+//! Every running sum is an [`ExactSum`]: the result does not depend on the order in which
+//! updates arrive, so a networked run, an in-process simulation of it and a run resumed from a
+//! checkpoint compute bit-identical global states from the same updates.
+//!
 //! # Privacy
 //!
 //! A [`ContributionPolicy`] may clip each delta to an L2 bound and weight every client the same
@@ -33,13 +37,14 @@
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, PrototypeBank};
 use mpcl_protocol::secure_aggregation::SummedUpdate;
 use mpcl_protocol::{
-    CooccurrenceStatistics, ParameterSetError, PrototypeStatistics, StatisticsError,
+    CooccurrenceStatistics, F32Vec, ParameterSetError, PrototypeStatistics, StatisticsError,
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::{AggregationConfig, AggregationRule};
+use crate::exact_sum::{ExactSum, ExactSumError};
 use crate::privacy::{PrivacyConfig, add_gaussian_noise, clip_update};
 
 /// Errors from accumulating or finishing a round. Updates are validated before they get here
@@ -66,6 +71,9 @@ pub enum AggregationError {
     /// sum cannot be used.
     #[error("the `{0}` rule needs every update in the clear; it cannot aggregate a sum")]
     NeedsIndividualUpdates(&'static str),
+    /// A value is beyond what the exact running sums hold.
+    #[error(transparent)]
+    Range(#[from] ExactSumError),
 }
 
 /// How each accepted update's delta enters the sum.
@@ -124,8 +132,11 @@ impl FedAdamState {
 }
 
 enum DeltaAccumulator {
-    /// Running `sum_i n_i * delta_i` and `sum_i n_i`.
-    Weighted { sum: Vec<f64>, total_weight: f64 },
+    /// Running `sum_i n_i * delta_i` and `sum_i n_i` (one coordinate).
+    Weighted {
+        sum: ExactSum,
+        total_weight: ExactSum,
+    },
     /// Every accepted delta, flat.
     Buffered { deltas: Vec<Vec<f32>> },
 }
@@ -134,8 +145,8 @@ enum DeltaAccumulator {
 pub struct RoundAggregator {
     deltas: DeltaAccumulator,
     parameter_count: usize,
-    prototypes: Vec<PrototypeStatistics>,
-    cooccurrence: CooccurrenceStatistics,
+    prototypes: Vec<PrototypeSums>,
+    cooccurrence: CooccurrenceSums,
     accepted: usize,
     total_samples: u64,
     policy: ContributionPolicy,
@@ -171,8 +182,8 @@ impl RoundAggregator {
             DeltaAccumulator::Buffered { deltas: Vec::new() }
         } else {
             DeltaAccumulator::Weighted {
-                sum: vec![0.0; parameter_count],
-                total_weight: 0.0,
+                sum: ExactSum::zeros(parameter_count),
+                total_weight: ExactSum::zeros(1),
             }
         };
         Self {
@@ -181,9 +192,16 @@ impl RoundAggregator {
             prototypes: global
                 .prototypes
                 .iter()
-                .map(|b| PrototypeStatistics::zeros(&b.group, b.emotions, b.prototypes, b.width))
+                .map(|b| {
+                    PrototypeSums::zeros(&PrototypeStatistics::zeros(
+                        &b.group,
+                        b.emotions,
+                        b.prototypes,
+                        b.width,
+                    ))
+                })
                 .collect(),
-            cooccurrence: CooccurrenceStatistics::zeros(global.cooccurrence.emotions),
+            cooccurrence: CooccurrenceSums::zeros(global.cooccurrence.emotions),
             accepted: 0,
             total_samples: 0,
             policy,
@@ -230,19 +248,17 @@ impl RoundAggregator {
         }
         let mut targets = Vec::with_capacity(update.prototypes.len());
         for stats in &update.prototypes {
-            let Some(index) = self.prototypes.iter().position(|p| p.group == stats.group) else {
+            let Some(index) = self
+                .prototypes
+                .iter()
+                .position(|p| p.shape.group == stats.group)
+            else {
                 return Err(AggregationError::Layout(format!(
                     "no prototype bank for group `{}`",
                     stats.group
                 )));
             };
-            let bank = &self.prototypes[index];
-            if (bank.emotions, bank.prototypes, bank.width)
-                != (stats.emotions, stats.prototypes, stats.width)
-                || stats.sum.len() != bank.sum.len()
-                || stats.weight.len() != bank.weight.len()
-                || targets.contains(&index)
-            {
+            if !self.prototypes[index].fits(stats) || targets.contains(&index) {
                 return Err(AggregationError::Layout(format!(
                     "prototype statistics of group `{}` do not fit",
                     stats.group
@@ -250,9 +266,7 @@ impl RoundAggregator {
             }
             targets.push(index);
         }
-        if update.cooccurrence.emotions != self.cooccurrence.emotions
-            || update.cooccurrence.sum.len() != self.cooccurrence.sum.len()
-        {
+        if !self.cooccurrence.fits(&update.cooccurrence) {
             return Err(AggregationError::Layout(
                 "co-occurrence statistics do not fit".into(),
             ));
@@ -263,23 +277,29 @@ impl RoundAggregator {
             clip_update(&mut delta, clip).clipped().then_some(delta)
         });
         let delta = clipped_delta.as_ref().unwrap_or(&update.delta);
+        let weight = self.policy.weight(update.sample_count) as f64;
+        // Every part is range-checked before any is accumulated.
+        if let DeltaAccumulator::Weighted { sum, .. } = &self.deltas {
+            sum.check_scaled(weight, delta.iter_values())?;
+        }
+        for (stats, &index) in update.prototypes.iter().zip(&targets) {
+            self.prototypes[index].check(stats)?;
+        }
+        self.cooccurrence.check(&update.cooccurrence)?;
         match &mut self.deltas {
             DeltaAccumulator::Weighted { sum, total_weight } => {
-                let weight = self.policy.weight(update.sample_count) as f64;
-                for (acc, value) in sum.iter_mut().zip(delta.iter_values()) {
-                    *acc += weight * f64::from(value);
-                }
-                *total_weight += weight;
+                sum.add_scaled(weight, delta.iter_values())?;
+                total_weight.add([weight])?;
             }
             DeltaAccumulator::Buffered { deltas } => deltas.push(delta.to_flat()),
         }
+        for (stats, index) in update.prototypes.iter().zip(targets) {
+            self.prototypes[index].add(stats)?;
+        }
+        self.cooccurrence.add(&update.cooccurrence)?;
         if clipped_delta.is_some() {
             self.clipped += 1;
         }
-        for (stats, index) in update.prototypes.iter().zip(targets) {
-            self.prototypes[index].merge(stats)?;
-        }
-        self.cooccurrence.merge(&update.cooccurrence)?;
         self.accepted += 1;
         self.total_samples = self.total_samples.saturating_add(update.sample_count);
         Ok(())
@@ -329,13 +349,7 @@ impl RoundAggregator {
             let index = self
                 .prototypes
                 .iter()
-                .position(|p| {
-                    p.group == stats.group
-                        && (p.emotions, p.prototypes, p.width)
-                            == (stats.emotions, stats.prototypes, stats.width)
-                        && p.sum.len() == stats.sum.len()
-                        && p.weight.len() == stats.weight.len()
-                })
+                .position(|p| p.fits(stats))
                 .filter(|i| !targets.contains(i))
                 .ok_or_else(|| {
                     AggregationError::Layout(format!(
@@ -346,23 +360,25 @@ impl RoundAggregator {
             stats.validate()?;
             targets.push(index);
         }
-        if sum.cooccurrence.emotions != self.cooccurrence.emotions
-            || sum.cooccurrence.sum.len() != self.cooccurrence.sum.len()
-        {
+        if !self.cooccurrence.fits(&sum.cooccurrence) {
             return Err(AggregationError::Layout(
                 "summed co-occurrence statistics do not fit".into(),
             ));
         }
         sum.cooccurrence.validate()?;
 
-        for (acc, value) in running.iter_mut().zip(&sum.weighted_delta_sum) {
-            *acc += value;
+        running.check_scaled(1.0, sum.weighted_delta_sum.iter().copied())?;
+        total_weight.check_scaled(1.0, [sum.total_weight])?;
+        for (stats, &index) in sum.prototypes.iter().zip(&targets) {
+            self.prototypes[index].check(stats)?;
         }
-        *total_weight += sum.total_weight;
+        self.cooccurrence.check(&sum.cooccurrence)?;
+        running.add(sum.weighted_delta_sum.iter().copied())?;
+        total_weight.add([sum.total_weight])?;
         for (stats, index) in sum.prototypes.iter().zip(targets) {
-            self.prototypes[index].merge(stats)?;
+            self.prototypes[index].add(stats)?;
         }
-        self.cooccurrence.merge(&sum.cooccurrence)?;
+        self.cooccurrence.add(&sum.cooccurrence)?;
         self.accepted += sum.contributors;
         self.total_samples = self.total_samples.saturating_add(samples);
         Ok(())
@@ -378,7 +394,9 @@ impl RoundAggregator {
     ) -> Result<(), AggregationError> {
         match &mut self.deltas {
             DeltaAccumulator::Weighted { sum, .. } => {
-                add_gaussian_noise(sum, std, rng);
+                let mut noise = vec![0.0; sum.len()];
+                add_gaussian_noise(&mut noise, std, rng);
+                sum.add(noise)?;
                 Ok(())
             }
             DeltaAccumulator::Buffered { .. } => Err(AggregationError::NeedsIndividualUpdates(
@@ -400,7 +418,8 @@ impl RoundAggregator {
         }
         let combined: Vec<f64> = match self.deltas {
             DeltaAccumulator::Weighted { sum, total_weight } => {
-                sum.into_iter().map(|s| s / total_weight).collect()
+                let total_weight = total_weight.to_f64()[0];
+                sum.to_f64().into_iter().map(|s| s / total_weight).collect()
             }
             DeltaAccumulator::Buffered { deltas } => match config.rule {
                 AggregationRule::TrimmedMean { trim_fraction } => {
@@ -437,15 +456,16 @@ impl RoundAggregator {
             .prototypes
             .iter()
             .map(
-                |bank| match self.prototypes.iter().find(|s| s.group == bank.group) {
-                    Some(stats) => blend_prototypes(bank, stats, config.prototype_blend),
+                |bank| match self.prototypes.iter().find(|s| s.shape.group == bank.group) {
+                    Some(sums) => blend_prototypes(bank, &sums.total(), config.prototype_blend),
                     None => Ok(bank.clone()),
                 },
             )
             .collect::<Result<Vec<_>, _>>()?;
 
-        let cooccurrence = if self.cooccurrence.count > 0.0 {
-            self.cooccurrence
+        let cooccurrence = self.cooccurrence.total();
+        let cooccurrence = if cooccurrence.count > 0.0 {
+            cooccurrence
         } else {
             previous.cooccurrence.clone()
         };
@@ -459,6 +479,95 @@ impl RoundAggregator {
             applied_norm,
             combined_delta_norm,
         })
+    }
+}
+
+/// Exact running sums of one group's prototype statistics.
+struct PrototypeSums {
+    shape: PrototypeStatistics,
+    sum: ExactSum,
+    weight: ExactSum,
+}
+
+impl PrototypeSums {
+    /// Zero sums shaped like `shape` (whose values are ignored).
+    fn zeros(shape: &PrototypeStatistics) -> Self {
+        Self {
+            shape: shape.clone(),
+            sum: ExactSum::zeros(shape.sum.len()),
+            weight: ExactSum::zeros(shape.weight.len()),
+        }
+    }
+
+    /// Whether `stats` has this bank's group and shape.
+    fn fits(&self, stats: &PrototypeStatistics) -> bool {
+        let s = &self.shape;
+        s.group == stats.group
+            && (s.emotions, s.prototypes, s.width)
+                == (stats.emotions, stats.prototypes, stats.width)
+            && s.sum.len() == stats.sum.len()
+            && s.weight.len() == stats.weight.len()
+    }
+
+    fn check(&self, stats: &PrototypeStatistics) -> Result<(), ExactSumError> {
+        self.sum.check_scaled(1.0, stats.sum.0.iter().copied())?;
+        self.weight
+            .check_scaled(1.0, stats.weight.0.iter().copied())
+    }
+
+    fn add(&mut self, stats: &PrototypeStatistics) -> Result<(), ExactSumError> {
+        self.check(stats)?;
+        self.sum.add(stats.sum.0.iter().copied())?;
+        self.weight.add(stats.weight.0.iter().copied())
+    }
+
+    /// The summed statistics, rounded to `f32` once.
+    fn total(&self) -> PrototypeStatistics {
+        PrototypeStatistics {
+            sum: F32Vec(self.sum.to_f32()),
+            weight: F32Vec(self.weight.to_f32()),
+            ..self.shape.clone()
+        }
+    }
+}
+
+/// Exact running sums of co-occurrence statistics.
+struct CooccurrenceSums {
+    emotions: usize,
+    sum: ExactSum,
+    count: ExactSum,
+}
+
+impl CooccurrenceSums {
+    fn zeros(emotions: usize) -> Self {
+        Self {
+            emotions,
+            sum: ExactSum::zeros(emotions * emotions),
+            count: ExactSum::zeros(1),
+        }
+    }
+
+    fn fits(&self, stats: &CooccurrenceStatistics) -> bool {
+        stats.emotions == self.emotions && stats.sum.len() == self.sum.len()
+    }
+
+    fn check(&self, stats: &CooccurrenceStatistics) -> Result<(), ExactSumError> {
+        self.sum.check_scaled(1.0, stats.sum.0.iter().copied())?;
+        self.count.check_scaled(1.0, [stats.count])
+    }
+
+    fn add(&mut self, stats: &CooccurrenceStatistics) -> Result<(), ExactSumError> {
+        self.check(stats)?;
+        self.sum.add(stats.sum.0.iter().copied())?;
+        self.count.add([stats.count])
+    }
+
+    fn total(&self) -> CooccurrenceStatistics {
+        CooccurrenceStatistics {
+            emotions: self.emotions,
+            sum: F32Vec(self.sum.to_f32()),
+            count: self.count.to_f64()[0],
+        }
     }
 }
 
@@ -595,6 +704,40 @@ mod tests {
         let mut u = update(g, 1, samples, 0.0);
         u.delta = g.parameters.with_flat(delta).unwrap();
         u
+    }
+
+    #[test]
+    fn the_new_state_does_not_depend_on_arrival_order() {
+        let g = global();
+        // Values whose f32/f64 sums round differently in different orders.
+        let updates: Vec<ClientUpdate> = (0..7u64)
+            .map(|i| {
+                let x = 0.1 + i as f32 * 1e-3;
+                let mut u = with_delta(&g, 3 + i, &[x, -x / 3.0, 1e-7 * x, 7.0 * x, x, 0.3]);
+                u.prototypes[0].sum.0.iter_mut().for_each(|v| *v = x / 7.0);
+                u.prototypes[0]
+                    .weight
+                    .0
+                    .iter_mut()
+                    .for_each(|v| *v = 0.3 + x);
+                u.cooccurrence.sum.0.iter_mut().for_each(|v| *v = x / 3.0);
+                u
+            })
+            .collect();
+        let aggregate = |order: &[usize]| {
+            let mut agg = RoundAggregator::new(&g, &AggregationRule::FedAvg);
+            for &i in order {
+                agg.add(&updates[i]).unwrap();
+            }
+            agg.finish(&g, &config(AggregationRule::FedAvg, 0.5), &mut None)
+                .unwrap()
+                .state
+        };
+        let forward = aggregate(&[0, 1, 2, 3, 4, 5, 6]);
+        for order in [[6, 5, 4, 3, 2, 1, 0], [3, 0, 6, 1, 5, 2, 4]] {
+            // PartialEq on the f32 vectors: bit-for-bit (no NaN here).
+            assert_eq!(aggregate(&order), forward);
+        }
     }
 
     #[test]

@@ -139,6 +139,10 @@ pub struct TrainingSettings {
     /// FedProx proximal weight mu (default 0 = plain FedAvg local training). FedProx changes only
     /// the clients' objective; the server side is FedAvg (or whichever rule is configured).
     pub proximal_mu: f64,
+    /// Clients send prototype and co-occurrence statistics (default true). Off, they send the
+    /// encoder delta only and the global memories never learn: plain FedAvg of the encoder, the
+    /// ablation that shows what the memories add.
+    pub share_memories: bool,
 }
 
 impl Default for TrainingSettings {
@@ -147,6 +151,7 @@ impl Default for TrainingSettings {
             local_epochs: 1,
             batch_size: 32,
             learning_rate: 1e-3,
+            share_memories: true,
             proximal_mu: 0.0,
         }
     }
@@ -502,6 +507,16 @@ impl CoordinatorConfig {
         }
         if l.max_sample_count == 0 {
             return fail("limits.max_sample_count", "must be at least 1".into());
+        }
+        if l.max_sample_count as f64 * l.max_abs_value > crate::exact_sum::MAX_ADDEND {
+            return fail(
+                "limits.max_sample_count",
+                format!(
+                    "times limits.max_abs_value is {:e}, above the {:e} that aggregation sums exactly",
+                    l.max_sample_count as f64 * l.max_abs_value,
+                    crate::exact_sum::MAX_ADDEND
+                ),
+            );
         }
         if let Err((field, message)) = self
             .privacy

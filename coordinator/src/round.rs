@@ -784,6 +784,7 @@ impl Coordinator {
                 batch_size: t.batch_size,
                 learning_rate: t.learning_rate,
                 proximal_mu: t.proximal_mu,
+                share_memories: t.share_memories,
                 seed: training_seed(self.config.seed, round, &participant),
             },
         }

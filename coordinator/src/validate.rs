@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::UpdateLimits;
+use crate::exact_sum::MAX_ADDEND;
 
 /// Why an update was rejected. Each variant carries what a log reader needs to see why.
 #[derive(Clone, Debug, Error, PartialEq, Serialize, Deserialize)]
@@ -166,6 +167,10 @@ pub fn validate_update(
         stats
             .validate()
             .map_err(|e| RejectReason::InvalidStatistics(e.to_string()))?;
+        within_summable_range(
+            &format!("prototype statistics of group `{}`", stats.group),
+            stats.sum.0.iter().chain(&stats.weight.0).copied(),
+        )?;
     }
 
     let co = &update.cooccurrence;
@@ -180,6 +185,30 @@ pub fn validate_update(
     }
     co.validate()
         .map_err(|e| RejectReason::InvalidStatistics(e.to_string()))?;
+    within_summable_range("co-occurrence statistics", co.sum.0.iter().copied())?;
+    if co.count > MAX_ADDEND {
+        return Err(RejectReason::Oversized {
+            what: "co-occurrence sample count".into(),
+            value: co.count,
+            limit: MAX_ADDEND,
+        });
+    }
+    Ok(())
+}
+
+/// Statistics are summed exactly ([`crate::exact_sum`]), which bounds each value.
+fn within_summable_range(
+    what: &str,
+    values: impl Iterator<Item = f32>,
+) -> Result<(), RejectReason> {
+    let largest = values.fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
+    if largest > MAX_ADDEND {
+        return Err(RejectReason::Oversized {
+            what: format!("largest |value| of {what}"),
+            value: largest,
+            limit: MAX_ADDEND,
+        });
+    }
     Ok(())
 }
 

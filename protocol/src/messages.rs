@@ -84,6 +84,9 @@ pub struct TrainingConfig {
     pub proximal_mu: f64,
     /// Seed for the client's shuffling and initialisation in this round.
     pub seed: u64,
+    /// Send prototype and co-occurrence statistics; off, only the encoder delta (an ablation:
+    /// plain FedAvg of the encoder).
+    pub share_memories: bool,
 }
 
 /// Metrics a client reports about its local training (never used for aggregation).
@@ -365,6 +368,7 @@ mod tests {
             learning_rate: 1e-3,
             proximal_mu: 0.0,
             seed: 7,
+            share_memories: true,
         }
     }
 

@@ -169,7 +169,7 @@ impl ParameterSet {
     }
 
     /// All values in order, across tensors.
-    pub fn iter_values(&self) -> impl Iterator<Item = f32> + '_ {
+    pub fn iter_values(&self) -> impl Iterator<Item = f32> + Clone + '_ {
         self.tensors.iter().flat_map(|t| t.values.0.iter().copied())
     }
 

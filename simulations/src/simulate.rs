@@ -448,13 +448,14 @@ fn run_arm(
         Arm::Federated | Arm::FedavgEncoder => {
             let settings = ParticipantSettings {
                 min_prototype_mass: config.privacy.min_prototype_mass as f32,
-                share_memories: arm == Arm::Federated,
             };
+            let mut coordinator = coordinator_config(config, train_set.subjects().len())?;
+            coordinator.training.share_memories = arm == Arm::Federated;
             let mut federation = InProcessFederation::new(
                 train_set,
                 &config.model,
                 &settings,
-                coordinator_config(config, train_set.subjects().len())?,
+                coordinator,
                 initial.clone(),
                 device,
             )?;

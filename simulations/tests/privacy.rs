@@ -65,7 +65,6 @@ fn federate(
         &config.model,
         &ParticipantSettings {
             min_prototype_mass: 1.0,
-            share_memories: true,
         },
         coordinator_config(&config, SUBJECTS)?,
         initial.clone(),

@@ -187,7 +187,6 @@ impl ClientArgs {
         let mut config = NodeConfig::new(session);
         config.participant = ParticipantSettings {
             min_prototype_mass: self.min_prototype_mass,
-            ..ParticipantSettings::default()
         };
         if let Some(secs) = self.give_up_after_secs {
             if !(secs.is_finite() && secs > 0.0) {
