@@ -6,6 +6,7 @@ mod cli;
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    cli::init_tracing();
-    cli::Cli::parse().run()
+    let cli = cli::Cli::parse();
+    cli::init_tracing(cli.default_log_filter());
+    cli.run()
 }

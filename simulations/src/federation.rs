@@ -137,11 +137,14 @@ impl InProcessFederation {
                 subject: subject.clone(),
                 source,
             })?;
+            // The id is the key's public half, as over the network, so that sampling and the
+            // per-participant training seeds are those of `mpcl simulate --network`.
+            let signing_key = simulation_signing_key(config.seed, index as u64);
             clients.push(VirtualClient {
-                id: ParticipantId::from_index(index as u64),
+                id: ParticipantId(signing_key.verifying_key().to_bytes()),
                 subject,
                 participant,
-                signing_key: simulation_signing_key(config.seed, index as u64),
+                signing_key,
             });
         }
         let run_id = run_id_from_seed(config.seed);

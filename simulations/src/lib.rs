@@ -9,6 +9,7 @@ pub mod evaluation;
 pub mod evaluator;
 pub mod federation;
 pub mod learner;
+pub mod network;
 pub mod normalize;
 pub mod plots;
 pub mod report;

@@ -40,8 +40,9 @@ use thiserror::Error;
 use crate::dataset::{LoadError, load_dataset};
 use crate::evaluation::{EvaluationProtocol, partitions};
 use crate::evaluator::Evaluator;
-use crate::federation::{FederationError, InProcessFederation};
+use crate::federation::{FederationError, InProcessFederation, RoundOutcome};
 use crate::learner::Learner;
+use crate::network::{NetworkError, NetworkOptions, run_network_federation};
 use crate::normalize::normalize_per_subject;
 use crate::plots;
 use crate::report::MetricsTable;
@@ -186,6 +187,8 @@ pub enum SimulationError {
     Device(#[from] DeviceError),
     #[error(transparent)]
     Federation(#[from] FederationError),
+    #[error(transparent)]
+    Network(Box<NetworkError>),
     #[error("invalid federation settings: {0}")]
     Coordinator(#[from] mpcl_coordinator::ConfigError),
     #[error(transparent)]
@@ -244,6 +247,8 @@ pub struct SimulationResult {
     pub dataset: String,
     pub subjects: usize,
     pub protocol: String,
+    /// `in-process` or `network`.
+    pub mode: String,
     pub device: String,
     pub rounds: Vec<PooledRound>,
     pub per_subject: Vec<SubjectMetrics>,
@@ -268,14 +273,68 @@ struct ArmTrace {
     epsilons: Vec<Option<f64>>,
 }
 
-/// Runs the simulation; when `out` is given, writes `config.json`, `rounds.jsonl`,
-/// `final.csv`, `final.md`, `per_subject.csv` and the plots there.
+impl From<NetworkError> for SimulationError {
+    fn from(error: NetworkError) -> Self {
+        Self::Network(Box::new(error))
+    }
+}
+
+/// How the federated arms run.
+#[derive(Clone, Debug, Default)]
+pub enum ExecutionMode {
+    /// Virtual participants in this process, no sockets: fast, scales to many clients.
+    #[default]
+    InProcess,
+    /// The real QUIC coordinator on 127.0.0.1 and one `mpcl client` process per participant
+    /// (see [`crate::network`]); the same numbers as in-process.
+    Network(NetworkOptions),
+}
+
+impl ExecutionMode {
+    /// `in-process` or `network`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::InProcess => "in-process",
+            Self::Network(_) => "network",
+        }
+    }
+}
+
+/// Runs the simulation in-process; see [`run_simulation_with`].
 pub fn run_simulation(
     config: &SimulationConfig,
     out: Option<&Path>,
     progress: bool,
 ) -> Result<SimulationResult, SimulationError> {
+    run_simulation_with(config, &ExecutionMode::InProcess, out, progress)
+}
+
+/// Runs the simulation, its federated arms as `mode` says; when `out` is given, writes
+/// `config.json`, `rounds.jsonl`, `final.csv`, `final.md`, `per_subject.csv` and the plots there
+/// (and, in network mode, each arm's coordinator output and client logs under `network/`).
+pub fn run_simulation_with(
+    config: &SimulationConfig,
+    mode: &ExecutionMode,
+    out: Option<&Path>,
+    progress: bool,
+) -> Result<SimulationResult, SimulationError> {
     let started = Instant::now();
+    // Network mode's working files: under the output folder, or a temporary folder.
+    let scratch = match (mode, out) {
+        (ExecutionMode::Network(_), None) => {
+            Some(
+                tempfile::tempdir().map_err(|source| SimulationError::Write {
+                    path: std::env::temp_dir(),
+                    source,
+                })?,
+            )
+        }
+        _ => None,
+    };
+    let network_dir = scratch
+        .as_ref()
+        .map(|dir| dir.path().to_path_buf())
+        .or_else(|| out.map(|dir| dir.join("network")));
     if config.arms.is_empty() {
         return Err(SimulationError::Config("no arms selected".into()));
     }
@@ -323,7 +382,7 @@ pub fn run_simulation(
     let mut traces: BTreeMap<Arm, Vec<ArmTrace>> = BTreeMap::new();
     let mut final_states: BTreeMap<Arm, Vec<GlobalState>> = BTreeMap::new();
     let mut notes: Vec<String> = Vec::new();
-    for part in &parts {
+    for (part_index, part) in parts.iter().enumerate() {
         let normalized = normalize_per_subject(&dataset, &part.train);
         let train_set = normalized.subset(&part.train);
         let test_set = normalized.subset(&part.test);
@@ -372,8 +431,19 @@ pub fn run_simulation(
                 }
                 Ok::<(), SimulationError>(())
             };
+            let federation = match mode {
+                ExecutionMode::InProcess => FederationMode::InProcess,
+                ExecutionMode::Network(options) => FederationMode::Network {
+                    options,
+                    work_dir: network_dir
+                        .as_deref()
+                        .expect("set in network mode")
+                        .join(format!("{}-{part_index}", arm.name())),
+                },
+            };
             let (trace, state, stopped) = run_arm(
                 arm,
+                &federation,
                 config,
                 &train_set,
                 &test_set,
@@ -406,6 +476,7 @@ pub fn run_simulation(
         dataset: dataset.name.clone(),
         subjects: dataset.subjects().len(),
         protocol: config.protocol.to_string(),
+        mode: mode.name().to_string(),
         device: selected.description,
         rounds,
         per_subject,
@@ -420,9 +491,19 @@ pub fn run_simulation(
     Ok(result)
 }
 
+/// How one federated arm runs (see [`ExecutionMode`]).
+enum FederationMode<'a> {
+    InProcess,
+    Network {
+        options: &'a NetworkOptions,
+        work_dir: PathBuf,
+    },
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_arm(
     arm: Arm,
+    federation_mode: &FederationMode<'_>,
     config: &SimulationConfig,
     train_set: &Dataset,
     test_set: &Dataset,
@@ -451,18 +532,7 @@ fn run_arm(
             };
             let mut coordinator = coordinator_config(config, train_set.subjects().len())?;
             coordinator.training.share_memories = arm == Arm::Federated;
-            let mut federation = InProcessFederation::new(
-                train_set,
-                &config.model,
-                &settings,
-                coordinator,
-                initial.clone(),
-                device,
-            )?;
-            if config.deterministic_noise_for_tests {
-                federation.use_deterministic_noise_for_tests();
-            }
-            let final_state = federation.run(|outcome| {
+            let mut observe = |outcome: &RoundOutcome| {
                 let predictions = evaluator.predict(&outcome.state)?;
                 on_round(
                     outcome.round,
@@ -475,8 +545,39 @@ fn run_arm(
                 trace.bytes.push((outcome.bytes_down, outcome.bytes_up));
                 trace.epsilons.push(outcome.epsilon());
                 Ok::<(), SimulationError>(())
-            })?;
-            let stopped = federation.stop_reason().map(ToString::to_string);
+            };
+            let (final_state, stopped) = match federation_mode {
+                FederationMode::InProcess => {
+                    let mut federation = InProcessFederation::new(
+                        train_set,
+                        &config.model,
+                        &settings,
+                        coordinator,
+                        initial.clone(),
+                        device,
+                    )?;
+                    if config.deterministic_noise_for_tests {
+                        federation.use_deterministic_noise_for_tests();
+                    }
+                    let final_state = federation.run(&mut observe)?;
+                    (
+                        final_state,
+                        federation.stop_reason().map(ToString::to_string),
+                    )
+                }
+                FederationMode::Network { options, work_dir } => run_network_federation(
+                    train_set,
+                    &config.model,
+                    &settings,
+                    coordinator,
+                    initial.clone(),
+                    config.device,
+                    config.deterministic_noise_for_tests,
+                    options,
+                    work_dir,
+                    &mut observe,
+                )?,
+            };
             Ok((trace, Some(final_state), stopped))
         }
         Arm::Centralized => {
@@ -691,7 +792,16 @@ fn per_subject_metrics(
 
 fn write_outputs(dir: &Path, result: &SimulationResult) -> Result<(), SimulationError> {
     write_text(&dir.join("final.csv"), &result.final_table.to_csv())?;
-    let mut markdown = result.final_table.to_markdown();
+    let mut markdown = format!(
+        "{}: {} subjects, {}, {} mode, device {}, {:.1} s\n\n",
+        result.dataset,
+        result.subjects,
+        result.protocol,
+        result.mode,
+        result.device,
+        result.wall_seconds
+    );
+    markdown.push_str(&result.final_table.to_markdown());
     for note in &result.notes {
         markdown.push_str(&format!("\nNote: {note}\n"));
     }

@@ -93,8 +93,9 @@ pub struct ClientArgs {
     connect: ConnectArgs,
 
     /// Local training data: `synthetic:INDEX` (subject INDEX, from 0, of the default synthetic
-    /// dataset: a demo), `larwood2019`, `larwood:DIR`, `dmer:DIR` (or `dmer:FILE.mat`) or
-    /// `wesad:DIR`. Its schema must be the run's.
+    /// dataset: a demo), `larwood2019`, `larwood:DIR`, `dmer:DIR` (or `dmer:FILE.mat`),
+    /// `wesad:DIR`, a study folder, or `snapshot:FILE` (a bit-exact dataset copy, as
+    /// `mpcl simulate --network` writes for its client processes). Its schema must be the run's.
     #[arg(long, value_name = "SPEC")]
     data: String,
 
@@ -131,6 +132,8 @@ pub fn load_local_data(spec: &str, subject: Option<&str>) -> anyhow::Result<Data
             );
         };
         only_subject(&all, id)
+    } else if let Some(path) = spec.strip_prefix("snapshot:") {
+        mpcl_model::data::snapshot::read_snapshot(std::path::Path::new(path))?
     } else {
         mpcl_model::data::open(spec)
             .with_context(|| format!("cannot open the local data `{spec}`"))?

@@ -31,6 +31,16 @@ enum Command {
 }
 
 impl Cli {
+    /// The log filter when `RUST_LOG` is unset: `info`, but a simulation's own coordinator
+    /// (`--network`) logs only warnings, so that its progress bar and table stay readable (the
+    /// per-round details are in its round log).
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Simulate(_) => "info,mpcl_coordinator=warn",
+            _ => "info",
+        }
+    }
+
     /// Runs the chosen subcommand.
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
@@ -45,12 +55,12 @@ impl Cli {
     }
 }
 
-/// Logs go to stderr through `tracing`; `RUST_LOG` overrides the default level (`info`).
+/// Logs go to stderr through `tracing`; `RUST_LOG` overrides `default_filter`.
 /// Colours only when stderr is a terminal, so that log files stay greppable.
-pub fn init_tracing() {
+pub fn init_tracing(default_filter: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -18,6 +18,7 @@ use mpcl_protocol::messages::{
     StatusReport, WaitReason as WireWait,
 };
 use mpcl_protocol::{ReplayGuard, RunId};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +29,7 @@ use crate::round::{Action, Coordinator, Event, Millis, ParticipantId, RoundSumma
 use crate::round_log::{RoundLog, RoundTraffic};
 use crate::validate::RejectReason;
 
-use super::ServerError;
+use super::{AggregatedRound, ServerError};
 
 /// A request from a connection task.
 pub(crate) enum Command {
@@ -94,6 +95,8 @@ pub(crate) struct Actor {
     poll_interval_ms: u64,
     finish_grace: Duration,
     finished_at: Option<Instant>,
+    /// Receives every aggregated round (see `Server::observe_rounds`).
+    observer: Option<UnboundedSender<AggregatedRound>>,
 }
 
 impl Actor {
@@ -127,7 +130,12 @@ impl Actor {
             poll_interval_ms,
             finish_grace,
             finished_at,
+            observer: None,
         }
+    }
+
+    pub(crate) fn set_observer(&mut self, observer: UnboundedSender<AggregatedRound>) {
+        self.observer = Some(observer);
     }
 
     fn now(&self) -> Millis {
@@ -401,6 +409,14 @@ impl Actor {
                         && let Err(error) = log.append_summary(&summary, &traffic)
                     {
                         warn!(%error, "cannot append to the round log");
+                    }
+                    if let Some(observer) = &self.observer {
+                        // A gone observer only loses its view; the run goes on.
+                        let _ = observer.send(AggregatedRound {
+                            summary: (*summary).clone(),
+                            state: Arc::clone(self.coordinator.global_state()),
+                            traffic,
+                        });
                     }
                     self.deadline = None;
                 }

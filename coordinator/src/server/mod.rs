@@ -47,7 +47,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::checkpoint::{CheckpointError, read_latest_checkpoint, write_checkpoint};
 use crate::round::{Coordinator, CoordinatorError, ParticipantId, RoundSummary};
-use crate::round_log::{RoundLog, RoundLogError};
+use crate::round_log::{RoundLog, RoundLogError, RoundTraffic};
 
 use actor::{Actor, Command, Traffic};
 pub use run_file::{NetworkSettings, RunFile, RunFileError};
@@ -136,6 +136,17 @@ pub struct ServerSetup {
     pub listen: SocketAddr,
     /// Folder for the checkpoint and the round log (created if missing).
     pub out_dir: PathBuf,
+}
+
+/// One aggregated round, as an observer of the server sees it ([`Server::observe_rounds`]).
+#[derive(Clone, Debug)]
+pub struct AggregatedRound {
+    /// The round's summary (what the round log records).
+    pub summary: RoundSummary,
+    /// The new global state.
+    pub state: Arc<GlobalState>,
+    /// Wall time and bytes of the round.
+    pub traffic: RoundTraffic,
 }
 
 /// How a server run ended.
@@ -297,6 +308,15 @@ impl Server {
     /// The address actually bound (with the real port when listening on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Every round aggregated from now on is also sent here (when its round-log line is written),
+    /// for drivers that evaluate the global model as the run goes, such as
+    /// `mpcl simulate --network`.
+    pub fn observe_rounds(&mut self) -> mpsc::UnboundedReceiver<AggregatedRound> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.actor.set_observer(sender);
+        receiver
     }
 
     /// Serves until the run is finished or `shutdown` is cancelled (then a checkpoint is

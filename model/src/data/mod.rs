@@ -12,6 +12,7 @@ mod read_error;
 mod report;
 mod sample;
 mod schema;
+pub mod snapshot;
 pub mod split;
 mod standardize;
 pub mod study;

@@ -1,0 +1,115 @@
+//! `mpcl simulate --network` against the in-process mode: the same seed must give identical
+//! aggregated models and identical metrics, bit for bit.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use mpcl_model::ModelConfig;
+use mpcl_simulations::evaluation::EvaluationProtocol;
+use mpcl_simulations::network::NetworkOptions;
+use mpcl_simulations::simulate::{
+    Arm, ExecutionMode, SimulationConfig, SimulationResult, run_simulation_with,
+};
+use mpcl_simulations::synthetic::SyntheticConfig;
+
+fn small_simulation() -> SimulationConfig {
+    SimulationConfig {
+        dataset: "synthetic".into(),
+        synthetic: SyntheticConfig {
+            subjects: 4,
+            trials_per_subject: 8,
+            windows_per_trial: 3,
+            ..SyntheticConfig::default()
+        },
+        protocol: EvaluationProtocol::SubjectDependent {
+            test_fraction: 0.25,
+        },
+        model: ModelConfig::tiny(),
+        rounds: 3,
+        local_epochs: 1,
+        batch_size: 8,
+        learning_rate: 1e-2,
+        // Three of four clients per round: sampling must agree between the modes too.
+        clients_per_round: Some(3),
+        arms: vec![Arm::Federated, Arm::FedavgEncoder],
+        seed: 5,
+        ..SimulationConfig::default()
+    }
+}
+
+fn network_mode() -> ExecutionMode {
+    ExecutionMode::Network(NetworkOptions {
+        client_program: PathBuf::from(env!("CARGO_BIN_EXE_mpcl")),
+    })
+}
+
+#[test]
+fn network_and_in_process_modes_give_identical_models_and_metrics() -> Result<()> {
+    let config = small_simulation();
+    let out = tempfile::tempdir()?;
+    let networked = run_simulation_with(&config, &network_mode(), Some(out.path()), false)?;
+    let in_process = run_simulation_with(&config, &ExecutionMode::InProcess, None, false)?;
+    assert_eq!(networked.mode, "network");
+    assert_eq!(in_process.mode, "in-process");
+
+    // The aggregated models: every parameter, prototype and co-occurrence value, bit for bit.
+    for arm in [Arm::Federated, Arm::FedavgEncoder] {
+        let net = &networked.final_states[&arm];
+        let local = &in_process.final_states[&arm];
+        assert_eq!(net.len(), 1);
+        assert!(net == local, "{arm:?}: the final global states differ");
+    }
+    // The memories were learned in the federated arm and not in the ablation.
+    let federated = &networked.final_states[&Arm::Federated][0];
+    let ablation = &networked.final_states[&Arm::FedavgEncoder][0];
+    assert!(federated.cooccurrence.count > 0.0);
+    assert_eq!(ablation.cooccurrence.count, 0.0);
+
+    // Every round's metrics of every arm.
+    assert_eq!(round_metrics(&networked), round_metrics(&in_process));
+    assert_eq!(networked.rounds.len(), 2 * config.rounds as usize);
+
+    // The run really went over the wire: the coordinator's round log and the clients' logs.
+    let log = std::fs::read_to_string(
+        out.path()
+            .join("network/federated-0/coordinator/rounds.jsonl"),
+    )?;
+    assert_eq!(log.lines().count(), config.rounds as usize);
+    for line in log.lines() {
+        let record: serde_json::Value = serde_json::from_str(line)?;
+        assert_eq!(record["participants"].as_array().map(Vec::len), Some(3));
+        assert!(record["bytes_in"].as_u64().unwrap_or(0) > 0, "{line}");
+    }
+    for client in 0..4 {
+        let log = out.path().join(format!(
+            "network/federated-0/clients/{client:03}/client.log"
+        ));
+        assert!(log.exists(), "{} missing", log.display());
+    }
+    Ok(())
+}
+
+fn round_metrics(result: &SimulationResult) -> Vec<(Arm, u64, String)> {
+    result
+        .rounds
+        .iter()
+        .map(|r| (r.arm, r.round, format!("{:?}", r.metrics)))
+        .collect()
+}
+
+#[test]
+fn a_failing_client_process_stops_the_run_with_an_error_naming_it() -> Result<()> {
+    // `false` exits 1 at once, as a client that cannot start would.
+    let mode = ExecutionMode::Network(NetworkOptions {
+        client_program: PathBuf::from("false"),
+    });
+    let out = tempfile::tempdir()?;
+    let error = run_simulation_with(&small_simulation(), &mode, Some(out.path()), false)
+        .expect_err("no client can take part")
+        .to_string();
+    assert!(
+        error.contains("client process of subject") && error.contains("client.log"),
+        "{error}"
+    );
+    Ok(())
+}
