@@ -5,7 +5,9 @@
 //!
 //! Everything here is pure: [`SecAggClient`] and [`SecAggServer`] are step-by-step protocol
 //! objects fed with messages and returning messages, so the network layer (QUIC), the in-process
-//! simulation and the tests drive the very same code.
+//! simulation and the tests drive the very same code. How the steps travel over QUIC (the setup
+//! in `StartRound`, one request per step answered when the step closes) is in the `wire` module
+//! ([`SecureRoundSetup`], [`SecAggUpload`], [`SecAggStep`]).
 //!
 //! # A round, step by step
 //!
