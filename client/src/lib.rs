@@ -9,6 +9,7 @@
 
 pub mod node;
 pub mod participant;
+pub mod secure;
 pub mod session;
 
 pub use node::{Node, NodeConfig, NodeError, NodeEvent, NodeOutcome, UpdateOutcome};

@@ -8,6 +8,16 @@
 //!                     └► Finished    ─► Goodbye, exit
 //! ```
 //!
+//! Under secure aggregation (`StartRound` carries a session setup) the update is never uploaded:
+//!
+//! ```text
+//! StartRound(setup) ─► advertise keys ─► share keys ─► train ─► clip, noise share, quantise,
+//!   mask ─► masked input ─► sign survivor list ─► reveal shares for unmasking ─► done
+//! ```
+//!
+//! each step one request answered when the coordinator closes the step ([`crate::secure`]). A
+//! session that fails or leaves this node out only costs the round: the node asks for work again.
+//!
 //! When the connection is lost (the coordinator restarts, the network drops), the node
 //! reconnects with capped exponential backoff and starts again with `Hello`. An update trained
 //! but not acknowledged is kept: if the (resumed) coordinator hands out the same round from the
@@ -32,7 +42,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::participant::{Participant, ParticipantError, ParticipantSettings};
+use crate::secure::{SecureParticipation, SecureRoundError};
 use crate::session::{Session, SessionConfig, SessionError};
+use mpcl_protocol::secure_aggregation::SecureRoundSetup;
 
 /// How a node behaves.
 #[derive(Clone, Debug)]
@@ -49,6 +61,19 @@ pub struct NodeConfig {
     pub give_up_after: Option<Duration>,
     /// Local training choices.
     pub participant: ParticipantSettings,
+    /// Test hook: a fault to inject (once).
+    #[cfg(feature = "test-hooks")]
+    pub fault: Option<Fault>,
+}
+
+/// Test hook: a fault a node injects into its own run, once.
+#[cfg(feature = "test-hooks")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// In secure-aggregation round `round`, vanish (drop the connection without a word) right
+    /// after the coordinator confirmed the masked input, before signing the survivor list; the
+    /// node reconnects after its backoff.
+    VanishAfterMaskedInput { round: u64 },
 }
 
 impl NodeConfig {
@@ -61,6 +86,8 @@ impl NodeConfig {
             max_wait: Duration::from_secs(30),
             give_up_after: None,
             participant: ParticipantSettings::default(),
+            #[cfg(feature = "test-hooks")]
+            fault: None,
         }
     }
 }
@@ -91,6 +118,16 @@ pub enum NodeEvent {
         update: Arc<ClientUpdate>,
         outcome: UpdateOutcome,
     },
+    /// Secure aggregation: the masked form of `update` is in round `round`'s survivor list, so
+    /// it is in the sum if the session completes (the update itself was never sent).
+    MaskedInputSent {
+        round: u64,
+        update: Arc<ClientUpdate>,
+    },
+    /// Secure aggregation: the round's session completed with `contributors` inputs in the sum.
+    SecureRoundDone { round: u64, contributors: u32 },
+    /// Secure aggregation: this node takes no further part in the round's session, and why.
+    SecureRoundAbandoned { round: u64, reason: String },
     /// The connection was lost; the node reconnects.
     Disconnected { reason: String },
     /// The run is over.
@@ -164,6 +201,8 @@ pub struct Node {
     pending: Option<Pending>,
     last_completed_round: Option<u64>,
     events: Option<UnboundedSender<NodeEvent>>,
+    #[cfg(feature = "test-hooks")]
+    fault_fired: bool,
 }
 
 impl Node {
@@ -180,6 +219,8 @@ impl Node {
             pending: None,
             last_completed_round: None,
             events: None,
+            #[cfg(feature = "test-hooks")]
+            fault_fired: false,
         })
     }
 
@@ -221,6 +262,15 @@ impl Node {
                             Ok(SessionEnd::Cancelled) => return Ok(NodeOutcome::Cancelled),
                             Err(SessionFailure::Fatal(error)) => return Err(error),
                             Err(SessionFailure::Lost(error)) => error,
+                            Err(SessionFailure::Vanished(reason)) => {
+                                warn!(%reason, "vanished on purpose (test fault)");
+                                self.emit(NodeEvent::Disconnected { reason });
+                                tokio::select! {
+                                    () = shutdown.cancelled() => return Ok(NodeOutcome::Cancelled),
+                                    () = tokio::time::sleep(backoff) => {}
+                                }
+                                continue;
+                            }
                         }
                     }
                     Err(SessionError::RunOver) => {
@@ -351,6 +401,7 @@ impl Node {
                     state,
                     config,
                     deadline_ms,
+                    secure_aggregation,
                 } => {
                     if run_id != welcome.run_id {
                         return Err(SessionFailure::Lost(SessionError::Coordinator {
@@ -364,6 +415,29 @@ impl Node {
                         state: Arc::clone(&state),
                         config: config.clone(),
                     });
+                    if let Some(setup) = secure_aggregation {
+                        let started = SecureStart {
+                            run_id,
+                            round,
+                            state,
+                            config,
+                            deadline: Duration::from_millis(deadline_ms),
+                            setup: *setup,
+                        };
+                        match self.secure_round(session, started, shutdown).await {
+                            Ok(Some(end)) => return Ok(end),
+                            Ok(None) => continue,
+                            Err(SecureFailure::Session(failure)) => return Err(failure),
+                            Err(SecureFailure::Round(error)) => {
+                                warn!(round, %error, "secure aggregation: this node's part of the round ended");
+                                self.emit(NodeEvent::SecureRoundAbandoned {
+                                    round,
+                                    reason: error.to_string(),
+                                });
+                                continue;
+                            }
+                        }
+                    }
                     let update = match self.reusable(run_id, round, &state, &config) {
                         Some(update) => {
                             info!(
@@ -459,6 +533,125 @@ impl Node {
         }
     }
 
+    /// The pending update for this round, state and settings, or a freshly trained one.
+    async fn update_for(
+        &mut self,
+        run_id: RunId,
+        round: u64,
+        state: &Arc<GlobalState>,
+        config: &TrainingConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Arc<ClientUpdate>>, SessionFailure> {
+        if let Some(update) = self.reusable(run_id, round, state, config) {
+            info!(round, "re-using the update trained before the reconnection");
+            return Ok(Some(update));
+        }
+        let trained = tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            trained = self.train(run_id, round, Arc::clone(state), config.clone()) => trained?,
+        };
+        self.pending = Some(Pending {
+            run_id,
+            round,
+            state: Arc::clone(state),
+            config: config.clone(),
+            update: Arc::clone(&trained),
+        });
+        Ok(Some(trained))
+    }
+
+    /// One round under secure aggregation (see the module documentation). `Ok(Some(end))` when
+    /// the node was cancelled, `Ok(None)` when it is done with the round.
+    async fn secure_round(
+        &mut self,
+        session: &Session,
+        start: SecureStart,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<SessionEnd>, SecureFailure> {
+        let SecureStart {
+            run_id,
+            round,
+            state,
+            config,
+            deadline,
+            setup,
+        } = start;
+        // Answers come when a step closes: at the latest shortly before the round's deadline.
+        let patience = deadline + session.request_timeout();
+        let (mut part, advertise) = SecureParticipation::start(
+            &setup,
+            run_id,
+            round,
+            &state,
+            &self.config.session.identity,
+        )?;
+        info!(
+            round,
+            cohort = setup.params.roster.len(),
+            threshold = setup.params.threshold,
+            "secure aggregation: keys advertised"
+        );
+        macro_rules! exchange {
+            ($message:expr) => {{
+                let reply = tokio::select! {
+                    () = shutdown.cancelled() => return Ok(Some(SessionEnd::Cancelled)),
+                    reply = session.request_within(&$message, patience) => {
+                        reply.map_err(|e| SecureFailure::Session(e.into()))?
+                    }
+                };
+                if let CoordinatorMessage::Error { reason } = reply {
+                    return Err(SecureFailure::Session(SessionFailure::Lost(
+                        SessionError::Coordinator { reason },
+                    )));
+                }
+                part.expect_step(reply)?
+            }};
+        }
+        let step = exchange!(advertise);
+        let shares = part.share_keys(step)?;
+        let step = exchange!(shares);
+        part.receive_shares(step)?;
+        let Some(update) = self
+            .update_for(run_id, round, &state, &config, shutdown)
+            .await
+            .map_err(SecureFailure::Session)?
+        else {
+            return Ok(Some(SessionEnd::Cancelled));
+        };
+        let (masked, prepared) = part.mask(&update)?;
+        if let Some(clip) = prepared.clip {
+            debug!(round, norm = clip.norm, clipped = clip.clipped(), "clipped");
+        }
+        let step = exchange!(masked);
+        let survivors = part.survivors(step)?;
+        if part.in_sum(&survivors) {
+            self.emit(NodeEvent::MaskedInputSent {
+                round,
+                update: Arc::clone(&update),
+            });
+        }
+        #[cfg(feature = "test-hooks")]
+        if self.config.fault == Some(Fault::VanishAfterMaskedInput { round }) && !self.fault_fired {
+            self.fault_fired = true;
+            return Err(SecureFailure::Session(SessionFailure::Vanished(format!(
+                "test fault: vanished after the masked input of round {round}"
+            ))));
+        }
+        let signature = part.sign(&survivors)?;
+        let step = exchange!(signature);
+        let unmask = part.unmask(step)?;
+        let step = exchange!(unmask);
+        let contributors = part.done(step)?;
+        info!(round, contributors, "secure aggregation: round done");
+        self.last_completed_round = Some(round);
+        self.pending = None;
+        self.emit(NodeEvent::SecureRoundDone {
+            round,
+            contributors,
+        });
+        Ok(None)
+    }
+
     /// The pending update, if it was trained for exactly this round, state and settings.
     fn reusable(
         &self,
@@ -515,6 +708,33 @@ enum SessionFailure {
     Lost(SessionError),
     /// Stop the node.
     Fatal(NodeError),
+    /// Test fault: drop the connection without a word, then reconnect.
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+    Vanished(String),
+}
+
+/// A round handed out with a secure-aggregation setup.
+struct SecureStart {
+    run_id: RunId,
+    round: u64,
+    state: Arc<GlobalState>,
+    config: TrainingConfig,
+    deadline: Duration,
+    setup: SecureRoundSetup,
+}
+
+/// How a secure-aggregation round ended early.
+enum SecureFailure {
+    /// The session (connection) failed: handled like any other session failure.
+    Session(SessionFailure),
+    /// Only this round's part failed: ask for work again.
+    Round(SecureRoundError),
+}
+
+impl From<SecureRoundError> for SecureFailure {
+    fn from(error: SecureRoundError) -> Self {
+        Self::Round(error)
+    }
 }
 
 impl From<SessionError> for SessionFailure {

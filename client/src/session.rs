@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mpcl_protocol::codec::{CodecError, MessageLimits};
-use mpcl_protocol::framing::{read_message, write_message};
+use mpcl_protocol::codec::{CodecError, MessageLimits, encode_message};
+use mpcl_protocol::framing::{read_message, write_frame};
 use mpcl_protocol::messages::{ClientMessage, CoordinatorMessage, Welcome};
 use mpcl_protocol::tls::{TLS_SERVER_NAME, TlsError, client_config};
 use mpcl_protocol::{NodeIdentity, PROTOCOL_VERSION, VerifyingKey};
@@ -48,7 +48,15 @@ pub struct SessionConfig {
     pub request_timeout: Duration,
     /// This node's own cap on message size; the coordinator's announced limit is lowered to it.
     pub max_message_bytes: usize,
+    /// Test hook: when set, a copy of every message payload this node sends (before TLS) is
+    /// appended here.
+    #[cfg(feature = "test-hooks")]
+    pub sent_messages: Option<SentMessages>,
 }
+
+/// Test hook: where a session copies every message payload it sends.
+#[cfg(feature = "test-hooks")]
+pub type SentMessages = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
 
 impl SessionConfig {
     /// Defaults: keep-alive 5 s, idle timeout 60 s, connect timeout 10 s, request timeout
@@ -67,6 +75,8 @@ impl SessionConfig {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(600),
             max_message_bytes: 512 << 20,
+            #[cfg(feature = "test-hooks")]
+            sent_messages: None,
         }
     }
 }
@@ -228,7 +238,7 @@ impl Session {
                 participant_id: config.identity.id().to_string(),
                 protocol_version: PROTOCOL_VERSION,
             };
-            let reply = exchange(&connection, &hello, &MessageLimits::CONTROL, addr).await?;
+            let reply = exchange(&connection, &hello, &MessageLimits::CONTROL, config).await?;
             Ok::<_, SessionError>((connection, reply))
         };
         let (connection, reply) = match tokio::time::timeout(config.connect_timeout, connect).await
@@ -301,19 +311,32 @@ impl Session {
         &self,
         message: &ClientMessage,
     ) -> Result<CoordinatorMessage, SessionError> {
+        self.request_within(message, self.config.request_timeout)
+            .await
+    }
+
+    /// [`Session::request`] with its own timeout (secure-aggregation steps are answered only
+    /// when the step closes, which may be up to the round's deadline).
+    pub async fn request_within(
+        &self,
+        message: &ClientMessage,
+        timeout: Duration,
+    ) -> Result<CoordinatorMessage, SessionError> {
         let addr = self.config.coordinator;
         match tokio::time::timeout(
-            self.config.request_timeout,
-            exchange(&self.connection, message, &self.limits, addr),
+            timeout,
+            exchange(&self.connection, message, &self.limits, &self.config),
         )
         .await
         {
             Ok(result) => result,
-            Err(_) => Err(SessionError::Timeout {
-                addr,
-                timeout: self.config.request_timeout,
-            }),
+            Err(_) => Err(SessionError::Timeout { addr, timeout }),
         }
+    }
+
+    /// How long one request may wait for its reply.
+    pub fn request_timeout(&self) -> Duration {
+        self.config.request_timeout
     }
 
     /// Says `Goodbye` (briefly waiting for the answer) and closes the connection cleanly.
@@ -324,7 +347,7 @@ impl Session {
                 &self.connection,
                 &ClientMessage::Goodbye,
                 &MessageLimits::CONTROL,
-                self.config.coordinator,
+                &self.config,
             ),
         )
         .await;
@@ -347,10 +370,18 @@ async fn exchange(
     connection: &quinn::Connection,
     message: &ClientMessage,
     limits: &MessageLimits,
-    addr: SocketAddr,
+    config: &SessionConfig,
 ) -> Result<CoordinatorMessage, SessionError> {
+    let addr = config.coordinator;
+    let payload = encode_message(message, limits)?;
+    #[cfg(feature = "test-hooks")]
+    if let Some(sent) = &config.sent_messages {
+        sent.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(payload.clone());
+    }
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| classify(e, addr))?;
-    write_message(&mut send, message, limits)
+    write_frame(&mut send, &payload, limits)
         .await
         .map_err(|e| stream_error(e, connection, addr))?;
     send.finish().map_err(|e| {

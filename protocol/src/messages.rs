@@ -29,6 +29,11 @@
 //!   | <------------------------------- Goodbye   |  then the client closes the connection
 //! ```
 //!
+//! Under secure aggregation `StartRound` carries the round's [`SecureRoundSetup`] and the
+//! `Update` exchange is replaced by the five `SecureAggregation` exchanges of the masking
+//! protocol (see [`crate::secure_aggregation`]'s `wire` module docs, re-exported as
+//! [`SecAggUpload`] and [`SecAggStep`]): the coordinator never receives the update itself.
+//!
 //! `StatusRequest` may be sent at any time after `Welcome` and is answered with `Status`. Any
 //! request may be answered with `Error { reason }` when the coordinator cannot serve it (then the
 //! connection is usually closed). A client that loses its connection reconnects and starts again
@@ -45,6 +50,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::PROTOCOL_VERSION;
 use crate::params::ParameterSet;
+use crate::secure_aggregation::{SecAggStep, SecAggUpload, SecureRoundSetup};
 use crate::signing::SignedUpdate;
 use crate::stats::{CooccurrenceStatistics, PrototypeStatistics};
 use crate::vector::F32Vec;
@@ -133,6 +139,15 @@ pub enum ClientMessage {
     StatusRequest,
     /// The client is leaving. Answered with `Goodbye`; the client then closes the connection.
     Goodbye,
+    /// Secure aggregation: this client's message for one step of round `round`'s session
+    /// (`nonce` is the session's, from [`SecureRoundSetup`]). Answered, once the step closes,
+    /// with `SecureAggregation` or `SecureAggregationAborted`
+    /// (see [`crate::secure_aggregation::SecAggStep`]).
+    SecureAggregation {
+        round: u64,
+        nonce: [u8; 16],
+        upload: SecAggUpload,
+    },
 }
 
 impl ClientMessage {
@@ -152,6 +167,7 @@ impl ClientMessage {
             Self::Update(_) => "Update",
             Self::StatusRequest => "StatusRequest",
             Self::Goodbye => "Goodbye",
+            Self::SecureAggregation { .. } => "SecureAggregation",
         }
     }
 }
@@ -170,6 +186,9 @@ pub enum CoordinatorMessage {
         /// Milliseconds from now until the coordinator stops waiting for this round's updates
         /// (relative, so clocks need not agree).
         deadline_ms: u64,
+        /// Under secure aggregation, the round's session: instead of an `Update` the client runs
+        /// the masking protocol (`ClientMessage::SecureAggregation`). `None` in plain mode.
+        secure_aggregation: Option<Box<SecureRoundSetup>>,
     },
     /// Reply to `RequestWork`: nothing for this client now; ask again after `retry_after_ms`.
     Wait {
@@ -188,6 +207,11 @@ pub enum CoordinatorMessage {
     Goodbye,
     /// The request could not be served (version mismatch, identity mismatch, internal error).
     Error { reason: String },
+    /// Reply to `SecureAggregation`: the input of this client's next step of round `round`.
+    SecureAggregation { round: u64, step: SecAggStep },
+    /// Reply to `SecureAggregation`: this client takes no further part in round `round`'s
+    /// session (it failed, or the client was left out), and why. Ask for work again.
+    SecureAggregationAborted { round: u64, reason: String },
 }
 
 impl CoordinatorMessage {
@@ -203,6 +227,8 @@ impl CoordinatorMessage {
             Self::Status(_) => "Status",
             Self::Goodbye => "Goodbye",
             Self::Error { .. } => "Error",
+            Self::SecureAggregation { .. } => "SecureAggregation",
+            Self::SecureAggregationAborted { .. } => "SecureAggregationAborted",
         }
     }
 }
@@ -409,6 +435,14 @@ mod tests {
             ClientMessage::Update(SignedUpdate::sign(&update(1000), &identity, &limits).unwrap()),
             ClientMessage::StatusRequest,
             ClientMessage::Goodbye,
+            ClientMessage::SecureAggregation {
+                round: 2,
+                nonce: [9; 16],
+                upload: SecAggUpload::MaskedInput(crate::secure_aggregation::MaskedInput {
+                    from: crate::secure_aggregation::PeerId([3; 32]),
+                    values: crate::secure_aggregation::U32Vec(vec![1, 2, u32::MAX]),
+                }),
+            },
         ];
         for message in &client {
             assert_eq!(&round_trip(message, &limits), message, "{}", message.kind());
@@ -430,6 +464,7 @@ mod tests {
                 state: state(1000),
                 config: config(),
                 deadline_ms: 600_000,
+                secure_aggregation: None,
             },
             CoordinatorMessage::Wait {
                 retry_after_ms: 1000,
@@ -460,6 +495,14 @@ mod tests {
             CoordinatorMessage::Error {
                 reason: "protocol version 2 is not supported".into(),
             },
+            CoordinatorMessage::SecureAggregation {
+                round: 1,
+                step: SecAggStep::Done { contributors: 3 },
+            },
+            CoordinatorMessage::SecureAggregationAborted {
+                round: 1,
+                reason: "too few survivors".into(),
+            },
         ];
         for message in &coordinator {
             assert_eq!(&round_trip(message, &limits), message, "{}", message.kind());
@@ -485,6 +528,7 @@ mod tests {
             state: state(parameters),
             config: config(),
             deadline_ms: 1,
+            secure_aggregation: None,
         };
         let start_bytes = encode_message(&start, &limits).unwrap().len();
         let identity = NodeIdentity::generate(None).unwrap();
@@ -503,6 +547,7 @@ mod tests {
             state: state(limits.max_message_bytes / 4 + 1),
             config: config(),
             deadline_ms: 1,
+            secure_aggregation: None,
         };
         assert!(encode_message(&too_big, &limits).is_err());
     }

@@ -181,6 +181,13 @@ pub fn run_config(rounds: u64, clients: usize) -> CoordinatorConfig {
     config
 }
 
+/// [`run_config`] under secure aggregation (every client masks; the coordinator sees sums).
+pub fn secure_run_config(rounds: u64, clients: usize) -> CoordinatorConfig {
+    let mut config = run_config(rounds, clients);
+    config.privacy.secure_aggregation = true;
+    config
+}
+
 /// Network settings for tests: quick polls and keep-alives, short grace after the last round.
 pub fn test_network() -> NetworkSettings {
     NetworkSettings {
@@ -189,6 +196,7 @@ pub fn test_network() -> NetworkSettings {
         poll_interval_ms: 50,
         request_timeout_secs: 10.0,
         finish_grace_secs: 3.0,
+        secure_step_timeout_secs: 3.0,
         ..NetworkSettings::default()
     }
 }
@@ -275,10 +283,23 @@ pub fn start_node(
     data: Dataset,
     shutdown: CancellationToken,
 ) -> RunningNode {
+    start_node_with(addr, keys, identity, data, shutdown, |_| {})
+}
+
+/// [`start_node`] with the node's config adjusted by `configure` (test hooks, timeouts).
+pub fn start_node_with(
+    addr: SocketAddr,
+    keys: &Keys,
+    identity: Arc<NodeIdentity>,
+    data: Dataset,
+    shutdown: CancellationToken,
+    configure: impl FnOnce(&mut NodeConfig),
+) -> RunningNode {
     let mut config = NodeConfig::new(session_config(addr, keys, identity));
     config.backoff_initial = Duration::from_millis(100);
     config.backoff_max = Duration::from_millis(800);
     config.give_up_after = Some(Duration::from_secs(30));
+    configure(&mut config);
     let (sender, events) = unbounded_channel();
     let node = Node::new(config, data, Device::flex())
         .expect("valid local data")
@@ -348,6 +369,90 @@ pub fn accepted_updates(
             _ => None,
         })
         .collect()
+}
+
+/// The masked updates a node had in each round's sum under secure aggregation, by round (the
+/// last one wins when a round was restarted).
+pub fn masked_updates(events: &[NodeEvent]) -> std::collections::BTreeMap<u64, Arc<ClientUpdate>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            NodeEvent::MaskedInputSent { round, update } => Some((*round, Arc::clone(update))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The state a round must produce from `previous` and the accepted `updates` under FedAvg with
+/// prototype blend `blend`, recomputed independently of the coordinator's aggregator (in f64).
+pub fn expected_state(
+    previous: &GlobalState,
+    updates: &[&ClientUpdate],
+    blend: f64,
+) -> GlobalState {
+    let mut next = previous.clone();
+    // Encoder: previous + sample-weighted mean of the deltas.
+    let total: f64 = updates.iter().map(|u| u.sample_count as f64).sum();
+    let base = previous.parameters.to_flat();
+    let mut flat: Vec<f64> = base.iter().map(|v| f64::from(*v)).collect();
+    for update in updates {
+        let weight = update.sample_count as f64 / total;
+        for (value, delta) in flat.iter_mut().zip(update.delta.to_flat()) {
+            *value += weight * f64::from(delta);
+        }
+    }
+    let flat: Vec<f32> = flat.iter().map(|v| *v as f32).collect();
+    next.parameters = previous.parameters.with_flat(&flat).expect("same layout");
+    // Prototype banks: blend * previous + (1 - blend) * sum S / sum W where sum W > 0.
+    for bank in &mut next.prototypes {
+        let width = bank.width.max(1);
+        let (sum, weight) = summed_prototypes(updates, &bank.group, bank.values.len(), width);
+        let rows = bank.values.0.chunks_mut(width).zip(sum.chunks(width));
+        for ((values, sums), w) in rows.zip(&weight) {
+            if *w > 0.0 {
+                for (value, s) in values.iter_mut().zip(sums) {
+                    *value = (blend * f64::from(*value) + (1.0 - blend) * s / w) as f32;
+                }
+            }
+        }
+    }
+    // Co-occurrence: this round's merged statistics replace the previous ones.
+    let mut sum = vec![0.0f64; next.cooccurrence.sum.len()];
+    let mut count = 0.0;
+    for update in updates {
+        for (s, v) in sum.iter_mut().zip(&update.cooccurrence.sum.0) {
+            *s += f64::from(*v);
+        }
+        count += update.cooccurrence.count;
+    }
+    next.cooccurrence.sum.0 = sum.iter().map(|v| *v as f32).collect();
+    next.cooccurrence.count = count;
+    next
+}
+
+/// The summed prototype statistics (S of `values` numbers, W per row of `width`) of `group`.
+pub fn summed_prototypes(
+    updates: &[&ClientUpdate],
+    group: &str,
+    values: usize,
+    width: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut sum = vec![0.0f64; values];
+    let mut weight = vec![0.0f64; values / width.max(1)];
+    for update in updates {
+        let stats = update
+            .prototypes
+            .iter()
+            .find(|s| s.group == group)
+            .expect("statistics for every group");
+        for (s, v) in sum.iter_mut().zip(&stats.sum.0) {
+            *s += f64::from(*v);
+        }
+        for (w, v) in weight.iter_mut().zip(&stats.weight.0) {
+            *w += f64::from(*v);
+        }
+    }
+    (sum, weight)
 }
 
 /// Largest absolute difference between two global states' numbers (parameters, banks,

@@ -11,70 +11,12 @@ use mpcl_coordinator::round_log::read_round_log;
 use mpcl_coordinator::server::ROUND_LOG_FILE;
 use mpcl_protocol::messages::{ClientUpdate, GlobalState};
 use mpcl_tests::{
-    Federation, Keys, accepted_updates, drain, join, rounds_started, run_config, start_nodes,
-    start_server,
+    Federation, Keys, accepted_updates, drain, expected_state, join, rounds_started, run_config,
+    start_nodes, start_server,
 };
 use tokio_util::sync::CancellationToken;
 
 const ROUNDS: u64 = 4;
-
-/// The state a round must produce from `previous` and the accepted `updates` under FedAvg with
-/// prototype blend `blend`, recomputed here independently of the coordinator's aggregator.
-fn expected_state(previous: &GlobalState, updates: &[&ClientUpdate], blend: f64) -> GlobalState {
-    let mut next = previous.clone();
-    // Encoder: previous + sample-weighted mean of the deltas.
-    let total: f64 = updates.iter().map(|u| u.sample_count as f64).sum();
-    let base = previous.parameters.to_flat();
-    let mut flat: Vec<f64> = base.iter().map(|v| f64::from(*v)).collect();
-    for update in updates {
-        let weight = update.sample_count as f64 / total;
-        for (value, delta) in flat.iter_mut().zip(update.delta.to_flat()) {
-            *value += weight * f64::from(delta);
-        }
-    }
-    let flat: Vec<f32> = flat.iter().map(|v| *v as f32).collect();
-    next.parameters = previous.parameters.with_flat(&flat).expect("same layout");
-    // Prototype banks: blend * previous + (1 - blend) * sum S / sum W where sum W > 0.
-    for bank in &mut next.prototypes {
-        let cells = bank.emotions * bank.prototypes;
-        let width = bank.width.max(1);
-        let mut sum = vec![0.0f64; cells * width];
-        let mut weight = vec![0.0f64; cells];
-        for update in updates {
-            let stats = update
-                .prototypes
-                .iter()
-                .find(|s| s.group == bank.group)
-                .expect("statistics for every group");
-            for (s, v) in sum.iter_mut().zip(&stats.sum.0) {
-                *s += f64::from(*v);
-            }
-            for (w, v) in weight.iter_mut().zip(&stats.weight.0) {
-                *w += f64::from(*v);
-            }
-        }
-        let rows = bank.values.0.chunks_mut(width).zip(sum.chunks(width));
-        for ((values, sums), w) in rows.zip(&weight) {
-            if *w > 0.0 {
-                for (value, s) in values.iter_mut().zip(sums) {
-                    *value = (blend * f64::from(*value) + (1.0 - blend) * s / w) as f32;
-                }
-            }
-        }
-    }
-    // Co-occurrence: this round's merged statistics replace the previous ones.
-    let mut sum = vec![0.0f64; next.cooccurrence.sum.len()];
-    let mut count = 0.0;
-    for update in updates {
-        for (s, v) in sum.iter_mut().zip(&update.cooccurrence.sum.0) {
-            *s += f64::from(*v);
-        }
-        count += update.cooccurrence.count;
-    }
-    next.cooccurrence.sum.0 = sum.iter().map(|v| *v as f32).collect();
-    next.cooccurrence.count = count;
-    next
-}
 
 fn close(what: &str, found: &[f32], expected: &[f32]) -> anyhow::Result<()> {
     ensure!(found.len() == expected.len(), "{what}: lengths differ");

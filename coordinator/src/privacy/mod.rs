@@ -41,4 +41,4 @@ pub use noise::{
     ClipOutcome, add_central_noise, add_distributed_noise, add_gaussian_noise, central_noise_std,
     clip_update, distributed_noise_std, os_noise_rng, seeded_noise_rng,
 };
-pub use secure_round::{PreparedInput, SecureRoundPlan};
+pub use secure_round::{PreparedInput, SecureRoundPlan, SecureSetupError};

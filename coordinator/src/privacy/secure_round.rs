@@ -22,8 +22,8 @@
 
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, RunId};
 use mpcl_protocol::secure_aggregation::{
-    LayoutError, PeerId, QuantizationError, Quantizer, SecAggError, SecAggParams, SummedUpdate,
-    UpdateLayout,
+    LayoutError, PeerId, QuantizationError, Quantizer, SecAggError, SecAggParams, SecureRoundSetup,
+    SummedUpdate, UpdateLayout,
 };
 use rand::Rng;
 
@@ -51,6 +51,20 @@ pub struct SecureRoundPlan {
     pub policy: ContributionPolicy,
     /// Differential-privacy noise multiplier (0: no noise).
     pub noise_multiplier: f64,
+}
+
+/// Why a client cannot use a round's [`SecureRoundSetup`].
+#[derive(Debug, thiserror::Error)]
+pub enum SecureSetupError {
+    /// The session parameters are invalid.
+    #[error(transparent)]
+    Parameters(#[from] SecAggError),
+    /// The quantisation scale is unusable.
+    #[error(transparent)]
+    Quantization(#[from] QuantizationError),
+    /// The setup contradicts itself or the round's state.
+    #[error("inconsistent secure-aggregation setup: {0}")]
+    Inconsistent(String),
 }
 
 /// A client's update, ready to be masked.
@@ -102,6 +116,77 @@ impl SecureRoundPlan {
             self.threshold,
             self.layout.len(),
         )
+    }
+
+    /// What the coordinator sends each cohort member in `StartRound` over the network, where a
+    /// participant id *is* its ed25519 key. `nonce` must never repeat within the run (draw it at
+    /// random); `step_timeout_ms` is how long each key-setup and unmasking step waits.
+    pub fn wire_setup(
+        &self,
+        nonce: [u8; 16],
+        step_timeout_ms: u64,
+    ) -> Result<SecureRoundSetup, SecAggError> {
+        Ok(SecureRoundSetup {
+            params: self.session_params(|p| PeerId(p.0))?.with_nonce(nonce),
+            quantisation_scale: self.quantizer.scale(),
+            clip_norm: self.policy.clip_norm,
+            uniform_weights: self.policy.uniform_weights,
+            noise_multiplier: self.noise_multiplier,
+            step_timeout_ms,
+        })
+    }
+
+    /// Client side: the plan a `StartRound` describes, for updates trained from `global` (the
+    /// round's state from the same message). Checks that the setup is usable and agrees with the
+    /// state (vector length) and with itself (noise needs a clip norm, a positive multiplier
+    /// needs uniform weights), so that a client never masks numbers laid out differently from
+    /// what the coordinator will decode.
+    pub fn from_wire_setup(
+        setup: &SecureRoundSetup,
+        global: &GlobalState,
+    ) -> Result<Self, SecureSetupError> {
+        let params = &setup.params;
+        params.validate()?;
+        let layout = UpdateLayout::of_global(global);
+        if layout.len() != params.vector_len {
+            return Err(SecureSetupError::Inconsistent(format!(
+                "the session masks {} words but the round's state lays out {}",
+                params.vector_len,
+                layout.len()
+            )));
+        }
+        let noise = setup.noise_multiplier;
+        if !(noise.is_finite() && noise >= 0.0) {
+            return Err(SecureSetupError::Inconsistent(format!(
+                "noise multiplier {noise} is not a non-negative number"
+            )));
+        }
+        if let Some(clip) = setup.clip_norm
+            && !(clip.is_finite() && clip > 0.0)
+        {
+            return Err(SecureSetupError::Inconsistent(format!(
+                "clip norm {clip} is not a positive number"
+            )));
+        }
+        if noise > 0.0 && (setup.clip_norm.is_none() || !setup.uniform_weights) {
+            return Err(SecureSetupError::Inconsistent(
+                "differential-privacy noise needs a clip norm and uniform weights".into(),
+            ));
+        }
+        let quantizer = Quantizer::new(setup.quantisation_scale, params.roster.len())?;
+        Ok(Self {
+            run_id: params.run_id,
+            round: params.round,
+            cohort: params.roster.iter().map(|p| ParticipantId(p.0)).collect(),
+            threshold: params.threshold,
+            layout,
+            quantizer,
+            policy: ContributionPolicy {
+                clip_norm: setup.clip_norm,
+                uniform_weights: setup.uniform_weights,
+            },
+            noise_multiplier: noise,
+        })
     }
 
     /// Standard deviation of the noise each client adds (0 without differential privacy).
@@ -211,5 +296,33 @@ mod tests {
         let prepared = plan.prepare_input(&u, &mut seeded_noise_rng(1)).unwrap();
         assert_eq!(prepared.weight, 1);
         assert_eq!(plan.decode(&prepared.words, 1).unwrap().total_weight, 1.0);
+    }
+
+    #[test]
+    fn the_wire_setup_gives_clients_the_coordinators_plan() {
+        let g = global();
+        // Over the network participant ids are ed25519 keys.
+        let cohort: Vec<_> = (1..=4u8)
+            .map(|i| {
+                let key = mpcl_protocol::SigningKey::from_bytes(&[i; 32]).verifying_key();
+                ParticipantId(key.to_bytes())
+            })
+            .collect();
+        let plan = SecureRoundPlan::new(&privacy(true), RUN, 2, cohort, &g).unwrap();
+        let setup = plan.wire_setup([7; 16], 5000).unwrap();
+        assert_eq!(setup.params.nonce, [7; 16]);
+        assert_eq!(setup.params.vector_len, plan.layout.len());
+        let back = SecureRoundPlan::from_wire_setup(&setup, &g).unwrap();
+        assert_eq!(back, plan);
+
+        // A setup that does not fit the state, or asks for noise without clipping, is refused.
+        let mut other = global();
+        other.cooccurrence = mpcl_protocol::CooccurrenceStatistics::zeros(5);
+        let error = SecureRoundPlan::from_wire_setup(&setup, &other).unwrap_err();
+        assert!(error.to_string().contains("lays out"), "{error}");
+        let mut unclipped = setup.clone();
+        unclipped.clip_norm = None;
+        let error = SecureRoundPlan::from_wire_setup(&unclipped, &g).unwrap_err();
+        assert!(error.to_string().contains("clip norm"), "{error}");
     }
 }

@@ -6,6 +6,12 @@
 //! writing checkpoints and the round log), and only then answers. Because one task does all of
 //! it, events are totally ordered, nothing is ever held across a network await, and a checkpoint
 //! is durable before any client hears about the round that follows it.
+//!
+//! Under secure aggregation the actor also owns the open round's [`SecureRelay`]: it hands the
+//! session's setup out with the round, keeps each client's `SecureAggregation` request waiting
+//! until the relay closes the step, arms the step deadlines, tells the relay who disconnected,
+//! and feeds the sum (or the failure) to the state machine. A round that fails or closes in the
+//! state machine ends its session, answering every waiting client.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -17,6 +23,7 @@ use mpcl_protocol::messages::{
     ClientUpdate, CoordinatorMessage, GlobalState, RejectReason as WireReject, RoundPhase,
     StatusReport, WaitReason as WireWait,
 };
+use mpcl_protocol::secure_aggregation::SecAggUpload;
 use mpcl_protocol::{ReplayGuard, RunId};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{mpsc, oneshot};
@@ -29,6 +36,7 @@ use crate::round::{Action, Coordinator, Event, Millis, ParticipantId, RoundSumma
 use crate::round_log::{RoundLog, RoundTraffic};
 use crate::validate::RejectReason;
 
+use super::secure_relay::{RelayOutput, SecureRelay};
 use super::{AggregatedRound, ServerError};
 
 /// A request from a connection task.
@@ -55,6 +63,14 @@ pub(crate) enum Command {
     /// `StatusRequest`.
     Status {
         participant: ParticipantId,
+        reply: oneshot::Sender<CoordinatorMessage>,
+    },
+    /// A step of the secure-aggregation session; answered when the step closes.
+    SecureAggregation {
+        participant: ParticipantId,
+        round: u64,
+        nonce: [u8; 16],
+        upload: Box<SecAggUpload>,
         reply: oneshot::Sender<CoordinatorMessage>,
     },
 }
@@ -97,6 +113,11 @@ pub(crate) struct Actor {
     finished_at: Option<Instant>,
     /// Receives every aggregated round (see `Server::observe_rounds`).
     observer: Option<UnboundedSender<AggregatedRound>>,
+    /// The open round's secure-aggregation session (secure aggregation only).
+    relay: Option<SecureRelay>,
+    /// `SecureAggregation` requests waiting for their step to close.
+    secure_replies: HashMap<ParticipantId, oneshot::Sender<CoordinatorMessage>>,
+    secure_step_timeout_ms: u64,
 }
 
 impl Actor {
@@ -109,6 +130,7 @@ impl Actor {
         traffic: Arc<Traffic>,
         poll_interval_ms: u64,
         finish_grace: Duration,
+        secure_step_timeout_ms: u64,
     ) -> Self {
         let run_id = coordinator.run_id();
         let replay = ReplayGuard::new(coordinator.current_round());
@@ -131,6 +153,9 @@ impl Actor {
             finish_grace,
             finished_at,
             observer: None,
+            relay: None,
+            secure_replies: HashMap::new(),
+            secure_step_timeout_ms,
         }
     }
 
@@ -162,6 +187,11 @@ impl Actor {
                 break;
             }
             let deadline = self.deadline.map(|(_, at)| at);
+            let step_deadline = self
+                .relay
+                .as_ref()
+                .and_then(SecureRelay::next_deadline)
+                .map(|at| self.origin + Duration::from_millis(at));
             let grace_end = self.finished_at.map(|at| at + self.finish_grace);
             tokio::select! {
                 biased;
@@ -181,6 +211,11 @@ impl Actor {
                         let actions = self.coordinator.handle(self.now(), Event::DeadlinePassed { round });
                         self.execute(actions, None).await?;
                     }
+                }
+                () = sleep_until_opt(step_deadline) => {
+                    let now = self.now();
+                    let outputs = self.relay.as_mut().map(|r| r.tick(now)).unwrap_or_default();
+                    self.deliver(outputs).await?;
                 }
                 () = sleep_until_opt(grace_end) => {
                     info!(
@@ -224,6 +259,13 @@ impl Actor {
                         self.connections.remove(&participant);
                         if self.active.remove(&participant) {
                             info!(participant = %name, active = self.active.len(), "participant left");
+                            let now = self.now();
+                            let outputs = self
+                                .relay
+                                .as_mut()
+                                .map(|r| r.participant_left(now, participant))
+                                .unwrap_or_default();
+                            self.deliver(outputs).await?;
                             let actions = self
                                 .coordinator
                                 .handle(self.now(), Event::ClientDisconnected { participant });
@@ -267,8 +309,127 @@ impl Actor {
             Command::Status { participant, reply } => {
                 let _ = reply.send(CoordinatorMessage::Status(self.status(&participant)));
             }
+            Command::SecureAggregation {
+                participant,
+                round,
+                nonce,
+                upload,
+                reply,
+            } => {
+                self.activate(participant);
+                let name = self.name(&participant);
+                let kind = upload.kind();
+                let now = self.now();
+                let Some(relay) = self.relay.as_mut() else {
+                    warn!(participant = %name, round, step = kind, "secure-aggregation message outside a session");
+                    let _ = reply.send(CoordinatorMessage::SecureAggregationAborted {
+                        round,
+                        reason: format!("no secure-aggregation session is open for round {round}"),
+                    });
+                    return Ok(());
+                };
+                debug!(participant = %name, round, step = kind, stage = relay.stage(), "secure-aggregation message");
+                if let Some(previous) = self.secure_replies.insert(participant, reply) {
+                    let _ = previous.send(CoordinatorMessage::SecureAggregationAborted {
+                        round,
+                        reason: "superseded by a newer request of the same participant".into(),
+                    });
+                }
+                let outputs = relay.receive(now, participant, round, nonce, *upload);
+                self.deliver(outputs).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Carries out what the relay asked for: answers waiting requests, and feeds the session's
+    /// result to the state machine.
+    async fn deliver(&mut self, outputs: Vec<RelayOutput>) -> Result<(), ServerError> {
+        for output in outputs {
+            match output {
+                RelayOutput::Reply {
+                    participant,
+                    message,
+                } => self.reply_secure(participant, message),
+                RelayOutput::Event(event) => {
+                    match &event {
+                        Event::SecureSumReceived {
+                            round,
+                            contributors,
+                            ..
+                        } => info!(
+                            round,
+                            contributors = contributors.len(),
+                            "secure aggregation: sum unmasked"
+                        ),
+                        Event::SecureAggregationFailed { round, error } => {
+                            warn!(round, %error, "secure aggregation failed")
+                        }
+                        _ => {}
+                    }
+                    let actions = self.coordinator.handle(self.now(), event);
+                    self.execute(actions, None).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn reply_secure(&mut self, participant: ParticipantId, message: CoordinatorMessage) {
+        if let CoordinatorMessage::SecureAggregationAborted { round, reason } = &message {
+            warn!(participant = %self.name(&participant), round, %reason, "secure aggregation: participant left out");
+        }
+        match self.secure_replies.remove(&participant) {
+            Some(reply) => {
+                let _ = reply.send(message);
+            }
+            None => {
+                debug!(participant = %self.name(&participant), reply = message.kind(), "no request waiting for this answer")
+            }
+        }
+    }
+
+    /// Ends the secure-aggregation session (if any), answering its waiting clients.
+    fn end_session(&mut self, reason: &str) {
+        if let Some(mut relay) = self.relay.take() {
+            for output in relay.abort(reason) {
+                if let RelayOutput::Reply {
+                    participant,
+                    message,
+                } = output
+                {
+                    self.reply_secure(participant, message);
+                }
+            }
+        }
+    }
+
+    /// The open round's session, created when its round is first handed out.
+    fn ensure_session(&mut self, round: u64) -> Result<&mut SecureRelay, String> {
+        if self.relay.as_ref().is_some_and(|r| r.round() != round) {
+            self.end_session("a newer round started");
+        }
+        if self.relay.is_none() {
+            let plan = self
+                .coordinator
+                .secure_round_plan()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("round {round} has no secure-aggregation plan"))?;
+            let now = self.now();
+            let deadline = self.coordinator.next_deadline().unwrap_or(now);
+            let relay = SecureRelay::new(
+                plan,
+                rand::random(),
+                self.secure_step_timeout_ms,
+                now,
+                deadline,
+            )
+            .map_err(|e| e.to_string())?;
+            let cohort: Vec<String> = relay.cohort().iter().map(|p| self.name(p)).collect();
+            info!(round, cohort = %cohort.join(","), "secure-aggregation session opened");
+            self.relay = Some(relay);
+        }
+        Ok(self.relay.as_mut().expect("just created"))
     }
 
     /// Counts the participant as taking part (the state machine learns it from the event that
@@ -305,13 +466,47 @@ impl Actor {
                             .next_deadline()
                             .map(|at| at.saturating_sub(self.now()))
                             .unwrap_or(0);
-                        info!(participant = %name, round, deadline_ms, "sending round");
+                        let secure_aggregation = if self
+                            .coordinator
+                            .config()
+                            .privacy
+                            .secure_aggregation
+                        {
+                            match self.ensure_session(round) {
+                                Ok(relay) => match relay.hand_out(participant) {
+                                    Some(setup) => Some(Box::new(setup)),
+                                    None => {
+                                        debug!(participant = %name, round, stage = relay.stage(), "cannot join the session now");
+                                        answer = Some(CoordinatorMessage::Wait {
+                                            retry_after_ms: self.poll_interval_ms,
+                                            reason: WireWait::Other(format!(
+                                                "round {round}'s secure aggregation is under way without this participant"
+                                            )),
+                                        });
+                                        continue;
+                                    }
+                                },
+                                Err(error) => {
+                                    error!(round, %error, "cannot open the secure-aggregation session");
+                                    answer = Some(CoordinatorMessage::Error {
+                                        reason: format!(
+                                            "cannot open round {round}'s secure-aggregation session: {error}"
+                                        ),
+                                    });
+                                    continue;
+                                }
+                            }
+                        } else {
+                            None
+                        };
+                        info!(participant = %name, round, deadline_ms, secure = secure_aggregation.is_some(), "sending round");
                         answer = Some(CoordinatorMessage::StartRound {
                             run_id: self.run_id,
                             round,
                             state: (*state).clone(),
                             config,
                             deadline_ms,
+                            secure_aggregation,
                         });
                     } else {
                         debug!(participant = %name, round, "sampled; gets the round on its next request");
@@ -419,10 +614,12 @@ impl Actor {
                         });
                     }
                     self.deadline = None;
+                    self.end_session(&format!("round {round} was aggregated"));
                 }
                 Action::RoundFailed { round, error } => {
                     error!(round, %error, "aggregation failed; the round starts again");
                     self.deadline = None;
+                    self.end_session(&format!("round {round} failed and starts again: {error}"));
                 }
                 Action::Persist { checkpoint } => self.persist(checkpoint).await?,
                 Action::Stopped { rounds, reason } => {
@@ -430,6 +627,7 @@ impl Actor {
                 }
                 Action::Finished { rounds } => {
                     info!(rounds, "all rounds done");
+                    self.end_session("the run is over");
                     self.deadline = None;
                     self.finished_at = Some(Instant::now());
                 }

@@ -25,6 +25,7 @@
 
 mod actor;
 pub mod run_file;
+mod secure_relay;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -233,12 +234,16 @@ impl Server {
     /// runtime.
     pub fn bind(setup: ServerSetup) -> Result<Self, ServerError> {
         setup.network.validate().map_err(ServerError::Settings)?;
-        if setup.coordinator.config().privacy.secure_aggregation {
-            // The state machine refuses plain updates under secure aggregation, and the masking
-            // protocol's messages are not on the wire yet: the run could never finish a round.
-            return Err(ServerError::Settings(
-                "privacy.secure_aggregation is not available over the network yet (only in `mpcl simulate`); turn it off or simulate".into(),
-            ));
+        let run = setup.coordinator.config();
+        if run.privacy.secure_aggregation
+            && run.round_deadline_secs as f64 <= 3.0 * setup.network.secure_step_timeout_secs
+        {
+            // The masked inputs are awaited until two step timeouts before the round's deadline;
+            // a shorter round would leave no time to train.
+            return Err(ServerError::Settings(format!(
+                "round_deadline_secs ({}) must exceed 3 x network.secure_step_timeout_secs ({}) under privacy.secure_aggregation",
+                run.round_deadline_secs, setup.network.secure_step_timeout_secs
+            )));
         }
         std::fs::create_dir_all(&setup.out_dir).map_err(|source| ServerError::OutDir {
             path: setup.out_dir.clone(),
@@ -295,6 +300,7 @@ impl Server {
             traffic,
             network.poll_interval_ms,
             network.finish_grace(),
+            network.secure_step_timeout_ms(),
         );
         Ok(Self {
             endpoint,
@@ -630,6 +636,20 @@ async fn serve_request(
         }
         ClientMessage::StatusRequest => {
             ask(&shared, |reply| Command::Status { participant, reply }).await
+        }
+        ClientMessage::SecureAggregation {
+            round,
+            nonce,
+            upload,
+        } => {
+            ask(&shared, |reply| Command::SecureAggregation {
+                participant,
+                round,
+                nonce,
+                upload: Box::new(upload),
+                reply,
+            })
+            .await
         }
         ClientMessage::Update(signed) => {
             let round = signed.round;

@@ -97,6 +97,12 @@ pub struct NetworkSettings {
     /// Seconds the coordinator keeps answering `Finished` after the last round before it exits
     /// even if clients are still connected (default 10).
     pub finish_grace_secs: f64,
+    /// Under secure aggregation, seconds the coordinator waits for each key-setup and unmasking
+    /// step of a round's session (default 30); the masked inputs are awaited until
+    /// `2 x secure_step_timeout_secs` before the round's deadline, so `round_deadline_secs`
+    /// must exceed `3 x secure_step_timeout_secs`. Clients still missing when a step closes are
+    /// left out of the session (those that already masked stay in the sum).
+    pub secure_step_timeout_secs: f64,
 }
 
 impl Default for NetworkSettings {
@@ -109,6 +115,7 @@ impl Default for NetworkSettings {
             request_timeout_secs: 300.0,
             stream_receive_window: 4 << 20,
             finish_grace_secs: 10.0,
+            secure_step_timeout_secs: 30.0,
         }
     }
 }
@@ -127,6 +134,7 @@ impl NetworkSettings {
         positive("idle_timeout_secs", self.idle_timeout_secs)?;
         positive("request_timeout_secs", self.request_timeout_secs)?;
         positive("finish_grace_secs", self.finish_grace_secs)?;
+        positive("secure_step_timeout_secs", self.secure_step_timeout_secs)?;
         if self.keep_alive_secs >= self.idle_timeout_secs {
             return Err(format!(
                 "`keep_alive_secs` ({}) must be below `idle_timeout_secs` ({}), or idle \
@@ -168,6 +176,11 @@ impl NetworkSettings {
     /// [`Self::request_timeout_secs`] as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.request_timeout_secs)
+    }
+
+    /// [`Self::secure_step_timeout_secs`] in milliseconds.
+    pub fn secure_step_timeout_ms(&self) -> u64 {
+        (self.secure_step_timeout_secs * 1000.0).round() as u64
     }
 
     /// [`Self::finish_grace_secs`] as a duration.

@@ -5,7 +5,9 @@
 //!
 //! Everything here is pure: [`SecAggClient`] and [`SecAggServer`] are step-by-step protocol
 //! objects fed with messages and returning messages, so the network layer (QUIC), the in-process
-//! simulation and the tests drive the very same code.
+//! simulation and the tests drive the very same code. How the steps travel over QUIC (the setup
+//! in `StartRound`, one request per step answered when the step closes) is in the `wire` module
+//! ([`SecureRoundSetup`], [`SecAggUpload`], [`SecAggStep`]).
 //!
 //! # A round, step by step
 //!
@@ -73,6 +75,7 @@ mod messages;
 pub mod quantize;
 mod server;
 mod shamir;
+mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -93,6 +96,7 @@ pub use messages::{
 };
 pub use quantize::{QuantizationError, Quantizer, ValueKind};
 pub use server::{SecAggServer, SecureSum, ServerStage};
+pub use wire::{SecAggStep, SecAggUpload, SecureRoundSetup};
 
 /// Domain tag that starts every hash, signature and key derivation of this protocol.
 pub const SECAGG_DOMAIN: &[u8] = b"mpcl/secure-aggregation/v1\0";
@@ -148,6 +152,10 @@ pub struct SecAggParams {
     pub threshold: usize,
     /// Number of `u32` words in each masked vector.
     pub vector_len: usize,
+    /// A value the coordinator never reuses for another session of the run (random over the
+    /// network; zero in-process). A round restarted with the same cohort thus gets a different
+    /// session digest, so no message of a failed attempt can be mistaken for one of the next.
+    pub nonce: [u8; 16],
 }
 
 impl SecAggParams {
@@ -168,9 +176,16 @@ impl SecAggParams {
             roster,
             threshold,
             vector_len,
+            nonce: [0; 16],
         };
         params.validate()?;
         Ok(params)
+    }
+
+    /// The same parameters with session nonce `nonce` (see [`SecAggParams::nonce`]).
+    pub fn with_nonce(mut self, nonce: [u8; 16]) -> Self {
+        self.nonce = nonce;
+        self
     }
 
     /// The threshold for a cohort of `cohort` clients: the larger of `ceil(fraction * cohort)`
@@ -235,6 +250,7 @@ impl SecAggParams {
         hash.update(b"session");
         hash.update(self.run_id);
         hash.update(self.round.to_le_bytes());
+        hash.update(self.nonce);
         hash.update((self.threshold as u64).to_le_bytes());
         hash.update((self.vector_len as u64).to_le_bytes());
         hash.update((self.roster.len() as u64).to_le_bytes());
