@@ -89,6 +89,20 @@ fn network_and_in_process_modes_give_identical_models_and_metrics() -> Result<()
     Ok(())
 }
 
+#[test]
+fn under_secure_aggregation_both_modes_agree_too() -> Result<()> {
+    let mut config = small_simulation();
+    config.arms = vec![Arm::Federated];
+    config.rounds = 2;
+    config.privacy.secure_aggregation = true;
+    let networked = run_simulation_with(&config, &network_mode(), None, false)?;
+    let in_process = run_simulation_with(&config, &ExecutionMode::InProcess, None, false)?;
+    // Masks cancel exactly (arithmetic modulo 2^32) and quantisation is deterministic.
+    assert!(networked.final_states == in_process.final_states);
+    assert_eq!(round_metrics(&networked), round_metrics(&in_process));
+    Ok(())
+}
+
 fn round_metrics(result: &SimulationResult) -> Vec<(Arm, u64, String)> {
     result
         .rounds
