@@ -31,6 +31,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::faults::{FaultInjection, send_half_then_disconnect};
 use crate::participant::{Participant, ParticipantError, ParticipantSettings};
 use crate::session::{Session, SessionConfig, SessionError};
 
@@ -49,6 +50,8 @@ pub struct NodeConfig {
     pub give_up_after: Option<Duration>,
     /// Local training choices.
     pub participant: ParticipantSettings,
+    /// Faults to inject, for fault tests only (see [`crate::faults`]).
+    pub faults: FaultInjection,
 }
 
 impl NodeConfig {
@@ -61,6 +64,7 @@ impl NodeConfig {
             max_wait: Duration::from_secs(30),
             give_up_after: None,
             participant: ParticipantSettings::default(),
+            faults: FaultInjection::default(),
         }
     }
 }
@@ -164,6 +168,8 @@ pub struct Node {
     pending: Option<Pending>,
     last_completed_round: Option<u64>,
     events: Option<UnboundedSender<NodeEvent>>,
+    /// Whether the injected mid-upload drop already happened (it happens once).
+    dropped_mid_upload: bool,
 }
 
 impl Node {
@@ -180,6 +186,7 @@ impl Node {
             pending: None,
             last_completed_round: None,
             events: None,
+            dropped_mid_upload: false,
         })
     }
 
@@ -394,6 +401,25 @@ impl Node {
                     )
                     .map_err(|source| SessionFailure::Fatal(NodeError::Encode { round, source }))?;
                     let upload = ClientMessage::Update(signed);
+                    if let Some(delay) = self.config.faults.delay_before_upload {
+                        warn!(round, ?delay, "injected fault: stalling before the upload");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return Ok(SessionEnd::Cancelled),
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                    if self.config.faults.drop_connection_mid_upload && !self.dropped_mid_upload {
+                        self.dropped_mid_upload = true;
+                        let sent = send_half_then_disconnect(session, &upload).await?;
+                        warn!(
+                            round,
+                            bytes = sent,
+                            "injected fault: dropped the connection mid-upload"
+                        );
+                        return Err(SessionFailure::Lost(SessionError::Connection(
+                            quinn::ConnectionError::LocallyClosed,
+                        )));
+                    }
                     let reply = tokio::select! {
                         () = shutdown.cancelled() => return Ok(SessionEnd::Cancelled),
                         reply = session.request(&upload) => reply?,

@@ -426,6 +426,16 @@ fn log_handshake_failure(remote: SocketAddr, error: &quinn::ConnectionError) {
         quinn::ConnectionError::TransportError(transport) => transport.reason.clone(),
         other => other.to_string(),
     };
+    if let Some(fingerprint) = mpcl_protocol::tls::not_enrolled_fingerprint(&reason) {
+        warn!(
+            participant = %fingerprint,
+            %remote,
+            "refused a connection: key {fingerprint} is not in the enrolment file (to admit \
+             this participant, add the [[participant]] lines its `mpcl keygen` printed to the \
+             enrolment file and restart the coordinator with --resume)"
+        );
+        return;
+    }
     warn!(
         participant = %"unauthenticated",
         %remote,
@@ -538,6 +548,19 @@ async fn serve_admitted(
                 }
                 Err(error) => {
                     debug!(%error, "connection closed");
+                    while let Some(joined) = requests.try_join_next() {
+                        if let Err(error) = joined && error.is_panic() {
+                            error!(%error, "a request task panicked");
+                        }
+                    }
+                    if !requests.is_empty() {
+                        // For example an upload cut off halfway: what arrived is dropped.
+                        warn!(
+                            unfinished = requests.len(),
+                            %error,
+                            "connection lost with a request in progress; the partial request is discarded"
+                        );
+                    }
                     break;
                 }
             },

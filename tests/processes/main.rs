@@ -1,0 +1,10 @@
+//! Process-level tests: the real `mpcl` binary run as a coordinator and as clients on
+//! 127.0.0.1, with faults injected from outside (signals, files damaged on disk) or through the
+//! client's hidden `--test-*` flags. One module per group of scenarios; `support` is shared.
+
+mod support;
+
+mod checkpoint_faults;
+mod client_faults;
+mod coordinator_faults;
+mod operations;
