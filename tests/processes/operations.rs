@@ -16,7 +16,7 @@ const ABOUT_A_PEER: &[&str] = &[
     "accepted update",
     "rejected update",
     "rejected request",
-    "request in progress",
+    "request cut off",
     "refused",
     "connection",
     "sampled;",

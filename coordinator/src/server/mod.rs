@@ -548,18 +548,12 @@ async fn serve_admitted(
                 }
                 Err(error) => {
                     debug!(%error, "connection closed");
-                    while let Some(joined) = requests.try_join_next() {
+                    // Requests still in flight fail at once on a closed connection; let them
+                    // finish so that each logs what happened to it (an upload cut off halfway).
+                    while let Some(joined) = requests.join_next().await {
                         if let Err(error) = joined && error.is_panic() {
                             error!(%error, "a request task panicked");
                         }
-                    }
-                    if !requests.is_empty() {
-                        // For example an upload cut off halfway: what arrived is dropped.
-                        warn!(
-                            unfinished = requests.len(),
-                            %error,
-                            "connection lost with a request in progress; the partial request is discarded"
-                        );
                     }
                     break;
                 }
@@ -598,6 +592,13 @@ async fn serve_request(
         }
         Ok(Err(CodecError::Closed)) => {
             debug!("stream closed without a request");
+            return;
+        }
+        Ok(Err(error @ CodecError::Io { .. })) => {
+            // The stream or the connection ended before the whole request arrived (for example
+            // an upload cut off by a network drop); nothing of it is used.
+            warn!(reason = %error, "request cut off before it was complete; discarded");
+            let _ = recv.stop(0u32.into());
             return;
         }
         Ok(Err(error)) => {
