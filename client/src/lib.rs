@@ -7,11 +7,13 @@
 //! request per stream); [`node`] is the loop around it (ask for work, train, sign, upload,
 //! reconnect with backoff).
 
+pub mod faults;
 pub mod node;
 pub mod participant;
 pub mod secure;
 pub mod session;
 
+pub use faults::FaultInjection;
 pub use node::{Node, NodeConfig, NodeError, NodeEvent, NodeOutcome, UpdateOutcome};
 pub use participant::{Participant, ParticipantError, ParticipantSettings};
 pub use session::{Session, SessionConfig, SessionError};

@@ -41,6 +41,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::faults::{FaultInjection, send_half_then_disconnect};
 use crate::participant::{Participant, ParticipantError, ParticipantSettings};
 use crate::secure::{SecureParticipation, SecureRoundError};
 use crate::session::{Session, SessionConfig, SessionError};
@@ -61,19 +62,8 @@ pub struct NodeConfig {
     pub give_up_after: Option<Duration>,
     /// Local training choices.
     pub participant: ParticipantSettings,
-    /// Test hook: a fault to inject (once).
-    #[cfg(feature = "test-hooks")]
-    pub fault: Option<Fault>,
-}
-
-/// Test hook: a fault a node injects into its own run, once.
-#[cfg(feature = "test-hooks")]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// In secure-aggregation round `round`, vanish (drop the connection without a word) right
-    /// after the coordinator confirmed the masked input, before signing the survivor list; the
-    /// node reconnects after its backoff.
-    VanishAfterMaskedInput { round: u64 },
+    /// Faults to inject, for fault tests only (see [`crate::faults`]).
+    pub faults: FaultInjection,
 }
 
 impl NodeConfig {
@@ -86,8 +76,7 @@ impl NodeConfig {
             max_wait: Duration::from_secs(30),
             give_up_after: None,
             participant: ParticipantSettings::default(),
-            #[cfg(feature = "test-hooks")]
-            fault: None,
+            faults: FaultInjection::default(),
         }
     }
 }
@@ -201,8 +190,10 @@ pub struct Node {
     pending: Option<Pending>,
     last_completed_round: Option<u64>,
     events: Option<UnboundedSender<NodeEvent>>,
-    #[cfg(feature = "test-hooks")]
-    fault_fired: bool,
+    /// Whether the injected mid-upload drop already happened (it happens once).
+    dropped_mid_upload: bool,
+    /// Whether the injected vanishing after a masked input already happened (once).
+    vanished_after_masked_input: bool,
 }
 
 impl Node {
@@ -219,8 +210,8 @@ impl Node {
             pending: None,
             last_completed_round: None,
             events: None,
-            #[cfg(feature = "test-hooks")]
-            fault_fired: false,
+            dropped_mid_upload: false,
+            vanished_after_masked_input: false,
         })
     }
 
@@ -468,6 +459,25 @@ impl Node {
                     )
                     .map_err(|source| SessionFailure::Fatal(NodeError::Encode { round, source }))?;
                     let upload = ClientMessage::Update(signed);
+                    if let Some(delay) = self.config.faults.delay_before_upload {
+                        warn!(round, ?delay, "injected fault: stalling before the upload");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return Ok(SessionEnd::Cancelled),
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                    if self.config.faults.drop_connection_mid_upload && !self.dropped_mid_upload {
+                        self.dropped_mid_upload = true;
+                        let sent = send_half_then_disconnect(session, &upload).await?;
+                        warn!(
+                            round,
+                            bytes = sent,
+                            "injected fault: dropped the connection mid-upload"
+                        );
+                        return Err(SessionFailure::Lost(SessionError::Connection(
+                            quinn::ConnectionError::LocallyClosed,
+                        )));
+                    }
                     let reply = tokio::select! {
                         () = shutdown.cancelled() => return Ok(SessionEnd::Cancelled),
                         reply = session.request(&upload) => reply?,
@@ -630,9 +640,10 @@ impl Node {
                 update: Arc::clone(&update),
             });
         }
-        #[cfg(feature = "test-hooks")]
-        if self.config.fault == Some(Fault::VanishAfterMaskedInput { round }) && !self.fault_fired {
-            self.fault_fired = true;
+        if self.config.faults.vanish_after_masked_input == Some(round)
+            && !self.vanished_after_masked_input
+        {
+            self.vanished_after_masked_input = true;
             return Err(SecureFailure::Session(SessionFailure::Vanished(format!(
                 "test fault: vanished after the masked input of round {round}"
             ))));
@@ -709,7 +720,6 @@ enum SessionFailure {
     /// Stop the node.
     Fatal(NodeError),
     /// Test fault: drop the connection without a word, then reconnect.
-    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     Vanished(String),
 }
 

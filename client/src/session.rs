@@ -153,6 +153,16 @@ fn classify(error: quinn::ConnectionError, addr: SocketAddr) -> SessionError {
         quinn::ConnectionError::ConnectionClosed(close)
             if is_crypto(u64::from(close.error_code)) =>
         {
+            let text = String::from_utf8_lossy(&close.reason);
+            if let Some(fingerprint) = mpcl_protocol::tls::not_enrolled_fingerprint(&text) {
+                return SessionError::Rejected {
+                    reason: format!(
+                        "this node's key {fingerprint} is not in the coordinator's enrolment file: \
+                         send the [[participant]] lines printed by `mpcl keygen` to whoever runs \
+                         the coordinator"
+                    ),
+                };
+            }
             SessionError::Rejected {
                 reason: format!(
                     "TLS handshake refused ({}): is this node's public key in the coordinator's enrolment file?",

@@ -47,6 +47,8 @@ pub const CHECKPOINT_MAGIC: [u8; 8] = *b"MPCLCKPT";
 /// The checkpoint format version this build writes and reads.
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 32;
+/// Most memory (2^34 bytes) decoding a checkpoint may claim, however large it is.
+const MAX_CHECKPOINT_CLAIM_BITS: u32 = 34;
 
 /// The coordinator's state at a round boundary.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -217,8 +219,10 @@ fn verified_payload(bytes: &[u8]) -> Result<&[u8], CheckpointFormatError> {
 /// Verifies and decodes checkpoint bytes.
 pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, CheckpointFormatError> {
     let payload = verified_payload(bytes)?;
+    // Bounded by the payload's size: a damaged length must give an error, not a huge
+    // allocation (see `decode_bincode_bounded`).
     let (checkpoint, read): (Checkpoint, usize) =
-        bincode::serde::decode_from_slice(payload, bincode::config::standard())
+        mpcl_protocol::codec::decode_bincode_bounded(payload, MAX_CHECKPOINT_CLAIM_BITS)
             .map_err(|e| CheckpointFormatError::Decode(e.to_string()))?;
     if read != payload.len() {
         return Err(CheckpointFormatError::Decode(format!(
@@ -383,6 +387,25 @@ fn sync_directory(_dir: &Path) -> Result<(), CheckpointError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (fuzzing, `checkpoint`): a payload under a valid checksum whose first field
+    /// claims 2^60 bytes. Before the bounded decode this aborted the process (capacity
+    /// overflow) instead of reporting a decode error.
+    #[test]
+    fn a_payload_claiming_a_huge_length_is_a_decode_error() {
+        let payload = [0xFD, 0, 0, 0, 0, 0, 0, 0, 0x10, b'x'];
+        let mut bytes = CHECKPOINT_MAGIC.to_vec();
+        bytes.extend_from_slice(&CHECKPOINT_FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&Sha256::digest(payload));
+        bytes.extend_from_slice(&payload);
+        match decode_checkpoint(&bytes) {
+            Err(CheckpointFormatError::Decode(reason)) => {
+                assert!(reason.contains("LimitExceeded"), "{reason}")
+            }
+            other => panic!("expected a decode error, got {other:?}"),
+        }
+    }
     use crate::test_support::{RUN, global};
 
     fn sample(rounds: u64) -> Checkpoint {

@@ -774,19 +774,11 @@ impl Coordinator {
     }
 
     fn send_round(&self, participant: ParticipantId, round: u64) -> Action {
-        let t = &self.config.training;
         Action::SendRound {
             participant,
             round,
             state: Arc::clone(&self.global),
-            config: TrainingConfig {
-                local_epochs: t.local_epochs,
-                batch_size: t.batch_size,
-                learning_rate: t.learning_rate,
-                proximal_mu: t.proximal_mu,
-                share_memories: t.share_memories,
-                seed: training_seed(self.config.seed, round, &participant),
-            },
+            config: training_config(&self.config, round, &participant),
         }
     }
 
@@ -1299,6 +1291,24 @@ fn sampling_rng(seed: u64, round: u64, restart: u32, extension: u32) -> ChaCha20
     hasher.update(restart.to_le_bytes());
     hasher.update(extension.to_le_bytes());
     ChaCha20Rng::from_seed(hasher.finalize().into())
+}
+
+/// The training settings `participant` gets for `round` (what [`Action::SendRound`] carries), so
+/// that a run can be replayed from its round log.
+pub fn training_config(
+    config: &CoordinatorConfig,
+    round: u64,
+    participant: &ParticipantId,
+) -> TrainingConfig {
+    let t = &config.training;
+    TrainingConfig {
+        local_epochs: t.local_epochs,
+        batch_size: t.batch_size,
+        learning_rate: t.learning_rate,
+        proximal_mu: t.proximal_mu,
+        share_memories: t.share_memories,
+        seed: training_seed(config.seed, round, participant),
+    }
 }
 
 /// The training seed a participant gets for a round: the first eight bytes of

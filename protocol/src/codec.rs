@@ -49,6 +49,48 @@ fn bincode_config() -> BincodeConfig {
     bincode::config::standard().with_limit::<HARD_MAX_MESSAGE_BYTES>()
 }
 
+/// How many bytes of containers a decode may claim per byte of input (see
+/// [`decode_bincode_bounded`]). A container's claim is its length times its element size, and
+/// every element takes at least one byte on the wire, so the largest element type sets the
+/// worst legitimate ratio; ours are well below this.
+pub const CLAIM_BYTES_PER_INPUT_BYTE: usize = 256;
+
+/// Decodes `bytes` (bincode 2, standard configuration) with an allocation limit that grows with
+/// the input: [`CLAIM_BYTES_PER_INPUT_BYTE`] times its length rounded up to a power of two, at
+/// least 1 MiB, at most `2^max_bits` bytes.
+///
+/// bincode allocates a container's full claimed length before reading its elements (a byte
+/// buffer is zero-filled first), and its limit is a compile-time constant. With the fixed
+/// 1 GiB limit alone, a 10-byte message claiming a 1 GiB byte buffer made the decoder allocate
+/// 1 GiB before failing (found by the `frame` and `client_message` fuzz targets), and a
+/// checkpoint without a limit could claim more than the address space and abort the process.
+/// Choosing among power-of-two limits bounds the memory a decode can reserve by what was
+/// actually received.
+pub fn decode_bincode_bounded<T: DeserializeOwned>(
+    bytes: &[u8],
+    max_bits: u32,
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    let wanted = bytes
+        .len()
+        .saturating_mul(CLAIM_BYTES_PER_INPUT_BYTE)
+        .max(1 << 20)
+        .checked_next_power_of_two()
+        .unwrap_or(usize::MAX);
+    let bits = (usize::BITS - 1 - wanted.leading_zeros()).clamp(20, max_bits.clamp(20, 34));
+    macro_rules! decode_with_limit {
+        ($($b:literal)*) => {
+            match bits {
+                $($b => bincode::serde::decode_from_slice(
+                    bytes,
+                    bincode::config::standard().with_limit::<{ 1usize << $b }>(),
+                ),)*
+                _ => unreachable!("bits is clamped to 20..=34"),
+            }
+        };
+    }
+    decode_with_limit!(20 21 22 23 24 25 26 27 28 29 30 31 32 33 34)
+}
+
 /// Everything that can go wrong turning bytes into messages and back, on a slice or a stream.
 #[derive(Debug, Error)]
 pub enum CodecError {
@@ -236,7 +278,7 @@ pub fn decode_message<T: DeserializeOwned>(
             found,
         });
     }
-    let (message, used) = bincode::serde::decode_from_slice::<T, _>(body, bincode_config())
+    let (message, used) = decode_bincode_bounded::<T>(body, HARD_MAX_MESSAGE_BYTES.ilog2())
         .map_err(|error| match error {
             bincode::error::DecodeError::UnexpectedEnd { additional } => CodecError::Truncated {
                 expected: (payload.len() + additional) as u64,
@@ -256,8 +298,80 @@ pub fn decode_message<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::{ClientMessage, CoordinatorMessage};
     use crate::vector::F32Vec;
     use serde::Deserialize;
+
+    /// Regression (fuzzing, `client_message`): 11 bytes that claim a 0x30000000-byte buffer.
+    /// Before the bounded decode they made the decoder zero-fill 805 MB before failing.
+    const FUZZ_CLIENT_MESSAGE: &str = "010000fc000000300000ff";
+
+    /// A payload whose first string (the participant id of `Hello`, or of `Welcome` after its
+    /// run id) claims `claimed` bytes, followed by almost nothing.
+    fn claiming(variant_and_prefix: &[u8], claimed: u32) -> Vec<u8> {
+        let mut payload = PROTOCOL_VERSION.to_le_bytes().to_vec();
+        payload.extend_from_slice(variant_and_prefix);
+        payload.push(0xFC); // bincode varint: a u32 follows
+        payload.extend_from_slice(&claimed.to_le_bytes());
+        payload.extend_from_slice(b"abc");
+        payload
+    }
+
+    fn assert_refused_by_the_limit(result: Result<impl std::fmt::Debug, CodecError>) {
+        match result {
+            Err(CodecError::Malformed(reason)) => {
+                assert!(reason.contains("LimitExceeded"), "{reason}")
+            }
+            other => panic!("expected a limit error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn small_messages_claiming_huge_buffers_are_refused_by_the_limit() {
+        let limits = MessageLimits::for_model(1_000, 100, 4);
+        let mut fuzzed = hex::decode(FUZZ_CLIENT_MESSAGE).unwrap();
+        // Found under protocol version 1: carry the current version so the decoder gets past it.
+        fuzzed[..2].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        assert_refused_by_the_limit(decode_message::<ClientMessage>(&fuzzed, &limits));
+        // Hello { participant_id } claiming 800 MB.
+        let hello = claiming(&[0], 800 << 20);
+        assert_refused_by_the_limit(decode_message::<ClientMessage>(&hello, &limits));
+        // Welcome { run_id, protocol_version, participant_id } claiming 800 MB.
+        let mut prefix = vec![0u8];
+        prefix.extend_from_slice(&[7; 16]);
+        prefix.push(1);
+        let welcome = claiming(&prefix, 800 << 20);
+        assert_refused_by_the_limit(decode_message::<CoordinatorMessage>(&welcome, &limits));
+        // An honest message still decodes.
+        let hello = encode_message(&ClientMessage::hello("abc"), &limits).unwrap();
+        assert!(matches!(
+            decode_message::<ClientMessage>(&hello, &limits),
+            Ok(ClientMessage::Hello { participant_id, .. }) if participant_id == "abc"
+        ));
+    }
+
+    #[test]
+    fn the_claim_limit_grows_with_the_input_and_stops_at_the_cap() {
+        // 1 MiB of input may claim 256 MiB: a real update decodes.
+        let big = vec![0u8; 1 << 20];
+        let encoded = bincode::serde::encode_to_vec(
+            serde_bytes::ByteBuf::from(big.clone()),
+            bincode::config::standard(),
+        )
+        .unwrap();
+        let (decoded, _): (serde_bytes::ByteBuf, usize) =
+            decode_bincode_bounded(&encoded, 30).unwrap();
+        assert_eq!(decoded.into_vec(), big);
+        // 16 bytes may not claim 2 MiB.
+        let mut claim = vec![0xFCu8];
+        claim.extend_from_slice(&(2u32 << 20).to_le_bytes());
+        claim.extend_from_slice(&[0; 11]);
+        let error = decode_bincode_bounded::<serde_bytes::ByteBuf>(&claim, 30).unwrap_err();
+        assert!(
+            matches!(error, bincode::error::DecodeError::LimitExceeded),
+            "{error}"
+        );
+    }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     enum Sample {

@@ -132,6 +132,28 @@ mod tests {
         MessageLimits::CONTROL
     }
 
+    /// Regression (fuzzing, `frame`): a 30-byte frame whose `CoordinatorMessage` claims about
+    /// 1 GB. Before the bounded decode it made the reader zero-fill that much before failing.
+    #[tokio::test]
+    async fn a_fuzzed_frame_claiming_a_huge_buffer_is_refused_by_the_limit() {
+        let bytes = hex::decode(
+            "1e000000010001ffffff0020000008007e0032000001009e0004fc0004003e04c5656565656565650000\
+             0b00000000ffffff00000000009410060020000000",
+        )
+        .unwrap();
+        let mut bytes = bytes;
+        // Found under protocol version 1: carry the current version so the decoder gets past it.
+        bytes[4..6].copy_from_slice(&crate::codec::PROTOCOL_VERSION.to_le_bytes());
+        let limits = MessageLimits::for_model(1_000, 100, 4);
+        let mut reader = bytes.as_slice();
+        match read_message::<_, CoordinatorMessage>(&mut reader, &limits).await {
+            Err(CodecError::Malformed(reason)) => {
+                assert!(reason.contains("LimitExceeded"), "{reason}")
+            }
+            other => panic!("expected a limit error, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn messages_round_trip_over_a_duplex_stream() {
         let (mut a, mut b) = duplex(64);

@@ -164,6 +164,16 @@ pub fn rejection_reason(error: &rustls::Error) -> Option<&TlsError> {
     }
 }
 
+/// The fingerprint named by a [`TlsError::NotEnrolled`] rejection in the text of a failed
+/// handshake. QUIC carries a TLS failure only as text (and rustls renders our reason with
+/// `Debug`), so this is how the coordinator and the client turn it back into a readable line.
+pub fn not_enrolled_fingerprint(reason: &str) -> Option<&str> {
+    const MARKER: &str = "NotEnrolled { fingerprint: \"";
+    let start = reason.find(MARKER)? + MARKER.len();
+    let length = reason[start..].find('"')?;
+    Some(&reason[start..start + length])
+}
+
 fn certificate_error(error: TlsError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
 }
@@ -367,6 +377,17 @@ pub fn client_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fingerprint_of_an_unenrolled_key_is_found_in_the_handshake_text() {
+        let error = certificate_error(TlsError::NotEnrolled {
+            fingerprint: "d4f21568de88becd".into(),
+        });
+        let text = format!("the cryptographic handshake failed: error 46: {error}");
+        assert_eq!(not_enrolled_fingerprint(&text), Some("d4f21568de88becd"));
+        let other = certificate_error(TlsError::NotEd25519).to_string();
+        assert_eq!(not_enrolled_fingerprint(&other), None);
+    }
     use ed25519_dalek::SigningKey;
     use rustls::{ClientConnection, ServerConnection};
 

@@ -85,8 +85,10 @@ async fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
 /// and send only signed updates (encoder delta, prototype and co-occurrence statistics).
 ///
 /// Reconnects with exponential backoff when the coordinator goes away (for example while it
-/// restarts with --resume); exits 0 when the run is finished or on Ctrl-C, and with an error when
-/// the coordinator refuses this key or the run's schema does not fit the local data.
+/// restarts with --resume); exits 0 when the run is finished or on Ctrl-C or SIGTERM (a round in
+/// progress is abandoned and the coordinator told goodbye, so it stops waiting for this node),
+/// and with an error when the coordinator refuses this key or the run's schema does not fit the
+/// local data.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     #[command(flatten)]
@@ -114,6 +116,15 @@ pub struct ClientArgs {
     /// Stop after this many seconds without reaching the coordinator (default: keep trying).
     #[arg(long, value_name = "SECS")]
     give_up_after_secs: Option<f64>,
+
+    /// Fault injection for the fault tests: sleep this long before every upload.
+    #[arg(long, value_name = "SECS", hide = true)]
+    test_delay_before_upload_secs: Option<f64>,
+
+    /// Fault injection for the fault tests: drop the connection halfway through the first
+    /// upload (then reconnect as usual).
+    #[arg(long, hide = true)]
+    test_drop_connection_mid_upload: bool,
 }
 
 /// Loads the local data of `mpcl client --data SPEC [--subject ID]`.
@@ -174,7 +185,11 @@ impl ClientArgs {
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
-        runtime.block_on(self.serve())
+        let result = runtime.block_on(self.serve());
+        // After Ctrl-C, local training may still be running on a blocking thread: abandon it
+        // rather than wait for it (its result would go nowhere).
+        runtime.shutdown_background();
+        result
     }
 
     async fn serve(self) -> anyhow::Result<()> {
@@ -197,12 +212,22 @@ impl ClientArgs {
             }
             config.give_up_after = Some(Duration::from_secs_f64(secs));
         }
+        if let Some(secs) = self.test_delay_before_upload_secs {
+            if !(secs.is_finite() && secs >= 0.0) {
+                bail!("--test-delay-before-upload-secs must be a number of seconds, got {secs}");
+            }
+            config.faults.delay_before_upload = Some(Duration::from_secs_f64(secs));
+        }
+        config.faults.drop_connection_mid_upload = self.test_drop_connection_mid_upload;
         let node = Node::new(config, dataset, device.device)?;
         let shutdown = CancellationToken::new();
         tokio::spawn(super::coordinator::cancel_on_signal(shutdown.clone()));
         match node.run(shutdown).await? {
             NodeOutcome::Finished { rounds } => println!("run finished after {rounds} rounds"),
-            NodeOutcome::Cancelled => println!("stopped"),
+            NodeOutcome::Cancelled => {
+                tracing::info!("stopped on request; any round in progress is abandoned");
+                println!("stopped");
+            }
         }
         Ok(())
     }

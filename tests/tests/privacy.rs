@@ -268,7 +268,7 @@ async fn a_client_vanishing_after_its_masked_input_stays_in_the_sum() -> anyhow:
     );
     let run = run(&federation, &keys, config, |i, node| {
         if i == 1 {
-            node.fault = Some(mpcl_client::node::Fault::VanishAfterMaskedInput { round: 1 });
+            node.faults.vanish_after_masked_input = Some(1);
         }
     })
     .await?;

@@ -327,8 +327,9 @@ async fn bad_clients_are_refused_with_logged_reasons_while_rounds_complete() -> 
         text.lines()
             .any(|l| l.contains(&format!("participant={participant}")) && l.contains(needle))
     };
+    let eve_fingerprint = identity("eve", 66).fingerprint();
     for (participant, needle) in [
-        ("unauthenticated", "NotEnrolled"),
+        (eve_fingerprint.as_str(), "is not in the enrolment file"),
         ("mallory", "truncated"),
         ("mallory", "exceeds the limit"),
         ("mallory", "bad signature"),

@@ -452,6 +452,16 @@ fn log_handshake_failure(remote: SocketAddr, error: &quinn::ConnectionError) {
         quinn::ConnectionError::TransportError(transport) => transport.reason.clone(),
         other => other.to_string(),
     };
+    if let Some(fingerprint) = mpcl_protocol::tls::not_enrolled_fingerprint(&reason) {
+        warn!(
+            participant = %fingerprint,
+            %remote,
+            "refused a connection: key {fingerprint} is not in the enrolment file (to admit \
+             this participant, add the [[participant]] lines its `mpcl keygen` printed to the \
+             enrolment file and restart the coordinator with --resume)"
+        );
+        return;
+    }
     warn!(
         participant = %"unauthenticated",
         %remote,
@@ -564,6 +574,13 @@ async fn serve_admitted(
                 }
                 Err(error) => {
                     debug!(%error, "connection closed");
+                    // Requests still in flight fail at once on a closed connection; let them
+                    // finish so that each logs what happened to it (an upload cut off halfway).
+                    while let Some(joined) = requests.join_next().await {
+                        if let Err(error) = joined && error.is_panic() {
+                            error!(%error, "a request task panicked");
+                        }
+                    }
                     break;
                 }
             },
@@ -601,6 +618,13 @@ async fn serve_request(
         }
         Ok(Err(CodecError::Closed)) => {
             debug!("stream closed without a request");
+            return;
+        }
+        Ok(Err(error @ CodecError::Io { .. })) => {
+            // The stream or the connection ended before the whole request arrived (for example
+            // an upload cut off by a network drop); nothing of it is used.
+            warn!(reason = %error, "request cut off before it was complete; discarded");
+            let _ = recv.stop(0u32.into());
             return;
         }
         Ok(Err(error)) => {
