@@ -12,5 +12,5 @@ pub mod participant;
 pub mod session;
 
 pub use node::{Node, NodeConfig, NodeError, NodeEvent, NodeOutcome, UpdateOutcome};
-pub use participant::{Participant, ParticipantError, ParticipantSettings};
+pub use participant::{Participant, ParticipantError, ParticipantSettings, TrainedUpdate};
 pub use session::{Session, SessionConfig, SessionError};

@@ -25,13 +25,13 @@ use mpcl_protocol::messages::{
     ClientMessage, ClientUpdate, CoordinatorMessage, GlobalState, RejectReason, RunId,
     TrainingConfig, Welcome,
 };
-use mpcl_protocol::{RoundPhase, SignedUpdate, StatusReport};
+use mpcl_protocol::{RoundPhase, StatusReport};
 use thiserror::Error;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::participant::{Participant, ParticipantError, ParticipantSettings};
+use crate::participant::{Participant, ParticipantError, ParticipantSettings, TrainedUpdate};
 use crate::session::{Session, SessionConfig, SessionError};
 
 /// How a node behaves.
@@ -146,7 +146,7 @@ struct Pending {
     round: u64,
     state: Arc<GlobalState>,
     config: TrainingConfig,
-    update: Arc<ClientUpdate>,
+    update: Arc<TrainedUpdate>,
 }
 
 /// Why a session ended.
@@ -387,12 +387,11 @@ impl Node {
                             trained
                         }
                     };
-                    let signed = SignedUpdate::sign(
-                        &update,
-                        &self.config.session.identity,
-                        &session.limits(),
-                    )
-                    .map_err(|source| SessionFailure::Fatal(NodeError::Encode { round, source }))?;
+                    let signed = update
+                        .sign(&self.config.session.identity, &session.limits())
+                        .map_err(|source| {
+                            SessionFailure::Fatal(NodeError::Encode { round, source })
+                        })?;
                     let upload = ClientMessage::Update(signed);
                     let reply = tokio::select! {
                         () = shutdown.cancelled() => return Ok(SessionEnd::Cancelled),
@@ -426,7 +425,7 @@ impl Node {
                     };
                     self.emit(NodeEvent::UpdateSent {
                         round,
-                        update,
+                        update: Arc::new(update.update.clone()),
                         outcome,
                     });
                 }
@@ -466,7 +465,7 @@ impl Node {
         round: u64,
         state: &GlobalState,
         config: &TrainingConfig,
-    ) -> Option<Arc<ClientUpdate>> {
+    ) -> Option<Arc<TrainedUpdate>> {
         let pending = self.pending.as_ref()?;
         (pending.run_id == run_id
             && pending.round == round
@@ -482,7 +481,7 @@ impl Node {
         round: u64,
         state: Arc<GlobalState>,
         config: TrainingConfig,
-    ) -> Result<Arc<ClientUpdate>, SessionFailure> {
+    ) -> Result<Arc<TrainedUpdate>, SessionFailure> {
         let (json, mut participant) = self
             .participant
             .take()
@@ -496,16 +495,22 @@ impl Node {
             SessionFailure::Fatal(NodeError::Internal(format!("training panicked: {e}")))
         })?;
         self.participant = Some((json, participant));
-        let update = result
+        let trained = result
             .map_err(|source| SessionFailure::Fatal(NodeError::Training { round, source }))?;
+        let update = &trained.update;
         info!(
             round,
             samples = update.sample_count,
             loss = update.metrics.train_loss,
             seconds = update.metrics.seconds,
+            compression = %trained
+                .compressed_delta
+                .as_ref()
+                .map(|c| c.compression())
+                .unwrap_or_default(),
             "trained"
         );
-        Ok(Arc::new(update))
+        Ok(Arc::new(trained))
     }
 }
 

@@ -785,6 +785,7 @@ impl Coordinator {
                 learning_rate: t.learning_rate,
                 proximal_mu: t.proximal_mu,
                 seed: training_seed(self.config.seed, round, &participant),
+                compression: t.compression,
             },
         }
     }

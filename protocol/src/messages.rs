@@ -44,6 +44,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::PROTOCOL_VERSION;
+use crate::compression::Compression;
 use crate::params::ParameterSet;
 use crate::signing::SignedUpdate;
 use crate::stats::{CooccurrenceStatistics, PrototypeStatistics};
@@ -84,6 +85,9 @@ pub struct TrainingConfig {
     pub proximal_mu: f64,
     /// Seed for the client's shuffling and initialisation in this round.
     pub seed: u64,
+    /// How the client encodes its encoder delta for upload ([`Compression`]; lossy choices
+    /// carry the quantisation residual to the next round).
+    pub compression: Compression,
 }
 
 /// Metrics a client reports about its local training (never used for aggregation).
@@ -365,6 +369,7 @@ mod tests {
             learning_rate: 1e-3,
             proximal_mu: 0.0,
             seed: 7,
+            compression: Compression::Int8,
         }
     }
 
