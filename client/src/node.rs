@@ -504,7 +504,7 @@ impl Node {
             loss = update.metrics.train_loss,
             seconds = update.metrics.seconds,
             compression = %trained
-                .compressed_delta
+                .compressed
                 .as_ref()
                 .map(|c| c.compression())
                 .unwrap_or_default(),

@@ -5,7 +5,9 @@ use std::time::Instant;
 use mpcl_model::data::{Dataset, Standardizer};
 use mpcl_model::{Device, ModelConfig, ModelError, MpclModel, TensorDataset, TrainOptions, train};
 use mpcl_protocol::codec::{CodecError, MessageLimits};
-use mpcl_protocol::compression::{CompressedDelta, CompressionError, ErrorFeedback};
+use mpcl_protocol::compression::{
+    CompressedUpdate, CompressionError, ErrorFeedback, compress_prototype_sums,
+};
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, LocalMetrics, RunId, TrainingConfig};
 use mpcl_protocol::signing::{SignedUpdate, encode_update_payload};
 use mpcl_protocol::{CooccurrenceStatistics, NodeIdentity};
@@ -48,15 +50,17 @@ pub enum ParticipantError {
     Compression(#[from] CompressionError),
 }
 
-/// What a round of local training produced: the update, and its encoder delta in the form it
-/// travels in when the run compresses updates.
+/// What a round of local training produced: the update, and its lossy parts in the form they
+/// travel in when the run compresses updates.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainedUpdate {
-    /// The update. With compression its `delta` is the *decompressed* delta, exactly what the
-    /// coordinator will reconstruct, so in-process simulations aggregate what a real run would.
+    /// The update. With compression its delta and prototype sums are the *decompressed* ones,
+    /// exactly what the coordinator will reconstruct, so in-process simulations aggregate what a
+    /// real run would.
     pub update: ClientUpdate,
-    /// The compressed delta sent instead of `update.delta` (none when the run does not compress).
-    pub compressed_delta: Option<CompressedDelta>,
+    /// The compressed delta and prototype sums sent instead of the update's own (none when the
+    /// run does not compress).
+    pub compressed: Option<CompressedUpdate>,
 }
 
 impl TrainedUpdate {
@@ -66,17 +70,12 @@ impl TrainedUpdate {
         identity: &NodeIdentity,
         limits: &MessageLimits,
     ) -> Result<SignedUpdate, CodecError> {
-        SignedUpdate::sign_compressed(
-            &self.update,
-            self.compressed_delta.as_ref(),
-            identity,
-            limits,
-        )
+        SignedUpdate::sign_compressed(&self.update, self.compressed.as_ref(), identity, limits)
     }
 
     /// Bytes of the signed payload (the update as encoded for the wire).
     pub fn payload_bytes(&self, limits: &MessageLimits) -> Result<usize, CodecError> {
-        encode_update_payload(&self.update, self.compressed_delta.as_ref(), limits).map(|b| b.len())
+        encode_update_payload(&self.update, self.compressed.as_ref(), limits).map(|b| b.len())
     }
 }
 
@@ -182,6 +181,14 @@ impl Participant {
         if !self.settings.share_memories {
             cooccurrence = CooccurrenceStatistics::zeros(cooccurrence.emotions);
         }
+        // Prototype sums are fresh totals every round: compressed without error feedback.
+        let compressed = match compressed_delta {
+            Some(delta) => Some(CompressedUpdate {
+                delta,
+                prototype_sums: compress_prototype_sums(&mut prototypes, config.compression)?,
+            }),
+            None => None,
+        };
         let update = ClientUpdate {
             run_id,
             round,
@@ -195,10 +202,7 @@ impl Participant {
                 seconds: started.elapsed().as_secs_f64(),
             },
         };
-        Ok(TrainedUpdate {
-            update,
-            compressed_delta,
-        })
+        Ok(TrainedUpdate { update, compressed })
     }
 
     /// Predictions of the global model `state` on `dataset` (standardised with this participant's

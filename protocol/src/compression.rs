@@ -38,6 +38,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::params::{NamedTensor, ParameterSet};
+use crate::stats::PrototypeStatistics;
 use crate::vector::F32Vec;
 
 /// Values per chunk of the 8-bit codec (one offset and one scale per chunk).
@@ -428,6 +429,54 @@ fn decompress_int8(
         );
     }
     Ok(values)
+}
+
+/// The lossy parts of an update in compressed form: the encoder delta and, in the same codec,
+/// the prototype sums of each group (in the update's order). What [`crate::signing`] puts in a
+/// compressed payload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompressedUpdate {
+    pub delta: CompressedDelta,
+    pub prototype_sums: Vec<CompressedValues>,
+}
+
+impl CompressedUpdate {
+    /// The codec of the delta.
+    pub fn compression(&self) -> Compression {
+        self.delta.compression()
+    }
+
+    /// Bytes of numbers carried (codes, offsets, scales).
+    pub fn payload_bytes(&self) -> usize {
+        self.delta.payload_bytes()
+            + self
+                .prototype_sums
+                .iter()
+                .map(CompressedValues::payload_bytes)
+                .sum::<usize>()
+    }
+}
+
+/// Compresses each group's prototype sums with `compression` and replaces them by their
+/// decompression (what the coordinator will reconstruct); returns the compressed sums.
+pub fn compress_prototype_sums(
+    statistics: &mut [PrototypeStatistics],
+    compression: Compression,
+) -> Result<Vec<CompressedValues>, CompressionError> {
+    statistics
+        .iter_mut()
+        .map(|stats| {
+            let what = format!("prototype sums of `{}`", stats.group);
+            let compressed = CompressedValues::encode(stats.sum.as_slice(), compression, &what)?;
+            stats.sum = F32Vec(compressed.decode(stats.sum.len()).map_err(|message| {
+                CompressionError::Malformed {
+                    name: what.clone(),
+                    message,
+                }
+            })?);
+            Ok(compressed)
+        })
+        .collect()
 }
 
 /// A client's error-feedback memory: the part of its past deltas that compression dropped.

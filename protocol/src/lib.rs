@@ -28,7 +28,9 @@ pub mod tls;
 pub mod vector;
 
 pub use codec::{ALPN, CodecError, HARD_MAX_MESSAGE_BYTES, MessageLimits, PROTOCOL_VERSION};
-pub use compression::{CompressedDelta, Compression, CompressionError, DeltaLayout, ErrorFeedback};
+pub use compression::{
+    CompressedDelta, CompressedUpdate, Compression, CompressionError, DeltaLayout, ErrorFeedback,
+};
 pub use framing::{read_message, write_message};
 pub use identity::{Enrolment, EnrolmentError, IdentityError, NodeIdentity, Participant, keygen};
 pub use messages::{

@@ -42,7 +42,9 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::codec::{self, CodecError, MessageLimits};
-use crate::compression::{CompressedDelta, CompressedValues, Compression, DeltaLayout};
+use crate::compression::{
+    CompressedDelta, CompressedUpdate, CompressedValues, Compression, DeltaLayout,
+};
 use crate::identity::{Enrolment, NodeIdentity, fingerprint};
 use crate::messages::{ClientUpdate, RejectReason, RunId};
 use crate::params::ParameterSet;
@@ -119,57 +121,49 @@ enum UpdatePayloadRef<'a> {
     },
 }
 
-/// The payload bytes of `update`, with its delta replaced by `compressed` when given and its
-/// prototype sums compressed in the same codec (what [`SignedUpdate::sign_compressed`] signs;
-/// simulations use it to count upload bytes).
+/// The payload bytes of `update`: dense, or, when `compressed` is given, with the update's
+/// delta and prototype sums left out and `compressed` carried instead (what
+/// [`SignedUpdate::sign_compressed`] signs; simulations use it to count upload bytes).
 pub fn encode_update_payload(
     update: &ClientUpdate,
-    compressed: Option<&CompressedDelta>,
+    compressed: Option<&CompressedUpdate>,
     limits: &MessageLimits,
 ) -> Result<Vec<u8>, CodecError> {
-    match compressed {
-        None => codec::encode_message(&UpdatePayloadRef::Dense(update), limits),
-        Some(delta) => {
-            let compression = delta.compression();
-            let mut prototype_sums = Vec::with_capacity(update.prototypes.len());
-            let mut prototypes = Vec::with_capacity(update.prototypes.len());
-            for stats in &update.prototypes {
-                // A dense delta (f16 out of range) sends dense sums too.
-                prototype_sums.push(if compression.is_compressed() {
-                    CompressedValues::encode(
-                        stats.sum.as_slice(),
-                        compression,
-                        &format!("prototype sums of `{}`", stats.group),
-                    )
-                    .map_err(|e| CodecError::Malformed(e.to_string()))?
-                } else {
-                    CompressedValues::Dense(stats.sum.clone())
-                });
-                prototypes.push(PrototypeStatistics {
-                    sum: F32Vec::default(),
-                    ..stats.clone()
-                });
-            }
-            // The dense numbers stay home; the rest is small.
-            let shell = ClientUpdate {
-                run_id: update.run_id,
-                round: update.round,
-                delta: ParameterSet::default(),
-                prototypes,
-                cooccurrence: update.cooccurrence.clone(),
-                sample_count: update.sample_count,
-                metrics: update.metrics.clone(),
-            };
-            codec::encode_message(
-                &UpdatePayloadRef::Compressed {
-                    update: &shell,
-                    delta,
-                    prototype_sums: &prototype_sums,
-                },
-                limits,
-            )
-        }
+    let Some(compressed) = compressed else {
+        return codec::encode_message(&UpdatePayloadRef::Dense(update), limits);
+    };
+    if compressed.prototype_sums.len() != update.prototypes.len() {
+        return Err(CodecError::Malformed(format!(
+            "{} compressed prototype sums for {} groups",
+            compressed.prototype_sums.len(),
+            update.prototypes.len()
+        )));
     }
+    // The dense numbers stay home; the rest is small.
+    let shell = ClientUpdate {
+        run_id: update.run_id,
+        round: update.round,
+        delta: ParameterSet::default(),
+        prototypes: update
+            .prototypes
+            .iter()
+            .map(|stats| PrototypeStatistics {
+                sum: F32Vec::default(),
+                ..stats.clone()
+            })
+            .collect(),
+        cooccurrence: update.cooccurrence.clone(),
+        sample_count: update.sample_count,
+        metrics: update.metrics.clone(),
+    };
+    codec::encode_message(
+        &UpdatePayloadRef::Compressed {
+            update: &shell,
+            delta: &compressed.delta,
+            prototype_sums: &compressed.prototype_sums,
+        },
+        limits,
+    )
 }
 
 impl SignedUpdate {
@@ -184,10 +178,10 @@ impl SignedUpdate {
     }
 
     /// Like [`SignedUpdate::sign`], but when `compressed` is given the payload carries it
-    /// instead of `update.delta` (which is then not sent at all).
+    /// instead of `update.delta` and the prototype sums (which are then not sent at all).
     pub fn sign_compressed(
         update: &ClientUpdate,
-        compressed: Option<&CompressedDelta>,
+        compressed: Option<&CompressedUpdate>,
         identity: &NodeIdentity,
         limits: &MessageLimits,
     ) -> Result<Self, CodecError> {
@@ -574,6 +568,7 @@ impl ReplayGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compression::compress_prototype_sums;
     use crate::identity::Participant;
     use crate::messages::LocalMetrics;
     use crate::params::{NamedTensor, ParameterSet};
@@ -648,9 +643,14 @@ mod tests {
         let mut original = update(RUN, 3);
         original.prototypes[0].sum = F32Vec(vec![1.5, -0.5, 2.0, 0.25]);
         for compression in [Compression::F16, Compression::Int8] {
-            let compressed = CompressedDelta::compress(&original.delta, compression).unwrap();
+            // What the client keeps: its sums as the coordinator will reconstruct them.
+            let mut sent = original.clone();
+            let compressed = CompressedUpdate {
+                delta: CompressedDelta::compress(&original.delta, compression).unwrap(),
+                prototype_sums: compress_prototype_sums(&mut sent.prototypes, compression).unwrap(),
+            };
             let signed = SignedUpdate::sign_compressed(
-                &original,
+                &sent,
                 Some(&compressed),
                 &alice,
                 &MessageLimits::CONTROL,
@@ -661,12 +661,12 @@ mod tests {
             let layout = DeltaLayout::of(&original.delta);
             assert_eq!(
                 verified.update.delta,
-                compressed.decompress(&layout).unwrap()
+                compressed.delta.decompress(&layout).unwrap()
             );
-            let (sent, received) = (&original.prototypes[0], &verified.update.prototypes[0]);
-            assert_eq!(sent.weight, received.weight);
-            assert_eq!(sent.sum.len(), received.sum.len());
-            for (a, b) in sent.sum.as_slice().iter().zip(received.sum.as_slice()) {
+            // The coordinator has exactly the client's reconstructed sums, close to the true ones.
+            assert_eq!(verified.update.prototypes, sent.prototypes);
+            let (truth, received) = (&original.prototypes[0], &verified.update.prototypes[0]);
+            for (a, b) in truth.sum.as_slice().iter().zip(received.sum.as_slice()) {
                 assert!((a - b).abs() <= 0.01 * a.abs().max(1.0), "{a} vs {b}");
             }
             assert_eq!(verified.update.sample_count, 42);
@@ -681,7 +681,14 @@ mod tests {
         let original = update(RUN, 3);
         let mut renamed = original.delta.clone();
         renamed.tensors[0].name = "other".into();
-        let compressed = CompressedDelta::compress(&renamed, Compression::Int8).unwrap();
+        let compressed = CompressedUpdate {
+            delta: CompressedDelta::compress(&renamed, Compression::Int8).unwrap(),
+            prototype_sums: compress_prototype_sums(
+                &mut original.prototypes.clone(),
+                Compression::Int8,
+            )
+            .unwrap(),
+        };
         let signed = SignedUpdate::sign_compressed(
             &original,
             Some(&compressed),
