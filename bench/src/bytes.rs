@@ -21,6 +21,7 @@ pub struct BytesSetup {
     pub subjects: usize,
     pub rounds: u64,
     pub local_epochs: u32,
+    pub learning_rate: f64,
 }
 
 /// One compression choice.
@@ -49,6 +50,7 @@ pub fn measure(
     subjects: usize,
     rounds: u64,
     local_epochs: u32,
+    learning_rate: f64,
 ) -> Result<(BytesSetup, Vec<BytesRow>), BenchError> {
     let mut rows: Vec<BytesRow> = Vec::new();
     let mut parameters = 0;
@@ -68,7 +70,7 @@ pub fn measure(
             rounds,
             local_epochs,
             batch_size: 16,
-            learning_rate: 1e-2,
+            learning_rate,
             compression,
             arms: vec![Arm::Federated, Arm::LabelPrior],
             ..SimulationConfig::default()
@@ -131,6 +133,7 @@ pub fn measure(
             subjects,
             rounds,
             local_epochs,
+            learning_rate,
         },
         rows,
     ))

@@ -137,8 +137,13 @@ pub fn markdown(r: &BenchReport) -> String {
     for setup in &r.bytes_setups {
         let _ = writeln!(
             s,
-            "- {} model: {} encoder parameters, {} clients, {} rounds x {} local epochs",
-            setup.model, setup.parameters, setup.subjects, setup.rounds, setup.local_epochs
+            "- {} model: {} encoder parameters, {} clients, {} rounds x {} local epochs, learning rate {}",
+            setup.model,
+            setup.parameters,
+            setup.subjects,
+            setup.rounds,
+            setup.local_epochs,
+            setup.learning_rate
         );
     }
     let _ = writeln!(
