@@ -15,5 +15,5 @@ pub mod session;
 
 pub use faults::FaultInjection;
 pub use node::{Node, NodeConfig, NodeError, NodeEvent, NodeOutcome, UpdateOutcome};
-pub use participant::{Participant, ParticipantError, ParticipantSettings};
+pub use participant::{Participant, ParticipantError, ParticipantSettings, TrainedUpdate};
 pub use session::{Session, SessionConfig, SessionError};

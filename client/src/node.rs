@@ -35,14 +35,14 @@ use mpcl_protocol::messages::{
     ClientMessage, ClientUpdate, CoordinatorMessage, GlobalState, RejectReason, RunId,
     TrainingConfig, Welcome,
 };
-use mpcl_protocol::{RoundPhase, SignedUpdate, StatusReport};
+use mpcl_protocol::{RoundPhase, StatusReport};
 use thiserror::Error;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::faults::{FaultInjection, send_half_then_disconnect};
-use crate::participant::{Participant, ParticipantError, ParticipantSettings};
+use crate::participant::{Participant, ParticipantError, ParticipantSettings, TrainedUpdate};
 use crate::secure::{SecureParticipation, SecureRoundError};
 use crate::session::{Session, SessionConfig, SessionError};
 use mpcl_protocol::secure_aggregation::SecureRoundSetup;
@@ -172,7 +172,7 @@ struct Pending {
     round: u64,
     state: Arc<GlobalState>,
     config: TrainingConfig,
-    update: Arc<ClientUpdate>,
+    update: Arc<TrainedUpdate>,
 }
 
 /// Why a session ended.
@@ -429,35 +429,17 @@ impl Node {
                             }
                         }
                     }
-                    let update = match self.reusable(run_id, round, &state, &config) {
-                        Some(update) => {
-                            info!(
-                                round,
-                                "re-sending the update trained before the reconnection"
-                            );
-                            update
-                        }
-                        None => {
-                            let trained = tokio::select! {
-                                () = shutdown.cancelled() => return Ok(SessionEnd::Cancelled),
-                                trained = self.train(run_id, round, Arc::clone(&state), config.clone()) => trained?,
-                            };
-                            self.pending = Some(Pending {
-                                run_id,
-                                round,
-                                state,
-                                config,
-                                update: Arc::clone(&trained),
-                            });
-                            trained
-                        }
+                    let Some(update) = self
+                        .update_for(run_id, round, &state, &config, shutdown)
+                        .await?
+                    else {
+                        return Ok(SessionEnd::Cancelled);
                     };
-                    let signed = SignedUpdate::sign(
-                        &update,
-                        &self.config.session.identity,
-                        &session.limits(),
-                    )
-                    .map_err(|source| SessionFailure::Fatal(NodeError::Encode { round, source }))?;
+                    let signed = update
+                        .sign(&self.config.session.identity, &session.limits())
+                        .map_err(|source| {
+                            SessionFailure::Fatal(NodeError::Encode { round, source })
+                        })?;
                     let upload = ClientMessage::Update(signed);
                     if let Some(delay) = self.config.faults.delay_before_upload {
                         warn!(round, ?delay, "injected fault: stalling before the upload");
@@ -510,7 +492,7 @@ impl Node {
                     };
                     self.emit(NodeEvent::UpdateSent {
                         round,
-                        update,
+                        update: Arc::new(update.update.clone()),
                         outcome,
                     });
                 }
@@ -551,7 +533,7 @@ impl Node {
         state: &Arc<GlobalState>,
         config: &TrainingConfig,
         shutdown: &CancellationToken,
-    ) -> Result<Option<Arc<ClientUpdate>>, SessionFailure> {
+    ) -> Result<Option<Arc<TrainedUpdate>>, SessionFailure> {
         if let Some(update) = self.reusable(run_id, round, state, config) {
             info!(round, "re-using the update trained before the reconnection");
             return Ok(Some(update));
@@ -628,7 +610,7 @@ impl Node {
         else {
             return Ok(Some(SessionEnd::Cancelled));
         };
-        let (masked, prepared) = part.mask(&update)?;
+        let (masked, prepared) = part.mask(&update.update)?;
         if let Some(clip) = prepared.clip {
             debug!(round, norm = clip.norm, clipped = clip.clipped(), "clipped");
         }
@@ -637,7 +619,7 @@ impl Node {
         if part.in_sum(&survivors) {
             self.emit(NodeEvent::MaskedInputSent {
                 round,
-                update: Arc::clone(&update),
+                update: Arc::new(update.update.clone()),
             });
         }
         if self.config.faults.vanish_after_masked_input == Some(round)
@@ -670,7 +652,7 @@ impl Node {
         round: u64,
         state: &GlobalState,
         config: &TrainingConfig,
-    ) -> Option<Arc<ClientUpdate>> {
+    ) -> Option<Arc<TrainedUpdate>> {
         let pending = self.pending.as_ref()?;
         (pending.run_id == run_id
             && pending.round == round
@@ -686,7 +668,7 @@ impl Node {
         round: u64,
         state: Arc<GlobalState>,
         config: TrainingConfig,
-    ) -> Result<Arc<ClientUpdate>, SessionFailure> {
+    ) -> Result<Arc<TrainedUpdate>, SessionFailure> {
         let (json, mut participant) = self
             .participant
             .take()
@@ -700,16 +682,22 @@ impl Node {
             SessionFailure::Fatal(NodeError::Internal(format!("training panicked: {e}")))
         })?;
         self.participant = Some((json, participant));
-        let update = result
+        let trained = result
             .map_err(|source| SessionFailure::Fatal(NodeError::Training { round, source }))?;
+        let update = &trained.update;
         info!(
             round,
             samples = update.sample_count,
             loss = update.metrics.train_loss,
             seconds = update.metrics.seconds,
+            compression = %trained
+                .compressed
+                .as_ref()
+                .map(|c| c.compression())
+                .unwrap_or_default(),
             "trained"
         );
-        Ok(Arc::new(update))
+        Ok(Arc::new(trained))
     }
 }
 

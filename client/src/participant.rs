@@ -4,8 +4,13 @@ use std::time::Instant;
 
 use mpcl_model::data::{Dataset, Standardizer};
 use mpcl_model::{Device, ModelConfig, ModelError, MpclModel, TensorDataset, TrainOptions, train};
-use mpcl_protocol::CooccurrenceStatistics;
+use mpcl_protocol::codec::{CodecError, MessageLimits};
+use mpcl_protocol::compression::{
+    CompressedUpdate, CompressionError, ErrorFeedback, compress_prototype_sums,
+};
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, LocalMetrics, RunId, TrainingConfig};
+use mpcl_protocol::signing::{SignedUpdate, encode_update_payload};
+use mpcl_protocol::{CooccurrenceStatistics, NodeIdentity};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -37,6 +42,37 @@ pub enum ParticipantError {
     Layout(#[from] mpcl_protocol::ParameterSetError),
     #[error("local training produced non-finite parameters (learning rate {0} too high?)")]
     Diverged(f64),
+    #[error("cannot compress the encoder delta: {0}")]
+    Compression(#[from] CompressionError),
+}
+
+/// What a round of local training produced: the update, and its lossy parts in the form they
+/// travel in when the run compresses updates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainedUpdate {
+    /// The update. With compression its delta and prototype sums are the *decompressed* ones,
+    /// exactly what the coordinator will reconstruct, so in-process simulations aggregate what a
+    /// real run would.
+    pub update: ClientUpdate,
+    /// The compressed delta and prototype sums sent instead of the update's own (none when the
+    /// run does not compress).
+    pub compressed: Option<CompressedUpdate>,
+}
+
+impl TrainedUpdate {
+    /// The signed upload (compressed delta when there is one).
+    pub fn sign(
+        &self,
+        identity: &NodeIdentity,
+        limits: &MessageLimits,
+    ) -> Result<SignedUpdate, CodecError> {
+        SignedUpdate::sign_compressed(&self.update, self.compressed.as_ref(), identity, limits)
+    }
+
+    /// Bytes of the signed payload (the update as encoded for the wire).
+    pub fn payload_bytes(&self, limits: &MessageLimits) -> Result<usize, CodecError> {
+        encode_update_payload(&self.update, self.compressed.as_ref(), limits).map(|b| b.len())
+    }
 }
 
 /// A participant: its own training data, standardised with its own statistics, and a model.
@@ -46,6 +82,8 @@ pub struct Participant {
     standardizer: Standardizer,
     own_cooccurrence: CooccurrenceStatistics,
     settings: ParticipantSettings,
+    /// Quantisation residual carried to the next round (lossy compression only).
+    feedback: ErrorFeedback,
 }
 
 impl Participant {
@@ -71,6 +109,7 @@ impl Participant {
             standardizer,
             own_cooccurrence,
             settings,
+            feedback: ErrorFeedback::new(),
         })
     }
 
@@ -84,14 +123,17 @@ impl Participant {
         &self.standardizer
     }
 
-    /// Trains from `state` for the round and returns the update to send.
+    /// Trains from `state` for the round and returns the update to send. When
+    /// `config.compression` is lossy, the encoder delta plus the residual carried from earlier
+    /// rounds is compressed, and what compression dropped is carried to the next round (error
+    /// feedback, [`ErrorFeedback`]).
     pub fn train_round(
         &mut self,
         run_id: RunId,
         round: u64,
         state: &GlobalState,
         config: &TrainingConfig,
-    ) -> Result<ClientUpdate, ParticipantError> {
+    ) -> Result<TrainedUpdate, ParticipantError> {
         let started = Instant::now();
         self.model.load_global_state(state)?;
         if state.cooccurrence.count == 0.0 {
@@ -118,6 +160,12 @@ impl Participant {
         if delta.validate().is_err() {
             return Err(ParticipantError::Diverged(config.learning_rate));
         }
+        let (delta, compressed_delta) = if config.compression.is_compressed() {
+            let (compressed, sent) = self.feedback.compress(&delta, config.compression)?;
+            (sent, Some(compressed))
+        } else {
+            (delta, None)
+        };
         let (mut prototypes, mut cooccurrence) = self.model.memory_statistics(&self.data);
         for statistics in &mut prototypes {
             if config.share_memories {
@@ -129,7 +177,15 @@ impl Participant {
         if !config.share_memories {
             cooccurrence = CooccurrenceStatistics::zeros(cooccurrence.emotions);
         }
-        Ok(ClientUpdate {
+        // Prototype sums are fresh totals every round: compressed without error feedback.
+        let compressed = match compressed_delta {
+            Some(delta) => Some(CompressedUpdate {
+                delta,
+                prototype_sums: compress_prototype_sums(&mut prototypes, config.compression)?,
+            }),
+            None => None,
+        };
+        let update = ClientUpdate {
             run_id,
             round,
             delta,
@@ -141,7 +197,8 @@ impl Participant {
                 train_kl: report.epoch_kl.last().copied().unwrap_or(0.0),
                 seconds: started.elapsed().as_secs_f64(),
             },
-        })
+        };
+        Ok(TrainedUpdate { update, compressed })
     }
 
     /// Predictions of the global model `state` on `dataset` (standardised with this participant's

@@ -16,6 +16,7 @@
 //! [training]
 //! local_epochs = 2
 //! learning_rate = 0.001
+//! compression = "none"                            # or "f16" / "int8"; not with secure aggregation
 //!
 //! [aggregation]
 //! rule = { name = "fedadam", server_lr = 0.01 }   # or rule = "fedavg" / "median"
@@ -31,6 +32,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use mpcl_protocol::Compression;
 use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
@@ -143,6 +145,10 @@ pub struct TrainingSettings {
     /// encoder delta only and the global memories never learn: plain FedAvg of the encoder, the
     /// ablation that shows what the memories add.
     pub share_memories: bool,
+    /// How clients encode their encoder delta for upload: `"none"` (dense f32, the default),
+    /// `"f16"` or `"int8"` (8-bit with per-chunk scales and error feedback); see
+    /// [`mpcl_protocol::compression`]. Cannot be combined with secure aggregation.
+    pub compression: Compression,
 }
 
 impl Default for TrainingSettings {
@@ -153,6 +159,7 @@ impl Default for TrainingSettings {
             learning_rate: 1e-3,
             share_memories: true,
             proximal_mu: 0.0,
+            compression: Compression::None,
         }
     }
 }
@@ -524,6 +531,15 @@ impl CoordinatorConfig {
         {
             return fail(&field, message);
         }
+        if self.privacy.secure_aggregation && self.training.compression.is_compressed() {
+            return fail(
+                "training.compression",
+                format!(
+                    "is \"{}\"; update compression cannot be combined with secure aggregation (secure aggregation quantises updates itself): set it to \"none\" or turn privacy.secure_aggregation off",
+                    self.training.compression
+                ),
+            );
+        }
         if self.privacy.secure_aggregation && self.min_clients_to_aggregate < 2 {
             return fail(
                 "min_clients_to_aggregate",
@@ -576,6 +592,25 @@ mod tests {
         assert_eq!(config, CoordinatorConfig::default());
         assert_eq!(config.aggregation.prototype_blend, 0.5);
         assert_eq!(config.aggregation.rule, AggregationRule::FedAvg);
+    }
+
+    #[test]
+    fn compression_is_read_from_training_and_refused_with_secure_aggregation() {
+        let config =
+            CoordinatorConfig::from_toml_str("[training]\ncompression = \"int8\"").unwrap();
+        assert_eq!(config.training.compression, Compression::Int8);
+        let error = CoordinatorConfig::from_toml_str("[training]\ncompression = \"int4\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("int4"), "{error}");
+        let text = "min_clients_to_aggregate = 3\n[training]\ncompression = \"f16\"\n[privacy]\nsecure_aggregation = true";
+        let error = CoordinatorConfig::from_toml_str(text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("training.compression") && error.contains("secure aggregation"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1308,6 +1308,7 @@ pub fn training_config(
         proximal_mu: t.proximal_mu,
         share_memories: t.share_memories,
         seed: training_seed(config.seed, round, participant),
+        compression: t.compression,
     }
 }
 

@@ -7,13 +7,13 @@ use libfuzzer_sys::fuzz_target;
 use mpcl_coordinator::config::UpdateLimits;
 use mpcl_coordinator::{AggregationConfig, RoundAggregator, validate_update};
 use mpcl_fuzz::{RUN, alice, global, patch, update};
-use mpcl_protocol::codec::encode_message;
+use mpcl_protocol::signing::encode_update_payload;
 use mpcl_protocol::identity::Participant;
 use mpcl_protocol::{Enrolment, MessageLimits, SignedUpdate, UpdateVerifier};
 
 fuzz_target!(|data: &[u8]| {
     let limits = MessageLimits::for_model(1_000, 100, 4);
-    let valid = encode_message(&update(1), &limits).expect("fixture encodes");
+    let valid = encode_update_payload(&update(1), None, &limits).expect("fixture encodes");
     let payload = patch(valid, data);
     let alice = alice();
     let signed = SignedUpdate::sign_payload("alice", alice.signing_key(), RUN, 1, payload);

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`messages`] | the wire messages and the conversation between client and coordinator |
 //! | [`codec`] | bytes <-> messages (bincode, the only place it is used), size limits, version |
+//! | [`compression`] | the encoder delta in f16 or 8-bit form, error feedback |
 //! | [`framing`] | length-prefixed frames over async streams (quinn streams included) |
 //! | [`identity`] | ed25519 key files, participant ids, the enrolment file |
 //! | [`signing`] | signed updates, their verification, the replay guard |
@@ -15,6 +16,7 @@
 //! | [`secure_aggregation`] | masking math, Shamir shares and the client/coordinator steps of secure aggregation |
 
 pub mod codec;
+pub mod compression;
 pub mod framing;
 pub mod identity;
 pub mod messages;
@@ -26,6 +28,9 @@ pub mod tls;
 pub mod vector;
 
 pub use codec::{ALPN, CodecError, HARD_MAX_MESSAGE_BYTES, MessageLimits, PROTOCOL_VERSION};
+pub use compression::{
+    CompressedDelta, CompressedUpdate, Compression, CompressionError, DeltaLayout, ErrorFeedback,
+};
 pub use framing::{read_message, write_message};
 pub use identity::{Enrolment, EnrolmentError, IdentityError, NodeIdentity, Participant, keygen};
 pub use messages::{

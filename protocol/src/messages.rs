@@ -49,6 +49,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::PROTOCOL_VERSION;
+use crate::compression::Compression;
 use crate::params::ParameterSet;
 use crate::secure_aggregation::{SecAggStep, SecAggUpload, SecureRoundSetup};
 use crate::signing::SignedUpdate;
@@ -93,6 +94,9 @@ pub struct TrainingConfig {
     /// Send prototype and co-occurrence statistics; off, only the encoder delta (an ablation:
     /// plain FedAvg of the encoder).
     pub share_memories: bool,
+    /// How the client encodes its encoder delta for upload ([`Compression`]; lossy choices
+    /// carry the quantisation residual to the next round).
+    pub compression: Compression,
 }
 
 /// Metrics a client reports about its local training (never used for aggregation).
@@ -395,6 +399,7 @@ mod tests {
             proximal_mu: 0.0,
             seed: 7,
             share_memories: true,
+            compression: Compression::Int8,
         }
     }
 

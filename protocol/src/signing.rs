@@ -7,7 +7,8 @@
 //!
 //! # What is signed
 //!
-//! The update is encoded once with [`crate::codec::encode_message`] into `payload`; the
+//! The update is encoded once with [`encode_update_payload`] into `payload` (its encoder delta
+//! dense, or compressed as the run's `compression` says); the
 //! signature (ed25519, verified with `verify_strict`) covers
 //!
 //! ```text
@@ -41,8 +42,14 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::codec::{self, CodecError, MessageLimits};
+use crate::compression::{
+    CompressedDelta, CompressedUpdate, CompressedValues, Compression, DeltaLayout,
+};
 use crate::identity::{Enrolment, NodeIdentity, fingerprint};
 use crate::messages::{ClientUpdate, RejectReason, RunId};
+use crate::params::ParameterSet;
+use crate::stats::PrototypeStatistics;
+use crate::vector::F32Vec;
 
 /// Domain-separation tag at the start of every signed update message.
 pub const UPDATE_SIGNATURE_DOMAIN: &[u8] = b"mpcl/update-signature/v1\0";
@@ -87,15 +94,98 @@ pub fn signed_message(run_id: &RunId, round: u64, payload: &[u8]) -> Vec<u8> {
     message
 }
 
+/// What a signed update's payload decodes to: the update with its numbers dense, or compressed
+/// ([`crate::compression`]): then the update's own `delta` is empty and its prototype
+/// statistics have empty `sum`s, which travel in `delta` and `prototype_sums` (one per group,
+/// in order).
+#[derive(Deserialize)]
+enum UpdatePayload {
+    Dense(ClientUpdate),
+    Compressed {
+        update: ClientUpdate,
+        delta: CompressedDelta,
+        prototype_sums: Vec<CompressedValues>,
+    },
+}
+
+/// The encoding side of [`UpdatePayload`], borrowing (bincode writes a reference exactly like
+/// the value, so both sides agree byte for byte).
+#[derive(Serialize)]
+#[serde(rename = "UpdatePayload")]
+enum UpdatePayloadRef<'a> {
+    Dense(&'a ClientUpdate),
+    Compressed {
+        update: &'a ClientUpdate,
+        delta: &'a CompressedDelta,
+        prototype_sums: &'a [CompressedValues],
+    },
+}
+
+/// The payload bytes of `update`: dense, or, when `compressed` is given, with the update's
+/// delta and prototype sums left out and `compressed` carried instead (what
+/// [`SignedUpdate::sign_compressed`] signs; simulations use it to count upload bytes).
+pub fn encode_update_payload(
+    update: &ClientUpdate,
+    compressed: Option<&CompressedUpdate>,
+    limits: &MessageLimits,
+) -> Result<Vec<u8>, CodecError> {
+    let Some(compressed) = compressed else {
+        return codec::encode_message(&UpdatePayloadRef::Dense(update), limits);
+    };
+    if compressed.prototype_sums.len() != update.prototypes.len() {
+        return Err(CodecError::Malformed(format!(
+            "{} compressed prototype sums for {} groups",
+            compressed.prototype_sums.len(),
+            update.prototypes.len()
+        )));
+    }
+    // The dense numbers stay home; the rest is small.
+    let shell = ClientUpdate {
+        run_id: update.run_id,
+        round: update.round,
+        delta: ParameterSet::default(),
+        prototypes: update
+            .prototypes
+            .iter()
+            .map(|stats| PrototypeStatistics {
+                sum: F32Vec::default(),
+                ..stats.clone()
+            })
+            .collect(),
+        cooccurrence: update.cooccurrence.clone(),
+        sample_count: update.sample_count,
+        metrics: update.metrics.clone(),
+    };
+    codec::encode_message(
+        &UpdatePayloadRef::Compressed {
+            update: &shell,
+            delta: &compressed.delta,
+            prototype_sums: &compressed.prototype_sums,
+        },
+        limits,
+    )
+}
+
 impl SignedUpdate {
-    /// Encodes `update` (refusing one above `limits`) and signs it as `identity`. The run id and
-    /// round are taken from the update.
+    /// Encodes `update` with its dense delta (refusing one above `limits`) and signs it as
+    /// `identity`. The run id and round are taken from the update.
     pub fn sign(
         update: &ClientUpdate,
         identity: &NodeIdentity,
         limits: &MessageLimits,
     ) -> Result<Self, CodecError> {
-        let payload = codec::encode_message(update, limits)?;
+        Self::sign_compressed(update, None, identity, limits)
+    }
+
+    /// Like [`SignedUpdate::sign`], but when `compressed` is given the payload carries it
+    /// instead of `update.delta` and the prototype sums (which are then not sent at all).
+    pub fn sign_compressed(
+        update: &ClientUpdate,
+        compressed: Option<&CompressedUpdate>,
+        identity: &NodeIdentity,
+        limits: &MessageLimits,
+    ) -> Result<Self, CodecError> {
+        let payload = encode_update_payload(update, compressed, limits)?;
         Ok(Self::sign_payload(
             identity.id(),
             identity.signing_key(),
@@ -144,8 +234,11 @@ pub struct VerifiedUpdate {
     pub participant_id: String,
     /// That participant's key.
     pub public_key: VerifyingKey,
-    /// The decoded update (its `run_id` and `round` agree with the signed envelope).
+    /// The decoded update (its `run_id` and `round` agree with the signed envelope), its delta
+    /// decompressed when it travelled compressed.
     pub update: ClientUpdate,
+    /// How the delta travelled.
+    pub compression: Compression,
 }
 
 /// Why an update was not verified.
@@ -215,6 +308,9 @@ pub struct UpdateVerifier {
     enrolment: Enrolment,
     run_id: RunId,
     limits: MessageLimits,
+    /// The encoder's layout, needed to decompress compressed deltas (which carry only its
+    /// digest); without it compressed updates are refused.
+    layout: Option<DeltaLayout>,
 }
 
 impl UpdateVerifier {
@@ -224,7 +320,14 @@ impl UpdateVerifier {
             enrolment,
             run_id,
             limits,
+            layout: None,
         }
+    }
+
+    /// Accepts compressed updates whose delta is in `layout` (the global model's parameters).
+    pub fn with_delta_layout(mut self, layout: DeltaLayout) -> Self {
+        self.layout = Some(layout);
+        self
     }
 
     /// The enrolment in use.
@@ -270,13 +373,54 @@ impl UpdateVerifier {
                 found: signed.run_id,
             });
         }
-        let update: ClientUpdate =
+        let payload: UpdatePayload =
             codec::decode_message(&signed.payload, &self.limits).map_err(|source| {
                 UpdateError::Payload {
                     participant_id: participant_id.clone(),
                     source,
                 }
             })?;
+        let (update, compression) = match payload {
+            UpdatePayload::Dense(update) => (update, Compression::None),
+            UpdatePayload::Compressed {
+                mut update,
+                delta,
+                prototype_sums,
+            } => {
+                let malformed = |message: String| UpdateError::Payload {
+                    participant_id: participant_id.clone(),
+                    source: CodecError::Malformed(message),
+                };
+                let layout = self.layout.as_ref().ok_or_else(|| {
+                    malformed("this coordinator does not accept compressed updates".into())
+                })?;
+                if !update.delta.tensors.is_empty()
+                    || update.prototypes.iter().any(|p| !p.sum.is_empty())
+                    || prototype_sums.len() != update.prototypes.len()
+                {
+                    return Err(malformed(
+                        "a compressed update must carry its delta and prototype sums only in compressed form, one sum per group".into(),
+                    ));
+                }
+                // Decompressed here, on receipt: validation and aggregation see dense numbers.
+                update.delta = delta
+                    .decompress(layout)
+                    .map_err(|e| malformed(e.to_string()))?;
+                for (stats, sum) in update.prototypes.iter_mut().zip(&prototype_sums) {
+                    let expected = stats
+                        .emotions
+                        .checked_mul(stats.prototypes)
+                        .and_then(|n| n.checked_mul(stats.width))
+                        .ok_or_else(|| {
+                            malformed(format!("prototype shape of `{}` overflows", stats.group))
+                        })?;
+                    stats.sum = F32Vec(sum.decode(expected).map_err(|e| {
+                        malformed(format!("prototype sums of `{}`: {e}", stats.group))
+                    })?);
+                }
+                (update, delta.compression())
+            }
+        };
         if update.run_id != signed.run_id {
             return Err(UpdateError::EnvelopeMismatch {
                 participant_id,
@@ -297,6 +441,7 @@ impl UpdateVerifier {
             participant_id,
             public_key: participant.public_key,
             update,
+            compression,
         })
     }
 }
@@ -423,6 +568,7 @@ impl ReplayGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compression::compress_prototype_sums;
     use crate::identity::Participant;
     use crate::messages::LocalMetrics;
     use crate::params::{NamedTensor, ParameterSet};
@@ -467,7 +613,8 @@ mod tests {
             },
         ])
         .unwrap();
-        let verifier = UpdateVerifier::new(enrolment, RUN, MessageLimits::CONTROL);
+        let verifier = UpdateVerifier::new(enrolment, RUN, MessageLimits::CONTROL)
+            .with_delta_layout(DeltaLayout::of(&update(RUN, 1).delta));
         (alice, bob, verifier)
     }
 
@@ -488,6 +635,72 @@ mod tests {
         let back: crate::messages::ClientMessage =
             codec::decode_message(&bytes, &MessageLimits::CONTROL).unwrap();
         assert_eq!(back, message);
+    }
+
+    #[test]
+    fn a_compressed_update_is_decompressed_on_receipt() {
+        let (alice, _, verifier) = setup();
+        let mut original = update(RUN, 3);
+        original.prototypes[0].sum = F32Vec(vec![1.5, -0.5, 2.0, 0.25]);
+        for compression in [Compression::F16, Compression::Int8] {
+            // What the client keeps: its sums as the coordinator will reconstruct them.
+            let mut sent = original.clone();
+            let compressed = CompressedUpdate {
+                delta: CompressedDelta::compress(&original.delta, compression).unwrap(),
+                prototype_sums: compress_prototype_sums(&mut sent.prototypes, compression).unwrap(),
+            };
+            let signed = SignedUpdate::sign_compressed(
+                &sent,
+                Some(&compressed),
+                &alice,
+                &MessageLimits::CONTROL,
+            )
+            .unwrap();
+            let verified = verifier.verify(&signed, Some(&alice.public_key())).unwrap();
+            assert_eq!(verified.compression, compression);
+            let layout = DeltaLayout::of(&original.delta);
+            assert_eq!(
+                verified.update.delta,
+                compressed.delta.decompress(&layout).unwrap()
+            );
+            // The coordinator has exactly the client's reconstructed sums, close to the true ones.
+            assert_eq!(verified.update.prototypes, sent.prototypes);
+            let (truth, received) = (&original.prototypes[0], &verified.update.prototypes[0]);
+            for (a, b) in truth.sum.as_slice().iter().zip(received.sum.as_slice()) {
+                assert!((a - b).abs() <= 0.01 * a.abs().max(1.0), "{a} vs {b}");
+            }
+            assert_eq!(verified.update.sample_count, 42);
+        }
+        let dense = verifier.verify(&signed(&alice, RUN, 3), None).unwrap();
+        assert_eq!(dense.compression, Compression::None);
+    }
+
+    #[test]
+    fn a_compressed_update_that_does_not_decompress_is_malformed() {
+        let (alice, _, verifier) = setup();
+        let original = update(RUN, 3);
+        let mut renamed = original.delta.clone();
+        renamed.tensors[0].name = "other".into();
+        let compressed = CompressedUpdate {
+            delta: CompressedDelta::compress(&renamed, Compression::Int8).unwrap(),
+            prototype_sums: compress_prototype_sums(
+                &mut original.prototypes.clone(),
+                Compression::Int8,
+            )
+            .unwrap(),
+        };
+        let signed = SignedUpdate::sign_compressed(
+            &original,
+            Some(&compressed),
+            &alice,
+            &MessageLimits::CONTROL,
+        )
+        .unwrap();
+        let error = verifier.verify(&signed, None).unwrap_err();
+        assert!(
+            matches!(error.reject_reason(), RejectReason::Malformed(ref m) if m.contains("layout")),
+            "{error}"
+        );
     }
 
     #[test]
@@ -559,7 +772,8 @@ mod tests {
     #[test]
     fn payload_disagreeing_with_envelope_is_refused() {
         let (alice, _, verifier) = setup();
-        let payload = codec::encode_message(&update(RUN, 5), &MessageLimits::CONTROL).unwrap();
+        let payload =
+            encode_update_payload(&update(RUN, 5), None, &MessageLimits::CONTROL).unwrap();
         let signed = SignedUpdate::sign_payload("alice", alice.signing_key(), RUN, 4, payload);
         assert!(matches!(
             verifier.verify(&signed, None),

@@ -261,14 +261,18 @@ impl InProcessFederation {
                             .iter_mut()
                             .find(|c| c.id == participant)
                             .expect("the coordinator only samples connected participants");
-                        let update = client
+                        let trained = client
                             .participant
                             .train_round(self.run_id, round, &state, &config)
                             .map_err(|source| FederationError::Participant {
                                 subject: client.subject.clone(),
                                 source,
                             })?;
-                        bytes_up += encoded_size(&update, &limits);
+                        // The signed payload's size: the compressed delta when the run
+                        // compresses (the update's own delta is then its decompression, what
+                        // the coordinator reconstructs on receipt).
+                        bytes_up += trained.payload_bytes(&limits).unwrap_or(0) as u64;
+                        let update = trained.update;
                         updates.push(update.clone());
                         self.now += 1;
                         if secure {

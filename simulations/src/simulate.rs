@@ -30,6 +30,7 @@ use mpcl_model::metrics::{DistributionMetrics, evaluate};
 use mpcl_model::{
     Device, DeviceChoice, DeviceError, ModelConfig, ModelError, MpclModel, TrainOptions,
 };
+use mpcl_protocol::Compression;
 use mpcl_protocol::messages::GlobalState;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -129,6 +130,9 @@ pub struct SimulationConfig {
     pub aggregation: AggregationConfig,
     /// FedProx proximal weight (0 = FedAvg local training).
     pub proximal_mu: f64,
+    /// How participants encode their encoder delta for upload (`none`, `f16`, `int8`); the
+    /// `bytes_up` of `rounds.jsonl` count the compressed form.
+    pub compression: Compression,
     /// Privacy settings of the federated arms (the coordinator's `[privacy]` section; its
     /// `min_prototype_mass` is what participants withhold prototype statistics below). The
     /// simulation's default keeps every layer off and withholds below mass 1 (small synthetic
@@ -165,6 +169,7 @@ impl Default for SimulationConfig {
             clients_per_round: None,
             aggregation: AggregationConfig::default(),
             proximal_mu: 0.0,
+            compression: Compression::None,
             privacy: default_simulation_privacy(),
             deterministic_noise_for_tests: false,
             arms: Arm::ALL.to_vec(),
@@ -697,6 +702,7 @@ pub fn coordinator_config(
     coordinator.training.batch_size = config.batch_size;
     coordinator.training.learning_rate = config.learning_rate;
     coordinator.training.proximal_mu = config.proximal_mu;
+    coordinator.training.compression = config.compression;
     coordinator.validate()?;
     Ok(coordinator)
 }

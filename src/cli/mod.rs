@@ -1,5 +1,6 @@
 //! Subcommands of `mpcl`, one file each.
 
+mod bench;
 mod client;
 mod coordinator;
 mod data;
@@ -28,6 +29,10 @@ enum Command {
     Coordinator(coordinator::CoordinatorArgs),
     Client(client::ClientArgs),
     Status(client::StatusArgs),
+    Bench(bench::BenchArgs),
+    /// Internal: one measurement of `mpcl bench` in a process of its own.
+    #[command(hide = true)]
+    BenchChild(bench::BenchChildArgs),
 }
 
 impl Cli {
@@ -51,6 +56,8 @@ impl Cli {
             Command::Coordinator(args) => args.run(),
             Command::Client(args) => args.run(),
             Command::Status(args) => args.run(),
+            Command::Bench(args) => args.run(),
+            Command::BenchChild(args) => args.run(),
         }
     }
 }

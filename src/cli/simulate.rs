@@ -8,6 +8,7 @@ use clap::Args;
 use mpcl_coordinator::AggregationRule;
 use mpcl_coordinator::privacy::{PrivacyConfig, Threshold};
 use mpcl_model::DeviceChoice;
+use mpcl_protocol::Compression;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::network::NetworkOptions;
 use mpcl_simulations::simulate::{Arm, ExecutionMode, SimulationConfig, run_simulation_with};
@@ -66,6 +67,10 @@ pub struct SimulateArgs {
     /// FedProx proximal weight mu (0 = FedAvg local training).
     #[arg(long, default_value_t = 0.0)]
     proximal_mu: f64,
+    /// Upload compression of the encoder delta: `none`, `f16` or `int8` (8-bit, per-chunk
+    /// scales, error feedback). Not with --secure-aggregation.
+    #[arg(long, default_value = "none")]
+    compression: Compression,
     /// Mask updates with secure aggregation (the coordinator only sees their sum; needs fedavg or
     /// fedadam).
     #[arg(long)]
@@ -134,6 +139,7 @@ impl SimulateArgs {
             learning_rate: self.learning_rate,
             clients_per_round: self.clients_per_round,
             proximal_mu: self.proximal_mu,
+            compression: self.compression,
             privacy: PrivacyConfig {
                 secure_aggregation: self.secure_aggregation,
                 threshold: Threshold::Fraction(self.secagg_threshold),

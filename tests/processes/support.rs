@@ -48,6 +48,8 @@ pub struct RunSpec {
     /// Participants that must be connected before a round starts.
     pub min_available: usize,
     pub deadline_secs: u64,
+    /// How long the coordinator keeps answering `Finished` to clients still connected.
+    pub finish_grace_secs: u64,
 }
 
 impl RunSpec {
@@ -59,6 +61,7 @@ impl RunSpec {
             min_clients: clients,
             min_available: clients,
             deadline_secs: 60,
+            finish_grace_secs: 3,
         }
     }
 
@@ -88,13 +91,14 @@ keep_alive_secs = 0.5
 idle_timeout_secs = 3
 poll_interval_ms = 50
 request_timeout_secs = 5
-finish_grace_secs = 3
+finish_grace_secs = {grace}
 "#,
             rounds = self.rounds,
             per_round = self.clients_per_round,
             min = self.min_clients,
             available = self.min_available,
             deadline = self.deadline_secs,
+            grace = self.finish_grace_secs,
         )
     }
 }
@@ -563,7 +567,9 @@ fn replay(run: &RunDir, records: &[RoundRecord]) -> anyhow::Result<GlobalState> 
                 }
             };
             let training = training_config(config, record.round, id);
-            let update = participant.train_round(run_id, record.round, &state, &training)?;
+            let update = participant
+                .train_round(run_id, record.round, &state, &training)?
+                .update;
             aggregator.add(&update)?;
         }
         state = aggregator

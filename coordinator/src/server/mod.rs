@@ -37,7 +37,7 @@ use mpcl_protocol::codec::{self, CodecError, MessageLimits, PROTOCOL_VERSION};
 use mpcl_protocol::framing::{self, FRAME_HEADER_BYTES};
 use mpcl_protocol::messages::{ClientMessage, CoordinatorMessage, GlobalState, RunId, Welcome};
 use mpcl_protocol::tls::{TlsError, peer_public_key_from_identity};
-use mpcl_protocol::{Enrolment, NodeIdentity, UpdateVerifier};
+use mpcl_protocol::{DeltaLayout, Enrolment, NodeIdentity, UpdateVerifier};
 use quinn::crypto::rustls::QuicServerConfig;
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
@@ -279,7 +279,9 @@ impl Server {
         let traffic = Arc::new(Traffic::default());
         let (sender, commands) = mpsc::channel(256);
         let shared = Arc::new(Shared {
-            verifier: UpdateVerifier::new(setup.enrolment.clone(), run_id, limits),
+            // The layout lets the verifier decompress compressed deltas on receipt.
+            verifier: UpdateVerifier::new(setup.enrolment.clone(), run_id, limits)
+                .with_delta_layout(DeltaLayout::of(&coordinator.global_state().parameters)),
             enrolment: setup.enrolment.clone(),
             run_id,
             total_rounds: coordinator.config().rounds,

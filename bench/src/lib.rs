@@ -1,0 +1,355 @@
+//! `mpcl bench`: how much of a study's time, memory and bandwidth goes to the framework rather
+//! than to learning, measured on the machine it runs on. Each figure is the median of several
+//! runs. [`run_bench`] measures; [`write_outputs`] writes `bench.json` and `bench.md`.
+//!
+//! | module | measures |
+//! |---|---|
+//! | [`aggregation`] | aggregation time per round vs clients and parameters (in-process) |
+//! | [`network`] | system overhead per round over real QUIC on loopback |
+//! | [`child`] | coordinator peak memory vs clients; 1,000 simulated clients (child processes) |
+//! | [`bytes`] | bytes per client per round with and without compression, and its effect on KL |
+//! | [`throughput`] | local training samples per second per device and batch size |
+
+pub mod aggregation;
+pub mod bytes;
+pub mod child;
+pub mod network;
+mod report;
+pub mod stats;
+mod synthetic_state;
+pub mod throughput;
+
+use std::path::Path;
+
+use mpcl_model::{DeviceChoice, ModelConfig};
+use mpcl_protocol::Compression;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub use aggregation::AggregationRow;
+pub use child::{ChildLauncher, ChildResult, ChildTask, run_child};
+pub use report::{markdown, write_outputs};
+
+/// Errors of a bench run, naming what was being measured.
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error("cannot set up {what}: {message}")]
+    Setup { what: String, message: String },
+    #[error("measuring {what} failed: {message}")]
+    Measure { what: String, message: String },
+    #[error("child process for {task} failed: {message}")]
+    Child { task: String, message: String },
+    #[error("cannot write `{path}`: {message}")]
+    Write { path: String, message: String },
+}
+
+impl BenchError {
+    pub(crate) fn setup(what: &str, error: impl std::fmt::Display) -> Self {
+        Self::Setup {
+            what: what.to_string(),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// What to measure and how often.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Small sizes everywhere: a smoke test that finishes in seconds even in a debug build.
+    pub quick: bool,
+    /// Repetitions of each timed measurement (the median is reported).
+    pub repeats: usize,
+    /// Also measure training throughput on wgpu (needs a build with the `wgpu` feature); without
+    /// it, wgpu is measured only when a hardware GPU is found.
+    pub gpu: bool,
+    /// Starts the child processes of the memory and scale measurements; without one they are
+    /// skipped (noted in the report).
+    pub child: Option<ChildLauncher>,
+}
+
+impl BenchConfig {
+    /// The full bench (5 repetitions).
+    pub fn full(child: Option<ChildLauncher>) -> Self {
+        Self {
+            quick: false,
+            repeats: 5,
+            gpu: false,
+            child,
+        }
+    }
+
+    /// The smoke test (1 repetition, small sizes).
+    pub fn quick(child: Option<ChildLauncher>) -> Self {
+        Self {
+            quick: true,
+            repeats: 1,
+            gpu: false,
+            child,
+        }
+    }
+}
+
+/// Peak coordinator memory for one (clients, parameters) configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryRow {
+    pub clients: usize,
+    pub parameters: usize,
+    /// Median over repetitions of the peak memory the round added, MiB.
+    pub added_mib: f64,
+    /// Dense size of one update's delta, MiB (for scale).
+    pub delta_mib: f64,
+    /// Median wall time of the round, seconds.
+    pub seconds: f64,
+}
+
+/// 1,000 (or, quick, a few) simulated clients in one process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScaleRow {
+    pub clients: usize,
+    pub rounds: u64,
+    pub seconds: f64,
+    pub added_mib: f64,
+    pub peak_mib: f64,
+    pub final_kl: Option<f64>,
+}
+
+/// A property the bench must show, and whether it did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// Everything measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub quick: bool,
+    pub repeats: usize,
+    /// Threads available to this process.
+    pub threads: usize,
+    pub build: String,
+    pub aggregation: Vec<AggregationRow>,
+    pub overhead: Vec<network::OverheadRow>,
+    pub memory: Vec<MemoryRow>,
+    pub bytes_setups: Vec<bytes::BytesSetup>,
+    pub bytes: Vec<bytes::BytesRow>,
+    pub throughput: Vec<throughput::ThroughputRow>,
+    pub scale: Option<ScaleRow>,
+    pub checks: Vec<Check>,
+    /// What was skipped or could not be measured, and why.
+    pub notes: Vec<String>,
+    pub wall_seconds: f64,
+}
+
+impl BenchReport {
+    /// The checks that failed.
+    pub fn failed_checks(&self) -> Vec<&Check> {
+        self.checks.iter().filter(|c| !c.passed).collect()
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Runs every measurement; `progress` is called with a line before each part.
+pub fn run_bench(
+    config: &BenchConfig,
+    mut progress: impl FnMut(&str),
+) -> Result<BenchReport, BenchError> {
+    let started = std::time::Instant::now();
+    let repeats = config.repeats.max(1);
+    let quick = config.quick;
+    let mut notes = Vec::new();
+    let mut checks = Vec::new();
+
+    progress("aggregation time vs clients and parameters");
+    let (clients, parameters): (&[usize], &[usize]) = if quick {
+        (&[10, 100], &[10_000])
+    } else {
+        (&[10, 100, 1000], &[10_000, 100_000, 1_000_000])
+    };
+    let aggregation = aggregation::measure(clients, parameters, repeats)?;
+
+    progress("round overhead over QUIC on loopback");
+    let overhead = if quick {
+        vec![network::measure(2, 2, 100, Compression::None)?]
+    } else {
+        let mut rows = Vec::new();
+        for (clients, poll) in [(4, 1000), (4, 100), (16, 100)] {
+            rows.push(network::measure(
+                clients,
+                2 * repeats as u64,
+                poll,
+                Compression::None,
+            )?);
+        }
+        rows.push(network::measure(
+            4,
+            2 * repeats as u64,
+            100,
+            Compression::Int8,
+        )?);
+        rows
+    };
+
+    progress("coordinator peak memory vs clients");
+    let mut memory = Vec::new();
+    let mut scale = None;
+    match &config.child {
+        None => notes.push(
+            "coordinator memory and the many-client simulation were skipped: no child process launcher".into(),
+        ),
+        Some(launcher) => {
+            let (clients, parameters): (&[usize], &[usize]) = if quick {
+                (&[10, 100], &[10_000])
+            } else {
+                (&[10, 100, 1000], &[100_000, 1_000_000])
+            };
+            for &p in parameters {
+                for &n in clients {
+                    let mut added = Vec::new();
+                    let mut secs = Vec::new();
+                    for _ in 0..repeats.min(3) {
+                        let result = launcher.run(&ChildTask::CoordinatorRound {
+                            clients: n,
+                            parameters: p,
+                        })?;
+                        added.push(result.added_bytes() as f64 / MIB);
+                        secs.push(result.seconds);
+                    }
+                    memory.push(MemoryRow {
+                        clients: n,
+                        parameters: p,
+                        added_mib: stats::median(&added),
+                        delta_mib: 4.0 * p as f64 / MIB,
+                        seconds: stats::median(&secs),
+                    });
+                }
+                let of = |n: usize| {
+                    memory
+                        .iter()
+                        .find(|m| m.clients == n && m.parameters == p)
+                        .map(|m| m.added_mib)
+                };
+                let (fewest, most) = (clients[0], clients[clients.len() - 1]);
+                if let (Some(low), Some(high)) = (of(fewest), of(most)) {
+                    checks.push(Check {
+                        name: format!(
+                            "coordinator memory with {most} clients within 2x of {fewest} clients ({p} parameters)"
+                        ),
+                        passed: high <= 2.0 * low,
+                        detail: format!("{high:.1} MiB vs {low:.1} MiB ({:.2}x)", high / low),
+                    });
+                }
+            }
+            progress("many simulated clients in one process");
+            let (clients, rounds) = if quick { (20, 1) } else { (1000, 3) };
+            let result = launcher.run(&ChildTask::ManyClients { clients, rounds })?;
+            scale = Some(ScaleRow {
+                clients,
+                rounds,
+                seconds: result.seconds,
+                added_mib: result.added_bytes() as f64 / MIB,
+                peak_mib: result.peak_bytes as f64 / MIB,
+                final_kl: result.final_kl,
+            });
+        }
+    }
+
+    progress("bytes on the wire with and without compression");
+    let mut bytes_setups = Vec::new();
+    let mut bytes = Vec::new();
+    // The tiny model at the tests' learning rate, the default model at `mpcl simulate`'s (at
+    // 1e-2 the default model's run is chaotic: even f16 moves its final KL by 5%).
+    let models: Vec<(&str, ModelConfig, usize, u64, u32, f64)> = if quick {
+        vec![("tiny", ModelConfig::tiny(), 3, 2, 1, 1e-2)]
+    } else {
+        vec![
+            ("tiny", ModelConfig::tiny(), 8, 10, 2, 1e-2),
+            ("default", ModelConfig::default(), 8, 10, 2, 3e-3),
+        ]
+    };
+    for (name, model, subjects, rounds, epochs, lr) in &models {
+        let (setup, rows) = bytes::measure(name, model, *subjects, *rounds, *epochs, *lr)?;
+        if let Some(int8) = rows.iter().find(|r| r.compression == Compression::Int8) {
+            checks.push(Check {
+                name: format!("int8 upload at most 0.3x of dense f32 ({name} model)"),
+                passed: int8.up_ratio <= 0.3,
+                detail: format!("{:.3}x", int8.up_ratio),
+            });
+            checks.push(Check {
+                name: format!("int8 final KL within 2% of uncompressed ({name} model)"),
+                passed: int8.kl_change_percent.abs() <= 2.0,
+                detail: format!("{:+.3}%", int8.kl_change_percent),
+            });
+        }
+        bytes_setups.push(setup);
+        bytes.extend(rows);
+    }
+
+    progress("local training throughput");
+    let (model_name, model, samples) = if quick {
+        ("tiny", ModelConfig::tiny(), 64)
+    } else {
+        ("default", ModelConfig::default(), 512)
+    };
+    let mut throughput = throughput::measure(
+        DeviceChoice::Cpu,
+        model_name,
+        &model,
+        &[32, 128],
+        samples,
+        repeats,
+    )?;
+    let gpu = if config.gpu {
+        Some(DeviceChoice::Wgpu)
+    } else {
+        match DeviceChoice::Auto.resolve() {
+            Ok(selected) if selected.description.starts_with("wgpu") => Some(DeviceChoice::Auto),
+            _ => None,
+        }
+    };
+    match gpu {
+        Some(device) => match throughput::measure(device, model_name, &model, &[32, 128], samples, repeats) {
+            Ok(rows) => throughput.extend(rows),
+            Err(error) => notes.push(format!("wgpu throughput not measured: {error}")),
+        },
+        None => notes.push(
+            "wgpu throughput not measured: no hardware GPU found (or built without the `wgpu` feature)".into(),
+        ),
+    }
+
+    Ok(BenchReport {
+        quick,
+        repeats,
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        build: if cfg!(debug_assertions) {
+            "debug".into()
+        } else {
+            "release".into()
+        },
+        aggregation,
+        overhead,
+        memory,
+        bytes_setups,
+        bytes,
+        throughput,
+        scale,
+        checks,
+        notes,
+        wall_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Convenience for callers that write the results: runs, then writes into `out`.
+pub fn run_and_write(
+    config: &BenchConfig,
+    out: &Path,
+    progress: impl FnMut(&str),
+) -> Result<BenchReport, BenchError> {
+    let report = run_bench(config, progress)?;
+    write_outputs(&report, out)?;
+    Ok(report)
+}

@@ -1,0 +1,226 @@
+//! System overhead per round in network mode: the real QUIC coordinator ([`Server`]) and real
+//! participant [`Node`]s as tasks of one process, talking over loopback. For each round,
+//! overhead = the round's wall time on the coordinator (round started to aggregated, from its
+//! round log) minus the slowest client's local training time (`LocalMetrics::seconds` of the
+//! updates that were aggregated). What is left is the framework: polling for work, transfers,
+//! TLS, encoding, signing and verification, validation, aggregation, checkpointing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mpcl_client::{Node, NodeConfig, NodeEvent, SessionConfig, UpdateOutcome};
+use mpcl_coordinator::server::{NetworkSettings, Server, ServerSetup};
+use mpcl_coordinator::{Coordinator, CoordinatorConfig, RoundRecord};
+use mpcl_model::{Device, ModelConfig, MpclModel};
+use mpcl_protocol::identity::Participant as Enrolled;
+use mpcl_protocol::{Compression, Enrolment, NodeIdentity, SigningKey};
+use mpcl_simulations::synthetic::{SyntheticConfig, generate};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::unbounded_channel;
+use tokio_util::sync::CancellationToken;
+
+use crate::BenchError;
+use crate::stats::median;
+
+/// One network configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OverheadRow {
+    pub clients: usize,
+    pub rounds: u64,
+    /// How often a waiting client asks for work again (the coordinator's `poll_interval_ms`).
+    pub poll_interval_ms: u64,
+    pub compression: Compression,
+    /// Median over rounds of the coordinator's round wall time.
+    pub round_seconds: f64,
+    /// Median over rounds of the slowest aggregated client's local training time.
+    pub slowest_training_seconds: f64,
+    /// Median over rounds of (round wall time - slowest training time).
+    pub overhead_seconds: f64,
+    /// Per-round overheads, seconds.
+    pub overheads: Vec<f64>,
+}
+
+fn identity(id: &str, seed: u8) -> Result<NodeIdentity, BenchError> {
+    NodeIdentity::from_signing_key(Some(id), SigningKey::from_bytes(&[seed; 32]))
+        .map_err(|e| BenchError::setup("identity", e))
+}
+
+/// Runs a federation of `clients` nodes for `rounds` rounds (tiny model, synthetic data, one
+/// local epoch) and measures every round.
+pub fn measure(
+    clients: usize,
+    rounds: u64,
+    poll_interval_ms: u64,
+    compression: Compression,
+) -> Result<OverheadRow, BenchError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::setup("tokio runtime", e))?;
+    runtime.block_on(run(clients, rounds, poll_interval_ms, compression))
+}
+
+async fn run(
+    clients: usize,
+    rounds: u64,
+    poll_interval_ms: u64,
+    compression: Compression,
+) -> Result<OverheadRow, BenchError> {
+    let data = generate(&SyntheticConfig {
+        seed: 3,
+        subjects: clients,
+        trials_per_subject: 8,
+        windows_per_trial: 3,
+        face_width: 8,
+        ..SyntheticConfig::default()
+    });
+    let coordinator_identity = identity("coordinator", 250)?;
+    let participants: Vec<Arc<NodeIdentity>> = (0..clients)
+        .map(|i| identity(&format!("p{i}"), (i % 240) as u8 + 1).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    if clients > 240 {
+        return Err(BenchError::setup(
+            "network",
+            "at most 240 clients (one key seed byte each)",
+        ));
+    }
+    let enrolment = Enrolment::from_participants(
+        participants
+            .iter()
+            .map(|p| Enrolled {
+                id: p.id().to_string(),
+                public_key: p.public_key(),
+            })
+            .collect(),
+    )
+    .map_err(|e| BenchError::setup("enrolment", e))?;
+
+    let mut config = CoordinatorConfig {
+        name: "bench".into(),
+        seed: 5,
+        rounds,
+        clients_per_round: Some(clients),
+        min_clients_to_aggregate: clients,
+        min_available_clients: Some(clients),
+        round_deadline_secs: 600,
+        ..CoordinatorConfig::default()
+    };
+    config.training.local_epochs = 1;
+    config.training.batch_size = 16;
+    config.training.learning_rate = 0.01;
+    config.training.compression = compression;
+    let model = ModelConfig::tiny();
+    let initial = MpclModel::new(&data.schema, &model, &Device::flex(), 5)
+        .map_err(|e| BenchError::setup("model", e))?
+        .global_state();
+    let coordinator = Coordinator::new(config, [9; 16], initial)
+        .map_err(|e| BenchError::setup("coordinator", e))?;
+    let out = tempfile::tempdir().map_err(|e| BenchError::setup("temporary folder", e))?;
+    let listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+    let server = Server::bind(ServerSetup {
+        coordinator,
+        identity: NodeIdentity::from_signing_key(
+            Some(coordinator_identity.id()),
+            coordinator_identity.signing_key().clone(),
+        )
+        .map_err(|e| BenchError::setup("identity", e))?,
+        enrolment,
+        model_config_json: serde_json::to_string(&model).expect("serialisable"),
+        schema_json: serde_json::to_string(&data.schema).expect("serialisable"),
+        network: NetworkSettings {
+            poll_interval_ms,
+            finish_grace_secs: 1.0,
+            ..NetworkSettings::default()
+        },
+        listen,
+        out_dir: out.path().to_path_buf(),
+    })
+    .map_err(|e| BenchError::setup("server", e))?;
+    let addr = server.local_addr();
+    let shutdown = CancellationToken::new();
+    let server_task = tokio::spawn(server.run(shutdown.clone()));
+
+    let subjects = data.subjects();
+    let mut nodes = Vec::new();
+    for (participant, subject) in participants.iter().zip(&subjects) {
+        let rows: Vec<usize> = (0..data.samples.len())
+            .filter(|&r| data.samples[r].subject == *subject)
+            .collect();
+        let session = SessionConfig::new(
+            addr,
+            coordinator_identity.public_key(),
+            Arc::clone(participant),
+        );
+        let (sender, events) = unbounded_channel();
+        let node = Node::new(NodeConfig::new(session), data.subset(&rows), Device::flex())
+            .map_err(|e| BenchError::setup("node", e))?
+            .with_events(sender);
+        nodes.push((tokio::spawn(node.run(shutdown.clone())), events));
+    }
+
+    let limit = Duration::from_secs(120 + 60 * rounds);
+    let mut slowest: BTreeMap<u64, f64> = BTreeMap::new();
+    for (task, mut events) in nodes {
+        let outcome = tokio::time::timeout(limit, task).await;
+        let finished = matches!(outcome, Ok(Ok(Ok(_))));
+        if !finished {
+            shutdown.cancel();
+            return Err(BenchError::Measure {
+                what: "network round overhead".into(),
+                message: format!("a node did not finish: {outcome:?}"),
+            });
+        }
+        while let Ok(event) = events.try_recv() {
+            if let NodeEvent::UpdateSent {
+                round,
+                update,
+                outcome: UpdateOutcome::Accepted,
+            } = event
+            {
+                let entry = slowest.entry(round).or_insert(0.0);
+                *entry = entry.max(update.metrics.seconds);
+            }
+        }
+    }
+    let served = tokio::time::timeout(Duration::from_secs(30), server_task).await;
+    if !matches!(served, Ok(Ok(Ok(_)))) {
+        shutdown.cancel();
+        return Err(BenchError::Measure {
+            what: "network round overhead".into(),
+            message: format!("the server did not finish: {served:?}"),
+        });
+    }
+    let log = std::fs::read_to_string(out.path().join("rounds.jsonl"))
+        .map_err(|e| BenchError::setup("round log", e))?;
+    let mut walls = Vec::new();
+    let mut trainings = Vec::new();
+    let mut overheads = Vec::new();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let record: RoundRecord =
+            serde_json::from_str(line).map_err(|e| BenchError::setup("round log", e))?;
+        let (Some(wall), Some(&train)) = (record.wall_seconds, slowest.get(&record.round)) else {
+            continue;
+        };
+        walls.push(wall);
+        trainings.push(train);
+        overheads.push(wall - train);
+    }
+    if overheads.is_empty() {
+        return Err(BenchError::Measure {
+            what: "network round overhead".into(),
+            message: "no round was logged".into(),
+        });
+    }
+    Ok(OverheadRow {
+        clients,
+        rounds,
+        poll_interval_ms,
+        compression,
+        round_seconds: median(&walls),
+        slowest_training_seconds: median(&trainings),
+        overhead_seconds: median(&overheads),
+        overheads,
+    })
+}

@@ -1,0 +1,217 @@
+//! The bench's outputs: `bench.json` (everything, every repetition) and `bench.md` (the tables).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::{BenchError, BenchReport};
+
+/// Writes `bench.json` and `bench.md` into `out` (created if missing).
+pub fn write_outputs(report: &BenchReport, out: &Path) -> Result<(), BenchError> {
+    let write = |name: &str, text: String| {
+        let path = out.join(name);
+        std::fs::write(&path, text).map_err(|e| BenchError::Write {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    };
+    std::fs::create_dir_all(out).map_err(|e| BenchError::Write {
+        path: out.display().to_string(),
+        message: e.to_string(),
+    })?;
+    write(
+        "bench.json",
+        serde_json::to_string_pretty(report).expect("serialisable") + "\n",
+    )?;
+    write("bench.md", markdown(report))
+}
+
+fn seconds(s: f64) -> String {
+    if s < 1e-3 {
+        format!("{:.1} µs", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+fn count(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
+/// The report as Markdown tables.
+pub fn markdown(r: &BenchReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "mpcl bench{} ({} build, {} threads, median of {} run(s); total {:.0} s)\n",
+        if r.quick { " --quick" } else { "" },
+        r.build,
+        r.threads,
+        r.repeats,
+        r.wall_seconds
+    );
+
+    let _ = writeln!(
+        s,
+        "**Aggregation time per round** (FedAvg, `RoundAggregator` add + finish, in-process)\n"
+    );
+    let mut parameters: Vec<usize> = r.aggregation.iter().map(|a| a.parameters).collect();
+    parameters.dedup();
+    let mut clients: Vec<usize> = r.aggregation.iter().map(|a| a.clients).collect();
+    clients.sort_unstable();
+    clients.dedup();
+    let _ = write!(s, "| clients |");
+    for p in &parameters {
+        let _ = write!(s, " {} params |", count(*p));
+    }
+    let _ = writeln!(s, "\n|---|{}", "---|".repeat(parameters.len()));
+    for n in &clients {
+        let _ = write!(s, "| {n} |");
+        for p in &parameters {
+            match r
+                .aggregation
+                .iter()
+                .find(|a| a.clients == *n && a.parameters == *p)
+            {
+                Some(a) => {
+                    let _ = write!(s, " {} |", seconds(a.seconds));
+                }
+                None => s.push_str(" |"),
+            }
+        }
+        s.push('\n');
+    }
+
+    let _ = writeln!(
+        s,
+        "\n**System overhead per round, network mode** (QUIC on loopback, tiny model; overhead = round wall time - slowest client's training time)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| clients | poll interval | compression | round wall | slowest training | overhead |\n|---|---|---|---|---|---|"
+    );
+    for o in &r.overhead {
+        let _ = writeln!(
+            s,
+            "| {} | {} ms | {} | {} | {} | {} |",
+            o.clients,
+            o.poll_interval_ms,
+            o.compression,
+            seconds(o.round_seconds),
+            seconds(o.slowest_training_seconds),
+            seconds(o.overhead_seconds)
+        );
+    }
+
+    if !r.memory.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n**Coordinator peak memory per round** (state machine + streaming FedAvg, one child process per cell, above the process baseline)\n"
+        );
+        let _ = writeln!(
+            s,
+            "| clients | parameters | one dense delta | peak added | round time |\n|---|---|---|---|---|"
+        );
+        for m in &r.memory {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.2} MiB | {:.1} MiB | {} |",
+                m.clients,
+                count(m.parameters),
+                m.delta_mib,
+                m.added_mib,
+                seconds(m.seconds)
+            );
+        }
+    }
+
+    let _ = writeln!(
+        s,
+        "\n**Bytes per client per round and final metrics** (synthetic federated simulation; upload = signed update payload)\n"
+    );
+    for setup in &r.bytes_setups {
+        let _ = writeln!(
+            s,
+            "- {} model: {} encoder parameters, {} clients, {} rounds x {} local epochs, learning rate {}",
+            setup.model,
+            setup.parameters,
+            setup.subjects,
+            setup.rounds,
+            setup.local_epochs,
+            setup.learning_rate
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n| model | compression | upload | vs dense | download | final KL | KL change | cosine | label prior KL |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for b in &r.bytes {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} B | {:.3}x | {:.0} B | {:.4} | {:+.2}% | {:.4} | {:.4} |",
+            b.model,
+            b.compression,
+            b.up_bytes_per_client,
+            b.up_ratio,
+            b.down_bytes_per_client,
+            b.final_kl,
+            b.kl_change_percent,
+            b.final_cosine,
+            b.label_prior_kl
+        );
+    }
+
+    let _ = writeln!(s, "\n**Local training throughput**\n");
+    let _ = writeln!(
+        s,
+        "| device | model | parameters | batch | samples/s |\n|---|---|---|---|---|"
+    );
+    for t in &r.throughput {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.0} |",
+            t.device, t.model, t.parameters, t.batch_size, t.samples_per_second
+        );
+    }
+
+    if let Some(scale) = &r.scale {
+        let _ = writeln!(
+            s,
+            "\n**{} simulated clients in one process** (synthetic data, tiny model, {} round(s) x 1 local epoch): {}, peak memory {:.0} MiB ({:.0} MiB above baseline){}",
+            scale.clients,
+            scale.rounds,
+            seconds(scale.seconds),
+            scale.peak_mib,
+            scale.added_mib,
+            scale
+                .final_kl
+                .map(|kl| format!(", final KL {kl:.4}"))
+                .unwrap_or_default()
+        );
+    }
+
+    if !r.checks.is_empty() {
+        let _ = writeln!(s, "\n**Checks**\n");
+        for c in &r.checks {
+            let _ = writeln!(
+                s,
+                "- {} {}: {}",
+                if c.passed { "PASS" } else { "FAIL" },
+                c.name,
+                c.detail
+            );
+        }
+    }
+    if !r.notes.is_empty() {
+        let _ = writeln!(s, "\n**Notes**\n");
+        for n in &r.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+    }
+    s
+}

@@ -1,0 +1,85 @@
+//! Local training throughput of the MPCL network: samples per second of `train` (forward,
+//! backward, Adam step, prototype-bank update) on synthetic data in the DMER layout, per device
+//! and batch size. The first epoch of each configuration is a warm-up and is not counted (it
+//! allocates, and on wgpu compiles and autotunes kernels).
+
+use mpcl_model::data::Standardizer;
+use mpcl_model::{DeviceChoice, ModelConfig, MpclModel, TensorDataset, TrainOptions, train};
+use mpcl_simulations::synthetic::{SyntheticConfig, generate};
+use serde::{Deserialize, Serialize};
+
+use crate::BenchError;
+use crate::stats::{median, seconds};
+
+/// One (device, batch size) configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ThroughputRow {
+    /// The device as resolved (for example `cpu (burn flex)`).
+    pub device: String,
+    pub model: String,
+    pub parameters: usize,
+    pub batch_size: usize,
+    pub samples: usize,
+    /// Median samples per second over the timed epochs.
+    pub samples_per_second: f64,
+    /// Every timed epoch, samples per second.
+    pub runs: Vec<f64>,
+}
+
+/// Measures `batch_sizes` on `device` with `samples` training samples, `repeats` timed epochs
+/// each.
+pub fn measure(
+    device: DeviceChoice,
+    model_name: &str,
+    model_config: &ModelConfig,
+    batch_sizes: &[usize],
+    samples: usize,
+    repeats: usize,
+) -> Result<Vec<ThroughputRow>, BenchError> {
+    let selected = device
+        .resolve()
+        .map_err(|e| BenchError::setup("device", e))?;
+    let windows = 4;
+    let subjects = 4;
+    let data = generate(&SyntheticConfig {
+        seed: 13,
+        subjects,
+        trials_per_subject: samples.div_ceil(subjects * windows),
+        windows_per_trial: windows,
+        ..SyntheticConfig::default()
+    });
+    let standardizer = Standardizer::fit(&data);
+    let tensors = TensorDataset::new(&data, &standardizer, &selected.device);
+    let mut rows = Vec::new();
+    for &batch_size in batch_sizes {
+        let mut model = MpclModel::new(&data.schema, model_config, &selected.device, 1)
+            .map_err(|e| BenchError::setup("model", e))?;
+        let parameters = model.parameters().value_count();
+        let options = |seed| TrainOptions {
+            epochs: 1,
+            batch_size,
+            learning_rate: 1e-3,
+            seed,
+            proximal_mu: 0.0,
+            progress: false,
+        };
+        train(&mut model, &tensors, &options(0), None);
+        let runs: Vec<f64> = (0..repeats)
+            .map(|i| {
+                let (_, secs) =
+                    seconds(|| train(&mut model, &tensors, &options(i as u64 + 1), None));
+                tensors.len() as f64 / secs
+            })
+            .collect();
+        rows.push(ThroughputRow {
+            device: selected.description.clone(),
+            model: model_name.to_string(),
+            parameters,
+            batch_size,
+            samples: tensors.len(),
+            samples_per_second: median(&runs),
+            runs,
+        });
+    }
+    Ok(rows)
+}

@@ -1,0 +1,53 @@
+//! The quick bench runs end to end and writes both files; a child measurement runs in-process.
+//! (No timing is asserted: speed belongs in the bench's output, not in tests.)
+
+use mpcl_bench::{BenchConfig, BenchReport, ChildTask, run_and_write, run_child};
+
+#[test]
+fn quick_bench_writes_json_and_markdown() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let report = run_and_write(&BenchConfig::quick(None), dir.path(), |_| {})?;
+    let json: BenchReport =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("bench.json"))?)?;
+    // JSON floats round-trip to within an ulp, so compare what is printed.
+    assert_eq!(mpcl_bench::markdown(&json), mpcl_bench::markdown(&report));
+    let md = std::fs::read_to_string(dir.path().join("bench.md"))?;
+    assert_eq!(md, mpcl_bench::markdown(&report));
+    for heading in [
+        "Aggregation time per round",
+        "System overhead per round",
+        "Bytes per client per round",
+        "Local training throughput",
+    ] {
+        assert!(md.contains(heading), "missing {heading}:\n{md}");
+    }
+    // Every cell measured something, and the pieces are consistent.
+    assert_eq!(report.aggregation.len(), 2);
+    assert!(report.aggregation.iter().all(|a| a.seconds > 0.0));
+    let overhead = &report.overhead[0];
+    assert_eq!(overhead.overheads.len(), 2, "one overhead per round");
+    assert!(overhead.round_seconds >= overhead.slowest_training_seconds);
+    assert_eq!(report.bytes.len(), 3);
+    let dense = &report.bytes[0];
+    assert_eq!(dense.up_ratio, 1.0);
+    assert!(report.bytes[1..].iter().all(|b| b.up_ratio < 1.0));
+    assert_eq!(report.throughput.len(), 2);
+    assert!(report.throughput.iter().all(|t| t.samples_per_second > 0.0));
+    // Without a child launcher the memory parts are skipped, and the report says so.
+    assert!(report.memory.is_empty() && report.scale.is_none());
+    assert!(report.notes.iter().any(|n| n.contains("skipped")));
+    Ok(())
+}
+
+#[test]
+fn a_coordinator_round_child_measures_memory() -> anyhow::Result<()> {
+    let result = run_child(&ChildTask::CoordinatorRound {
+        clients: 5,
+        parameters: 1000,
+    })?;
+    if cfg!(target_os = "linux") {
+        assert!(result.peak_bytes >= result.baseline_bytes && result.baseline_bytes > 0);
+    }
+    assert!(result.seconds > 0.0);
+    Ok(())
+}
