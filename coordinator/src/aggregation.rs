@@ -648,15 +648,24 @@ pub fn blend_prototypes(
     stats: &PrototypeStatistics,
     blend: f64,
 ) -> Result<PrototypeBank, AggregationError> {
-    let cells = previous.emotions * previous.prototypes;
     let width = previous.width;
+    let sizes = previous
+        .emotions
+        .checked_mul(previous.prototypes)
+        .and_then(|cells| Some((cells, cells.checked_mul(width)?)));
+    let Some((cells, values)) = sizes else {
+        return Err(AggregationError::Layout(format!(
+            "prototype bank `{}` declares sizes that overflow",
+            previous.group
+        )));
+    };
     if stats.group != previous.group
         || stats.emotions != previous.emotions
         || stats.prototypes != previous.prototypes
         || stats.width != width
         || stats.weight.len() != cells
-        || stats.sum.len() != cells * width
-        || previous.values.len() != cells * width
+        || stats.sum.len() != values
+        || previous.values.len() != values
     {
         return Err(AggregationError::Layout(format!(
             "prototype statistics of group `{}` do not match the bank `{}`",

@@ -92,8 +92,7 @@ pub fn validate_update(
         .check_same_layout(&update.delta)
         .map_err(|e| RejectReason::LayoutMismatch(format!("encoder delta: {e}")))?;
     for tensor in &update.delta.tensors {
-        let expected: usize = tensor.shape.iter().product();
-        if expected != tensor.values.len() {
+        if tensor.shape_len() != Some(tensor.values.len()) {
             return Err(RejectReason::LayoutMismatch(format!(
                 "delta `{}` has {} values for shape {:?}",
                 tensor.name,

@@ -37,6 +37,9 @@ pub enum ParameterSetError {
     /// A tensor holds NaN or infinity.
     #[error("parameter `{name}` holds a non-finite value")]
     NonFinite { name: String },
+    /// A tensor's shape multiplies out beyond any possible length.
+    #[error("parameter `{name}` has an impossible shape {shape:?} (its size overflows)")]
+    ShapeOverflow { name: String, shape: Vec<usize> },
 }
 
 /// One parameter tensor: its path in the model (for example `fusion.physiological.scale_1.query.weight`),
@@ -46,6 +49,14 @@ pub struct NamedTensor {
     pub name: String,
     pub shape: Vec<usize>,
     pub values: F32Vec,
+}
+
+impl NamedTensor {
+    /// How many values the shape needs; `None` when the product overflows (a shape that came
+    /// off the wire or out of a file can claim anything).
+    pub fn shape_len(&self) -> Option<usize> {
+        self.shape.iter().try_fold(1usize, |n, d| n.checked_mul(*d))
+    }
 }
 
 /// An ordered list of named tensors: a model's trainable parameters or a delta of them.
@@ -83,7 +94,12 @@ impl ParameterSet {
     /// Checks that every tensor's length matches its shape and every value is finite.
     pub fn validate(&self) -> Result<(), ParameterSetError> {
         for tensor in &self.tensors {
-            let expected: usize = tensor.shape.iter().product();
+            let Some(expected) = tensor.shape_len() else {
+                return Err(ParameterSetError::ShapeOverflow {
+                    name: tensor.name.clone(),
+                    shape: tensor.shape.clone(),
+                });
+            };
             if expected != tensor.values.len() {
                 return Err(ParameterSetError::LengthMismatch {
                     name: tensor.name.clone(),
@@ -230,6 +246,24 @@ impl ParameterSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (fuzzing, `coordinator_message`): a `StartRound` whose tensor shape multiplies
+    /// beyond `usize` made `validate` panic (overflow) instead of refusing the state.
+    #[test]
+    fn a_shape_whose_size_overflows_is_refused() {
+        let set = ParameterSet {
+            tensors: vec![NamedTensor {
+                name: "w".into(),
+                shape: vec![usize::MAX / 2, 3],
+                values: F32Vec(vec![0.0; 6]),
+            }],
+        };
+        assert!(matches!(
+            set.validate(),
+            Err(ParameterSetError::ShapeOverflow { .. })
+        ));
+        assert_eq!(set.tensors[0].shape_len(), None);
+    }
 
     fn set(values: &[(&str, Vec<f32>)]) -> ParameterSet {
         ParameterSet {

@@ -59,12 +59,12 @@ impl PrototypeStatistics {
         let what = format!("prototype statistics of group `{}`", self.group);
         check_len(
             &format!("{what} (sum)"),
-            self.emotions * self.prototypes * self.width,
+            &[self.emotions, self.prototypes, self.width],
             self.sum.len(),
         )?;
         check_len(
             &format!("{what} (weight)"),
-            self.emotions * self.prototypes,
+            &[self.emotions, self.prototypes],
             self.weight.len(),
         )?;
         if !self.sum.all_finite() || self.weight.0.iter().any(|w| !w.is_finite() || *w < 0.0) {
@@ -155,7 +155,7 @@ impl CooccurrenceStatistics {
     pub fn validate(&self) -> Result<(), StatisticsError> {
         check_len(
             "co-occurrence statistics",
-            self.emotions * self.emotions,
+            &[self.emotions, self.emotions],
             self.sum.len(),
         )?;
         if self.sum.0.iter().any(|v| !v.is_finite() || *v < 0.0)
@@ -200,7 +200,14 @@ impl CooccurrenceStatistics {
     }
 }
 
-fn check_len(what: &str, expected: usize, found: usize) -> Result<(), StatisticsError> {
+/// Checks that `found` values are what `dims` multiply out to. Declared sizes come off the
+/// wire, so the product is checked: an overflow is a mismatch, not a panic or a wrap-around.
+fn check_len(what: &str, dims: &[usize], found: usize) -> Result<(), StatisticsError> {
+    let Some(expected) = dims.iter().try_fold(1usize, |n, d| n.checked_mul(*d)) else {
+        return Err(StatisticsError::Mismatch(format!(
+            "{what}: declared sizes {dims:?} overflow"
+        )));
+    };
     if expected != found {
         return Err(StatisticsError::Length {
             what: what.to_string(),
@@ -220,6 +227,27 @@ fn add_into(acc: &mut [f32], values: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Declared sizes from the wire whose product overflows are refused, not multiplied out
+    /// (found while fuzzing the same pattern in `ParameterSet::validate`).
+    #[test]
+    fn sizes_whose_product_overflows_are_a_mismatch() {
+        let mut stats = PrototypeStatistics::zeros("physiological", 2, 2, 2);
+        stats.emotions = usize::MAX / 2;
+        stats.prototypes = 4;
+        stats.sum = F32Vec(Vec::new());
+        assert!(matches!(
+            stats.validate(),
+            Err(StatisticsError::Mismatch(_))
+        ));
+        let mut cooccurrence = CooccurrenceStatistics::zeros(2);
+        cooccurrence.emotions = 1 << (usize::BITS / 2);
+        cooccurrence.sum = F32Vec(Vec::new());
+        assert!(matches!(
+            cooccurrence.validate(),
+            Err(StatisticsError::Mismatch(_))
+        ));
+    }
 
     #[test]
     fn cooccurrence_memory_is_row_normalised_expectation() {

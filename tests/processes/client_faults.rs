@@ -12,7 +12,8 @@ use crate::support::{PATIENCE, RunDir, RunSpec, check_run};
 fn a_client_killed_mid_training_is_left_out_and_can_come_back() -> anyhow::Result<()> {
     let spec = RunSpec {
         min_clients: 2,
-        deadline_secs: 3,
+        // Long enough for the restarted c to start, train and answer in the later rounds.
+        deadline_secs: 5,
         ..RunSpec::all(3, 3)
     };
     let run = RunDir::new(&["a", "b", "c"], &spec)?;
