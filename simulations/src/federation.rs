@@ -86,7 +86,8 @@ pub struct RoundOutcome {
     pub seconds: f64,
     pub mean_train_loss: f64,
     /// The updates the participants produced this round, in training order (under secure
-    /// aggregation the coordinator never saw them; the simulation does).
+    /// aggregation the coordinator never saw them; the in-process simulation does). Empty in
+    /// network mode, where they stay in the client processes.
     pub updates: Vec<ClientUpdate>,
     /// What the privacy layers did (epsilon with differential privacy).
     pub privacy: Option<RoundPrivacy>,
