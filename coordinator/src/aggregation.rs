@@ -278,9 +278,11 @@ impl RoundAggregator {
         });
         let delta = clipped_delta.as_ref().unwrap_or(&update.delta);
         let weight = self.policy.weight(update.sample_count) as f64;
-        // Every part is range-checked before any is accumulated.
-        if let DeltaAccumulator::Weighted { sum, .. } = &self.deltas {
-            sum.check_scaled(weight, delta.iter_values())?;
+        // The small parts are range-checked first; the delta's sum checks the delta before adding
+        // any of it. So either all of the update is accumulated or none, with one range pass
+        // over the delta.
+        if let DeltaAccumulator::Weighted { total_weight, .. } = &self.deltas {
+            total_weight.check_scaled(1.0, [weight])?;
         }
         for (stats, &index) in update.prototypes.iter().zip(&targets) {
             self.prototypes[index].check(stats)?;
@@ -367,7 +369,7 @@ impl RoundAggregator {
         }
         sum.cooccurrence.validate()?;
 
-        running.check_scaled(1.0, sum.weighted_delta_sum.iter().copied())?;
+        // As in `add`: the small parts first, the summed delta checks itself before adding.
         total_weight.check_scaled(1.0, [sum.total_weight])?;
         for (stats, &index) in sum.prototypes.iter().zip(&targets) {
             self.prototypes[index].check(stats)?;
@@ -945,6 +947,32 @@ mod tests {
             agg.finish(&g, &config(AggregationRule::FedAvg, 0.5), &mut None),
             Err(AggregationError::Empty)
         );
+    }
+
+    #[test]
+    fn an_update_out_of_the_exact_range_is_not_half_added() {
+        let g = global();
+        let good = update(&g, 1, 2, 0.5);
+        let finish = |agg: RoundAggregator| {
+            agg.finish(&g, &config(AggregationRule::FedAvg, 0.5), &mut None)
+                .unwrap()
+                .state
+        };
+        let mut reference = RoundAggregator::new(&g, &AggregationRule::FedAvg);
+        reference.add(&good).unwrap();
+        // Out of range in the delta (checked by the sum itself) and in the statistics (checked
+        // before the delta is added).
+        let mut huge_delta = update(&g, 1, 2, 0.5);
+        huge_delta.delta.tensors[1].values.0[1] = 1e12;
+        let mut huge_statistics = update(&g, 1, 2, 0.5);
+        huge_statistics.cooccurrence.sum.0[3] = 2e12;
+        let mut agg = RoundAggregator::new(&g, &AggregationRule::FedAvg);
+        agg.add(&good).unwrap();
+        for bad in [&huge_delta, &huge_statistics] {
+            assert!(matches!(agg.add(bad), Err(AggregationError::Range(_))));
+        }
+        assert_eq!(agg.accepted(), 1);
+        assert_eq!(finish(agg), finish(reference));
     }
 
     #[test]
