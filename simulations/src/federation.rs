@@ -125,11 +125,8 @@ impl InProcessFederation {
     ) -> Result<Self, FederationError> {
         let mut clients = Vec::new();
         for (index, subject) in train_set.subjects().into_iter().enumerate() {
-            let rows: Vec<usize> = (0..train_set.samples.len())
-                .filter(|&i| train_set.samples[i].subject == subject)
-                .collect();
             let participant = Participant::new(
-                &train_set.subset(&rows),
+                &train_set.subject_subset(&subject),
                 model_config,
                 device,
                 settings.clone(),

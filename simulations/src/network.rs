@@ -261,11 +261,8 @@ fn prepare(train_set: &Dataset, seed: u64, work_dir: &Path) -> Result<Prepared, 
             id: identity.id().to_string(),
             public_key: identity.public_key(),
         });
-        let rows: Vec<usize> = (0..train_set.samples.len())
-            .filter(|&i| train_set.samples[i].subject == subject)
-            .collect();
         let snapshot = dir.join("train.json");
-        write_snapshot(&train_set.subset(&rows), &snapshot).map_err(|source| {
+        write_snapshot(&train_set.subject_subset(&subject), &snapshot).map_err(|source| {
             NetworkError::Snapshot {
                 subject: subject.clone(),
                 source: Box::new(source),

@@ -272,10 +272,30 @@ type RoundObserver<'a> =
     dyn FnMut(u64, &[Vec<f32>], (u64, u64), f64, Option<f64>) -> Result<(), SimulationError> + 'a;
 
 /// Predictions of one arm on one partition's test samples, after each round.
+#[derive(Default)]
 struct ArmTrace {
     predictions: Vec<Vec<Vec<f32>>>,
     bytes: Vec<(u64, u64)>,
     epsilons: Vec<Option<f64>>,
+}
+
+impl ArmTrace {
+    /// Reports a round to `on_round` and keeps it.
+    fn record(
+        &mut self,
+        on_round: &mut RoundObserver<'_>,
+        round: u64,
+        predictions: Vec<Vec<f32>>,
+        bytes: (u64, u64),
+        seconds: f64,
+        epsilon: Option<f64>,
+    ) -> Result<(), SimulationError> {
+        on_round(round, &predictions, bytes, seconds, epsilon)?;
+        self.predictions.push(predictions);
+        self.bytes.push(bytes);
+        self.epsilons.push(epsilon);
+        Ok(())
+    }
 }
 
 impl From<NetworkError> for SimulationError {
@@ -517,11 +537,7 @@ fn run_arm(
     evaluator: &mut Evaluator,
     on_round: &mut RoundObserver<'_>,
 ) -> Result<(ArmTrace, Option<GlobalState>, Option<String>), SimulationError> {
-    let mut trace = ArmTrace {
-        predictions: Vec::new(),
-        bytes: Vec::new(),
-        epsilons: Vec::new(),
-    };
+    let mut trace = ArmTrace::default();
     let options = |round: u64, salt: u64| TrainOptions {
         epochs: config.local_epochs as usize,
         batch_size: config.batch_size as usize,
@@ -538,18 +554,14 @@ fn run_arm(
             let mut coordinator = coordinator_config(config, train_set.subjects().len())?;
             coordinator.training.share_memories = arm == Arm::Federated;
             let mut observe = |outcome: &RoundOutcome| {
-                let predictions = evaluator.predict(&outcome.state)?;
-                on_round(
+                trace.record(
+                    on_round,
                     outcome.round,
-                    &predictions,
+                    evaluator.predict(&outcome.state)?,
                     (outcome.bytes_down, outcome.bytes_up),
                     outcome.seconds,
                     outcome.epsilon(),
-                )?;
-                trace.predictions.push(predictions);
-                trace.bytes.push((outcome.bytes_down, outcome.bytes_up));
-                trace.epsilons.push(outcome.epsilon());
-                Ok::<(), SimulationError>(())
+                )
             };
             let (final_state, stopped) = match federation_mode {
                 FederationMode::InProcess => {
@@ -591,31 +603,23 @@ fn run_arm(
                 let started = Instant::now();
                 learner.train_round(&options(round, 0));
                 let predictions = evaluator.predict(&learner.state())?;
-                on_round(
-                    round,
-                    &predictions,
-                    (0, 0),
-                    started.elapsed().as_secs_f64(),
-                    None,
-                )?;
-                trace.predictions.push(predictions);
-                trace.bytes.push((0, 0));
-                trace.epsilons.push(None);
+                let seconds = started.elapsed().as_secs_f64();
+                trace.record(on_round, round, predictions, (0, 0), seconds, None)?;
             }
             Ok((trace, Some(learner.state()), None))
         }
         Arm::LocalOnly => {
             let mut learners = Vec::new();
             for (index, subject) in train_set.subjects().into_iter().enumerate() {
-                let rows: Vec<usize> = (0..train_set.samples.len())
-                    .filter(|&i| train_set.samples[i].subject == subject)
-                    .collect();
-                let own_test: Vec<usize> = (0..test_set.samples.len())
-                    .filter(|&i| test_set.samples[i].subject == subject)
-                    .collect();
+                let own_test = test_set.indices_of_subject(&subject);
                 learners.push((
                     index as u64,
-                    Learner::new(&train_set.subset(&rows), &config.model, initial, device)?,
+                    Learner::new(
+                        &train_set.subject_subset(&subject),
+                        &config.model,
+                        initial,
+                        device,
+                    )?,
                     own_test,
                 ));
             }
@@ -644,16 +648,8 @@ fn run_arm(
                         }
                     }
                 }
-                on_round(
-                    round,
-                    &predictions,
-                    (0, 0),
-                    started.elapsed().as_secs_f64(),
-                    None,
-                )?;
-                trace.predictions.push(predictions);
-                trace.bytes.push((0, 0));
-                trace.epsilons.push(None);
+                let seconds = started.elapsed().as_secs_f64();
+                trace.record(on_round, round, predictions, (0, 0), seconds, None)?;
             }
             Ok((trace, None, None))
         }
@@ -661,10 +657,7 @@ fn run_arm(
             let prior = train_set.label_prior();
             let predictions = vec![prior; test_set.samples.len()];
             for round in 1..=config.rounds {
-                on_round(round, &predictions, (0, 0), 0.0, None)?;
-                trace.predictions.push(predictions.clone());
-                trace.bytes.push((0, 0));
-                trace.epsilons.push(None);
+                trace.record(on_round, round, predictions.clone(), (0, 0), 0.0, None)?;
             }
             Ok((trace, None, None))
         }

@@ -166,14 +166,7 @@ pub fn load_local_data(spec: &str, subject: Option<&str>) -> anyhow::Result<Data
 }
 
 fn only_subject(dataset: &Dataset, subject: &str) -> Dataset {
-    let indices: Vec<usize> = dataset
-        .samples
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.subject == subject)
-        .map(|(i, _)| i)
-        .collect();
-    let mut picked = dataset.subset(&indices);
+    let mut picked = dataset.subject_subset(subject);
     picked.name = format!("{} ({subject})", dataset.name);
     picked
 }

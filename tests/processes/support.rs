@@ -514,15 +514,7 @@ pub fn check_run(run: &RunDir, rounds: u64) -> anyhow::Result<CheckedRun> {
 /// Subject `index` of the default synthetic dataset (what `mpcl client --data synthetic:INDEX`
 /// trains on).
 fn synthetic_subject(all: &Dataset, index: usize) -> Dataset {
-    let subject = all.subjects()[index].clone();
-    let indices: Vec<usize> = all
-        .samples
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.subject == subject)
-        .map(|(i, _)| i)
-        .collect();
-    all.subset(&indices)
+    all.subject_subset(&all.subjects()[index])
 }
 
 /// The global state after `records`, recomputed from the run file saved in the output folder.

@@ -163,6 +163,18 @@ impl Dataset {
         subjects
     }
 
+    /// Positions of `subject`'s samples, in order.
+    pub fn indices_of_subject(&self, subject: &str) -> Vec<usize> {
+        (0..self.samples.len())
+            .filter(|&i| self.samples[i].subject == subject)
+            .collect()
+    }
+
+    /// A dataset with the same schema holding only `subject`'s samples (none when it has none).
+    pub fn subject_subset(&self, subject: &str) -> Dataset {
+        self.subset(&self.indices_of_subject(subject))
+    }
+
     /// A dataset with the same schema holding only the samples at `indices`.
     pub fn subset(&self, indices: &[usize]) -> Dataset {
         Dataset {
@@ -251,5 +263,23 @@ mod tests {
         second.label = vec![0.0, 1.0];
         d.samples.push(second);
         assert_eq!(d.label_prior(), vec![0.5, 0.5]);
+    }
+
+    #[test]
+    fn a_subject_subset_keeps_that_subject_in_order() {
+        let mut d = dataset(vec![1.0, 0.0], vec![1.0, 2.0]);
+        for (subject, trial) in [("s2", 4), ("s1", 5)] {
+            let mut sample = d.samples[0].clone();
+            sample.subject = subject.into();
+            sample.trial = trial;
+            d.samples.push(sample);
+        }
+        assert_eq!(d.indices_of_subject("s1"), vec![0, 2]);
+        let s1 = d.subject_subset("s1");
+        assert_eq!(
+            s1.samples.iter().map(|s| s.trial).collect::<Vec<_>>(),
+            [3, 5]
+        );
+        assert!(d.subject_subset("s9").samples.is_empty());
     }
 }
