@@ -3,6 +3,7 @@
 //! with `compression = none`, `f16` and `int8`. Upload bytes are the signed payloads as encoded
 //! for the wire; download bytes are the round's global state and training config.
 
+use mpcl_coordinator::TrainingSettings;
 use mpcl_model::ModelConfig;
 use mpcl_protocol::Compression;
 use mpcl_simulations::evaluation::EvaluationProtocol;
@@ -68,10 +69,13 @@ pub fn measure(
             },
             model: model.clone(),
             rounds,
-            local_epochs,
-            batch_size: 16,
-            learning_rate,
-            compression,
+            training: TrainingSettings {
+                local_epochs,
+                batch_size: 16,
+                learning_rate,
+                compression,
+                ..TrainingSettings::default()
+            },
             arms: vec![Arm::Federated, Arm::LabelPrior],
             ..SimulationConfig::default()
         };

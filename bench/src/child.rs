@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use mpcl_coordinator::{Action, Coordinator, CoordinatorConfig, Event, ParticipantId};
+use mpcl_coordinator::{
+    Action, Coordinator, CoordinatorConfig, Event, ParticipantId, TrainingSettings,
+};
 use mpcl_model::ModelConfig;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::simulate::{Arm, SimulationConfig, run_simulation};
@@ -181,9 +183,12 @@ pub fn many_clients(clients: usize, rounds: u64) -> Result<f64, BenchError> {
         },
         model: ModelConfig::tiny(),
         rounds,
-        local_epochs: 1,
-        batch_size: 16,
-        learning_rate: 1e-2,
+        training: TrainingSettings {
+            local_epochs: 1,
+            batch_size: 16,
+            learning_rate: 1e-2,
+            ..TrainingSettings::default()
+        },
         arms: vec![Arm::Federated],
         ..SimulationConfig::default()
     };

@@ -59,6 +59,7 @@ pub fn measure(
             epochs: 1,
             batch_size,
             learning_rate: 1e-3,
+            weight_decay: 0.0,
             seed,
             proximal_mu: 0.0,
             progress: false,

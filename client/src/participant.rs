@@ -146,6 +146,7 @@ impl Participant {
             epochs: config.local_epochs as usize,
             batch_size: config.batch_size as usize,
             learning_rate: config.learning_rate,
+            weight_decay: config.weight_decay,
             seed: config.seed,
             proximal_mu: config.proximal_mu,
             progress: false,

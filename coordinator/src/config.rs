@@ -15,7 +15,9 @@
 //!
 //! [training]
 //! local_epochs = 2
-//! learning_rate = 0.001
+//! learning_rate = 0.003
+//! learning_rate_schedule = "constant"            # or "cosine" (to a tenth at the last round)
+//! weight_decay = 0.0                              # > 0: AdamW
 //! compression = "none"                            # or "f16" / "int8"; not with secure aggregation
 //!
 //! [aggregation]
@@ -132,12 +134,17 @@ impl Default for CoordinatorConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainingSettings {
-    /// Local epochs per round (default 1).
+    /// Local epochs per round (default 2).
     pub local_epochs: u32,
     /// Local mini-batch size (default 32).
     pub batch_size: u32,
-    /// Local learning rate (default 1e-3).
+    /// Local (Adam) learning rate at the first round (default 3e-3).
     pub learning_rate: f64,
+    /// How the learning rate changes over the rounds of the run (default constant).
+    pub learning_rate_schedule: LearningRateSchedule,
+    /// Decoupled weight decay of the local optimiser (AdamW); 0 (the default) trains with plain
+    /// Adam.
+    pub weight_decay: f64,
     /// FedProx proximal weight mu (default 0 = plain FedAvg local training). FedProx changes only
     /// the clients' objective; the server side is FedAvg (or whichever rule is configured).
     pub proximal_mu: f64,
@@ -154,12 +161,59 @@ pub struct TrainingSettings {
 impl Default for TrainingSettings {
     fn default() -> Self {
         Self {
-            local_epochs: 1,
+            local_epochs: 2,
             batch_size: 32,
-            learning_rate: 1e-3,
+            learning_rate: mpcl_protocol::messages::DEFAULT_LEARNING_RATE,
+            learning_rate_schedule: LearningRateSchedule::Constant,
+            weight_decay: 0.0,
             share_memories: true,
             proximal_mu: 0.0,
             compression: Compression::None,
+        }
+    }
+}
+
+/// How the local learning rate changes from round to round. Every round's rate is computed by
+/// the coordinator and sent with the round, so clients need not know the schedule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LearningRateSchedule {
+    /// The same rate every round.
+    #[default]
+    Constant,
+    /// Cosine decay from the rate at round 1 to a tenth of it at the last round.
+    Cosine,
+}
+
+impl LearningRateSchedule {
+    /// The rate of `round` (1-based) of `rounds`, starting from `initial`.
+    pub fn rate(self, initial: f64, round: u64, rounds: u64) -> f64 {
+        match self {
+            Self::Constant => initial,
+            Self::Cosine => {
+                const FLOOR: f64 = 0.1;
+                let progress = if rounds <= 1 {
+                    0.0
+                } else {
+                    (round.clamp(1, rounds) - 1) as f64 / (rounds - 1) as f64
+                };
+                let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+                initial * (FLOOR + (1.0 - FLOOR) * cosine)
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for LearningRateSchedule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "constant" => Ok(Self::Constant),
+            "cosine" => Ok(Self::Cosine),
+            other => Err(format!(
+                "unknown learning-rate schedule `{other}` (expected constant or cosine)"
+            )),
         }
     }
 }
@@ -433,6 +487,12 @@ impl CoordinatorConfig {
         }
         if t.batch_size == 0 {
             return fail("training.batch_size", "must be at least 1".into());
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return fail(
+                "training.weight_decay",
+                format!("is {}, must be a non-negative number", t.weight_decay),
+            );
         }
         if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
             return fail(

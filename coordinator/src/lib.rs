@@ -26,7 +26,10 @@ pub use checkpoint::{
     Checkpoint, CheckpointError, CheckpointFormatError, LoadedCheckpoint, read_checkpoint,
     read_latest_checkpoint, write_checkpoint,
 };
-pub use config::{AggregationConfig, AggregationRule, ConfigError, CoordinatorConfig};
+pub use config::{
+    AggregationConfig, AggregationRule, ConfigError, CoordinatorConfig, LearningRateSchedule,
+    TrainingSettings,
+};
 pub use privacy::{
     BudgetExhausted, LedgerError, PrivacyConfig, PrivacyLedger, PrivacySpent, SecureRoundPlan,
 };

@@ -1304,7 +1304,10 @@ pub fn training_config(
     TrainingConfig {
         local_epochs: t.local_epochs,
         batch_size: t.batch_size,
-        learning_rate: t.learning_rate,
+        learning_rate: t
+            .learning_rate_schedule
+            .rate(t.learning_rate, round, config.rounds),
+        weight_decay: t.weight_decay,
         proximal_mu: t.proximal_mu,
         share_memories: t.share_memories,
         seed: training_seed(config.seed, round, participant),

@@ -59,6 +59,19 @@ pub struct ModelConfig {
     /// Bias the emotion retrieval with ln M and use the co-occurrence loss. Off: plain attention
     /// among emotions (ablation).
     pub use_cooccurrence: bool,
+    /// Fuse each group's tokens with the associative memories. Off: the group representation is
+    /// the plain mean of its encoded tokens (ablation).
+    pub use_memory_fusion: bool,
+    /// Let the associative memory's keys and values hold the other modalities' tokens of the
+    /// group (cross-modal association). Off: queries retrieve from the learned slots only
+    /// (ablation).
+    pub use_cross_modal: bool,
+    /// Retrieve among the emotion embeddings (Hopfield attention biased by co-occurrence). Off:
+    /// the emotion states are the embeddings themselves, `O = V` (ablation).
+    pub use_emotion_retrieval: bool,
+    /// Feed the representation `z` to the head beside `O[c]`. Off: the head scores emotions from
+    /// `O[c]` alone (ablation).
+    pub use_z_path: bool,
     /// Expected number of emotions, if the config was made for a particular schema (0 = take it
     /// from the schema).
     pub emotions: usize,
@@ -80,6 +93,10 @@ impl Default for ModelConfig {
             cooccurrence_loss_weight: 0.1,
             use_prototypes: true,
             use_cooccurrence: true,
+            use_memory_fusion: true,
+            use_cross_modal: true,
+            use_emotion_retrieval: true,
+            use_z_path: true,
             emotions: 0,
         }
     }

@@ -26,4 +26,4 @@ pub use device::{DeviceChoice, DeviceError, SelectedDevice};
 pub use metrics::DistributionMetrics;
 pub use model::{ModelError, MpclModel};
 pub use tensors::TensorDataset;
-pub use train::{TrainOptions, TrainReport, train};
+pub use train::{TrainOptions, TrainReport, train, train_observed};

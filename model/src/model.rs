@@ -79,6 +79,12 @@ impl MpclModel {
         })
     }
 
+    /// Starts the head at the label prior of the training data: an untrained model then predicts
+    /// `prior` for every sample (to float precision), and training learns what the signals add.
+    pub fn start_at_prior(&mut self, prior: &[f32]) {
+        self.network.set_head_prior(prior);
+    }
+
     /// The (autodiff) device the model lives on.
     pub fn device(&self) -> &Device {
         &self.device

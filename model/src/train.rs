@@ -2,7 +2,7 @@
 //! the simulations: Adam on the loss of §3.7, the prototype banks moved after every batch from
 //! that batch's statistics, and optionally FedProx's proximal term.
 
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -23,6 +23,8 @@ pub struct TrainOptions {
     pub epochs: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
+    /// Decoupled (AdamW) weight decay; 0 trains with plain Adam.
+    pub weight_decay: f64,
     /// Seeds the shuffling order.
     pub seed: u64,
     /// FedProx weight mu; 0 disables the proximal term.
@@ -37,7 +39,8 @@ impl Default for TrainOptions {
         Self {
             epochs: 10,
             batch_size: 32,
-            learning_rate: 1e-3,
+            learning_rate: mpcl_protocol::messages::DEFAULT_LEARNING_RATE,
+            weight_decay: 0.0,
             seed: 0,
             proximal_mu: 0.0,
             progress: false,
@@ -63,7 +66,26 @@ pub fn train(
     options: &TrainOptions,
     proximal_reference: Option<&ParameterSet>,
 ) -> TrainReport {
-    let mut optimizer = AdamConfig::new().init();
+    train_observed(model, data, options, proximal_reference, |_, _| true)
+}
+
+/// [`train`], calling `after_epoch(epoch, model)` (1-based) after every epoch; training stops
+/// early when it returns false (model selection and early stopping on validation data, without
+/// resetting the optimiser's moments between epochs).
+pub fn train_observed(
+    model: &mut MpclModel,
+    data: &TensorDataset,
+    options: &TrainOptions,
+    proximal_reference: Option<&ParameterSet>,
+    mut after_epoch: impl FnMut(usize, &MpclModel) -> bool,
+) -> TrainReport {
+    let mut optimizer = if options.weight_decay > 0.0 {
+        AdamWConfig::new()
+            .with_weight_decay(options.weight_decay as f32)
+            .init()
+    } else {
+        AdamConfig::new().init()
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let mut order: Vec<usize> = (0..data.len()).collect();
     let batch_size = options.batch_size.max(1);
@@ -120,6 +142,9 @@ pub fn train(
         report.epoch_kl.push(kl_sum / batches);
         if let Some(bar) = bar {
             bar.finish_with_message(format!("loss {:.4}", loss_sum / batches));
+        }
+        if !after_epoch(epoch + 1, model) {
+            break;
         }
     }
     report

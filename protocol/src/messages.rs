@@ -81,12 +81,19 @@ pub struct GlobalState {
     pub cooccurrence: CooccurrenceStatistics,
 }
 
+/// The default local learning rate of every training path (the coordinator's `[training]`,
+/// `mpcl simulate`, `mpcl train`, the local optimiser's own default): one number, one home.
+pub const DEFAULT_LEARNING_RATE: f64 = 3e-3;
+
 /// How a client trains in a round.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainingConfig {
     pub local_epochs: u32,
     pub batch_size: u32,
+    /// This round's learning rate (the coordinator applies the run's schedule).
     pub learning_rate: f64,
+    /// Decoupled (AdamW) weight decay; 0 = plain Adam.
+    pub weight_decay: f64,
     /// FedProx proximal weight mu (0 = plain FedAvg local training).
     pub proximal_mu: f64,
     /// Seed for the client's shuffling and initialisation in this round.
@@ -396,6 +403,7 @@ mod tests {
             local_epochs: 2,
             batch_size: 32,
             learning_rate: 1e-3,
+            weight_decay: 0.0,
             proximal_mu: 0.0,
             seed: 7,
             share_memories: true,

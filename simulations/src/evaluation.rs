@@ -2,6 +2,11 @@
 //! of every subject; subject-independent holds out whole subjects, fold by fold, so that every
 //! sample is tested exactly once by a model that never saw its subject. Metrics are always pooled
 //! over every test sample of every fold, never computed on a subset.
+//!
+//! Each partition also carves a validation part out of its training data, for model selection
+//! only (see [`crate::selection`]): trial-wise within subjects for subject-dependent protocols,
+//! whole training subjects for subject-independent ones. Validation samples never train, and
+//! test samples are never validation samples.
 
 use std::str::FromStr;
 
@@ -80,17 +85,50 @@ impl std::fmt::Display for EvaluationProtocol {
     }
 }
 
-/// One train/test partition of a protocol.
+/// One train/validation/test partition of a protocol (disjoint sample indices).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Partition {
     /// A short name for logs (`trials`, `fold 2/5`).
     pub name: String,
+    /// Samples that train.
     pub train: Vec<usize>,
+    /// Samples carved from the training side for model selection (empty when the validation
+    /// fraction is 0).
+    pub validation: Vec<usize>,
     pub test: Vec<usize>,
 }
 
-/// The partitions of `protocol` on `dataset`.
+/// Salt of the validation split's seed, so it is not the test split's shuffle again.
+const VALIDATION_SALT: u64 = 0x7661_6c69_6461_7465;
+
+/// The partitions of `protocol` on `dataset`, each with `validation_fraction` of its training
+/// side held out for model selection.
 pub fn partitions(
+    dataset: &Dataset,
+    protocol: EvaluationProtocol,
+    validation_fraction: f64,
+    seed: u64,
+) -> Result<Vec<Partition>, SplitError> {
+    let mut parts = train_test_partitions(dataset, protocol, seed)?;
+    if validation_fraction > 0.0 {
+        for part in &mut parts {
+            let seed = seed ^ VALIDATION_SALT;
+            let (fit, validation) = match protocol {
+                EvaluationProtocol::SubjectDependent { .. } => {
+                    split::validation_trials(dataset, &part.train, validation_fraction, seed)?
+                }
+                EvaluationProtocol::SubjectIndependent { .. } => {
+                    split::validation_subjects(dataset, &part.train, validation_fraction, seed)?
+                }
+            };
+            part.train = fit;
+            part.validation = validation;
+        }
+    }
+    Ok(parts)
+}
+
+fn train_test_partitions(
     dataset: &Dataset,
     protocol: EvaluationProtocol,
     seed: u64,
@@ -101,6 +139,7 @@ pub fn partitions(
             Ok(vec![Partition {
                 name: "held-out trials".to_string(),
                 train: split.train,
+                validation: Vec::new(),
                 test: split.test,
             }])
         }
@@ -117,6 +156,7 @@ pub fn partitions(
                 .map(|(i, fold)| Partition {
                     name: format!("fold {}/{count}", i + 1),
                     train: fold.train,
+                    validation: Vec::new(),
                     test: fold.test,
                 })
                 .collect())
@@ -155,6 +195,7 @@ mod tests {
         let parts = partitions(
             &data,
             EvaluationProtocol::SubjectIndependent { folds: 3 },
+            0.25,
             1,
         )
         .unwrap();
@@ -162,7 +203,17 @@ mod tests {
         tested.sort();
         assert_eq!(tested, (0..data.samples.len()).collect::<Vec<_>>());
         for part in &parts {
+            assert!(!part.validation.is_empty());
             for &i in &part.test {
+                let subject = &data.samples[i].subject;
+                assert!(
+                    part.train
+                        .iter()
+                        .chain(&part.validation)
+                        .all(|&j| &data.samples[j].subject != subject)
+                );
+            }
+            for &i in &part.validation {
                 let subject = &data.samples[i].subject;
                 assert!(
                     part.train

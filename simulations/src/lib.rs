@@ -14,6 +14,8 @@ pub mod normalize;
 pub mod plots;
 pub mod report;
 pub mod secure;
+pub mod selection;
 pub mod simulate;
 pub mod synthetic;
 pub mod train_job;
+pub mod uncertainty;

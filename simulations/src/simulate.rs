@@ -24,13 +24,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use mpcl_client::ParticipantSettings;
-use mpcl_coordinator::{AggregationConfig, CoordinatorConfig, PrivacyConfig};
+use mpcl_coordinator::{AggregationConfig, CoordinatorConfig, PrivacyConfig, TrainingSettings};
 use mpcl_model::data::Dataset;
 use mpcl_model::metrics::{DistributionMetrics, evaluate};
 use mpcl_model::{
     Device, DeviceChoice, DeviceError, ModelConfig, ModelError, MpclModel, TrainOptions,
 };
-use mpcl_protocol::Compression;
 use mpcl_protocol::messages::GlobalState;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -46,9 +45,11 @@ use crate::learner::Learner;
 use crate::network::{NetworkError, NetworkOptions, run_network_federation};
 use crate::normalize::normalize_per_subject;
 use crate::plots;
-use crate::report::MetricsTable;
+use crate::report::{ArmSummary, SummaryTable};
+use crate::selection::{BestRound, SelectionSettings};
 use crate::synthetic::SyntheticConfig;
 use crate::train_job::{write_json, write_text};
+use crate::uncertainty::compare_to_prior;
 
 /// An arm of the experiment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -122,17 +123,17 @@ pub struct SimulationConfig {
     pub protocol: EvaluationProtocol,
     pub model: ModelConfig,
     pub rounds: u64,
-    pub local_epochs: u32,
-    pub batch_size: u32,
-    pub learning_rate: f64,
+    /// Local training of every arm: the coordinator's own `[training]` section (epochs per
+    /// round, batch size, learning rate and its schedule, weight decay, FedProx, compression).
+    /// The centralized and local-only arms train the same epochs per round with the same
+    /// optimiser; `share_memories` is set per arm. Compression's `bytes_up` in `rounds.jsonl`
+    /// count the compressed form.
+    pub training: TrainingSettings,
+    /// How each arm's reported model is chosen (validation part, patience).
+    pub selection: SelectionSettings,
     /// Clients sampled per round (all when unset).
     pub clients_per_round: Option<usize>,
     pub aggregation: AggregationConfig,
-    /// FedProx proximal weight (0 = FedAvg local training).
-    pub proximal_mu: f64,
-    /// How participants encode their encoder delta for upload (`none`, `f16`, `int8`); the
-    /// `bytes_up` of `rounds.jsonl` count the compressed form.
-    pub compression: Compression,
     /// Privacy settings of the federated arms (the coordinator's `[privacy]` section; its
     /// `min_prototype_mass` is what participants withhold prototype statistics below). The
     /// simulation's default keeps every layer off and withholds below mass 1 (small synthetic
@@ -163,13 +164,10 @@ impl Default for SimulationConfig {
             protocol: EvaluationProtocol::default(),
             model: ModelConfig::default(),
             rounds: 20,
-            local_epochs: 2,
-            batch_size: 32,
-            learning_rate: 3e-3,
+            training: TrainingSettings::default(),
+            selection: SelectionSettings::default(),
             clients_per_round: None,
             aggregation: AggregationConfig::default(),
-            proximal_mu: 0.0,
-            compression: Compression::None,
             privacy: default_simulation_privacy(),
             deterministic_noise_for_tests: false,
             arms: Arm::ALL.to_vec(),
@@ -205,6 +203,10 @@ pub enum SimulationError {
     },
     #[error("simulation config: {0}")]
     Config(String),
+    /// An arm's validation KL did not improve for this many rounds; caught where the arm runs,
+    /// which then reports its best round.
+    #[error("validation KL did not improve for {0} rounds")]
+    PatienceExhausted(u64),
 }
 
 /// One line of `rounds.jsonl`: an arm's metrics on one partition's test samples after a round.
@@ -213,7 +215,11 @@ pub struct RoundRecord {
     pub arm: Arm,
     pub partition: String,
     pub round: u64,
+    /// On the partition's test samples.
     pub metrics: DistributionMetrics,
+    /// On the partition's validation samples (absent without a validation part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<DistributionMetrics>,
     /// Bytes from the coordinator to the participants this round (federated arms).
     pub bytes_down: u64,
     /// Bytes from the participants to the coordinator this round (federated arms).
@@ -257,44 +263,82 @@ pub struct SimulationResult {
     pub device: String,
     pub rounds: Vec<PooledRound>,
     pub per_subject: Vec<SubjectMetrics>,
-    pub final_table: MetricsTable,
-    /// Final global state of each federated arm, per partition (for tests and checks).
+    /// Each arm's validation-selected model on the test samples, beside the label prior.
+    pub final_table: SummaryTable,
+    /// Final global state of each arm with a model (federated, centralized), per partition.
     pub final_states: BTreeMap<Arm, Vec<GlobalState>>,
+    /// The state of the round chosen on validation, per arm with a model and partition.
+    pub best_states: BTreeMap<Arm, Vec<GlobalState>>,
     /// What a reader of the table must know, for example that an arm stopped early because its
     /// privacy budget ran out.
     pub notes: Vec<String>,
     pub wall_seconds: f64,
 }
 
-/// Called after each round of an arm with (round, predictions, (bytes down, bytes up), seconds,
-/// epsilon).
-type RoundObserver<'a> =
-    dyn FnMut(u64, &[Vec<f32>], (u64, u64), f64, Option<f64>) -> Result<(), SimulationError> + 'a;
+/// Called after each round of an arm with (round, predictions on the partition's validation
+/// samples followed by its test samples, (bytes down, bytes up), seconds, epsilon); returns the
+/// validation metrics (`None` without validation samples).
+type RoundObserver<'a> = dyn FnMut(
+        u64,
+        &[Vec<f32>],
+        (u64, u64),
+        f64,
+        Option<f64>,
+    ) -> Result<Option<DistributionMetrics>, SimulationError>
+    + 'a;
 
-/// Predictions of one arm on one partition's test samples, after each round.
+/// Predictions of one arm on one partition's test samples after each round, and the round
+/// chosen on validation KL.
 #[derive(Default)]
 struct ArmTrace {
+    /// Validation samples at the front of every prediction list the observer gets.
+    validation_count: usize,
+    /// Test predictions, one list per round.
     predictions: Vec<Vec<Vec<f32>>>,
     bytes: Vec<(u64, u64)>,
     epsilons: Vec<Option<f64>>,
+    best: BestRound,
+    /// The state of the round chosen on validation (arms with a model).
+    best_state: Option<GlobalState>,
 }
 
 impl ArmTrace {
-    /// Reports a round to `on_round` and keeps it.
+    fn new(validation_count: usize) -> Self {
+        Self {
+            validation_count,
+            ..Self::default()
+        }
+    }
+
+    /// Reports a round to `on_round`, keeps its test predictions and follows validation KL.
+    /// Returns whether `patience` rounds passed without improvement (the arm may stop).
+    #[allow(clippy::too_many_arguments)]
     fn record(
         &mut self,
         on_round: &mut RoundObserver<'_>,
         round: u64,
-        predictions: Vec<Vec<f32>>,
+        mut predictions: Vec<Vec<f32>>,
+        state: Option<&GlobalState>,
         bytes: (u64, u64),
         seconds: f64,
         epsilon: Option<f64>,
-    ) -> Result<(), SimulationError> {
-        on_round(round, &predictions, bytes, seconds, epsilon)?;
-        self.predictions.push(predictions);
+        patience: u64,
+    ) -> Result<bool, SimulationError> {
+        let validation = on_round(round, &predictions, bytes, seconds, epsilon)?;
+        if self.best.observe(round, validation.map(|m| m.kl)) {
+            self.best_state = state.cloned();
+        }
+        self.predictions
+            .push(predictions.split_off(self.validation_count));
         self.bytes.push(bytes);
         self.epsilons.push(epsilon);
-        Ok(())
+        Ok(self.best.should_stop(patience))
+    }
+
+    /// Test predictions of the round chosen on validation.
+    fn selected(&self) -> Option<&Vec<Vec<f32>>> {
+        let round = self.best.round()?;
+        self.predictions.get(round as usize - 1)
     }
 }
 
@@ -366,6 +410,24 @@ pub fn run_simulation_with(
     if config.rounds == 0 {
         return Err(SimulationError::Config("rounds must be at least 1".into()));
     }
+    config
+        .selection
+        .validate()
+        .map_err(SimulationError::Config)?;
+    let selected = config.device.resolve()?;
+    let device = &selected.device;
+    let (dataset, _report) = load_dataset(&config.dataset, &config.synthetic)?;
+    let dataset = sample_subjects(&dataset, config.subjects, config.seed);
+    config
+        .model
+        .validate(&dataset.schema)
+        .map_err(ModelError::from)?;
+    let parts = partitions(
+        &dataset,
+        config.protocol,
+        config.selection.validation_fraction,
+        config.seed,
+    )?;
     let mut round_log = match out {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|source| SimulationError::Write {
@@ -386,17 +448,6 @@ pub fn run_simulation_with(
         }
         None => None,
     };
-    let selected = config.device.resolve()?;
-    let device = &selected.device;
-    let (dataset, _report) = load_dataset(&config.dataset, &config.synthetic)?;
-    let dataset = sample_subjects(&dataset, config.subjects, config.seed);
-    config
-        .model
-        .validate(&dataset.schema)
-        .map_err(ModelError::from)?;
-    let parts = partitions(&dataset, config.protocol, config.seed)?;
-    let initial =
-        MpclModel::new(&dataset.schema, &config.model, device, config.seed)?.global_state();
 
     let bar = progress_bar(
         progress,
@@ -404,6 +455,9 @@ pub fn run_simulation_with(
     );
     let mut labels: Vec<Vec<f32>> = Vec::new();
     let mut subjects: Vec<String> = Vec::new();
+    // The label prior of each test sample's partition (the reference of every comparison).
+    let mut priors: Vec<Vec<f32>> = Vec::new();
+    let mut partition_sizes: Vec<usize> = Vec::new();
     let mut traces: BTreeMap<Arm, Vec<ArmTrace>> = BTreeMap::new();
     let mut final_states: BTreeMap<Arm, Vec<GlobalState>> = BTreeMap::new();
     let mut notes: Vec<String> = Vec::new();
@@ -411,27 +465,52 @@ pub fn run_simulation_with(
         let normalized = normalize_per_subject(&dataset, &part.train);
         let train_set = normalized.subset(&part.train);
         let test_set = normalized.subset(&part.test);
+        // Validation samples first, then test samples: every arm predicts both each round.
+        let held_out_rows: Vec<usize> = part.validation.iter().chain(&part.test).copied().collect();
+        let held_out = normalized.subset(&held_out_rows);
+        let validation_count = part.validation.len();
+        let prior = train_set.label_prior();
         labels.extend(test_set.samples.iter().map(|s| s.label.clone()));
         subjects.extend(test_set.samples.iter().map(|s| s.subject.clone()));
-        let mut evaluator = Evaluator::new(&test_set, &train_set, &config.model, device)?;
+        priors.extend(std::iter::repeat_n(prior.clone(), test_set.samples.len()));
+        partition_sizes.push(test_set.samples.len());
+        // Every arm starts from the same weights, its head at the training label prior.
+        let initial = {
+            let mut model = MpclModel::new(&dataset.schema, &config.model, device, config.seed)?;
+            model.start_at_prior(&prior);
+            model.global_state()
+        };
+        let mut evaluator = Evaluator::new(&held_out, &train_set, &config.model, device)?;
         for &arm in &config.arms {
             let mut on_round = |round: u64,
                                 predictions: &[Vec<f32>],
                                 bytes: (u64, u64),
                                 seconds: f64,
                                 epsilon: Option<f64>| {
-                let metrics = evaluate(
-                    test_set
-                        .samples
-                        .iter()
-                        .zip(predictions)
-                        .map(|(s, p)| (s.label.as_slice(), p.as_slice())),
-                );
+                let metrics_of = |samples: &[mpcl_model::data::Sample],
+                                  predictions: &[Vec<f32>]| {
+                    evaluate(
+                        samples
+                            .iter()
+                            .zip(predictions)
+                            .map(|(s, p)| (s.label.as_slice(), p.as_slice())),
+                    )
+                };
+                let (validation_predictions, test_predictions) =
+                    predictions.split_at(validation_count);
+                let metrics = metrics_of(&test_set.samples, test_predictions);
+                let validation = (validation_count > 0).then(|| {
+                    metrics_of(
+                        &held_out.samples[..validation_count],
+                        validation_predictions,
+                    )
+                });
                 let record = RoundRecord {
                     arm,
                     partition: part.name.clone(),
                     round,
                     metrics,
+                    validation,
                     bytes_down: bytes.0,
                     bytes_up: bytes.1,
                     wall_seconds: seconds,
@@ -454,7 +533,7 @@ pub fn run_simulation_with(
                             source,
                         })?;
                 }
-                Ok::<(), SimulationError>(())
+                Ok::<_, SimulationError>(validation)
             };
             let federation = match mode {
                 ExecutionMode::InProcess => FederationMode::InProcess,
@@ -470,8 +549,12 @@ pub fn run_simulation_with(
                 arm,
                 &federation,
                 config,
-                &train_set,
-                &test_set,
+                &ArmData {
+                    train: &train_set,
+                    held_out: &held_out,
+                    validation_count,
+                    prior: &prior,
+                },
                 &initial,
                 device,
                 &mut evaluator,
@@ -490,12 +573,24 @@ pub fn run_simulation_with(
         bar.finish_and_clear();
     }
     let rounds = pool_rounds(&traces, &labels, config.rounds);
-    let per_subject = per_subject_metrics(&traces, &labels, &subjects);
-    let mut final_table = MetricsTable::default();
+    let selection = Selected::of(&traces, &labels);
+    let per_subject = per_subject_metrics(&selection, &labels, &subjects);
+    let mut final_table = SummaryTable::default();
     for &arm in &config.arms {
-        if let Some(last) = rounds.iter().rev().find(|r| r.arm == arm) {
-            final_table.push(arm.label(), last.metrics);
-        }
+        let Some(predictions) = selection.predictions.get(&arm) else {
+            continue;
+        };
+        let comparison = (arm != Arm::LabelPrior)
+            .then(|| compare_to_prior(&labels, predictions, &priors, &subjects, config.seed))
+            .flatten();
+        final_table.push(ArmSummary::new(
+            arm.label(),
+            predictions,
+            &labels,
+            &partition_sizes,
+            comparison,
+            selection.rounds[&arm].clone(),
+        ));
     }
     let result = SimulationResult {
         dataset: dataset.name.clone(),
@@ -507,6 +602,7 @@ pub fn run_simulation_with(
         per_subject,
         final_table,
         final_states,
+        best_states: selection.states,
         notes,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
@@ -514,6 +610,53 @@ pub fn run_simulation_with(
         write_outputs(dir, &result)?;
     }
     Ok(result)
+}
+
+/// What each arm chose: the test predictions of each partition's validation-selected round,
+/// concatenated over partitions in test-sample order, and those rounds.
+struct Selected {
+    predictions: BTreeMap<Arm, Vec<Vec<f32>>>,
+    rounds: BTreeMap<Arm, Vec<u64>>,
+    states: BTreeMap<Arm, Vec<GlobalState>>,
+}
+
+impl Selected {
+    fn of(traces: &BTreeMap<Arm, Vec<ArmTrace>>, labels: &[Vec<f32>]) -> Self {
+        let mut selected = Self {
+            predictions: BTreeMap::new(),
+            rounds: BTreeMap::new(),
+            states: BTreeMap::new(),
+        };
+        for (&arm, parts) in traces {
+            let predictions: Vec<Vec<f32>> = parts
+                .iter()
+                .flat_map(|t| t.selected().into_iter().flatten().cloned())
+                .collect();
+            if predictions.len() != labels.len() {
+                continue;
+            }
+            selected.predictions.insert(arm, predictions);
+            selected
+                .rounds
+                .insert(arm, parts.iter().filter_map(|t| t.best.round()).collect());
+            let states: Vec<GlobalState> =
+                parts.iter().filter_map(|t| t.best_state.clone()).collect();
+            if !states.is_empty() {
+                selected.states.insert(arm, states);
+            }
+        }
+        selected
+    }
+}
+
+/// The samples an arm trains and is scored on in one partition.
+struct ArmData<'a> {
+    train: &'a Dataset,
+    /// Validation samples (the first `validation_count`) then test samples.
+    held_out: &'a Dataset,
+    validation_count: usize,
+    /// The label prior of `train`.
+    prior: &'a [f32],
 }
 
 /// How one federated arm runs (see [`ExecutionMode`]).
@@ -525,23 +668,31 @@ enum FederationMode<'a> {
     },
 }
 
+/// Runs one arm on one partition: its trace, its final state (arms with a model) and why it
+/// stopped early, if it did for a reason the table must mention (the privacy budget).
 #[allow(clippy::too_many_arguments)]
 fn run_arm(
     arm: Arm,
     federation_mode: &FederationMode<'_>,
     config: &SimulationConfig,
-    train_set: &Dataset,
-    test_set: &Dataset,
+    data: &ArmData<'_>,
     initial: &GlobalState,
     device: &Device,
     evaluator: &mut Evaluator,
     on_round: &mut RoundObserver<'_>,
 ) -> Result<(ArmTrace, Option<GlobalState>, Option<String>), SimulationError> {
-    let mut trace = ArmTrace::default();
+    let mut trace = ArmTrace::new(data.validation_count);
+    let patience = config.selection.patience;
+    let training = &config.training;
     let options = |round: u64, salt: u64| TrainOptions {
-        epochs: config.local_epochs as usize,
-        batch_size: config.batch_size as usize,
-        learning_rate: config.learning_rate,
+        epochs: training.local_epochs as usize,
+        batch_size: training.batch_size as usize,
+        learning_rate: training.learning_rate_schedule.rate(
+            training.learning_rate,
+            round,
+            config.rounds,
+        ),
+        weight_decay: training.weight_decay,
         seed: config.seed ^ (round << 32) ^ salt,
         proximal_mu: 0.0,
         progress: false,
@@ -551,22 +702,30 @@ fn run_arm(
             let settings = ParticipantSettings {
                 min_prototype_mass: config.privacy.min_prototype_mass as f32,
             };
-            let mut coordinator = coordinator_config(config, train_set.subjects().len())?;
+            let mut coordinator = coordinator_config(config, data.train.subjects().len())?;
             coordinator.training.share_memories = arm == Arm::Federated;
+            let mut last_state = None;
             let mut observe = |outcome: &RoundOutcome| {
-                trace.record(
+                let stop = trace.record(
                     on_round,
                     outcome.round,
                     evaluator.predict(&outcome.state)?,
+                    Some(&outcome.state),
                     (outcome.bytes_down, outcome.bytes_up),
                     outcome.seconds,
                     outcome.epsilon(),
-                )
+                    patience,
+                )?;
+                if stop {
+                    last_state = Some(outcome.state.clone());
+                    return Err(SimulationError::PatienceExhausted(patience));
+                }
+                Ok(())
             };
-            let (final_state, stopped) = match federation_mode {
+            let run = match federation_mode {
                 FederationMode::InProcess => {
                     let mut federation = InProcessFederation::new(
-                        train_set,
+                        data.train,
                         &config.model,
                         &settings,
                         coordinator,
@@ -576,14 +735,12 @@ fn run_arm(
                     if config.deterministic_noise_for_tests {
                         federation.use_deterministic_noise_for_tests();
                     }
-                    let final_state = federation.run(&mut observe)?;
-                    (
-                        final_state,
-                        federation.stop_reason().map(ToString::to_string),
-                    )
+                    federation
+                        .run(&mut observe)
+                        .map(|state| (state, federation.stop_reason().map(ToString::to_string)))
                 }
                 FederationMode::Network { options, work_dir } => run_network_federation(
-                    train_set,
+                    data.train,
                     &config.model,
                     &settings,
                     coordinator,
@@ -593,46 +750,66 @@ fn run_arm(
                     options,
                     work_dir,
                     &mut observe,
-                )?,
+                ),
+            };
+            let (final_state, stopped) = match run {
+                Ok(done) => done,
+                Err(SimulationError::PatienceExhausted(_)) => {
+                    (last_state.expect("kept when stopping"), None)
+                }
+                Err(error) => return Err(error),
             };
             Ok((trace, Some(final_state), stopped))
         }
         Arm::Centralized => {
-            let mut learner = Learner::new(train_set, &config.model, initial, device)?;
+            let mut learner = Learner::new(data.train, &config.model, initial, device)?;
             for round in 1..=config.rounds {
                 let started = Instant::now();
                 learner.train_round(&options(round, 0));
-                let predictions = evaluator.predict(&learner.state())?;
+                let state = learner.state();
+                let predictions = evaluator.predict(&state)?;
                 let seconds = started.elapsed().as_secs_f64();
-                trace.record(on_round, round, predictions, (0, 0), seconds, None)?;
+                let stop = trace.record(
+                    on_round,
+                    round,
+                    predictions,
+                    Some(&state),
+                    (0, 0),
+                    seconds,
+                    None,
+                    patience,
+                )?;
+                if stop {
+                    break;
+                }
             }
             Ok((trace, Some(learner.state()), None))
         }
         Arm::LocalOnly => {
             let mut learners = Vec::new();
-            for (index, subject) in train_set.subjects().into_iter().enumerate() {
-                let own_test = test_set.indices_of_subject(&subject);
+            for (index, subject) in data.train.subjects().into_iter().enumerate() {
+                let own_rows = data.held_out.indices_of_subject(&subject);
                 learners.push((
                     index as u64,
                     Learner::new(
-                        &train_set.subject_subset(&subject),
+                        &data.train.subject_subset(&subject),
                         &config.model,
                         initial,
                         device,
                     )?,
-                    own_test,
+                    own_rows,
                 ));
             }
-            // Test samples of subjects without a learner of their own (held-out subjects) are
-            // predicted by the mean of all local models.
-            let orphan_rows: Vec<usize> = (0..test_set.samples.len())
+            // Held-out samples of subjects without a learner of their own (held-out subjects)
+            // are predicted by the mean of all local models.
+            let orphan_rows: Vec<usize> = (0..data.held_out.samples.len())
                 .filter(|&i| !learners.iter().any(|(_, _, rows)| rows.contains(&i)))
                 .collect();
-            let emotions = test_set.schema.emotion_count();
+            let emotions = data.held_out.schema.emotion_count();
             let learner_count = learners.len() as f32;
             for round in 1..=config.rounds {
                 let started = Instant::now();
-                let mut predictions = vec![vec![0.0f32; emotions]; test_set.samples.len()];
+                let mut predictions = vec![vec![0.0f32; emotions]; data.held_out.samples.len()];
                 for (salt, learner, rows) in &mut learners {
                     learner.train_round(&options(round, *salt + 1));
                     let state = learner.state();
@@ -649,15 +826,35 @@ fn run_arm(
                     }
                 }
                 let seconds = started.elapsed().as_secs_f64();
-                trace.record(on_round, round, predictions, (0, 0), seconds, None)?;
+                let stop = trace.record(
+                    on_round,
+                    round,
+                    predictions,
+                    None,
+                    (0, 0),
+                    seconds,
+                    None,
+                    patience,
+                )?;
+                if stop {
+                    break;
+                }
             }
             Ok((trace, None, None))
         }
         Arm::LabelPrior => {
-            let prior = train_set.label_prior();
-            let predictions = vec![prior; test_set.samples.len()];
+            let predictions = vec![data.prior.to_vec(); data.held_out.samples.len()];
             for round in 1..=config.rounds {
-                trace.record(on_round, round, predictions.clone(), (0, 0), 0.0, None)?;
+                trace.record(
+                    on_round,
+                    round,
+                    predictions.clone(),
+                    None,
+                    (0, 0),
+                    0.0,
+                    None,
+                    0,
+                )?;
             }
             Ok((trace, None, None))
         }
@@ -691,11 +888,7 @@ pub fn coordinator_config(
         privacy: config.privacy.clone(),
         ..CoordinatorConfig::default()
     };
-    coordinator.training.local_epochs = config.local_epochs;
-    coordinator.training.batch_size = config.batch_size;
-    coordinator.training.learning_rate = config.learning_rate;
-    coordinator.training.proximal_mu = config.proximal_mu;
-    coordinator.training.compression = config.compression;
+    coordinator.training = config.training.clone();
     coordinator.validate()?;
     Ok(coordinator)
 }
@@ -757,20 +950,14 @@ fn pool_rounds(
     pooled
 }
 
+/// Each subject's metrics under each arm's validation-selected model.
 fn per_subject_metrics(
-    traces: &BTreeMap<Arm, Vec<ArmTrace>>,
+    selection: &Selected,
     labels: &[Vec<f32>],
     subjects: &[String],
 ) -> Vec<SubjectMetrics> {
     let mut out = Vec::new();
-    for (&arm, parts) in traces {
-        let last: Vec<&Vec<f32>> = parts
-            .iter()
-            .flat_map(|t| t.predictions.last().into_iter().flatten())
-            .collect();
-        if last.len() != labels.len() {
-            continue;
-        }
+    for (&arm, last) in &selection.predictions {
         let mut by_subject: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, subject) in subjects.iter().enumerate() {
             by_subject.entry(subject).or_default().push(i);

@@ -1,5 +1,8 @@
 //! `mpcl train`: centralized training and evaluation under a protocol, with the config, the
 //! metrics (beside the label-prior baseline) and the trained models written to an output folder.
+//!
+//! Each partition's validation part (carved from its training side) chooses the epoch whose
+//! model is reported and saved; test samples never take part in the choice.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -7,17 +10,22 @@ use std::time::Instant;
 use mpcl_model::data::Schema;
 use mpcl_model::data::Standardizer;
 use mpcl_model::metrics::{DistributionMetrics, evaluate};
-use mpcl_model::{DeviceChoice, DeviceError, ModelConfig, ModelError, TrainOptions};
+use mpcl_model::{
+    DeviceChoice, DeviceError, ModelConfig, ModelError, MpclModel, TensorDataset, TrainOptions,
+    train_observed,
+};
 use mpcl_protocol::messages::GlobalState;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::centralized::train_centralized;
+use crate::centralized::cooccurrence_of;
 use crate::dataset::{LoadError, load_dataset};
 use crate::evaluation::{EvaluationProtocol, partitions};
 use crate::normalize::normalize_per_subject;
-use crate::report::MetricsTable;
+use crate::report::{ArmSummary, SummaryTable};
+use crate::selection::{BestRound, SelectionSettings};
 use crate::synthetic::SyntheticConfig;
+use crate::uncertainty::compare_to_prior;
 
 /// Everything that defines a training run; written as `config.json` next to its results.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -27,6 +35,8 @@ pub struct TrainJobConfig {
     pub synthetic: SyntheticConfig,
     pub model: ModelConfig,
     pub training: TrainOptions,
+    /// Which epoch's model is reported (validation part, patience in epochs).
+    pub selection: SelectionSettings,
     pub protocol: EvaluationProtocol,
     pub device: DeviceChoice,
     /// Seeds initialisation and splits.
@@ -40,6 +50,7 @@ impl Default for TrainJobConfig {
             synthetic: SyntheticConfig::default(),
             model: ModelConfig::default(),
             training: TrainOptions::default(),
+            selection: SelectionSettings::default(),
             protocol: EvaluationProtocol::default(),
             device: DeviceChoice::Cpu,
             seed: 0,
@@ -63,6 +74,8 @@ pub enum JobError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("training config: {0}")]
+    Config(String),
 }
 
 /// The outcome of a training job (also written as `metrics.json`).
@@ -76,17 +89,10 @@ pub struct TrainJobResult {
     /// The label-prior baseline (mean training distribution of each partition) on the same samples.
     pub label_prior: DistributionMetrics,
     pub partitions: usize,
+    /// The model (each partition's validation-selected epoch) beside the label prior, with
+    /// spreads over folds and the bootstrap comparison.
+    pub table: SummaryTable,
     pub wall_seconds: f64,
-}
-
-impl TrainJobResult {
-    /// The model beside the label prior.
-    pub fn table(&self) -> MetricsTable {
-        let mut table = MetricsTable::default();
-        table.push("MPCL (centralized)", self.model);
-        table.push("label prior", self.label_prior);
-        table
-    }
 }
 
 /// A trained model as saved to disk: enough to predict on new samples of the same schema.
@@ -120,35 +126,75 @@ pub fn run_train_job(config: &TrainJobConfig, out: &Path) -> Result<TrainJobResu
         .model
         .validate(&dataset.schema)
         .map_err(ModelError::from)?;
-    let parts = partitions(&dataset, config.protocol, config.seed)?;
-    let mut labels: Vec<&[f32]> = Vec::new();
+    config.selection.validate().map_err(JobError::Config)?;
+    let parts = partitions(
+        &dataset,
+        config.protocol,
+        config.selection.validation_fraction,
+        config.seed,
+    )?;
+    let mut labels: Vec<Vec<f32>> = Vec::new();
+    let mut subjects: Vec<String> = Vec::new();
     let mut predictions: Vec<Vec<f32>> = Vec::new();
     let mut priors: Vec<Vec<f32>> = Vec::new();
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut epochs: Vec<u64> = Vec::new();
     for (index, part) in parts.iter().enumerate() {
-        tracing::info!(partition = %part.name, train = part.train.len(), test = part.test.len(), "training");
+        tracing::info!(
+            partition = %part.name,
+            train = part.train.len(),
+            validation = part.validation.len(),
+            test = part.test.len(),
+            "training"
+        );
         // Each subject's features standardised with its own (label-free) statistics, as in the
         // simulations, so `mpcl train` and the centralized arm of `mpcl simulate` agree.
         let normalized = normalize_per_subject(&dataset, &part.train);
         let train_set = normalized.subset(&part.train);
+        let validation_set = normalized.subset(&part.validation);
         let test_set = normalized.subset(&part.test);
-        let trained = train_centralized(
-            &train_set,
+        train_set.validate().map_err(ModelError::from)?;
+        let standardizer = Standardizer::fit(&train_set);
+        let prior = train_set.label_prior();
+        let mut model = MpclModel::new(
+            &dataset.schema,
             &config.model,
+            &selected.device,
+            config.seed,
+        )?;
+        model.start_at_prior(&prior);
+        model.memories.set_cooccurrence(cooccurrence_of(&train_set));
+        let tensors = |set| TensorDataset::new(set, &standardizer, model.device());
+        let (train_tensors, validation_tensors, test_tensors) = (
+            tensors(&train_set),
+            tensors(&validation_set),
+            tensors(&test_set),
+        );
+        let mut best = BestRound::default();
+        let mut chosen = (model.global_state(), model.predict(&test_tensors));
+        train_observed(
+            &mut model,
+            &train_tensors,
             &TrainOptions {
                 seed: config.training.seed ^ index as u64,
                 ..config.training.clone()
             },
-            &selected.device,
-            config.seed,
-        )?;
-        predictions.extend(trained.predict(&test_set));
-        let prior = train_set.label_prior();
-        priors.extend(std::iter::repeat_n(prior, part.test.len()));
-        labels.extend(
-            part.test
-                .iter()
-                .map(|&i| dataset.samples[i].label.as_slice()),
+            None,
+            |epoch, model| {
+                let validation_kl = (!validation_set.samples.is_empty())
+                    .then(|| model.evaluate(&validation_tensors).kl);
+                if best.observe(epoch as u64, validation_kl) {
+                    chosen = (model.global_state(), model.predict(&test_tensors));
+                }
+                !best.should_stop(config.selection.patience)
+            },
         );
+        epochs.push(best.round().unwrap_or(0));
+        predictions.extend(chosen.1);
+        priors.extend(std::iter::repeat_n(prior, part.test.len()));
+        labels.extend(test_set.samples.iter().map(|s| s.label.clone()));
+        subjects.extend(test_set.samples.iter().map(|s| s.subject.clone()));
+        sizes.push(part.test.len());
         let name = if parts.len() == 1 {
             "model.json".to_string()
         } else {
@@ -159,32 +205,48 @@ pub fn run_train_job(config: &TrainJobConfig, out: &Path) -> Result<TrainJobResu
             &SavedModel {
                 schema: dataset.schema.clone(),
                 config: config.model.clone(),
-                standardizer: trained.standardizer.clone(),
-                state: trained.model.global_state(),
+                standardizer,
+                state: chosen.0,
             },
         )?;
     }
+    let pairs = |predicted: &[Vec<f32>]| {
+        evaluate(
+            labels
+                .iter()
+                .zip(predicted)
+                .map(|(l, p)| (l.as_slice(), p.as_slice())),
+        )
+    };
+    let mut table = SummaryTable::default();
+    table.push(ArmSummary::new(
+        "MPCL (centralized)",
+        &predictions,
+        &labels,
+        &sizes,
+        compare_to_prior(&labels, &predictions, &priors, &subjects, config.seed),
+        epochs,
+    ));
+    table.push(ArmSummary::new(
+        "label prior",
+        &priors,
+        &labels,
+        &sizes,
+        None,
+        Vec::new(),
+    ));
     let result = TrainJobResult {
         dataset: dataset.name.clone(),
         protocol: config.protocol.to_string(),
         device: selected.description,
-        model: evaluate(
-            labels
-                .iter()
-                .copied()
-                .zip(predictions.iter().map(|p| p.as_slice())),
-        ),
-        label_prior: evaluate(
-            labels
-                .iter()
-                .copied()
-                .zip(priors.iter().map(|p| p.as_slice())),
-        ),
+        model: pairs(&predictions),
+        label_prior: pairs(&priors),
         partitions: parts.len(),
+        table,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     write_json(&out.join("metrics.json"), &result)?;
-    write_text(&out.join("metrics.md"), &result.table().to_markdown())?;
+    write_text(&out.join("metrics.md"), &result.table.to_markdown())?;
     Ok(result)
 }
 

@@ -3,6 +3,7 @@
 //! half. Compression together with secure aggregation is refused before anything trains.
 
 use anyhow::Result;
+use mpcl_coordinator::TrainingSettings;
 use mpcl_model::ModelConfig;
 use mpcl_protocol::Compression;
 use mpcl_simulations::evaluation::EvaluationProtocol;
@@ -23,10 +24,13 @@ fn config(compression: Compression) -> SimulationConfig {
         },
         model: ModelConfig::tiny(),
         rounds: 6,
-        local_epochs: 2,
-        batch_size: 16,
-        learning_rate: 1e-2,
-        compression,
+        training: TrainingSettings {
+            local_epochs: 2,
+            batch_size: 16,
+            learning_rate: 1e-2,
+            compression,
+            ..TrainingSettings::default()
+        },
         arms: vec![Arm::Federated],
         ..SimulationConfig::default()
     }

@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 use mpcl_client::ParticipantSettings;
+use mpcl_coordinator::TrainingSettings;
 use mpcl_coordinator::privacy::PrivacyConfig;
 use mpcl_model::data::Dataset;
 use mpcl_model::{DeviceChoice, ModelConfig, MpclModel};
@@ -42,9 +43,12 @@ fn simulation(rounds: u64, privacy: PrivacyConfig) -> SimulationConfig {
         },
         model: ModelConfig::tiny(),
         rounds,
-        local_epochs: 1,
-        batch_size: 16,
-        learning_rate: 1e-2,
+        training: TrainingSettings {
+            local_epochs: 1,
+            batch_size: 16,
+            learning_rate: 1e-2,
+            ..TrainingSettings::default()
+        },
         privacy,
         ..SimulationConfig::default()
     }

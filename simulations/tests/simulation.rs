@@ -2,6 +2,7 @@
 //! learns, centralized training is the upper reference, and the run is reproducible.
 
 use anyhow::Result;
+use mpcl_coordinator::TrainingSettings;
 use mpcl_model::ModelConfig;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::simulate::{Arm, SimulationConfig, SimulationResult, run_simulation};
@@ -21,9 +22,12 @@ fn config(arms: Vec<Arm>) -> SimulationConfig {
         },
         model: ModelConfig::tiny(),
         rounds: 6,
-        local_epochs: 4,
-        batch_size: 16,
-        learning_rate: 1e-2,
+        training: TrainingSettings {
+            local_epochs: 4,
+            batch_size: 16,
+            learning_rate: 1e-2,
+            ..TrainingSettings::default()
+        },
         arms,
         ..SimulationConfig::default()
     }
@@ -84,7 +88,7 @@ fn federated_beats_the_label_prior_and_centralized_is_at_least_as_good() -> Resu
 fn the_same_seed_gives_the_same_simulation() -> Result<()> {
     let mut small = config(vec![Arm::Federated, Arm::LocalOnly]);
     small.rounds = 2;
-    small.local_epochs = 1;
+    small.training.local_epochs = 1;
     let first = run_simulation(&small, None, false)?;
     let second = run_simulation(&small, None, false)?;
     assert_eq!(first.rounds.len(), second.rounds.len());
@@ -100,7 +104,7 @@ fn outputs_are_written_with_the_config() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut small = config(vec![Arm::Federated, Arm::LabelPrior]);
     small.rounds = 2;
-    small.local_epochs = 1;
+    small.training.local_epochs = 1;
     run_simulation(&small, Some(dir.path()), false)?;
     for file in [
         "config.json",

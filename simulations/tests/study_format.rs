@@ -4,6 +4,7 @@
 //! so the numbers agree to 1e-6 rather than bit for bit.
 
 use anyhow::Result;
+use mpcl_coordinator::TrainingSettings;
 use mpcl_model::ModelConfig;
 use mpcl_model::data::study::write_study_dir;
 use mpcl_simulations::simulate::{Arm, SimulationConfig, run_simulation};
@@ -24,8 +25,11 @@ fn a_study_folder_simulates_exactly_like_the_built_in_dataset() -> Result<()> {
         synthetic,
         model: ModelConfig::tiny(),
         rounds: 2,
-        local_epochs: 1,
-        batch_size: 8,
+        training: TrainingSettings {
+            local_epochs: 1,
+            batch_size: 8,
+            ..TrainingSettings::default()
+        },
         arms: vec![Arm::Federated, Arm::Centralized, Arm::LabelPrior],
         ..SimulationConfig::default()
     };

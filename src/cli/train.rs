@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use mpcl_model::{DeviceChoice, TrainOptions};
 use mpcl_simulations::evaluation::EvaluationProtocol;
+use mpcl_simulations::selection::SelectionSettings;
 use mpcl_simulations::train_job::{TrainJobConfig, run_train_job};
 
 /// Train the MPCL network centrally on one dataset and report the six metrics beside the
@@ -24,8 +25,19 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = TrainOptions::default().learning_rate)]
     learning_rate: f64,
+    /// Decoupled weight decay (AdamW); 0 = plain Adam.
+    #[arg(long, default_value_t = TrainOptions::default().weight_decay)]
+    weight_decay: f64,
+    /// Part of the training data held out to choose the reported epoch (trial-wise within
+    /// subjects, or whole training subjects for subject-independent protocols); 0 reports the
+    /// last epoch.
+    #[arg(long, default_value_t = SelectionSettings::default().validation_fraction)]
+    validation_fraction: f64,
+    /// Stop when validation KL has not improved for this many epochs (0 = never).
+    #[arg(long, default_value_t = SelectionSettings::default().patience)]
+    patience: u64,
     /// Evaluation protocol: `subject-dependent[:TEST_FRACTION]` (held-out trials of every
     /// subject), `subject-independent[:FOLDS]` (held-out subjects) or `loso`.
     #[arg(long, default_value = "subject-dependent")]
@@ -55,9 +67,14 @@ impl TrainArgs {
                 epochs: self.epochs,
                 batch_size: self.batch_size,
                 learning_rate: self.learning_rate,
+                weight_decay: self.weight_decay,
                 seed: self.seed,
                 progress: true,
                 ..TrainOptions::default()
+            },
+            selection: SelectionSettings {
+                validation_fraction: self.validation_fraction,
+                patience: self.patience,
             },
             protocol: self.protocol,
             device: self.device,
@@ -69,7 +86,7 @@ impl TrainArgs {
             "{} — {}, {} partition(s), device {}, {:.1} s",
             result.dataset, result.protocol, result.partitions, result.device, result.wall_seconds
         );
-        println!("{}", result.table().to_text());
+        println!("{}", result.table.to_text());
         println!("results in {}", self.out.display());
         Ok(())
     }

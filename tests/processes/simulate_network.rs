@@ -1,6 +1,7 @@
 //! `mpcl simulate --network` against the in-process mode: the same seed must give identical
 //! aggregated models and identical metrics, bit for bit.
 
+use mpcl_coordinator::TrainingSettings;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -26,9 +27,12 @@ fn small_simulation() -> SimulationConfig {
         },
         model: ModelConfig::tiny(),
         rounds: 3,
-        local_epochs: 1,
-        batch_size: 8,
-        learning_rate: 1e-2,
+        training: TrainingSettings {
+            local_epochs: 1,
+            batch_size: 8,
+            learning_rate: 1e-2,
+            ..TrainingSettings::default()
+        },
         // Three of four clients per round: sampling must agree between the modes too.
         clients_per_round: Some(3),
         arms: vec![Arm::Federated, Arm::FedavgEncoder],

@@ -591,7 +591,10 @@ fn dropout_and_reconnect_mid_round() {
             assert_eq!(*participant, id(1));
             assert_eq!(**state, *round_state);
             assert_eq!(config.seed, training_seed(42, 1, &id(1)));
-            assert_eq!(config.local_epochs, 1);
+            assert_eq!(
+                config.local_epochs,
+                crate::TrainingSettings::default().local_epochs
+            );
         }
         other => panic!("expected the round again, got {other:?}"),
     }

@@ -182,6 +182,56 @@ pub fn k_fold_subjects(dataset: &Dataset, k: usize, seed: u64) -> Result<Vec<Fol
     Ok(groups.into_iter().map(|g| fold(dataset, g)).collect())
 }
 
+/// Carves a validation part out of the training samples `train`, for model selection only:
+/// `fraction` of every subject's training trials (trial-wise, as [`subject_dependent`]; a
+/// subject with a single training trial keeps it for training). Returns (fit, validation), both
+/// sorted, together exactly `train`.
+pub fn validation_trials(
+    dataset: &Dataset,
+    train: &[usize],
+    fraction: f64,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<usize>), SplitError> {
+    let inner = subject_dependent(&dataset.subset(train), fraction, seed)?;
+    Ok((
+        inner.train.iter().map(|&i| train[i]).collect(),
+        inner.test.iter().map(|&i| train[i]).collect(),
+    ))
+}
+
+/// Carves a validation part out of the training samples `train` by holding out whole training
+/// subjects: about `fraction` of them (at least one, at most all but one), seeded. Used by the
+/// subject-independent protocols, whose model selection must also be on unseen subjects.
+pub fn validation_subjects(
+    dataset: &Dataset,
+    train: &[usize],
+    fraction: f64,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<usize>), SplitError> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(SplitError::BadFraction(fraction));
+    }
+    let subset = dataset.subset(train);
+    let mut subjects = subset.subjects();
+    if subjects.len() < 2 {
+        return Err(SplitError::TooFewSubjects {
+            dataset: dataset.name.clone(),
+            subjects: subjects.len(),
+            needed: 2,
+            protocol: "a validation part of held-out training subjects".into(),
+        });
+    }
+    subjects.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let n = subjects.len();
+    let held = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
+    let held_out = &subjects[..held];
+    let (validation, fit): (Vec<usize>, Vec<usize>) = train
+        .iter()
+        .copied()
+        .partition(|&i| held_out.contains(&dataset.samples[i].subject));
+    Ok((fit, validation))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -324,5 +374,32 @@ mod tests {
             text.contains("k = 8") && text.contains("7 subjects"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn validation_parts_come_from_training_samples_only() {
+        let d = dataset(&[4, 6, 8, 1, 5], 3);
+        let split = subject_dependent(&d, 0.25, 3).expect("split");
+        let (fit, validation) = validation_trials(&d, &split.train, 0.25, 9).expect("trials");
+        let mut both: Vec<usize> = fit.iter().chain(&validation).copied().collect();
+        both.sort_unstable();
+        assert_eq!(
+            both, split.train,
+            "fit and validation are exactly the training samples"
+        );
+        assert!(keys(&d, &fit).is_disjoint(&keys(&d, &validation)));
+        assert!(keys(&d, &validation).is_disjoint(&keys(&d, &split.test)));
+        assert!(!validation.is_empty());
+
+        let folds = k_fold_subjects(&d, 2, 1).expect("folds");
+        for fold in &folds {
+            let (fit, validation) = validation_subjects(&d, &fold.train, 0.3, 5).expect("subjects");
+            let mut both: Vec<usize> = fit.iter().chain(&validation).copied().collect();
+            both.sort_unstable();
+            assert_eq!(both, fold.train);
+            assert!(subjects(&d, &fit).is_disjoint(&subjects(&d, &validation)));
+            assert!(subjects(&d, &validation).is_disjoint(&subjects(&d, &fold.test)));
+            assert!(!validation.is_empty() && !fit.is_empty());
+        }
     }
 }

@@ -88,7 +88,7 @@ impl EmotionRetrieval {
 #[derive(Module, Debug)]
 pub struct DistributionHead {
     /// `C x 2D`.
-    emotion_weights: Param<Tensor<2>>,
+    pub(super) emotion_weights: Param<Tensor<2>>,
     emotion_bias: Param<Tensor<1>>,
 }
 
@@ -106,10 +106,29 @@ impl DistributionHead {
         }
     }
 
-    /// Log-probabilities `(B, C)` from emotion states `O` `(B, C, D)` and representation `z` `(B, D)`.
-    pub fn forward(&self, emotion_states: Tensor<3>, z: Tensor<2>) -> Tensor<2> {
+    /// A head that predicts `prior` whatever its input: zero weights and `b_c = ln(prior_c)`
+    /// (floored at 1e-6), so that an untrained network starts at the label prior and training
+    /// only has to learn what the signals add to it.
+    pub fn at_prior(&self, prior: &[f32]) -> Self {
+        let [emotions, features] = self.emotion_weights.dims();
+        assert_eq!(prior.len(), emotions, "one prior value per emotion");
+        let device = self.emotion_bias.val().device();
+        let bias: Vec<f32> = prior.iter().map(|p| p.max(1e-6).ln()).collect();
+        Self {
+            emotion_weights: Param::from_tensor(Tensor::zeros([emotions, features], &device)),
+            emotion_bias: Param::from_tensor(Tensor::from_floats(bias.as_slice(), &device)),
+        }
+    }
+
+    /// Log-probabilities `(B, C)` from emotion states `O` `(B, C, D)` and representation `z`
+    /// `(B, D)`; `z = None` scores from `O` alone (the z-path ablation: the `z` half of the
+    /// weights meets zeros).
+    pub fn forward(&self, emotion_states: Tensor<3>, z: Option<Tensor<2>>) -> Tensor<2> {
         let [batch, emotions, width] = emotion_states.dims();
-        let z = z.unsqueeze_dim::<3>(1).expand([batch, emotions, width]);
+        let z = match z {
+            Some(z) => z.unsqueeze_dim::<3>(1).expand([batch, emotions, width]),
+            None => Tensor::zeros([batch, emotions, width], &emotion_states.device()),
+        };
         let features = Tensor::cat(vec![emotion_states, z], 2); // (B, C, 2D)
         let logits = (features * self.emotion_weights.val().unsqueeze_dim::<3>(0))
             .sum_dim(2)

@@ -7,6 +7,8 @@
 //! it), and [`Memories`] holds the prototype banks and the co-occurrence memory (moved by
 //! statistics, never by gradients; clients send the statistics).
 
+#[cfg(test)]
+mod ablation_tests;
 mod emotions;
 mod encoder;
 mod fusion;
@@ -100,6 +102,11 @@ impl MpclNetwork {
         }
     }
 
+    /// Sets the head to predict `prior` for every input (see [`DistributionHead::at_prior`]).
+    pub fn set_head_prior(&mut self, prior: &[f32]) {
+        self.head = self.head.at_prior(prior);
+    }
+
     /// The layout the network was built for.
     pub fn layout(&self) -> &NetworkLayout {
         &self.layout
@@ -123,7 +130,8 @@ impl MpclNetwork {
         let mut readouts = Vec::new();
         for ((group, modalities), fusion) in self.layout.groups.iter().zip(&self.fusions) {
             let tokens: Vec<Tensor<3>> = modalities.iter().map(|m| encoded[*m].clone()).collect();
-            let representation = fusion.forward(&tokens);
+            let representation =
+                fusion.forward(&tokens, config.use_memory_fusion, config.use_cross_modal);
             let (cosine, assignment) = match memories.bank(*group) {
                 Some(bank) if config.use_prototypes => {
                     let cosine = bank.cosine(representation.clone());
@@ -149,13 +157,19 @@ impl MpclNetwork {
         let log_memory = config
             .use_cooccurrence
             .then(|| memories.log_memory().clone());
-        let emotion_states = self.retrieval.forward(embeddings, log_memory);
-        let z = mean_of(
-            groups
-                .iter()
-                .map(|g| g.representation.clone())
-                .collect::<Vec<_>>(),
-        );
+        let emotion_states = if config.use_emotion_retrieval {
+            self.retrieval.forward(embeddings, log_memory)
+        } else {
+            embeddings
+        };
+        let z = config.use_z_path.then(|| {
+            mean_of(
+                groups
+                    .iter()
+                    .map(|g| g.representation.clone())
+                    .collect::<Vec<_>>(),
+            )
+        });
         ForwardOutput {
             log_probs: self.head.forward(emotion_states, z),
             groups,
