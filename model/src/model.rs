@@ -63,10 +63,8 @@ impl MpclModel {
             let _guard = INITIALISATION
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
+            let network = MpclNetwork::new(schema, config, &device, seed);
             device.seed(seed);
-            let network = MpclNetwork::new(schema, config, &device);
-            // Parameters initialise lazily, on first use: force every draw to happen now.
-            let _ = flatten_parameters(&network);
             let memories = Memories::new(network.layout(), config, &device);
             (network, memories)
         };

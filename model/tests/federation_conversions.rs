@@ -38,6 +38,7 @@ fn dataset(schema: &Schema, n: usize) -> Dataset {
                 subject: "s1".into(),
                 trial: i as u32,
                 time: 0,
+                stimulus: None,
             }
         })
         .collect();

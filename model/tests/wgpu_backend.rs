@@ -42,6 +42,7 @@ fn dataset() -> Dataset {
                 subject: "s".into(),
                 trial: i,
                 time: 0,
+                stimulus: None,
             }
         })
         .collect();

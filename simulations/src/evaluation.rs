@@ -23,6 +23,12 @@ pub enum EvaluationProtocol {
     /// Subjects split into `folds` groups, each held out once (`folds` = number of subjects is
     /// leave-one-subject-out).
     SubjectIndependent { folds: usize },
+    /// Stimuli split into `folds` groups, each held out once: no stimulus is seen in training
+    /// and testing, so the labels' stimulus-driven part cannot be memorised.
+    StimulusIndependent { folds: usize },
+    /// Subjects and stimuli split into `folds` groups each; fold i tests group i's subjects on
+    /// group i's stimuli and trains on the other subjects' other stimuli.
+    SubjectStimulusIndependent { folds: usize },
 }
 
 impl Default for EvaluationProtocol {
@@ -37,8 +43,18 @@ impl FromStr for EvaluationProtocol {
     type Err = String;
 
     /// `subject-dependent`, `subject-dependent:0.3`, `subject-independent`,
-    /// `subject-independent:5`, `loso`.
+    /// `subject-independent:5`, `loso`, `stimulus-independent[:FOLDS]`,
+    /// `subject-stimulus-independent[:FOLDS]`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let folds = |value: Option<&str>| {
+            value
+                .map(|v| {
+                    v.parse::<usize>()
+                        .map_err(|e| format!("bad fold count `{v}`: {e}"))
+                })
+                .transpose()
+                .map(|f| f.unwrap_or(5))
+        };
         let (kind, value) = match s.split_once(':') {
             Some((kind, value)) => (kind, Some(value)),
             None => (s, None),
@@ -54,20 +70,20 @@ impl FromStr for EvaluationProtocol {
                     .unwrap_or(0.25);
                 Ok(Self::SubjectDependent { test_fraction })
             }
-            "subject-independent" => {
-                let folds = value
-                    .map(|v| {
-                        v.parse::<usize>()
-                            .map_err(|e| format!("bad fold count `{v}`: {e}"))
-                    })
-                    .transpose()?
-                    .unwrap_or(5);
-                Ok(Self::SubjectIndependent { folds })
-            }
+            "subject-independent" => Ok(Self::SubjectIndependent {
+                folds: folds(value)?,
+            }),
             "loso" | "leave-one-subject-out" => Ok(Self::SubjectIndependent { folds: 0 }),
+            "stimulus-independent" => Ok(Self::StimulusIndependent {
+                folds: folds(value)?,
+            }),
+            "subject-stimulus-independent" => Ok(Self::SubjectStimulusIndependent {
+                folds: folds(value)?,
+            }),
             other => Err(format!(
                 "unknown protocol `{other}` (expected subject-dependent[:FRACTION], \
-                 subject-independent[:FOLDS] or loso)"
+                 subject-independent[:FOLDS], loso, stimulus-independent[:FOLDS] or \
+                 subject-stimulus-independent[:FOLDS])"
             )),
         }
     }
@@ -81,6 +97,12 @@ impl std::fmt::Display for EvaluationProtocol {
             }
             Self::SubjectIndependent { folds: 0 } => f.write_str("leave-one-subject-out"),
             Self::SubjectIndependent { folds } => write!(f, "subject-independent ({folds} folds)"),
+            Self::StimulusIndependent { folds } => {
+                write!(f, "stimulus-independent ({folds} folds)")
+            }
+            Self::SubjectStimulusIndependent { folds } => {
+                write!(f, "subject- and stimulus-independent ({folds} folds)")
+            }
         }
     }
 }
@@ -120,6 +142,10 @@ pub fn partitions(
                 EvaluationProtocol::SubjectIndependent { .. } => {
                     split::validation_subjects(dataset, &part.train, validation_fraction, seed)?
                 }
+                EvaluationProtocol::StimulusIndependent { .. }
+                | EvaluationProtocol::SubjectStimulusIndependent { .. } => {
+                    split::validation_stimuli(dataset, &part.train, validation_fraction, seed)?
+                }
             };
             part.train = fit;
             part.validation = validation;
@@ -149,19 +175,29 @@ fn train_test_partitions(
             } else {
                 split::k_fold_subjects(dataset, folds, seed)?
             };
-            let count = folds.len();
-            Ok(folds
-                .into_iter()
-                .enumerate()
-                .map(|(i, fold)| Partition {
-                    name: format!("fold {}/{count}", i + 1),
-                    train: fold.train,
-                    validation: Vec::new(),
-                    test: fold.test,
-                })
-                .collect())
+            Ok(named_folds(folds))
         }
+        EvaluationProtocol::StimulusIndependent { folds } => {
+            Ok(named_folds(split::k_fold_stimuli(dataset, folds, seed)?))
+        }
+        EvaluationProtocol::SubjectStimulusIndependent { folds } => Ok(named_folds(
+            split::k_fold_subjects_and_stimuli(dataset, folds, seed)?,
+        )),
     }
+}
+
+fn named_folds(folds: Vec<split::Fold>) -> Vec<Partition> {
+    let count = folds.len();
+    folds
+        .into_iter()
+        .enumerate()
+        .map(|(i, fold)| Partition {
+            name: format!("fold {}/{count}", i + 1),
+            train: fold.train,
+            validation: Vec::new(),
+            test: fold.test,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //! network, and reporting. Also the seeded synthetic data generator used by tests and demos, and
 //! the centralized training job behind `mpcl train`.
 
+pub mod ablate;
+mod ablation_plot;
 pub mod centralized;
 pub mod dataset;
 pub mod evaluation;
@@ -16,6 +18,7 @@ pub mod report;
 pub mod secure;
 pub mod selection;
 pub mod simulate;
+pub mod stimulus_prior;
 pub mod synthetic;
 pub mod train_job;
 pub mod uncertainty;

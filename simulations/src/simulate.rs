@@ -47,9 +47,13 @@ use crate::normalize::normalize_per_subject;
 use crate::plots;
 use crate::report::{ArmSummary, SummaryTable};
 use crate::selection::{BestRound, SelectionSettings};
+use crate::stimulus_prior::stimulus_prior;
 use crate::synthetic::SyntheticConfig;
 use crate::train_job::{write_json, write_text};
 use crate::uncertainty::compare_to_prior;
+
+/// The name of the stimulus-prior reference row (shown when the data knows its stimuli).
+pub const STIMULUS_PRIOR: &str = "stimulus prior (no signal)";
 
 /// An arm of the experiment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -269,6 +273,11 @@ pub struct SimulationResult {
     pub final_states: BTreeMap<Arm, Vec<GlobalState>>,
     /// The state of the round chosen on validation, per arm with a model and partition.
     pub best_states: BTreeMap<Arm, Vec<GlobalState>>,
+    /// Every test sample (over all partitions, in order): label, subject, and the label prior
+    /// of its partition.
+    pub test_samples: TestSamples,
+    /// Each arm's validation-selected predictions of those samples.
+    pub selected_predictions: BTreeMap<Arm, Vec<Vec<f32>>>,
     /// What a reader of the table must know, for example that an arm stopped early because its
     /// privacy budget ran out.
     pub notes: Vec<String>,
@@ -388,6 +397,20 @@ pub fn run_simulation_with(
     progress: bool,
 ) -> Result<SimulationResult, SimulationError> {
     let started = Instant::now();
+    let (dataset, _report) = load_dataset(&config.dataset, &config.synthetic)?;
+    run_simulation_on(&dataset, config, mode, out, progress, started)
+}
+
+/// [`run_simulation_with`] on an already loaded dataset (`config.dataset` only names it in
+/// the outputs); `started` is when the run began, for its wall time.
+pub fn run_simulation_on(
+    dataset: &Dataset,
+    config: &SimulationConfig,
+    mode: &ExecutionMode,
+    out: Option<&Path>,
+    progress: bool,
+    started: Instant,
+) -> Result<SimulationResult, SimulationError> {
     // Network mode's working files: under the output folder, or a temporary folder.
     let scratch = match (mode, out) {
         (ExecutionMode::Network(_), None) => {
@@ -416,8 +439,7 @@ pub fn run_simulation_with(
         .map_err(SimulationError::Config)?;
     let selected = config.device.resolve()?;
     let device = &selected.device;
-    let (dataset, _report) = load_dataset(&config.dataset, &config.synthetic)?;
-    let dataset = sample_subjects(&dataset, config.subjects, config.seed);
+    let dataset = sample_subjects(dataset, config.subjects, config.seed);
     config
         .model
         .validate(&dataset.schema)
@@ -458,6 +480,8 @@ pub fn run_simulation_with(
     // The label prior of each test sample's partition (the reference of every comparison).
     let mut priors: Vec<Vec<f32>> = Vec::new();
     let mut partition_sizes: Vec<usize> = Vec::new();
+    // The stimulus prior of each test sample, while every partition knows its stimuli.
+    let mut stimulus_predictions: Option<Vec<Vec<f32>>> = Some(Vec::new());
     let mut traces: BTreeMap<Arm, Vec<ArmTrace>> = BTreeMap::new();
     let mut final_states: BTreeMap<Arm, Vec<GlobalState>> = BTreeMap::new();
     let mut notes: Vec<String> = Vec::new();
@@ -474,6 +498,10 @@ pub fn run_simulation_with(
         subjects.extend(test_set.samples.iter().map(|s| s.subject.clone()));
         priors.extend(std::iter::repeat_n(prior.clone(), test_set.samples.len()));
         partition_sizes.push(test_set.samples.len());
+        stimulus_predictions = stimulus_predictions.and_then(|mut all| {
+            all.extend(stimulus_prior(&train_set, &test_set)?);
+            Some(all)
+        });
         // Every arm starts from the same weights, its head at the training label prior.
         let initial = {
             let mut model = MpclModel::new(&dataset.schema, &config.model, device, config.seed)?;
@@ -592,6 +620,16 @@ pub fn run_simulation_with(
             selection.rounds[&arm].clone(),
         ));
     }
+    if let Some(predictions) = &stimulus_predictions {
+        final_table.push(ArmSummary::new(
+            STIMULUS_PRIOR,
+            predictions,
+            &labels,
+            &partition_sizes,
+            compare_to_prior(&labels, predictions, &priors, &subjects, config.seed),
+            Vec::new(),
+        ));
+    }
     let result = SimulationResult {
         dataset: dataset.name.clone(),
         subjects: dataset.subjects().len(),
@@ -603,6 +641,12 @@ pub fn run_simulation_with(
         final_table,
         final_states,
         best_states: selection.states,
+        test_samples: TestSamples {
+            labels,
+            subjects,
+            priors,
+        },
+        selected_predictions: selection.predictions,
         notes,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
@@ -657,6 +701,15 @@ struct ArmData<'a> {
     validation_count: usize,
     /// The label prior of `train`.
     prior: &'a [f32],
+}
+
+/// The test samples of a run, pooled over partitions.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TestSamples {
+    pub labels: Vec<Vec<f32>>,
+    pub subjects: Vec<String>,
+    /// The label prior of each sample's partition.
+    pub priors: Vec<Vec<f32>>,
 }
 
 /// How one federated arm runs (see [`ExecutionMode`]).

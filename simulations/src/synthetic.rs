@@ -128,6 +128,7 @@ pub fn generate(config: &SyntheticConfig) -> Dataset {
                     subject: format!("s{:02}", subject + 1),
                     trial: trial as u32,
                     time: window as u32,
+                    stimulus: None,
                 });
             }
         }

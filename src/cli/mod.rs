@@ -1,5 +1,6 @@
 //! Subcommands of `mpcl`, one file each.
 
+mod ablate;
 mod bench;
 mod client;
 mod coordinator;
@@ -22,6 +23,7 @@ pub struct Cli {
 enum Command {
     Simulate(simulate::SimulateArgs),
     Train(train::TrainArgs),
+    Ablate(ablate::AblateArgs),
     Keygen(keygen::KeygenArgs),
     /// Inspect, validate and convert datasets.
     #[command(long_about = data::LONG_ABOUT)]
@@ -41,7 +43,7 @@ impl Cli {
     /// per-round details are in its round log).
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Command::Simulate(_) => "info,mpcl_coordinator=warn",
+            Command::Simulate(_) | Command::Ablate(_) => "info,mpcl_coordinator=warn",
             _ => "info",
         }
     }
@@ -51,6 +53,7 @@ impl Cli {
         match self.command {
             Command::Simulate(args) => args.run(),
             Command::Train(args) => args.run(),
+            Command::Ablate(args) => args.run(),
             Command::Keygen(args) => keygen::run(args),
             Command::Data(args) => args.run(),
             Command::Coordinator(args) => args.run(),

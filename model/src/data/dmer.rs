@@ -335,6 +335,7 @@ fn read_subject(path: &Path, report: &mut LoadReport) -> Result<Vec<Sample>, Rea
             subject: subject.clone(),
             trial: clip as u32,
             time: clip_rows[clip],
+            stimulus: Some(format!("clip {clip}")),
         });
         clip_rows[clip] += 1;
     }

@@ -115,6 +115,7 @@ mod tests {
             subject: subject.into(),
             trial,
             time,
+            stimulus: None,
         };
         let dataset = Dataset {
             name: "toy".into(),

@@ -55,6 +55,9 @@ pub fn schema() -> Schema {
 struct Row {
     subject: String,
     trial: u32,
+    /// The music excerpt (`T2`, `S3`, ...): the stimulus.
+    #[serde(default)]
+    song: Option<String>,
     active: f64,
     alert: f64,
     angry: f64,
@@ -197,6 +200,7 @@ pub fn read_larwood(dir: &Path) -> Result<(Dataset, LoadReport), ReadError> {
             subject: row.subject,
             trial: row.trial,
             time: 0,
+            stimulus: row.song.filter(|s| !s.is_empty()),
         });
     }
     if samples.is_empty() {

@@ -22,6 +22,12 @@ pub struct Sample {
     pub trial: u32,
     /// Position of the window within its trial.
     pub time: u32,
+    /// What the subject was exposed to in this trial (a clip, a song, a condition), when the
+    /// dataset says: trials of different subjects with the same stimulus share it. Labels are
+    /// often largely stimulus-driven, so the stimulus-independent protocols hold out whole
+    /// stimuli and tables show the stimulus prior beside the label prior.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stimulus: Option<String>,
 }
 
 /// A sample or dataset that does not fit its schema.
@@ -216,6 +222,7 @@ mod tests {
                 subject: "s1".into(),
                 trial: 3,
                 time: 0,
+                stimulus: None,
             }],
         }
     }

@@ -33,6 +33,8 @@ struct SnapshotSample {
     subject: String,
     trial: u32,
     time: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stimulus: Option<String>,
 }
 
 fn bits(values: &[f32]) -> Vec<u32> {
@@ -58,6 +60,7 @@ pub fn write_snapshot(dataset: &Dataset, path: &Path) -> Result<(), ReadError> {
                 subject: s.subject.clone(),
                 trial: s.trial,
                 time: s.time,
+                stimulus: s.stimulus.clone(),
             })
             .collect(),
     };
@@ -98,6 +101,7 @@ pub fn read_snapshot(path: &Path) -> Result<Dataset, ReadError> {
                 subject: s.subject,
                 trial: s.trial,
                 time: s.time,
+                stimulus: s.stimulus,
             })
             .collect(),
     };
@@ -128,6 +132,7 @@ mod tests {
                 subject: "s1".into(),
                 trial: 4,
                 time: 2,
+                stimulus: Some("clip 3".into()),
             }],
         }
     }

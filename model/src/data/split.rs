@@ -63,6 +63,22 @@ pub enum SplitError {
         /// The protocol asked for.
         protocol: String,
     },
+    /// A stimulus protocol on data without stimulus ids.
+    #[error(
+        "dataset `{0}` has samples without a stimulus id; the stimulus-independent protocols need \
+         one for every sample (a `stimulus` column in a study folder)"
+    )]
+    NoStimuli(String),
+    /// k outside 2..=stimuli.
+    #[error(
+        "k = {k} stimulus folds is not possible with {stimuli} stimuli (need 2 <= k <= stimuli)"
+    )]
+    BadStimulusK {
+        /// Folds asked for.
+        k: usize,
+        /// Stimuli in the dataset.
+        stimuli: usize,
+    },
     /// k outside 2..=subjects.
     #[error("k = {k} folds is not possible with {subjects} subjects (need 2 <= k <= subjects)")]
     BadK {
@@ -182,6 +198,135 @@ pub fn k_fold_subjects(dataset: &Dataset, k: usize, seed: u64) -> Result<Vec<Fol
     Ok(groups.into_iter().map(|g| fold(dataset, g)).collect())
 }
 
+/// The stimuli of `dataset`, in order of first appearance; an error naming the dataset when a
+/// sample has none.
+pub fn stimuli(dataset: &Dataset) -> Result<Vec<String>, SplitError> {
+    let mut seen: Vec<String> = Vec::new();
+    for sample in &dataset.samples {
+        let Some(stimulus) = &sample.stimulus else {
+            return Err(SplitError::NoStimuli(dataset.name.clone()));
+        };
+        if !seen.contains(stimulus) {
+            seen.push(stimulus.clone());
+        }
+    }
+    Ok(seen)
+}
+
+/// Deals `items` (shuffled with `seed`) round-robin into `k` groups.
+fn deal(mut items: Vec<String>, k: usize, seed: u64) -> Vec<Vec<String>> {
+    items.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let mut groups: Vec<Vec<String>> = vec![Vec::new(); k];
+    for (i, item) in items.into_iter().enumerate() {
+        groups[i % k].push(item);
+    }
+    groups
+}
+
+/// `k` folds of whole stimuli: every sample of a held-out stimulus is tested, whichever subject
+/// saw it, and no sample of it trains. `Fold::held_out` lists the stimuli.
+pub fn k_fold_stimuli(dataset: &Dataset, k: usize, seed: u64) -> Result<Vec<Fold>, SplitError> {
+    let all = stimuli(dataset)?;
+    if k < 2 || k > all.len() {
+        return Err(SplitError::BadStimulusK {
+            k,
+            stimuli: all.len(),
+        });
+    }
+    Ok(deal(all, k, seed)
+        .into_iter()
+        .map(|held_out| {
+            let (test, train) = (0..dataset.samples.len()).partition(|&i| {
+                held_out.contains(dataset.samples[i].stimulus.as_ref().expect("checked"))
+            });
+            Fold {
+                held_out,
+                train,
+                test,
+            }
+        })
+        .collect())
+}
+
+/// `k` folds holding out subjects and stimuli together: fold i tests the samples of subject
+/// group i on stimulus group i and trains on the other subjects' samples of the other stimuli;
+/// samples that mix a held-out subject with a seen stimulus (or the reverse) are in neither
+/// part, so the model meets neither the person nor the stimulus. `Fold::held_out` lists the
+/// held-out subjects, then the held-out stimuli.
+pub fn k_fold_subjects_and_stimuli(
+    dataset: &Dataset,
+    k: usize,
+    seed: u64,
+) -> Result<Vec<Fold>, SplitError> {
+    let stimuli_all = stimuli(dataset)?;
+    let subjects = dataset.subjects();
+    if k < 2 || k > subjects.len() {
+        return Err(SplitError::BadK {
+            k,
+            subjects: subjects.len(),
+        });
+    }
+    if k > stimuli_all.len() {
+        return Err(SplitError::BadStimulusK {
+            k,
+            stimuli: stimuli_all.len(),
+        });
+    }
+    let subject_groups = deal(subjects, k, seed);
+    let stimulus_groups = deal(stimuli_all, k, seed ^ 0x5354_494d);
+    Ok(subject_groups
+        .into_iter()
+        .zip(stimulus_groups)
+        .map(|(subjects, stimuli)| {
+            let (mut train, mut test) = (Vec::new(), Vec::new());
+            for (i, sample) in dataset.samples.iter().enumerate() {
+                let new_subject = subjects.contains(&sample.subject);
+                let new_stimulus = stimuli.contains(sample.stimulus.as_ref().expect("checked"));
+                match (new_subject, new_stimulus) {
+                    (true, true) => test.push(i),
+                    (false, false) => train.push(i),
+                    _ => {}
+                }
+            }
+            Fold {
+                held_out: subjects.into_iter().chain(stimuli).collect(),
+                train,
+                test,
+            }
+        })
+        .collect())
+}
+
+/// Carves a validation part out of the training samples `train` by holding out whole
+/// training stimuli (about `fraction` of them, at least one, at most all but one), for the
+/// stimulus-independent protocols.
+pub fn validation_stimuli(
+    dataset: &Dataset,
+    train: &[usize],
+    fraction: f64,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<usize>), SplitError> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(SplitError::BadFraction(fraction));
+    }
+    let all = stimuli(&dataset.subset(train))?;
+    if all.len() < 2 {
+        return Err(SplitError::BadStimulusK {
+            k: 2,
+            stimuli: all.len(),
+        });
+    }
+    let n = all.len();
+    let held = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
+    let groups = deal(all, n, seed);
+    let held_out: Vec<String> = groups.into_iter().take(held).flatten().collect();
+    let (validation, fit): (Vec<usize>, Vec<usize>) = train
+        .iter()
+        .copied()
+        .partition(|&i| held_out.contains(dataset.samples[i].stimulus.as_ref().expect("checked")));
+    Ok((fit, validation))
+}
+
 /// Carves a validation part out of the training samples `train`, for model selection only:
 /// `fraction` of every subject's training trials (trial-wise, as [`subject_dependent`]; a
 /// subject with a single training trial keeps it for training). Returns (fit, validation), both
@@ -251,6 +396,7 @@ mod tests {
                         subject: format!("s{s}"),
                         trial: trial * 3 + 1,
                         time,
+                        stimulus: None,
                     });
                 }
             }
@@ -401,5 +547,50 @@ mod tests {
             assert!(subjects(&d, &validation).is_disjoint(&subjects(&d, &fold.test)));
             assert!(!validation.is_empty() && !fit.is_empty());
         }
+    }
+
+    fn with_stimuli(trials: &[u32], windows: u32) -> Dataset {
+        let mut d = dataset(trials, windows);
+        for sample in &mut d.samples {
+            // Trial ids are 3t + 1: the same trial index is the same stimulus for everyone.
+            sample.stimulus = Some(format!("clip {}", (sample.trial - 1) / 3));
+        }
+        d
+    }
+
+    fn stimuli_of(d: &Dataset, idx: &[usize]) -> HashSet<String> {
+        idx.iter()
+            .map(|&i| d.samples[i].stimulus.clone().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn stimulus_folds_never_share_a_stimulus_across_sides() {
+        let d = with_stimuli(&[6, 6, 6, 6], 2);
+        let folds = k_fold_stimuli(&d, 3, 4).expect("folds");
+        let mut tested: Vec<usize> = folds.iter().flat_map(|f| f.test.clone()).collect();
+        tested.sort_unstable();
+        assert_eq!(tested, (0..d.samples.len()).collect::<Vec<_>>());
+        for fold in &folds {
+            assert!(stimuli_of(&d, &fold.train).is_disjoint(&stimuli_of(&d, &fold.test)));
+            let (fit, validation) =
+                validation_stimuli(&d, &fold.train, 0.25, 1).expect("validation");
+            assert!(stimuli_of(&d, &fit).is_disjoint(&stimuli_of(&d, &validation)));
+            assert!(!validation.is_empty());
+        }
+        let both = k_fold_subjects_and_stimuli(&d, 2, 4).expect("folds");
+        for fold in &both {
+            assert!(stimuli_of(&d, &fold.train).is_disjoint(&stimuli_of(&d, &fold.test)));
+            assert!(subjects(&d, &fold.train).is_disjoint(&subjects(&d, &fold.test)));
+            assert!(!fold.test.is_empty() && !fold.train.is_empty());
+        }
+        assert!(matches!(
+            k_fold_stimuli(&dataset(&[3, 3], 1), 2, 1),
+            Err(SplitError::NoStimuli(_))
+        ));
+        assert!(matches!(
+            k_fold_stimuli(&d, 7, 1),
+            Err(SplitError::BadStimulusK { k: 7, stimuli: 6 })
+        ));
     }
 }

@@ -78,6 +78,7 @@ mod tests {
                 subject: "s".into(),
                 trial: 0,
                 time: 0,
+                stimulus: None,
             })
             .collect();
         let dataset = Dataset {

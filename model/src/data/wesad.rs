@@ -578,6 +578,7 @@ fn read_subject(
                 subject: subject.to_string(),
                 trial,
                 time,
+                stimulus: Some(condition.name.clone()),
             });
             time += 1;
         }

@@ -40,8 +40,8 @@ struct Built {
 fn build(config: &ModelConfig) -> Built {
     let schema = schema();
     let device = Device::flex();
-    device.seed(11);
-    let network = MpclNetwork::new(&schema, config, &device);
+    let network = MpclNetwork::new(&schema, config, &device, 11);
+    device.seed(12);
     let memories = Memories::new(network.layout(), config, &device);
     let inputs = schema
         .modalities
@@ -279,6 +279,31 @@ fn z_path_off_scores_from_the_emotion_states_alone() {
         &values(&full.log_probs),
         &values(&full_uncut.log_probs)
     ));
+}
+
+#[test]
+fn an_ablated_network_shares_every_other_modules_initial_weights() {
+    let full = crate::parameters::flatten_parameters(&build(&config()).network);
+    let one = crate::parameters::flatten_parameters(
+        &build(&ModelConfig {
+            scales: vec![1],
+            ..config()
+        })
+        .network,
+    );
+    let mut shared = 0;
+    for tensor in &one.tensors {
+        let twin = full
+            .tensors
+            .iter()
+            .find(|t| t.name == tensor.name)
+            .expect("every one-scale parameter exists in the full network");
+        if !tensor.name.contains("scale_logits") {
+            assert_eq!(tensor.values, twin.values, "{}", tensor.name);
+            shared += 1;
+        }
+    }
+    assert!(shared > 10 && one.tensors.len() < full.tensors.len());
 }
 
 #[test]

@@ -82,22 +82,55 @@ pub struct ForwardOutput {
 
 impl MpclNetwork {
     /// A freshly initialised network for `schema` (the config must have been validated).
-    pub fn new(schema: &Schema, config: &ModelConfig, device: &Device) -> Self {
+    ///
+    /// Every module family (each modality's encoder, each group's fusion, the emotion
+    /// retrieval, the head) draws its initial weights from its own seed derived from `seed`,
+    /// and is initialised at once (burn initialises parameters lazily), so a network with one
+    /// component changed (an ablation: fewer scales, say) shares every other module's initial
+    /// weights with the full network.
+    pub fn new(schema: &Schema, config: &ModelConfig, device: &Device, seed: u64) -> Self {
         let layout = NetworkLayout::of(schema);
         let width = config.width;
+        let mut family = 0u64;
+        let mut seeded = |device: &Device| {
+            family += 1;
+            device.seed(seed ^ family.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        };
+        let encoders = schema
+            .modalities
+            .iter()
+            .map(|m| {
+                seeded(device);
+                initialised(ModalityEncoder::new(
+                    m.token_count,
+                    m.token_width,
+                    width,
+                    device,
+                ))
+            })
+            .collect();
+        let fusions = layout
+            .groups
+            .iter()
+            .map(|_| {
+                seeded(device);
+                initialised(GroupFusion::new(
+                    &config.scales,
+                    config.memory_slots,
+                    width,
+                    device,
+                ))
+            })
+            .collect();
+        seeded(device);
+        let retrieval = initialised(EmotionRetrieval::new(layout.emotions, width, device));
+        seeded(device);
+        let head = initialised(DistributionHead::new(layout.emotions, width, device));
         Self {
-            encoders: schema
-                .modalities
-                .iter()
-                .map(|m| ModalityEncoder::new(m.token_count, m.token_width, width, device))
-                .collect(),
-            fusions: layout
-                .groups
-                .iter()
-                .map(|_| GroupFusion::new(&config.scales, config.memory_slots, width, device))
-                .collect(),
-            retrieval: EmotionRetrieval::new(layout.emotions, width, device),
-            head: DistributionHead::new(layout.emotions, width, device),
+            encoders,
+            fusions,
+            retrieval,
+            head,
             layout,
         }
     }
@@ -181,6 +214,12 @@ impl MpclNetwork {
 /// bank `(C, K, D)`.
 fn read_out(assignment: Tensor<3>, bank: Tensor<3>) -> Tensor<3> {
     assignment.swap_dims(0, 1).matmul(bank).swap_dims(0, 1)
+}
+
+/// `module` with every parameter drawn now rather than on first use.
+fn initialised<M: Module>(module: M) -> M {
+    let _ = crate::parameters::flatten_parameters(&module);
+    module
 }
 
 /// Element-wise mean of equally shaped tensors.

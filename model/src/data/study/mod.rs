@@ -27,7 +27,7 @@ use std::path::Path;
 pub use problem::{MAX_PROBLEMS_PER_FILE, Problem, Severity};
 pub use schema_file::{
     ColumnRole, LabelOutcome, LabelRule, Labels, MAX_MODALITY_WIDTH, MissingPolicy, SCHEMA_FILE,
-    StudySchema, TIME_COLUMN, TRIAL_COLUMN, feature_column, read_schema_file,
+    STIMULUS_COLUMN, StudySchema, TIME_COLUMN, TRIAL_COLUMN, feature_column, read_schema_file,
 };
 pub use validate::{Requirements, Summary, ValidationReport, validate_study_dir};
 pub use write::{WriteError, schema_toml, write_study_dir};

@@ -164,6 +164,7 @@ pub(super) fn scan(dir: &Path, sink: &mut Collector) -> Scan {
 struct Layout {
     trial: Option<usize>,
     time: Option<usize>,
+    stimulus: Option<usize>,
     /// Per modality, per value: the header position.
     features: Vec<Vec<Option<usize>>>,
     /// Per emotion: the header position.
@@ -191,6 +192,7 @@ fn layout(
     let mut layout = Layout {
         trial: None,
         time: None,
+        stimulus: None,
         features: schema
             .modalities
             .iter()
@@ -230,6 +232,7 @@ fn layout(
         match columns.get(name) {
             Some(ColumnRole::Trial) => layout.trial = Some(position),
             Some(ColumnRole::Time) => layout.time = Some(position),
+            Some(ColumnRole::Stimulus) => layout.stimulus = Some(position),
             Some(ColumnRole::Feature { modality, index }) => {
                 layout.features[*modality][*index] = Some(position)
             }
@@ -674,6 +677,10 @@ fn scan_file(
             subject: subject.clone(),
             trial,
             time,
+            stimulus: layout
+                .stimulus
+                .map(|i| record[i].trim().to_string())
+                .filter(|s| !s.is_empty()),
         });
     }
     if stats.samples == 0 && !sink.stopped() {

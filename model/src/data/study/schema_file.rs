@@ -19,6 +19,9 @@ pub const SCHEMA_FILE: &str = "schema.toml";
 pub const TRIAL_COLUMN: &str = "trial";
 /// The column holding the time index within the trial (optional: 0 when absent).
 pub const TIME_COLUMN: &str = "time";
+/// Optional column: what the subject was exposed to in the row's trial (a clip, a song, a
+/// condition). The stimulus-independent protocols hold out whole stimuli.
+pub const STIMULUS_COLUMN: &str = "stimulus";
 
 /// The most values one modality may have (a guard against typos such as `tokens = 1000000`,
 /// which would otherwise ask for a million columns).
@@ -172,6 +175,8 @@ pub enum ColumnRole {
     Trial,
     /// The time index.
     Time,
+    /// The stimulus id (optional column).
+    Stimulus,
     /// Value `index` of modality `modality` (schema order).
     Feature {
         /// Index into `schema.modalities`.
@@ -191,6 +196,7 @@ impl StudySchema {
         let mut columns = BTreeMap::new();
         columns.insert(TRIAL_COLUMN.to_string(), ColumnRole::Trial);
         columns.insert(TIME_COLUMN.to_string(), ColumnRole::Time);
+        columns.insert(STIMULUS_COLUMN.to_string(), ColumnRole::Stimulus);
         for (m, modality) in self.schema.modalities.iter().enumerate() {
             for index in 0..modality.width() {
                 columns.insert(

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use super::problem::Collector;
-use super::schema_file::{self, SCHEMA_FILE, TIME_COLUMN, TRIAL_COLUMN, feature_column};
+use super::schema_file::{
+    self, SCHEMA_FILE, STIMULUS_COLUMN, TIME_COLUMN, TRIAL_COLUMN, feature_column,
+};
 use crate::data::{Dataset, DatasetError};
 
 /// Why a dataset could not be written as a study folder.
@@ -141,6 +143,11 @@ pub fn write_study_dir(dataset: &Dataset, dir: &Path) -> Result<Vec<PathBuf>, Wr
     let mut written = vec![schema_path];
 
     let mut header: Vec<String> = vec![TRIAL_COLUMN.into(), TIME_COLUMN.into()];
+    // The stimulus column only when the data knows its stimuli.
+    let stimuli = dataset.samples.iter().any(|s| s.stimulus.is_some());
+    if stimuli {
+        header.push(STIMULUS_COLUMN.into());
+    }
     for m in &dataset.schema.modalities {
         header.extend((0..m.width()).map(|i| feature_column(&m.name, i)));
     }
@@ -153,6 +160,9 @@ pub fn write_study_dir(dataset: &Dataset, dir: &Path) -> Result<Vec<PathBuf>, Wr
             let mut record: Vec<String> = Vec::with_capacity(header.len());
             record.push(sample.trial.to_string());
             record.push(sample.time.to_string());
+            if stimuli {
+                record.push(sample.stimulus.clone().unwrap_or_default());
+            }
             for values in &sample.features {
                 record.extend(values.iter().map(f32::to_string));
             }
@@ -190,6 +200,7 @@ mod tests {
                 subject: subject.into(),
                 trial: 3,
                 time: 1,
+                stimulus: None,
             }],
         }
     }
