@@ -63,15 +63,20 @@ impl Cli {
 }
 
 /// Logs go to stderr through `tracing`; `RUST_LOG` overrides `default_filter`.
-/// Colours only when stderr is a terminal, so that log files stay greppable.
+/// Colours only when stderr is a terminal, so that log files stay greppable. Warnings and
+/// errors are also kept in memory for the coordinator's dashboard (`mpcl_dashboard::warnings`).
 pub fn init_tracing(default_filter: &str) {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        .finish()
+        .with(mpcl_dashboard::WarningLog::global().layer())
         .init();
 }
 
