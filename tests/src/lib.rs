@@ -217,6 +217,23 @@ pub fn start_server(
     out_dir: &Path,
     listen: SocketAddr,
 ) -> anyhow::Result<RunningServer> {
+    Ok(run_server(bind_server(
+        coordinator,
+        keys,
+        schema,
+        out_dir,
+        listen,
+    )?))
+}
+
+/// Binds a server like [`start_server`] without running it (to observe it first).
+pub fn bind_server(
+    coordinator: Coordinator,
+    keys: &Keys,
+    schema: &Schema,
+    out_dir: &Path,
+    listen: SocketAddr,
+) -> anyhow::Result<Server> {
     let setup = ServerSetup {
         coordinator,
         identity: keys.coordinator_identity(),
@@ -227,16 +244,20 @@ pub fn start_server(
         listen,
         out_dir: out_dir.to_path_buf(),
     };
-    let server = Server::bind(setup)?;
+    Ok(Server::bind(setup)?)
+}
+
+/// Runs a bound server as a task.
+pub fn run_server(server: Server) -> RunningServer {
     let addr = server.local_addr();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let task = tokio::spawn(async move { server.run(token).await.context("server failed") });
-    Ok(RunningServer {
+    RunningServer {
         addr,
         shutdown,
         task,
-    })
+    }
 }
 
 /// Binds like [`start_server`], retrying for a few seconds while the port is still held by a
