@@ -110,8 +110,8 @@ impl RoundLogTail {
     }
 
     /// Every numeric field as a series: nested fields and losses first (the quality of the
-    /// model), then the rest, and series that never change (nothing to see) last; each group by
-    /// name.
+    /// model), then epsilon (the privacy spent), then the rest, and series that never change
+    /// (nothing to see) last; each group by name.
     pub fn series(&self) -> Vec<Series> {
         let mut series: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
         for (round, record) in &self.records {
@@ -145,14 +145,21 @@ impl RoundLogTail {
             .collect();
         series.sort_by_key(|s| {
             let constant = s.points.len() > 1 && s.points.windows(2).all(|w| w[0].1 == w[1].1);
-            (constant, !is_model_quality(&s.name), s.name.clone())
+            (constant, rank(&s.name), s.name.clone())
         });
         series
     }
 }
 
-fn is_model_quality(name: &str) -> bool {
-    name.contains('.') || name.contains("loss")
+/// 0: the model's quality, 1: privacy, 2: the rest.
+fn rank(name: &str) -> u8 {
+    if name.contains('.') || name.contains("loss") {
+        0
+    } else if name.contains("epsilon") {
+        1
+    } else {
+        2
+    }
 }
 
 fn parse_record(line: &str) -> Result<(u64, Map<String, Value>), String> {
@@ -191,7 +198,7 @@ mod tests {
         // Round 2 again (a resumed run): the later record counts.
         writeln!(
             file,
-            r#"{{"round":2,"mean_train_loss":0.7,"applied_norm":3,"rejected":0}}"#
+            r#"{{"round":2,"mean_train_loss":0.7,"applied_norm":3,"rejected":0,"epsilon":2.5}}"#
         )
         .unwrap();
         writeln!(file, "not json").unwrap();
@@ -208,20 +215,22 @@ mod tests {
 
         let series = tail.series();
         let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
-        // Model quality first, then the rest, then what never changed.
+        // Model quality first, then privacy, then the rest, then what never changed.
         assert_eq!(
             names,
             [
                 "evaluation.kl",
                 "mean_train_loss",
+                "epsilon",
                 "applied_norm",
                 "rejected"
             ]
         );
         assert_eq!(series[0].points, [(1, 0.5)]);
         assert_eq!(series[1].points, [(1, 0.9), (2, 0.7)]);
-        assert_eq!(series[2].points, [(1, 1.0), (2, 3.0)]);
-        assert_eq!(series[3].points, [(1, 0.0), (2, 0.0)]);
+        assert_eq!(series[2].points, [(2, 2.5)]);
+        assert_eq!(series[3].points, [(1, 1.0), (2, 3.0)]);
+        assert_eq!(series[4].points, [(1, 0.0), (2, 0.0)]);
 
         // A replaced (shorter) file is read from the start.
         std::fs::write(&path, "{\"round\":1,\"x\":1}\n").unwrap();
