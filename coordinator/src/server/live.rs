@@ -112,6 +112,8 @@ pub(crate) struct LivePublisher {
     roster: Vec<(ParticipantId, String)>,
     last_contact: BTreeMap<ParticipantId, u64>,
     published_at: Option<Instant>,
+    /// [`REFRESH`] (shorter or longer in tests).
+    refresh: Duration,
 }
 
 fn unix_ms() -> u64 {
@@ -171,6 +173,7 @@ impl LivePublisher {
                 roster,
                 last_contact: BTreeMap::new(),
                 published_at: None,
+                refresh: REFRESH,
             },
             receiver,
         )
@@ -195,7 +198,9 @@ impl LivePublisher {
             connections,
             now_ms,
         );
-        let due = self.published_at.is_none_or(|at| at.elapsed() >= REFRESH);
+        let due = self
+            .published_at
+            .is_none_or(|at| at.elapsed() >= self.refresh);
         let changed = {
             let current = self.sender.borrow();
             !same_counts(&current, &next)
@@ -284,5 +289,137 @@ fn snapshot(
         secure_aggregation: config.privacy.secure_aggregation,
         stop_reason: coordinator.stop_reason().map(ToString::to_string),
         taken_at_unix_ms: unix_ms(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashMap};
+
+    use mpcl_protocol::NodeIdentity;
+    use mpcl_protocol::identity::Participant;
+
+    use super::*;
+    use crate::config::CoordinatorConfig;
+    use crate::round::Event;
+    use crate::test_support::{RUN, global};
+
+    #[test]
+    fn counts_are_published_at_once_and_contact_times_at_most_every_refresh() {
+        let names = ["alice", "bob"];
+        let participants: Vec<Participant> = names
+            .iter()
+            .map(|name| Participant {
+                id: name.to_string(),
+                public_key: NodeIdentity::generate(Some(name)).unwrap().public_key(),
+            })
+            .collect();
+        let ids: Vec<ParticipantId> = participants
+            .iter()
+            .map(|p| ParticipantId(p.public_key.to_bytes()))
+            .collect();
+        let enrolment = Enrolment::from_participants(participants).unwrap();
+        let config = CoordinatorConfig {
+            name: "live".into(),
+            rounds: 2,
+            clients_per_round: Some(2),
+            min_clients_to_aggregate: 2,
+            ..CoordinatorConfig::default()
+        };
+        let mut coordinator = Coordinator::new(config, RUN, global()).unwrap();
+        let (mut publisher, mut receiver) = LivePublisher::new(&enrolment, &coordinator);
+        // Long enough that no pause of a busy test machine makes a publication due by time.
+        publisher.refresh = Duration::from_secs(5);
+        {
+            let first = receiver.borrow_and_update();
+            assert_eq!(first.phase, LivePhase::WaitingForParticipants);
+            assert_eq!((first.round, first.total_rounds, first.enrolled), (0, 2, 2));
+            let shown: Vec<&str> = first.participants.iter().map(|p| p.name.as_str()).collect();
+            assert_eq!(shown, names, "enrolment names, in enrolment order");
+            assert!(first.participants.iter().all(|p| !p.connected));
+        }
+
+        let mut open = BTreeMap::new();
+        let mut active = BTreeSet::new();
+        let last_accepted = HashMap::new();
+        fn connections<'a>(
+            open: &'a BTreeMap<ParticipantId, usize>,
+            active: &'a BTreeSet<ParticipantId>,
+            last_accepted: &'a HashMap<ParticipantId, u64>,
+        ) -> Connections<'a> {
+            Connections {
+                open,
+                active,
+                last_accepted,
+            }
+        }
+        // The first publication is always sent; the next one only for a change.
+        publisher.publish(
+            &coordinator,
+            &connections(&open, &active, &last_accepted),
+            0,
+        );
+        receiver.borrow_and_update();
+        publisher.publish(
+            &coordinator,
+            &connections(&open, &active, &last_accepted),
+            0,
+        );
+        assert!(!receiver.has_changed().unwrap(), "nothing changed");
+        open.insert(ids[0], 1);
+        active.insert(ids[0]);
+        publisher.publish(
+            &coordinator,
+            &connections(&open, &active, &last_accepted),
+            0,
+        );
+        assert!(
+            receiver.has_changed().unwrap(),
+            "a connection counts at once"
+        );
+        let seen = receiver.borrow_and_update().clone();
+        assert!(seen.participants[0].connected && seen.participants[0].active);
+        assert_eq!(seen.active, 1);
+
+        // Only a contact time changed: not sent before the refresh interval has passed, then
+        // sent.
+        publisher.contact(&Command::Leave {
+            participant: ids[0],
+        });
+        publisher.publish(
+            &coordinator,
+            &connections(&open, &active, &last_accepted),
+            0,
+        );
+        assert!(!receiver.has_changed().unwrap());
+        publisher.refresh = Duration::ZERO;
+        publisher.publish(
+            &coordinator,
+            &connections(&open, &active, &last_accepted),
+            0,
+        );
+        assert!(receiver.has_changed().unwrap());
+        let contact = receiver.borrow_and_update().participants[0].last_contact_unix_ms;
+        assert!(contact.is_some_and(|at| at > 0));
+
+        // Both ask for work: the round opens and shows at once.
+        open.insert(ids[1], 1);
+        active.insert(ids[1]);
+        for id in &ids {
+            coordinator.handle(0, Event::WorkRequested { participant: *id });
+        }
+        publisher.publish(
+            &coordinator,
+            &connections(&open, &active, &last_accepted),
+            1_000,
+        );
+        let live = receiver.borrow_and_update().clone();
+        assert_eq!(live.phase, LivePhase::Training, "{live:?}");
+        assert_eq!(
+            (live.round, live.updates_expected, live.updates_received),
+            (1, 2, 0)
+        );
+        assert!(live.participants.iter().all(|p| p.sampled));
+        assert!(live.deadline_in_ms.is_some());
     }
 }

@@ -333,7 +333,9 @@ impl Server {
     }
 
     /// A read-only view of the run that the actor keeps current (see [`live`]): what the live
-    /// dashboard shows. Observers cannot block or change the run.
+    /// dashboard shows. Observers cannot block or change the run. Nothing is published unless
+    /// this was called; call it once (a second call replaces the first view, which then stays
+    /// at its last value).
     pub fn live_status(&mut self) -> tokio::sync::watch::Receiver<Arc<LiveStatus>> {
         let (publisher, receiver) =
             live::LivePublisher::new(&self.enrolment, self.actor.coordinator());
