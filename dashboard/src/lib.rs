@@ -14,7 +14,7 @@
 //!   through an SSH tunnel); any other address logs a warning, since the page then travels as
 //!   plain HTTP.
 //! - **No build step.** The page is one HTML file with inline CSS, JavaScript and SVG
-//!   ([`page.html`](../src/page.html)), compiled into the binary.
+//!   (`dashboard/src/page.html`), compiled into the binary.
 //!
 //! Routes: `GET /` (the page), `GET /api/status` (the JSON the page draws; see
 //! [`StatusDocument`]).

@@ -5,6 +5,9 @@
 //! advances while the run goes on, and the loss plot; without the token the browser gets only
 //! the 401.
 //!
+//! A dashboard port already in use stops the coordinator before it writes anything (no browser
+//! needed).
+//!
 //! Where Chromium is missing and cannot be installed (not root, or no apt-get) the test says so
 //! and passes without running; `MPCL_REQUIRE_BROWSER=1` turns that into a failure.
 
@@ -217,5 +220,31 @@ fn the_dashboard_renders_a_live_run_in_headless_chromium() -> anyhow::Result<()>
     );
     coordinator.interrupt()?;
     coordinator.wait_success(Duration::from_secs(20))?;
+    Ok(())
+}
+
+#[test]
+fn a_busy_dashboard_port_stops_the_coordinator_before_it_writes_anything() -> anyhow::Result<()> {
+    let run = RunDir::new(&["alice"], &RunSpec::all(1, 1))?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let address = taken.local_addr()?.to_string();
+    let mut coordinator = run.spawn_coordinator_with(
+        "coordinator",
+        "127.0.0.1:0",
+        false,
+        &["--dashboard", &address],
+    )?;
+    let status = coordinator.wait(PATIENCE)?;
+    assert!(!status.success(), "{}", coordinator.log_text());
+    let log = coordinator.log_text();
+    assert!(
+        log.contains(&format!("cannot serve the dashboard on {address}")),
+        "{log}"
+    );
+    assert!(
+        !run.out().exists() || std::fs::read_dir(run.out())?.next().is_none(),
+        "the coordinator wrote into {} before failing",
+        run.out().display()
+    );
     Ok(())
 }
