@@ -216,29 +216,6 @@ impl CoordinatorArgs {
     }
 }
 
-/// Prints the dashboard's URL and serves it next to the coordinator until `shutdown`.
-fn start_dashboard(
-    dashboard: mpcl_dashboard::Dashboard,
-    server: &mut Server,
-    out: &Path,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let sources = mpcl_dashboard::Sources {
-        live: server.live_status(),
-        round_log: out.join(ROUND_LOG_FILE),
-        warnings: mpcl_dashboard::WarningLog::global().clone(),
-    };
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "dashboard: {}", dashboard.url())?;
-    stdout.flush()?;
-    tokio::spawn(async move {
-        if let Err(error) = dashboard.serve(sources, shutdown).await {
-            tracing::error!(%error, "the dashboard stopped; the run goes on");
-        }
-    });
-    Ok(())
-}
-
 fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
@@ -266,4 +243,27 @@ pub async fn cancel_on_signal(token: CancellationToken) {
     }
     tracing::info!("signal received: shutting down");
     token.cancel();
+}
+
+/// Prints the dashboard's URL and serves it next to the coordinator until `shutdown`.
+fn start_dashboard(
+    dashboard: mpcl_dashboard::Dashboard,
+    server: &mut Server,
+    out: &Path,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let sources = mpcl_dashboard::Sources {
+        live: server.live_status(),
+        round_log: out.join(ROUND_LOG_FILE),
+        warnings: mpcl_dashboard::WarningLog::global().clone(),
+    };
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "dashboard: {}", dashboard.url())?;
+    stdout.flush()?;
+    tokio::spawn(async move {
+        if let Err(error) = dashboard.serve(sources, shutdown).await {
+            tracing::error!(%error, "the dashboard stopped; the run goes on");
+        }
+    });
+    Ok(())
 }

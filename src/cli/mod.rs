@@ -63,8 +63,7 @@ impl Cli {
 }
 
 /// Logs go to stderr through `tracing`; `RUST_LOG` overrides `default_filter`.
-/// Colours only when stderr is a terminal, so that log files stay greppable. Warnings and
-/// errors are also kept in memory for the coordinator's dashboard (`mpcl_dashboard::warnings`).
+/// Colours only when stderr is a terminal, so that log files stay greppable.
 pub fn init_tracing(default_filter: &str) {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
@@ -76,6 +75,7 @@ pub fn init_tracing(default_filter: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .finish()
+        // Warnings and errors also go to the coordinator's dashboard (`mpcl_dashboard::warnings`).
         .with(mpcl_dashboard::WarningLog::global().layer())
         .init();
 }

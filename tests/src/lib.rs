@@ -217,23 +217,6 @@ pub fn start_server(
     out_dir: &Path,
     listen: SocketAddr,
 ) -> anyhow::Result<RunningServer> {
-    Ok(run_server(bind_server(
-        coordinator,
-        keys,
-        schema,
-        out_dir,
-        listen,
-    )?))
-}
-
-/// Binds a server like [`start_server`] without running it (to observe it first).
-pub fn bind_server(
-    coordinator: Coordinator,
-    keys: &Keys,
-    schema: &Schema,
-    out_dir: &Path,
-    listen: SocketAddr,
-) -> anyhow::Result<Server> {
     let setup = ServerSetup {
         coordinator,
         identity: keys.coordinator_identity(),
@@ -244,20 +227,16 @@ pub fn bind_server(
         listen,
         out_dir: out_dir.to_path_buf(),
     };
-    Ok(Server::bind(setup)?)
-}
-
-/// Runs a bound server as a task.
-pub fn run_server(server: Server) -> RunningServer {
+    let server = Server::bind(setup)?;
     let addr = server.local_addr();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let task = tokio::spawn(async move { server.run(token).await.context("server failed") });
-    RunningServer {
+    Ok(RunningServer {
         addr,
         shutdown,
         task,
-    }
+    })
 }
 
 /// Binds like [`start_server`], retrying for a few seconds while the port is still held by a

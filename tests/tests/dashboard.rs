@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use mpcl_client::NodeOutcome;
 use mpcl_coordinator::Coordinator;
-use mpcl_coordinator::server::ROUND_LOG_FILE;
+use mpcl_coordinator::server::{ROUND_LOG_FILE, Server, ServerSetup};
 use mpcl_dashboard::{Dashboard, Sources, WarningLog};
-use mpcl_tests::{Federation, Keys, bind_server, join, run_config, run_server, start_nodes};
+use mpcl_model::ModelConfig;
+use mpcl_tests::{Federation, Keys, join, run_config, start_nodes, test_network};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -85,13 +86,18 @@ async fn the_dashboard_needs_its_token_and_follows_the_run() -> anyhow::Result<(
     let config = run_config(ROUNDS, 2);
     let initial = federation.initial_state(config.seed);
     let coordinator = Coordinator::new(config, [9; 16], initial)?;
-    let mut server = bind_server(
+    // Bound here rather than by `start_server`, to ask for its live view before it runs.
+    let mut server = Server::bind(ServerSetup {
         coordinator,
-        &keys,
-        &federation.schema,
-        out.path(),
-        "127.0.0.1:0".parse()?,
-    )?;
+        identity: keys.coordinator_identity(),
+        enrolment: keys.enrolment.clone(),
+        model_config_json: serde_json::to_string(&ModelConfig::tiny())?,
+        schema_json: serde_json::to_string(&federation.schema)?,
+        network: test_network(),
+        listen: "127.0.0.1:0".parse()?,
+        out_dir: out.path().to_path_buf(),
+    })?;
+    let server_addr = server.local_addr();
     let dashboard = Dashboard::bind("127.0.0.1:0".parse()?).await?;
     let addr = dashboard.local_addr();
     let token = dashboard.token().as_str().to_string();
@@ -159,10 +165,10 @@ async fn the_dashboard_needs_its_token_and_follows_the_run() -> anyhow::Result<(
     );
     assert_eq!(before["series"], serde_json::json!([]));
 
-    let running = run_server(server);
+    let server_task = tokio::spawn(server.run(CancellationToken::new()));
     let shutdown = CancellationToken::new();
     let nodes = start_nodes(
-        running.addr,
+        server_addr,
         &keys,
         &keys.participants,
         &federation.train,
@@ -179,7 +185,7 @@ async fn the_dashboard_needs_its_token_and_follows_the_run() -> anyhow::Result<(
         let outcome = join(node.task, Duration::from_secs(120), "node").await??;
         assert_eq!(outcome, NodeOutcome::Finished { rounds: ROUNDS });
     }
-    let outcome = join(running.task, Duration::from_secs(30), "coordinator").await??;
+    let outcome = join(server_task, Duration::from_secs(30), "coordinator").await??;
     assert!(outcome.finished);
 
     // The actor is gone; its last snapshot stays, and the round log is complete.

@@ -114,13 +114,13 @@ pub(crate) struct Actor {
     finished_at: Option<Instant>,
     /// Receives every aggregated round (see `Server::observe_rounds`).
     observer: Option<UnboundedSender<AggregatedRound>>,
+    /// The read-only view for observers (see `Server::live_status`).
+    live: Option<LivePublisher>,
     /// The open round's secure-aggregation session (secure aggregation only).
     relay: Option<SecureRelay>,
     /// `SecureAggregation` requests waiting for their step to close.
     secure_replies: HashMap<ParticipantId, oneshot::Sender<CoordinatorMessage>>,
     secure_step_timeout_ms: u64,
-    /// The read-only view for observers (see `Server::live_status`).
-    live: Option<LivePublisher>,
 }
 
 impl Actor {
@@ -156,10 +156,10 @@ impl Actor {
             finish_grace,
             finished_at,
             observer: None,
+            live: None,
             relay: None,
             secure_replies: HashMap::new(),
             secure_step_timeout_ms,
-            live: None,
         }
     }
 

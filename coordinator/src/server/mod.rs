@@ -52,8 +52,9 @@ use crate::round::{Coordinator, CoordinatorError, ParticipantId, RoundSummary};
 use crate::round_log::{RoundLog, RoundLogError, RoundTraffic};
 
 use actor::{Actor, Command, Traffic};
-pub use live::{LiveParticipant, LivePhase, LiveStatus};
 pub use run_file::{NetworkSettings, RunFile, RunFileError};
+
+pub use live::{LiveParticipant, LivePhase, LiveStatus};
 
 /// File name of the checkpoint in the output folder (its previous copy is
 /// `checkpoint.prev.bin`).
