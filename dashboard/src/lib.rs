@@ -32,12 +32,12 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use mpcl_coordinator::server::LiveStatus;
+use mpcl_coordinator::server::{LiveStatus, Server};
 use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use auth::Token;
 pub use rounds::{RoundLogTail, Series};
@@ -183,6 +183,26 @@ impl Dashboard {
             .await
             .map_err(DashboardError::Serve)
     }
+}
+
+/// Serves `dashboard` for `server` (reading `round_log` and [`WarningLog::global`]) as a task
+/// until `shutdown`. A dashboard that fails logs an error; the run goes on.
+pub fn spawn_beside(
+    server: &mut Server,
+    dashboard: Dashboard,
+    round_log: PathBuf,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let sources = Sources {
+        live: server.live_status(),
+        round_log,
+        warnings: WarningLog::global().clone(),
+    };
+    tokio::spawn(async move {
+        if let Err(failure) = dashboard.serve(sources, shutdown).await {
+            error!(error = %failure, "the dashboard stopped; the run goes on");
+        }
+    })
 }
 
 fn router(state: Arc<AppState>) -> Router {

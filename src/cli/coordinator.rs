@@ -195,7 +195,10 @@ impl CoordinatorArgs {
 
         let shutdown = CancellationToken::new();
         if let Some(dashboard) = dashboard {
-            start_dashboard(dashboard, &mut server, &self.out, shutdown.clone())?;
+            writeln!(stdout, "dashboard: {}", dashboard.url())?;
+            stdout.flush()?;
+            let round_log = self.out.join(ROUND_LOG_FILE);
+            mpcl_dashboard::spawn_beside(&mut server, dashboard, round_log, shutdown.clone());
         }
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         let outcome = server.run(shutdown).await?;
@@ -243,27 +246,4 @@ pub async fn cancel_on_signal(token: CancellationToken) {
     }
     tracing::info!("signal received: shutting down");
     token.cancel();
-}
-
-/// Prints the dashboard's URL and serves it next to the coordinator until `shutdown`.
-fn start_dashboard(
-    dashboard: mpcl_dashboard::Dashboard,
-    server: &mut Server,
-    out: &Path,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let sources = mpcl_dashboard::Sources {
-        live: server.live_status(),
-        round_log: out.join(ROUND_LOG_FILE),
-        warnings: mpcl_dashboard::WarningLog::global().clone(),
-    };
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "dashboard: {}", dashboard.url())?;
-    stdout.flush()?;
-    tokio::spawn(async move {
-        if let Err(error) = dashboard.serve(sources, shutdown).await {
-            tracing::error!(%error, "the dashboard stopped; the run goes on");
-        }
-    });
-    Ok(())
 }
