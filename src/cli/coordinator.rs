@@ -60,6 +60,13 @@ pub struct CoordinatorArgs {
     /// Continue the run whose checkpoint is in --out (after a crash or a Ctrl-C).
     #[arg(long)]
     resume: bool,
+
+    /// Serve a read-only live dashboard over HTTP on ADDR (e.g. 127.0.0.1:8080; port 0 picks a
+    /// free one). Off by default. Its URL, with a fresh access token, is printed at start
+    /// (`dashboard: http://...`); requests without the token get 401. Keep it on loopback and
+    /// use an SSH tunnel to view it from elsewhere (other addresses log a warning).
+    #[arg(long, value_name = "ADDR")]
+    dashboard: Option<SocketAddr>,
 }
 
 /// Turns a run file's `schema` spec into a schema: `synthetic` (the synthetic DMER layout with
@@ -104,6 +111,11 @@ impl CoordinatorArgs {
     }
 
     async fn serve(self) -> anyhow::Result<()> {
+        // First, so that a busy port stops the coordinator before it writes anything.
+        let dashboard = match self.dashboard {
+            Some(addr) => Some(mpcl_dashboard::Dashboard::bind(addr).await?),
+            None => None,
+        };
         let identity = NodeIdentity::load(&self.key).with_context(|| {
             format!(
                 "cannot load the coordinator key from {}",
@@ -176,12 +188,18 @@ impl CoordinatorArgs {
             listen: self.listen,
             out_dir: self.out.clone(),
         };
-        let server = Server::bind(setup)?;
+        let mut server = Server::bind(setup)?;
         let mut stdout = std::io::stdout();
         writeln!(stdout, "listening on {}", server.local_addr())?;
         stdout.flush()?;
 
         let shutdown = CancellationToken::new();
+        if let Some(dashboard) = dashboard {
+            writeln!(stdout, "dashboard: {}", dashboard.url())?;
+            stdout.flush()?;
+            let round_log = self.out.join(ROUND_LOG_FILE);
+            mpcl_dashboard::spawn_beside(&mut server, dashboard, round_log, shutdown.clone());
+        }
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         let outcome = server.run(shutdown).await?;
         if outcome.finished {

@@ -69,12 +69,17 @@ impl Cli {
 /// Colours only when stderr is a terminal, so that log files stay greppable.
 pub fn init_tracing(default_filter: &str) {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        .finish()
+        // Warnings and errors also go to the coordinator's dashboard (`mpcl_dashboard::warnings`).
+        .with(mpcl_dashboard::WarningLog::global().layer())
         .init();
 }
 

@@ -173,6 +173,17 @@ impl RunDir {
         listen: &str,
         resume: bool,
     ) -> anyhow::Result<Process> {
+        self.spawn_coordinator_with(label, listen, resume, &[])
+    }
+
+    /// [`RunDir::spawn_coordinator`] with `extra` flags.
+    pub fn spawn_coordinator_with(
+        &self,
+        label: &str,
+        listen: &str,
+        resume: bool,
+        extra: &[&str],
+    ) -> anyhow::Result<Process> {
         let mut command = Command::new(MPCL);
         command
             .arg("coordinator")
@@ -188,6 +199,7 @@ impl RunDir {
         } else {
             command.arg("--config").arg(self.path().join("run.toml"));
         }
+        command.args(extra);
         self.spawn(label, command)
     }
 

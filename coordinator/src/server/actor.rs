@@ -36,6 +36,7 @@ use crate::round::{Action, Coordinator, Event, Millis, ParticipantId, RoundSumma
 use crate::round_log::{RoundLog, RoundTraffic};
 use crate::validate::RejectReason;
 
+use super::live::{Connections, LivePublisher};
 use super::secure_relay::{RelayOutput, SecureRelay};
 use super::{AggregatedRound, ServerError};
 
@@ -113,6 +114,8 @@ pub(crate) struct Actor {
     finished_at: Option<Instant>,
     /// Receives every aggregated round (see `Server::observe_rounds`).
     observer: Option<UnboundedSender<AggregatedRound>>,
+    /// The read-only view for observers (see `Server::live_status`).
+    live: Option<LivePublisher>,
     /// The open round's secure-aggregation session (secure aggregation only).
     relay: Option<SecureRelay>,
     /// `SecureAggregation` requests waiting for their step to close.
@@ -153,6 +156,7 @@ impl Actor {
             finish_grace,
             finished_at,
             observer: None,
+            live: None,
             relay: None,
             secure_replies: HashMap::new(),
             secure_step_timeout_ms,
@@ -161,6 +165,27 @@ impl Actor {
 
     pub(crate) fn set_observer(&mut self, observer: UnboundedSender<AggregatedRound>) {
         self.observer = Some(observer);
+    }
+
+    pub(crate) fn set_live(&mut self, live: LivePublisher) {
+        self.live = Some(live);
+    }
+
+    pub(crate) fn coordinator(&self) -> &Coordinator {
+        &self.coordinator
+    }
+
+    /// Hands the state to the live view, if there is one.
+    fn publish_live(&mut self) {
+        let now = self.now();
+        if let Some(live) = &mut self.live {
+            let connections = Connections {
+                open: &self.connections,
+                active: &self.active,
+                last_accepted: &self.last_accepted,
+            };
+            live.publish(&self.coordinator, &connections, now);
+        }
     }
 
     fn now(&self) -> Millis {
@@ -182,6 +207,7 @@ impl Actor {
         shutdown: CancellationToken,
     ) -> Result<ActorOutcome, ServerError> {
         loop {
+            self.publish_live();
             if self.finished_at.is_some() && self.connections.is_empty() {
                 info!("run finished and every participant has left");
                 break;
@@ -239,6 +265,9 @@ impl Actor {
     }
 
     async fn on_command(&mut self, command: Command) -> Result<(), ServerError> {
+        if let Some(live) = &mut self.live {
+            live.contact(&command);
+        }
         match command {
             Command::Admit {
                 participant,

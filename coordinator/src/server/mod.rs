@@ -24,6 +24,7 @@
 //! Every log line about a peer carries its participant id (`participant` field).
 
 mod actor;
+pub mod live;
 pub mod run_file;
 mod secure_relay;
 
@@ -52,6 +53,8 @@ use crate::round_log::{RoundLog, RoundLogError, RoundTraffic};
 
 use actor::{Actor, Command, Traffic};
 pub use run_file::{NetworkSettings, RunFile, RunFileError};
+
+pub use live::{LiveParticipant, LivePhase, LiveStatus};
 
 /// File name of the checkpoint in the output folder (its previous copy is
 /// `checkpoint.prev.bin`).
@@ -188,6 +191,8 @@ pub struct Server {
     actor: Actor,
     commands: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
+    /// Kept to build the live view's roster on request.
+    enrolment: Enrolment,
 }
 
 /// A fresh random run id.
@@ -310,6 +315,7 @@ impl Server {
             actor,
             commands,
             shared,
+            enrolment: setup.enrolment,
         })
     }
 
@@ -327,6 +333,17 @@ impl Server {
         receiver
     }
 
+    /// A read-only view of the run that the actor keeps current (see [`live`]): what the live
+    /// dashboard shows. Observers cannot block or change the run. Nothing is published unless
+    /// this was called; call it once (a second call replaces the first view, which then stays
+    /// at its last value).
+    pub fn live_status(&mut self) -> tokio::sync::watch::Receiver<Arc<LiveStatus>> {
+        let (publisher, receiver) =
+            live::LivePublisher::new(&self.enrolment, self.actor.coordinator());
+        self.actor.set_live(publisher);
+        receiver
+    }
+
     /// Serves until the run is finished or `shutdown` is cancelled (then a checkpoint is
     /// written first). Errors only when the state cannot be persisted or a task panicked.
     pub async fn run(self, shutdown: CancellationToken) -> Result<ServerOutcome, ServerError> {
@@ -336,6 +353,7 @@ impl Server {
             actor,
             commands,
             shared,
+            ..
         } = self;
         info!(%local_addr, run_id = %hex(&shared.run_id), "coordinator listening");
         let actor_run = actor.run(commands, shutdown.clone());
