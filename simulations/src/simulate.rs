@@ -51,6 +51,7 @@ use crate::stimulus_prior::stimulus_prior;
 use crate::synthetic::SyntheticConfig;
 use crate::train_job::{write_json, write_text};
 use crate::uncertainty::compare_to_prior;
+use mpcl_model::network::prototypes::cross_emotion_cosine;
 
 /// The name of the stimulus-prior reference row (shown when the data knows its stimuli).
 pub const STIMULUS_PRIOR: &str = "stimulus prior (no signal)";
@@ -224,6 +225,10 @@ pub struct RoundRecord {
     /// On the partition's validation samples (absent without a validation part).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<DistributionMetrics>,
+    /// Mean cosine between different emotions' prototypes in the arm's banks after the round
+    /// (near 1: the banks collapsed); arms with a global model and prototypes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prototype_cosine: Option<f64>,
     /// Bytes from the coordinator to the participants this round (federated arms).
     pub bytes_down: u64,
     /// Bytes from the participants to the coordinator this round (federated arms).
@@ -290,6 +295,7 @@ pub struct SimulationResult {
 type RoundObserver<'a> = dyn FnMut(
         u64,
         &[Vec<f32>],
+        Option<&GlobalState>,
         (u64, u64),
         f64,
         Option<f64>,
@@ -333,7 +339,7 @@ impl ArmTrace {
         epsilon: Option<f64>,
         patience: u64,
     ) -> Result<bool, SimulationError> {
-        let validation = on_round(round, &predictions, bytes, seconds, epsilon)?;
+        let validation = on_round(round, &predictions, state, bytes, seconds, epsilon)?;
         if self.best.observe(round, validation.map(|m| m.kl)) {
             self.best_state = state.cloned();
         }
@@ -512,6 +518,7 @@ pub fn run_simulation_on(
         for &arm in &config.arms {
             let mut on_round = |round: u64,
                                 predictions: &[Vec<f32>],
+                                state: Option<&GlobalState>,
                                 bytes: (u64, u64),
                                 seconds: f64,
                                 epsilon: Option<f64>| {
@@ -539,6 +546,9 @@ pub fn run_simulation_on(
                     round,
                     metrics,
                     validation,
+                    prototype_cosine: state
+                        .and_then(|s| cross_emotion_cosine(&s.prototypes))
+                        .filter(|_| config.model.use_prototypes),
                     bytes_down: bytes.0,
                     bytes_up: bytes.1,
                     wall_seconds: seconds,

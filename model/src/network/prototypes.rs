@@ -169,3 +169,60 @@ pub fn tensor_to_vec<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
         .try_into_vec_as::<f32>()
         .expect("a float tensor always converts to f32")
 }
+
+/// Mean cosine similarity between prototypes of *different* emotions over every bank of
+/// `banks`: near 1 means the banks collapsed (every emotion's prototypes point the same way and
+/// the read-out cannot tell emotions apart); `None` without banks or with a single emotion.
+pub fn cross_emotion_cosine(banks: &[mpcl_protocol::messages::PrototypeBank]) -> Option<f64> {
+    let (mut sum, mut pairs) = (0.0f64, 0usize);
+    for bank in banks {
+        let width = bank.width;
+        let unit: Vec<Vec<f64>> = bank
+            .values
+            .0
+            .chunks(width.max(1))
+            .map(|v| {
+                let norm = v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+                v.iter().map(|x| f64::from(*x) / norm.max(1e-12)).collect()
+            })
+            .collect();
+        let emotion_of = |index: usize| index / bank.prototypes.max(1);
+        for a in 0..unit.len() {
+            for b in (a + 1)..unit.len() {
+                if emotion_of(a) != emotion_of(b) {
+                    sum += unit[a]
+                        .iter()
+                        .zip(&unit[b])
+                        .map(|(x, y)| x * y)
+                        .sum::<f64>();
+                    pairs += 1;
+                }
+            }
+        }
+    }
+    (pairs > 0).then(|| sum / pairs as f64)
+}
+
+#[cfg(test)]
+mod collapse_tests {
+    use super::*;
+    use mpcl_protocol::F32Vec;
+    use mpcl_protocol::messages::PrototypeBank as WireBank;
+
+    #[test]
+    fn collapsed_banks_score_one_and_orthogonal_ones_zero() {
+        let bank = |values: Vec<f32>| WireBank {
+            group: "physiological".into(),
+            emotions: 2,
+            prototypes: 2,
+            width: 2,
+            values: F32Vec(values),
+        };
+        let collapsed = bank(vec![1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 0.5, 0.5]);
+        assert!((cross_emotion_cosine(&[collapsed]).unwrap() - 1.0).abs() < 1e-9);
+        // Emotion 0 along x, emotion 1 along y.
+        let apart = bank(vec![1.0, 0.0, 2.0, 0.0, 0.0, 1.0, 0.0, 3.0]);
+        assert!(cross_emotion_cosine(&[apart]).unwrap().abs() < 1e-9);
+        assert!(cross_emotion_cosine(&[]).is_none());
+    }
+}
