@@ -6,20 +6,24 @@
 //! |---|---|
 //! | [`aggregation`] | aggregation time per round vs clients and parameters (in-process) |
 //! | [`network`] | system overhead per round over real QUIC on loopback |
+//! | [`flower`] | round overhead on Flower's workload (trivial trainer, 10 to 200 clients) vs Flower 1.41 |
 //! | [`child`] | coordinator peak memory vs clients; 1,000 simulated clients (child processes) |
 //! | [`bytes`] | bytes per client per round with and without compression, and its effect on KL |
-//! | [`throughput`] | local training samples per second per device and batch size |
+//! | [`throughput`] | local training samples per second (and per CPU-second) per device and batch size |
+//! | [`twin`] | the PyTorch twin's throughput, read from its results when present |
 
 pub mod aggregation;
 pub mod bytes;
 pub mod child;
+pub mod flower;
 pub mod network;
 mod report;
 pub mod stats;
 mod synthetic_state;
 pub mod throughput;
+pub mod twin;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use mpcl_model::{DeviceChoice, ModelConfig};
 use mpcl_protocol::Compression;
@@ -52,9 +56,43 @@ impl BenchError {
     }
 }
 
+/// A part of the bench (`mpcl bench --only`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Part {
+    /// Aggregation time vs clients and parameters.
+    Aggregation,
+    /// Round overhead of the burn-training federation over QUIC.
+    Overhead,
+    /// Round overhead on Flower's workload vs Flower.
+    Flower,
+    /// Coordinator memory and the many-client simulation (child processes).
+    Memory,
+    /// Bytes on the wire with and without compression.
+    Bytes,
+    /// Local training throughput.
+    Throughput,
+}
+
+impl Part {
+    /// Every part, in the order they run.
+    pub const ALL: [Part; 6] = [
+        Part::Aggregation,
+        Part::Overhead,
+        Part::Flower,
+        Part::Memory,
+        Part::Bytes,
+        Part::Throughput,
+    ];
+}
+
 /// What to measure and how often.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
+    /// The parts to run (all by default).
+    pub parts: Vec<Part>,
+    /// Where the PyTorch twin's results may be (see [`twin`]); read if present.
+    pub twin_results: Option<PathBuf>,
     /// Small sizes everywhere: a smoke test that finishes in seconds even in a debug build.
     pub quick: bool,
     /// Repetitions of each timed measurement (the median is reported).
@@ -71,6 +109,8 @@ impl BenchConfig {
     /// The full bench (5 repetitions).
     pub fn full(child: Option<ChildLauncher>) -> Self {
         Self {
+            parts: Part::ALL.to_vec(),
+            twin_results: None,
             quick: false,
             repeats: 5,
             gpu: false,
@@ -81,6 +121,8 @@ impl BenchConfig {
     /// The smoke test (1 repetition, small sizes).
     pub fn quick(child: Option<ChildLauncher>) -> Self {
         Self {
+            parts: Part::ALL.to_vec(),
+            twin_results: None,
             quick: true,
             repeats: 1,
             gpu: false,
@@ -131,10 +173,16 @@ pub struct BenchReport {
     pub build: String,
     pub aggregation: Vec<AggregationRow>,
     pub overhead: Vec<network::OverheadRow>,
+    /// Round overhead on Flower's workload.
+    #[serde(default)]
+    pub flower: Vec<flower::FlowerRow>,
     pub memory: Vec<MemoryRow>,
     pub bytes_setups: Vec<bytes::BytesSetup>,
     pub bytes: Vec<bytes::BytesRow>,
     pub throughput: Vec<throughput::ThroughputRow>,
+    /// The PyTorch twin's throughput, when its results were found.
+    #[serde(default)]
+    pub twin: Vec<twin::TwinRow>,
     pub scale: Option<ScaleRow>,
     pub checks: Vec<Check>,
     /// What was skipped or could not be measured, and why.
@@ -162,18 +210,25 @@ pub fn run_bench(
     let mut notes = Vec::new();
     let mut checks = Vec::new();
 
-    progress("aggregation time vs clients and parameters");
-    let (clients, parameters): (&[usize], &[usize]) = if quick {
-        (&[10, 100], &[10_000])
-    } else {
-        (&[10, 100, 1000], &[10_000, 100_000, 1_000_000])
-    };
-    let aggregation = aggregation::measure(clients, parameters, repeats)?;
+    let runs = |part: Part| config.parts.contains(&part);
+    let mut aggregation = Vec::new();
+    if runs(Part::Aggregation) {
+        progress("aggregation time vs clients and parameters");
+        let (clients, parameters): (&[usize], &[usize]) = if quick {
+            (&[10, 100], &[10_000])
+        } else {
+            (&[10, 100, 1000], &[10_000, 100_000, 1_000_000])
+        };
+        aggregation = aggregation::measure(clients, parameters, repeats)?;
+    }
 
-    progress("round overhead over QUIC on loopback");
-    let overhead = if quick {
+    let overhead = if !runs(Part::Overhead) {
+        Vec::new()
+    } else if quick {
+        progress("round overhead over QUIC on loopback");
         vec![network::measure(2, 2, 100, Compression::None)?]
     } else {
+        progress("round overhead over QUIC on loopback");
         let mut rows = Vec::new();
         for (clients, poll) in [(4, 1000), (4, 100), (16, 100)] {
             rows.push(network::measure(
@@ -192,14 +247,40 @@ pub fn run_bench(
         rows
     };
 
-    progress("coordinator peak memory vs clients");
+    let mut flower = Vec::new();
+    if runs(Part::Flower) {
+        progress("round overhead on Flower's workload");
+        let clients: &[usize] = if quick { &[4] } else { &[10, 50, 100, 200] };
+        for &n in clients {
+            flower.push(flower::measure(n)?);
+        }
+        for row in &flower {
+            if let Some(ratio) = row.ratio() {
+                checks.push(Check {
+                    name: format!(
+                        "round overhead at most 1/10 of Flower's ({} clients)",
+                        row.clients
+                    ),
+                    passed: ratio <= 0.1,
+                    detail: format!(
+                        "{:.1} ms vs {:.0} ms ({ratio:.3}x)",
+                        row.overhead_seconds * 1e3,
+                        row.flower_overhead_seconds.unwrap_or(f64::NAN) * 1e3
+                    ),
+                });
+            }
+        }
+    }
+
     let mut memory = Vec::new();
     let mut scale = None;
     match &config.child {
+        _ if !runs(Part::Memory) => {}
         None => notes.push(
             "coordinator memory and the many-client simulation were skipped: no child process launcher".into(),
         ),
         Some(launcher) => {
+            progress("coordinator peak memory vs clients");
             let (clients, parameters): (&[usize], &[usize]) = if quick {
                 (&[10, 100], &[10_000])
             } else {
@@ -256,60 +337,67 @@ pub fn run_bench(
         }
     }
 
-    progress("bytes on the wire with and without compression");
     let mut bytes_setups = Vec::new();
     let mut bytes = Vec::new();
-    // The tiny model at the tests' learning rate, the default model at `mpcl simulate`'s (at
-    // 1e-2 the default model's run is chaotic: even f16 moves its final KL by 5%).
-    let models: Vec<(&str, ModelConfig, usize, u64, u32, f64)> = if quick {
-        vec![("tiny", ModelConfig::tiny(), 3, 2, 1, 1e-2)]
-    } else {
-        vec![
-            ("tiny", ModelConfig::tiny(), 8, 10, 2, 1e-2),
-            ("default", ModelConfig::default(), 8, 10, 2, 3e-3),
-        ]
-    };
-    for (name, model, subjects, rounds, epochs, lr) in &models {
-        let (setup, rows) = bytes::measure(name, model, *subjects, *rounds, *epochs, *lr)?;
-        if let Some(int8) = rows.iter().find(|r| r.compression == Compression::Int8) {
-            checks.push(Check {
-                name: format!("int8 upload at most 0.3x of dense f32 ({name} model)"),
-                passed: int8.up_ratio <= 0.3,
-                detail: format!("{:.3}x", int8.up_ratio),
-            });
-            checks.push(Check {
-                name: format!("int8 final KL within 2% of uncompressed ({name} model)"),
-                passed: int8.kl_change_percent.abs() <= 2.0,
-                detail: format!("{:+.3}%", int8.kl_change_percent),
-            });
+    if runs(Part::Bytes) {
+        progress("bytes on the wire with and without compression");
+        // The tiny model at the tests' learning rate, the default model at `mpcl simulate`'s (at
+        // 1e-2 the default model's run is chaotic: even f16 moves its final KL by 5%).
+        let models: Vec<(&str, ModelConfig, usize, u64, u32, f64)> = if quick {
+            vec![("tiny", ModelConfig::tiny(), 3, 2, 1, 1e-2)]
+        } else {
+            vec![
+                ("tiny", ModelConfig::tiny(), 8, 10, 2, 1e-2),
+                ("default", ModelConfig::default(), 8, 10, 2, 3e-3),
+            ]
+        };
+        for (name, model, subjects, rounds, epochs, lr) in &models {
+            let (setup, rows) = bytes::measure(name, model, *subjects, *rounds, *epochs, *lr)?;
+            if let Some(int8) = rows.iter().find(|r| r.compression == Compression::Int8) {
+                checks.push(Check {
+                    name: format!("int8 upload at most 0.3x of dense f32 ({name} model)"),
+                    passed: int8.up_ratio <= 0.3,
+                    detail: format!("{:.3}x", int8.up_ratio),
+                });
+                checks.push(Check {
+                    name: format!("int8 final KL within 2% of uncompressed ({name} model)"),
+                    passed: int8.kl_change_percent.abs() <= 2.0,
+                    detail: format!("{:+.3}%", int8.kl_change_percent),
+                });
+            }
+            bytes_setups.push(setup);
+            bytes.extend(rows);
         }
-        bytes_setups.push(setup);
-        bytes.extend(rows);
     }
 
-    progress("local training throughput");
-    let (model_name, model, samples) = if quick {
-        ("tiny", ModelConfig::tiny(), 64)
-    } else {
-        ("default", ModelConfig::default(), 512)
-    };
-    let mut throughput = throughput::measure(
-        DeviceChoice::Cpu,
-        model_name,
-        &model,
-        &[32, 128],
-        samples,
-        repeats,
-    )?;
-    let gpu = if config.gpu {
-        Some(DeviceChoice::Wgpu)
-    } else {
-        match DeviceChoice::Auto.resolve() {
-            Ok(selected) if selected.description.starts_with("wgpu") => Some(DeviceChoice::Auto),
-            _ => None,
-        }
-    };
-    match gpu {
+    let mut throughput = Vec::new();
+    let mut twin = Vec::new();
+    if runs(Part::Throughput) {
+        progress("local training throughput");
+        let (model_name, model, samples) = if quick {
+            ("tiny", ModelConfig::tiny(), 64)
+        } else {
+            ("default", ModelConfig::default(), 512)
+        };
+        throughput = throughput::measure(
+            DeviceChoice::Cpu,
+            model_name,
+            &model,
+            &[32, 128],
+            samples,
+            repeats,
+        )?;
+        let gpu = if config.gpu {
+            Some(DeviceChoice::Wgpu)
+        } else {
+            match DeviceChoice::Auto.resolve() {
+                Ok(selected) if selected.description.starts_with("wgpu") => {
+                    Some(DeviceChoice::Auto)
+                }
+                _ => None,
+            }
+        };
+        match gpu {
         Some(device) => match throughput::measure(device, model_name, &model, &[32, 128], samples, repeats) {
             Ok(rows) => throughput.extend(rows),
             Err(error) => notes.push(format!("wgpu throughput not measured: {error}")),
@@ -317,6 +405,16 @@ pub fn run_bench(
         None => notes.push(
             "wgpu throughput not measured: no hardware GPU found (or built without the `wgpu` feature)".into(),
         ),
+    }
+        if let Some(folder) = &config.twin_results {
+            twin = twin::read(folder);
+            if twin.is_empty() {
+                notes.push(format!(
+                "no PyTorch twin results in {} (run its `twin.py bench --out FILE.jsonl` there to compare)",
+                folder.display()
+            ));
+            }
+        }
     }
 
     Ok(BenchReport {
@@ -332,10 +430,12 @@ pub fn run_bench(
         },
         aggregation,
         overhead,
+        flower,
         memory,
         bytes_setups,
         bytes,
         throughput,
+        twin,
         scale,
         checks,
         notes,

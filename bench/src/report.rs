@@ -108,6 +108,37 @@ pub fn markdown(r: &BenchReport) -> String {
         );
     }
 
+    if !r.flower.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n**Round overhead on Flower's workload** (mpcl coordinator and clients over QUIC on loopback, clients with a P-vector perturbation instead of training, every client in every round, FedAvg; overhead = round wall time - slowest client's perturbation; Flower 1.41 simulation mode (Ray) from the reference harness on this kind of machine)\n"
+        );
+        let _ = writeln!(
+            s,
+            "| clients | parameters | rounds | round wall | overhead | Flower overhead | mpcl / Flower | coordinator CPU per client-round |\n|---|---|---|---|---|---|---|---|"
+        );
+        for f in &r.flower {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                f.clients,
+                f.parameters,
+                f.rounds,
+                seconds(f.round_seconds),
+                seconds(f.overhead_seconds),
+                f.flower_overhead_seconds
+                    .map(seconds)
+                    .unwrap_or_else(|| "-".into()),
+                f.ratio()
+                    .map(|x| format!("{x:.3}x"))
+                    .unwrap_or_else(|| "-".into()),
+                f.coordinator_cpu_per_client_round
+                    .map(seconds)
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+    }
+
     if !r.memory.is_empty() {
         let _ = writeln!(
             s,
@@ -169,14 +200,47 @@ pub fn markdown(r: &BenchReport) -> String {
     let _ = writeln!(s, "\n**Local training throughput**\n");
     let _ = writeln!(
         s,
-        "| device | model | parameters | batch | samples/s |\n|---|---|---|---|---|"
+        "| device | model | parameters | batch | samples/s | samples per CPU-second |\n|---|---|---|---|---|---|"
     );
     for t in &r.throughput {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.0} |",
-            t.device, t.model, t.parameters, t.batch_size, t.samples_per_second
+            "| {} | {} | {} | {} | {:.0} | {:.0} |",
+            t.device,
+            t.model,
+            t.parameters,
+            t.batch_size,
+            t.samples_per_second,
+            t.samples_per_cpu_second
         );
+    }
+    if !r.twin.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nThe PyTorch twin of the default network (its own results, read from its folder; other runs, other machine load):\n"
+        );
+        let _ = writeln!(
+            s,
+            "| system | batch | samples/s | samples per CPU-second | mpcl / twin (per CPU-second) |\n|---|---|---|---|---|"
+        );
+        for t in &r.twin {
+            let ours = r
+                .throughput
+                .iter()
+                .find(|m| m.batch_size == t.batch_size && m.device.starts_with("cpu"))
+                .map(|m| {
+                    format!(
+                        "{:.2}x",
+                        m.samples_per_cpu_second / t.samples_per_cpu_second
+                    )
+                })
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {:.0} | {} |",
+                t.system, t.batch_size, t.samples_per_second, t.samples_per_cpu_second, ours
+            );
+        }
     }
 
     if let Some(scale) = &r.scale {

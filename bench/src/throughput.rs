@@ -1,7 +1,9 @@
 //! Local training throughput of the MPCL network: samples per second of `train` (forward,
 //! backward, Adam step, prototype-bank update) on synthetic data in the DMER layout, per device
 //! and batch size. The first epoch of each configuration is a warm-up and is not counted (it
-//! allocates, and on wgpu compiles and autotunes kernels).
+//! allocates, and on wgpu compiles and autotunes kernels). Samples per CPU-second divide by the
+//! process's CPU time over the epoch (every thread: burn's own worker threads count), the
+//! figure the PyTorch twin of the network reports too ([`crate::twin`]).
 
 use mpcl_model::data::Standardizer;
 use mpcl_model::{DeviceChoice, ModelConfig, MpclModel, TensorDataset, TrainOptions, train};
@@ -9,7 +11,7 @@ use mpcl_simulations::synthetic::{SyntheticConfig, generate};
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
-use crate::stats::{median, seconds};
+use crate::stats::{median, process_cpu_seconds, seconds};
 
 /// One (device, batch size) configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -24,6 +26,12 @@ pub struct ThroughputRow {
     pub samples_per_second: f64,
     /// Every timed epoch, samples per second.
     pub runs: Vec<f64>,
+    /// Median samples per CPU-second of the process over the timed epochs.
+    #[serde(default)]
+    pub samples_per_cpu_second: f64,
+    /// Every timed epoch, samples per CPU-second.
+    #[serde(default)]
+    pub cpu_runs: Vec<f64>,
 }
 
 /// Measures `batch_sizes` on `device` with `samples` training samples, `repeats` timed epochs
@@ -65,13 +73,15 @@ pub fn measure(
             progress: false,
         };
         train(&mut model, &tensors, &options(0), None);
-        let runs: Vec<f64> = (0..repeats)
+        let (runs, cpu_runs): (Vec<f64>, Vec<f64>) = (0..repeats)
             .map(|i| {
+                let cpu = process_cpu_seconds();
                 let (_, secs) =
                     seconds(|| train(&mut model, &tensors, &options(i as u64 + 1), None));
-                tensors.len() as f64 / secs
+                let cpu = process_cpu_seconds() - cpu;
+                (tensors.len() as f64 / secs, tensors.len() as f64 / cpu)
             })
-            .collect();
+            .unzip();
         rows.push(ThroughputRow {
             device: selected.description.clone(),
             model: model_name.to_string(),
@@ -80,6 +90,8 @@ pub fn measure(
             samples: tensors.len(),
             samples_per_second: median(&runs),
             runs,
+            samples_per_cpu_second: median(&cpu_runs),
+            cpu_runs,
         });
     }
     Ok(rows)

@@ -18,6 +18,7 @@ fn quick_bench_writes_json_and_markdown() -> anyhow::Result<()> {
         "System overhead per round",
         "Bytes per client per round",
         "Local training throughput",
+        "Round overhead on Flower's workload",
     ] {
         assert!(md.contains(heading), "missing {heading}:\n{md}");
     }
@@ -33,6 +34,23 @@ fn quick_bench_writes_json_and_markdown() -> anyhow::Result<()> {
     assert!(report.bytes[1..].iter().all(|b| b.up_ratio < 1.0));
     assert_eq!(report.throughput.len(), 2);
     assert!(report.throughput.iter().all(|t| t.samples_per_second > 0.0));
+    assert!(
+        report
+            .throughput
+            .iter()
+            .all(|t| t.samples_per_cpu_second > 0.0 && t.cpu_runs.len() == t.runs.len())
+    );
+    // Flower's workload: one overhead per round, and a measured coordinator CPU time on Linux.
+    let flower = &report.flower[0];
+    assert_eq!(flower.overheads.len(), mpcl_bench::flower::ROUNDS as usize);
+    assert!(flower.round_seconds >= flower.slowest_training_seconds);
+    if cfg!(target_os = "linux") {
+        assert!(
+            flower
+                .coordinator_cpu_per_client_round
+                .is_some_and(|c| c > 0.0)
+        );
+    }
     // Without a child launcher the memory parts are skipped, and the report says so.
     assert!(report.memory.is_empty() && report.scale.is_none());
     assert!(report.notes.iter().any(|n| n.contains("skipped")));

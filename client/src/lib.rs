@@ -15,5 +15,7 @@ pub mod session;
 
 pub use faults::FaultInjection;
 pub use node::{Node, NodeConfig, NodeError, NodeEvent, NodeOutcome, UpdateOutcome};
-pub use participant::{Participant, ParticipantError, ParticipantSettings, TrainedUpdate};
+pub use participant::{
+    LocalTrainer, Participant, ParticipantError, ParticipantSettings, TrainedUpdate,
+};
 pub use session::{Session, SessionConfig, SessionError};

@@ -42,7 +42,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::faults::{FaultInjection, send_half_then_disconnect};
-use crate::participant::{Participant, ParticipantError, ParticipantSettings, TrainedUpdate};
+use crate::participant::{
+    LocalTrainer, Participant, ParticipantError, ParticipantSettings, TrainedUpdate,
+};
 use crate::secure::{SecureParticipation, SecureRoundError};
 use crate::session::{Session, SessionConfig, SessionError};
 use mpcl_protocol::secure_aggregation::SecureRoundSetup;
@@ -186,7 +188,10 @@ pub struct Node {
     config: NodeConfig,
     dataset: Arc<Dataset>,
     device: Device,
-    participant: Option<(String, Participant)>,
+    /// The local trainer and the model config it was built for.
+    participant: Option<(String, Box<dyn LocalTrainer>)>,
+    /// The trainer was given ([`Node::with_trainer`]), not built from the run's model config.
+    given_trainer: bool,
     pending: Option<Pending>,
     last_completed_round: Option<u64>,
     events: Option<UnboundedSender<NodeEvent>>,
@@ -207,12 +212,21 @@ impl Node {
             dataset: Arc::new(dataset),
             device,
             participant: None,
+            given_trainer: false,
             pending: None,
             last_completed_round: None,
             events: None,
             dropped_mid_upload: false,
             vanished_after_masked_input: false,
         })
+    }
+
+    /// Trains with `trainer` instead of the MPCL model the run's config describes (benchmarks
+    /// that measure the framework with a stand-in for training).
+    pub fn with_trainer(mut self, trainer: Box<dyn LocalTrainer>) -> Self {
+        self.participant = Some((String::new(), trainer));
+        self.given_trainer = true;
+        self
     }
 
     /// Reports what the node does on `events`.
@@ -346,6 +360,9 @@ impl Node {
     /// (once; again only if the model configuration changed).
     async fn prepare(&mut self, welcome: &Welcome) -> Result<(), NodeError> {
         let config = check_compatible(welcome, &self.dataset.schema)?;
+        if self.given_trainer {
+            return Ok(());
+        }
         if let Some((json, _)) = &self.participant
             && *json == welcome.model_config_json
         {
@@ -364,7 +381,7 @@ impl Node {
             samples = participant.sample_count(),
             "local model built from the run's model config"
         );
-        self.participant = Some((welcome.model_config_json.clone(), participant));
+        self.participant = Some((welcome.model_config_json.clone(), Box::new(participant)));
         Ok(())
     }
 

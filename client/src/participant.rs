@@ -86,6 +86,31 @@ pub struct Participant {
     feedback: ErrorFeedback,
 }
 
+/// What trains a node's rounds: the MPCL model ([`Participant`]), or a stand-in that lets a
+/// benchmark measure the framework without the cost of training.
+pub trait LocalTrainer: Send + 'static {
+    /// One round of local training from `state` with `config`.
+    fn train_round(
+        &mut self,
+        run_id: RunId,
+        round: u64,
+        state: &GlobalState,
+        config: &TrainingConfig,
+    ) -> Result<TrainedUpdate, ParticipantError>;
+}
+
+impl LocalTrainer for Participant {
+    fn train_round(
+        &mut self,
+        run_id: RunId,
+        round: u64,
+        state: &GlobalState,
+        config: &TrainingConfig,
+    ) -> Result<TrainedUpdate, ParticipantError> {
+        Participant::train_round(self, run_id, round, state, config)
+    }
+}
+
 impl Participant {
     /// A participant training on `dataset` (its local training samples).
     pub fn new(

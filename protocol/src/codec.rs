@@ -258,6 +258,24 @@ pub fn encode_message_into<T: Serialize + ?Sized>(
     Ok(size)
 }
 
+/// Appends the bincode encoding of `value` alone (no version prefix, no limit) to `out`.
+///
+/// bincode writes a struct, a tuple or an enum variant as its variant index (a varint `u32`)
+/// followed by its fields' encodings back to back, with nothing between them, so a message can
+/// be assembled from separately encoded pieces: [`crate::start_round`] encodes a round's global
+/// state once and splices it into every client's `StartRound`.
+pub fn encode_piece_into<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), CodecError> {
+    let start = out.len();
+    bincode::serde::encode_into_std_write(value, out, bincode_config()).map_err(|error| {
+        out.truncate(start);
+        CodecError::Encode(error.to_string())
+    })?;
+    Ok(())
+}
+
 /// Decodes one payload written by [`encode_message`]: checks the size against `limits` and the
 /// version before touching the body, and refuses trailing bytes.
 pub fn decode_message<T: DeserializeOwned>(

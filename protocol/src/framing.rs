@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::codec::{self, CodecError, MessageLimits};
+use crate::start_round::SplicedPayload;
 
 /// Bytes of the length prefix.
 pub const FRAME_HEADER_BYTES: usize = 4;
@@ -41,6 +42,32 @@ pub async fn write_frame<W: AsyncWrite + Unpin + ?Sized>(
         .write_all(payload)
         .await
         .map_err(io_error("writing a frame"))?;
+    writer.flush().await.map_err(io_error("flushing a frame"))
+}
+
+/// Writes one frame holding a [`SplicedPayload`] (its pieces in order, the shared one without
+/// a copy), refusing a payload larger than `limits`.
+pub async fn write_spliced_frame<W: AsyncWrite + Unpin + ?Sized>(
+    writer: &mut W,
+    payload: &SplicedPayload,
+    limits: &MessageLimits,
+) -> Result<(), CodecError> {
+    let size = payload.len();
+    limits.check(size as u64)?;
+    let length = u32::try_from(size).map_err(|_| CodecError::FrameTooLarge {
+        size: size as u64,
+        limit: limits.max_message_bytes,
+    })?;
+    writer
+        .write_all(&length.to_le_bytes())
+        .await
+        .map_err(io_error("writing a frame header"))?;
+    for piece in payload.pieces() {
+        writer
+            .write_all(piece)
+            .await
+            .map_err(io_error("writing a frame"))?;
+    }
     writer.flush().await.map_err(io_error("flushing a frame"))
 }
 

@@ -12,6 +12,7 @@
 //! | [`framing`] | length-prefixed frames over async streams (quinn streams included) |
 //! | [`identity`] | ed25519 key files, participant ids, the enrolment file |
 //! | [`signing`] | signed updates, their verification, the replay guard |
+//! | [`start_round`] | `StartRound` payloads sharing one encoding of the round's global state |
 //! | [`tls`] | rustls configs that authenticate by enrolled / pinned ed25519 keys |
 //! | [`secure_aggregation`] | masking math, Shamir shares and the client/coordinator steps of secure aggregation |
 
@@ -23,6 +24,7 @@ pub mod messages;
 pub mod params;
 pub mod secure_aggregation;
 pub mod signing;
+pub mod start_round;
 pub mod stats;
 pub mod tls;
 pub mod vector;

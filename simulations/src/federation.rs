@@ -1,7 +1,11 @@
 //! The federated arms run in-process: one virtual participant per subject, driven through the
 //! coordinator's own state machine (the very code `mpcl coordinator` runs), with a virtual clock
-//! and no sockets. Participants train one after another in a fixed order, so a run is exactly
-//! reproducible (with differential privacy only when
+//! and no sockets. The participants a round is handed to train in parallel on
+//! [`InProcessFederation::set_threads`] threads (default: every core), and their updates reach
+//! the state machine in the order the rounds were handed out, whatever order the trainings end
+//! in; each participant's training depends only on its own data, the global state and its seed,
+//! and aggregation is exact and order-independent, so a run is bit-identical on any number of
+//! threads and exactly reproducible (with differential privacy only when
 //! [`InProcessFederation::use_deterministic_noise_for_tests`] is called: real noise comes from
 //! the operating system).
 //!
@@ -11,10 +15,12 @@
 //! participants and a secure-aggregation server ([`crate::secure`]), and the coordinator gets
 //! only the unmasked sum ([`Event::SecureSumReceived`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use mpcl_client::{Participant, ParticipantError, ParticipantSettings};
+use mpcl_client::{Participant, ParticipantError, ParticipantSettings, TrainedUpdate};
 use mpcl_coordinator::privacy::{os_noise_rng, seeded_noise_rng};
 use mpcl_coordinator::{
     Action, Coordinator, CoordinatorConfig, CoordinatorError, Event, ParticipantId, RoundPrivacy,
@@ -24,7 +30,7 @@ use mpcl_model::data::Dataset;
 use mpcl_model::{Device, ModelConfig};
 use mpcl_protocol::SigningKey;
 use mpcl_protocol::codec::{MessageLimits, encode_message};
-use mpcl_protocol::messages::{ClientUpdate, GlobalState, RunId};
+use mpcl_protocol::messages::{ClientUpdate, GlobalState, RunId, TrainingConfig};
 use thiserror::Error;
 
 use crate::secure::{DropStage, run_secure_round, simulation_signing_key};
@@ -110,6 +116,21 @@ pub struct InProcessFederation {
     deterministic_noise: Option<u64>,
     /// Fault injection: (round, participant index) -> when it drops out of secure aggregation.
     secure_drops: BTreeMap<(u64, usize), DropStage>,
+    /// Threads that train participants at the same time.
+    threads: usize,
+}
+
+/// Every core the process may use (1 when unknown).
+pub fn available_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A round handed to one participant: what [`Action::SendRound`] carries.
+struct Handout {
+    participant: ParticipantId,
+    round: u64,
+    state: Arc<GlobalState>,
+    config: TrainingConfig,
 }
 
 impl InProcessFederation {
@@ -154,7 +175,14 @@ impl InProcessFederation {
             now: 0,
             deterministic_noise: None,
             secure_drops: BTreeMap::new(),
+            threads: available_threads(),
         })
+    }
+
+    /// Trains up to `threads` participants at the same time (at least 1); the results do not
+    /// depend on it.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
     }
 
     /// **Unsafe for real studies.** Makes the differential-privacy noise (the coordinator's, and
@@ -244,8 +272,8 @@ impl InProcessFederation {
                     }
                 }
             }
-            let actions = std::mem::take(&mut pending);
-            for action in actions {
+            let mut actions = std::mem::take(&mut pending).into_iter().peekable();
+            while let Some(action) = actions.next() {
                 match action {
                     Action::SendRound {
                         participant,
@@ -253,36 +281,58 @@ impl InProcessFederation {
                         state,
                         config,
                     } => {
-                        bytes_down += encoded_size(&(&*state, &config), &limits);
-                        let client = self
-                            .clients
-                            .iter_mut()
-                            .find(|c| c.id == participant)
-                            .expect("the coordinator only samples connected participants");
-                        let trained = client
-                            .participant
-                            .train_round(self.run_id, round, &state, &config)
-                            .map_err(|source| FederationError::Participant {
-                                subject: client.subject.clone(),
-                                source,
-                            })?;
-                        // The signed payload's size: the compressed delta when the run
-                        // compresses (the update's own delta is then its decompression, what
-                        // the coordinator reconstructs on receipt).
-                        bytes_up += trained.payload_bytes(&limits).unwrap_or(0) as u64;
-                        let update = trained.update;
-                        updates.push(update.clone());
-                        self.now += 1;
-                        if secure {
-                            to_mask.insert(participant, update);
-                        } else {
-                            pending.extend(self.coordinator.handle(
-                                self.now,
-                                Event::UpdateReceived {
-                                    participant,
-                                    update: Box::new(update),
-                                },
-                            ));
+                        // This hand-out and the ones right after it (to other participants)
+                        // train together; a participant handed two rounds trains them in turn.
+                        let mut batch = vec![Handout {
+                            participant,
+                            round,
+                            state,
+                            config,
+                        }];
+                        let mut seen = BTreeSet::from([participant]);
+                        while let Some(Action::SendRound { participant, .. }) = actions.peek() {
+                            if !seen.insert(*participant) {
+                                break;
+                            }
+                            let Some(Action::SendRound {
+                                participant,
+                                round,
+                                state,
+                                config,
+                            }) = actions.next()
+                            else {
+                                unreachable!("peeked a SendRound");
+                            };
+                            batch.push(Handout {
+                                participant,
+                                round,
+                                state,
+                                config,
+                            });
+                        }
+                        let trained = self.train_batch(&batch);
+                        for (handout, trained) in batch.iter().zip(trained) {
+                            let trained = trained?;
+                            bytes_down +=
+                                encoded_size(&(&*handout.state, &handout.config), &limits);
+                            // The signed payload's size: the compressed delta when the run
+                            // compresses (the update's own delta is then its decompression,
+                            // what the coordinator reconstructs on receipt).
+                            bytes_up += trained.payload_bytes(&limits).unwrap_or(0) as u64;
+                            let update = trained.update;
+                            updates.push(update.clone());
+                            self.now += 1;
+                            if secure {
+                                to_mask.insert(handout.participant, update);
+                            } else {
+                                pending.extend(self.coordinator.handle(
+                                    self.now,
+                                    Event::UpdateReceived {
+                                        participant: handout.participant,
+                                        update: Box::new(update),
+                                    },
+                                ));
+                            }
                         }
                     }
                     Action::Reject {
@@ -351,6 +401,65 @@ impl InProcessFederation {
                 pending.extend(self.coordinator.handle(self.now, event));
             }
         }
+    }
+
+    /// Trains the participants of `batch` (distinct ones) on up to `self.threads` threads, each
+    /// taking the next untrained one; the results come back in `batch` order.
+    fn train_batch(&mut self, batch: &[Handout]) -> Vec<Result<TrainedUpdate, FederationError>> {
+        let run_id = self.run_id;
+        let mut by_id: BTreeMap<ParticipantId, &mut VirtualClient> =
+            self.clients.iter_mut().map(|c| (c.id, c)).collect();
+        let jobs: Vec<Mutex<Option<(&Handout, &mut VirtualClient)>>> = batch
+            .iter()
+            .map(|handout| {
+                let client = by_id
+                    .remove(&handout.participant)
+                    .expect("the coordinator only samples connected participants, once a batch");
+                Mutex::new(Some((handout, client)))
+            })
+            .collect();
+        let results: Vec<Mutex<Option<Result<TrainedUpdate, FederationError>>>> =
+            batch.iter().map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        let work = || {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(job) = jobs.get(index) else {
+                    break;
+                };
+                let (handout, client) = job
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .expect("each job is taken once");
+                let trained = client
+                    .participant
+                    .train_round(run_id, handout.round, &handout.state, &handout.config)
+                    .map_err(|source| FederationError::Participant {
+                        subject: client.subject.clone(),
+                        source,
+                    });
+                *results[index].lock().unwrap_or_else(|p| p.into_inner()) = Some(trained);
+            }
+        };
+        let threads = self.threads.min(batch.len());
+        if threads <= 1 {
+            work();
+        } else {
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(work);
+                }
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.into_inner()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .expect("every job ran")
+            })
+            .collect()
     }
 
     /// Runs the open round's secure-aggregation session over the cohort's `updates`; returns

@@ -150,6 +150,10 @@ pub struct SimulationConfig {
     pub arms: Vec<Arm>,
     pub device: DeviceChoice,
     pub seed: u64,
+    /// Threads training in-process participants at once (all cores when unset); results do
+    /// not depend on it, so it is not part of `config.json`.
+    #[serde(skip)]
+    pub threads: Option<usize>,
 }
 
 /// The simulation's default privacy settings: every layer off, prototypes withheld below mass 1.
@@ -178,6 +182,7 @@ impl Default for SimulationConfig {
             arms: Arm::ALL.to_vec(),
             device: DeviceChoice::Cpu,
             seed: 0,
+            threads: None,
         }
     }
 }
@@ -797,6 +802,9 @@ fn run_arm(
                     )?;
                     if config.deterministic_noise_for_tests {
                         federation.use_deterministic_noise_for_tests();
+                    }
+                    if let Some(threads) = config.threads {
+                        federation.set_threads(threads);
                     }
                     federation
                         .run(&mut observe)

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use mpcl_bench::{BenchConfig, ChildLauncher, ChildTask, run_and_write, run_child};
+use mpcl_bench::{BenchConfig, ChildLauncher, ChildTask, Part, run_and_write, run_child};
 use mpcl_model::DeviceChoice;
 
 /// Benchmark the framework on this machine: aggregation time per round vs clients (10, 100,
@@ -14,7 +14,9 @@ use mpcl_model::DeviceChoice;
 /// (round wall time minus the slowest client's training time); coordinator peak memory vs
 /// clients (each configuration in a child process); bytes per client per round uncompressed,
 /// f16 and int8, with the final KL of each; local training samples/s for batch 32 and 128; and
-/// 1,000 simulated clients in one process. Each figure is the median of --repeats runs.
+/// 1,000 simulated clients in one process; round overhead on Flower's workload (10 to 200
+/// clients with a trivial trainer) against Flower 1.41. Each figure is the median of --repeats
+/// runs.
 ///
 /// Writes bench.json (every run) and bench.md (the tables) to --out, prints the tables, and exits
 /// non-zero if a check failed (coordinator memory at 1,000 clients within 2x of 10 clients;
@@ -34,6 +36,22 @@ pub struct BenchArgs {
     /// default) wgpu is still measured when a hardware GPU is found.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
+    /// Run only these parts (comma-separated): aggregation, overhead, flower, memory, bytes,
+    /// throughput. Default: all.
+    #[arg(long, value_delimiter = ',', value_parser = parse_part)]
+    only: Vec<Part>,
+    /// Folder of the PyTorch twin's results (`*.jsonl` from `twin.py bench --out`), printed
+    /// beside mpcl's training throughput when present.
+    #[arg(long, default_value = "../shared/reference/pytorch_twin")]
+    pytorch_twin: PathBuf,
+}
+
+fn parse_part(name: &str) -> Result<Part, String> {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|_| {
+        format!(
+            "unknown bench part `{name}` (aggregation, overhead, flower, memory, bytes, throughput)"
+        )
+    })
 }
 
 impl BenchArgs {
@@ -51,6 +69,10 @@ impl BenchArgs {
             config.repeats = repeats.max(1);
         }
         config.gpu = self.device == DeviceChoice::Wgpu;
+        if !self.only.is_empty() {
+            config.parts = self.only;
+        }
+        config.twin_results = Some(self.pytorch_twin);
         let report = run_and_write(&config, &self.out, |part| {
             tracing::info!("measuring {part}");
         })

@@ -131,6 +131,17 @@ fn requirements(protocol: Option<EvaluationProtocol>) -> Requirements {
         Some(EvaluationProtocol::SubjectIndependent { folds }) => {
             Requirements::subject_independent(folds)
         }
+        // Whole stimuli held out: the files' checks plus one subject; whether every row has a
+        // stimulus and there are enough stimuli is checked when the split is made.
+        Some(protocol @ EvaluationProtocol::StimulusIndependent { .. }) => Requirements {
+            protocol: Some(protocol.to_string()),
+            min_trials_per_subject: 1,
+            min_subjects: 1,
+        },
+        Some(EvaluationProtocol::SubjectStimulusIndependent { folds }) => Requirements {
+            protocol: Some(format!("subject- and stimulus-independent with {folds} folds")),
+            ..Requirements::subject_independent(folds)
+        },
     }
 }
 

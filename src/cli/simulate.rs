@@ -136,6 +136,10 @@ pub struct SimulateArgs {
     /// subject on 127.0.0.1 (same numbers, slower).
     #[arg(long)]
     network: bool,
+    /// Threads training the in-process federation's participants at once (default: every
+    /// core); the results are the same for any number.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
     /// Output folder.
     #[arg(long, default_value = "runs/simulate")]
     out: PathBuf,
@@ -179,6 +183,7 @@ impl SimulateArgs {
             arms: self.arms,
             device: self.device,
             seed: self.seed,
+            threads: self.threads.map(|t| t as usize),
             ..SimulationConfig::default()
         };
         config.aggregation.rule = parse_rule(&self.aggregation)?;

@@ -217,13 +217,25 @@ pub fn start_server(
     out_dir: &Path,
     listen: SocketAddr,
 ) -> anyhow::Result<RunningServer> {
+    start_server_with(coordinator, keys, schema, out_dir, listen, test_network())
+}
+
+/// [`start_server`] with other network settings.
+pub fn start_server_with(
+    coordinator: Coordinator,
+    keys: &Keys,
+    schema: &Schema,
+    out_dir: &Path,
+    listen: SocketAddr,
+    network: NetworkSettings,
+) -> anyhow::Result<RunningServer> {
     let setup = ServerSetup {
         coordinator,
         identity: keys.coordinator_identity(),
         enrolment: keys.enrolment.clone(),
         model_config_json: serde_json::to_string(&ModelConfig::tiny())?,
         schema_json: serde_json::to_string(schema)?,
-        network: test_network(),
+        network,
         listen,
         out_dir: out_dir.to_path_buf(),
     };

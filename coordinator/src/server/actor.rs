@@ -19,11 +19,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use mpcl_protocol::MessageLimits;
 use mpcl_protocol::messages::{
     ClientUpdate, CoordinatorMessage, GlobalState, RejectReason as WireReject, RoundPhase,
     StatusReport, WaitReason as WireWait,
 };
 use mpcl_protocol::secure_aggregation::SecAggUpload;
+use mpcl_protocol::start_round::{EncodedState, SplicedPayload, encode_start_round};
 use mpcl_protocol::{ReplayGuard, RunId};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{mpsc, oneshot};
@@ -50,10 +52,12 @@ pub(crate) enum Command {
     },
     /// One of the participant's connections closed.
     Leave { participant: ParticipantId },
-    /// `RequestWork`.
+    /// `RequestWork`. Answered at once with a round or `Finished`; a `Wait` is parked instead
+    /// (see [`Actor`]) and answered when a round opens for the participant or the long poll
+    /// ends.
     RequestWork {
         participant: ParticipantId,
-        reply: oneshot::Sender<CoordinatorMessage>,
+        reply: oneshot::Sender<WorkReply>,
     },
     /// An update whose signature, run and payload were verified.
     Update {
@@ -76,6 +80,32 @@ pub(crate) enum Command {
     },
 }
 
+/// The answer to `RequestWork`: a message, or a `StartRound` payload already encoded around the
+/// round's shared global state (see [`mpcl_protocol::start_round`]).
+pub(crate) enum WorkReply {
+    Message(CoordinatorMessage),
+    StartRound(SplicedPayload),
+}
+
+impl WorkReply {
+    /// The answer to a request other than `RequestWork`, which never carries a round.
+    fn into_message(self, request: &str) -> CoordinatorMessage {
+        match self {
+            Self::Message(message) => message,
+            Self::StartRound(_) => no_answer(request),
+        }
+    }
+}
+
+/// A `RequestWork` waiting for a round to open for its participant.
+struct Parked {
+    reply: oneshot::Sender<WorkReply>,
+    /// Why there was no work when it was asked (sent back when the long poll ends).
+    reason: WireWait,
+    /// When the long poll ends: the participant is told to ask again at once.
+    expires: Instant,
+}
+
 /// Bytes moved since the last aggregated round (connection tasks add, the actor reads).
 #[derive(Debug, Default)]
 pub(crate) struct Traffic {
@@ -92,6 +122,14 @@ pub(crate) struct ActorOutcome {
 }
 
 /// The actor's state.
+///
+/// `RequestWork` is a long poll: a participant with nothing to do (not sampled, its update
+/// already in, too few participants yet) is not told to come back after `poll_interval_ms`;
+/// its request is parked and answered with `StartRound` the moment the state machine sends it a
+/// round (usually while handling the update that closed the previous round), with `Finished`
+/// when the run ends, or with `Wait { retry_after_ms: 0 }` after `long_poll`, so that the
+/// client asks again (a long poll never outlives clients' request timeouts). The poll interval
+/// remains the retry interval for waits that are answered at once (`long_poll` zero).
 pub(crate) struct Actor {
     coordinator: Coordinator,
     run_id: RunId,
@@ -121,6 +159,22 @@ pub(crate) struct Actor {
     /// `SecureAggregation` requests waiting for their step to close.
     secure_replies: HashMap<ParticipantId, oneshot::Sender<CoordinatorMessage>>,
     secure_step_timeout_ms: u64,
+    /// How long a `RequestWork` may stay parked (zero: answer `Wait` at once).
+    long_poll: Duration,
+    /// Parked `RequestWork`s, one per participant (a newer one replaces an older one).
+    parked: HashMap<ParticipantId, Parked>,
+    /// The message limits of `StartRound`.
+    limits: MessageLimits,
+    /// The global state handed out last and its encoding, shared by every `StartRound` of the
+    /// round (the state machine's `Arc` identifies the state).
+    encoded: Option<(Arc<GlobalState>, EncodedState)>,
+}
+
+/// How the actor answers `RequestWork` (from `[network]`).
+pub(crate) struct Polling {
+    pub poll_interval_ms: u64,
+    pub long_poll: Duration,
+    pub limits: MessageLimits,
 }
 
 impl Actor {
@@ -131,7 +185,7 @@ impl Actor {
         checkpoint_path: PathBuf,
         round_log: Option<RoundLog>,
         traffic: Arc<Traffic>,
-        poll_interval_ms: u64,
+        polling: Polling,
         finish_grace: Duration,
         secure_step_timeout_ms: u64,
     ) -> Self {
@@ -152,7 +206,7 @@ impl Actor {
             checkpoint_path,
             round_log,
             traffic,
-            poll_interval_ms,
+            poll_interval_ms: polling.poll_interval_ms,
             finish_grace,
             finished_at,
             observer: None,
@@ -160,6 +214,10 @@ impl Actor {
             relay: None,
             secure_replies: HashMap::new(),
             secure_step_timeout_ms,
+            long_poll: polling.long_poll,
+            parked: HashMap::new(),
+            limits: polling.limits,
+            encoded: None,
         }
     }
 
@@ -219,6 +277,7 @@ impl Actor {
                 .and_then(SecureRelay::next_deadline)
                 .map(|at| self.origin + Duration::from_millis(at));
             let grace_end = self.finished_at.map(|at| at + self.finish_grace);
+            let poll_end = self.parked.values().map(|p| p.expires).min();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
@@ -243,6 +302,7 @@ impl Actor {
                     let outputs = self.relay.as_mut().map(|r| r.tick(now)).unwrap_or_default();
                     self.deliver(outputs).await?;
                 }
+                () = sleep_until_opt(poll_end) => self.end_long_polls(),
                 () = sleep_until_opt(grace_end) => {
                     info!(
                         still_connected = self.connections.len(),
@@ -286,6 +346,7 @@ impl Actor {
                     *count -= 1;
                     if *count == 0 {
                         self.connections.remove(&participant);
+                        self.parked.remove(&participant);
                         if self.active.remove(&participant) {
                             info!(participant = %name, active = self.active.len(), "participant left");
                             let now = self.now();
@@ -309,7 +370,19 @@ impl Actor {
                     .coordinator
                     .handle(self.now(), Event::WorkRequested { participant });
                 let answer = self.execute(actions, Some(participant)).await?;
-                let _ = reply.send(answer.unwrap_or_else(|| no_answer("RequestWork")));
+                match answer {
+                    Some(WorkReply::Message(CoordinatorMessage::Wait { reason, .. }))
+                        if !self.long_poll.is_zero() =>
+                    {
+                        self.park(participant, reason, reply)
+                    }
+                    Some(answer) => {
+                        let _ = reply.send(answer);
+                    }
+                    None => {
+                        let _ = reply.send(WorkReply::Message(no_answer("RequestWork")));
+                    }
+                }
             }
             Command::Update {
                 participant,
@@ -333,7 +406,11 @@ impl Actor {
                     },
                 );
                 let answer = self.execute(actions, Some(participant)).await?;
-                let _ = reply.send(answer.unwrap_or_else(|| no_answer("Update")));
+                let _ = reply.send(
+                    answer
+                        .map(|a| a.into_message("Update"))
+                        .unwrap_or_else(|| no_answer("Update")),
+                );
             }
             Command::Status { participant, reply } => {
                 let _ = reply.send(CoordinatorMessage::Status(self.status(&participant)));
@@ -474,11 +551,12 @@ impl Actor {
     }
 
     /// Carries out `actions` in order; returns the answer for `requester`, if one was produced.
+    /// A round sent to a participant whose `RequestWork` is parked answers that request.
     async fn execute(
         &mut self,
         actions: Vec<Action>,
         requester: Option<ParticipantId>,
-    ) -> Result<Option<CoordinatorMessage>, ServerError> {
+    ) -> Result<Option<WorkReply>, ServerError> {
         let mut answer = None;
         for action in actions {
             match action {
@@ -488,57 +566,15 @@ impl Actor {
                     state,
                     config,
                 } => {
-                    let name = self.name(&participant);
                     if Some(participant) == requester && answer.is_none() {
-                        let deadline_ms = self
-                            .coordinator
-                            .next_deadline()
-                            .map(|at| at.saturating_sub(self.now()))
-                            .unwrap_or(0);
-                        let secure_aggregation = if self
-                            .coordinator
-                            .config()
-                            .privacy
-                            .secure_aggregation
-                        {
-                            match self.ensure_session(round) {
-                                Ok(relay) => match relay.hand_out(participant) {
-                                    Some(setup) => Some(Box::new(setup)),
-                                    None => {
-                                        debug!(participant = %name, round, stage = relay.stage(), "cannot join the session now");
-                                        answer = Some(CoordinatorMessage::Wait {
-                                            retry_after_ms: self.poll_interval_ms,
-                                            reason: WireWait::Other(format!(
-                                                "round {round}'s secure aggregation is under way without this participant"
-                                            )),
-                                        });
-                                        continue;
-                                    }
-                                },
-                                Err(error) => {
-                                    error!(round, %error, "cannot open the secure-aggregation session");
-                                    answer = Some(CoordinatorMessage::Error {
-                                        reason: format!(
-                                            "cannot open round {round}'s secure-aggregation session: {error}"
-                                        ),
-                                    });
-                                    continue;
-                                }
-                            }
-                        } else {
-                            None
-                        };
-                        info!(participant = %name, round, deadline_ms, secure = secure_aggregation.is_some(), "sending round");
-                        answer = Some(CoordinatorMessage::StartRound {
-                            run_id: self.run_id,
-                            round,
-                            state: (*state).clone(),
-                            config,
-                            deadline_ms,
-                            secure_aggregation,
-                        });
+                        answer = Some(self.start_round(participant, round, &state, &config));
+                    } else if let Some(parked) = self.parked.remove(&participant) {
+                        let reply = self.start_round(participant, round, &state, &config);
+                        if parked.reply.send(reply).is_err() {
+                            debug!(participant = %self.name(&participant), round, "parked request gone; the round goes out on its next request");
+                        }
                     } else {
-                        debug!(participant = %name, round, "sampled; gets the round on its next request");
+                        debug!(participant = %self.name(&participant), round, "sampled; gets the round on its next request");
                     }
                 }
                 Action::SendWait {
@@ -547,7 +583,7 @@ impl Actor {
                     reason,
                 } => {
                     if Some(participant) == requester && answer.is_none() {
-                        answer = Some(self.wait_message(round, reason));
+                        answer = Some(WorkReply::Message(self.wait_message(round, reason)));
                     }
                 }
                 Action::Accept { participant, round } => {
@@ -560,7 +596,9 @@ impl Actor {
                     self.last_accepted.insert(participant, round);
                     info!(participant = %name, round, "accepted update");
                     if Some(participant) == requester && answer.is_none() {
-                        answer = Some(CoordinatorMessage::UpdateAccepted { round });
+                        answer = Some(WorkReply::Message(CoordinatorMessage::UpdateAccepted {
+                            round,
+                        }));
                     }
                 }
                 Action::Reject {
@@ -571,10 +609,10 @@ impl Actor {
                     let name = self.name(&participant);
                     warn!(participant = %name, round, reason = %reason, "rejected update");
                     if Some(participant) == requester && answer.is_none() {
-                        answer = Some(CoordinatorMessage::UpdateRejected {
+                        answer = Some(WorkReply::Message(CoordinatorMessage::UpdateRejected {
                             round,
                             reason: wire_reject(&reason),
-                        });
+                        }));
                     }
                 }
                 Action::SetDeadline { round, at_ms } => {
@@ -656,6 +694,11 @@ impl Actor {
                 }
                 Action::Finished { rounds } => {
                     info!(rounds, "all rounds done");
+                    for (_, parked) in self.parked.drain() {
+                        let _ = parked
+                            .reply
+                            .send(WorkReply::Message(CoordinatorMessage::Finished { rounds }));
+                    }
                     self.end_session("the run is over");
                     self.deadline = None;
                     self.finished_at = Some(Instant::now());
@@ -667,6 +710,127 @@ impl Actor {
             error!(%error, "replay guard out of step with the state machine");
         }
         Ok(answer)
+    }
+
+    /// The `StartRound` for `participant` (under secure aggregation with its session setup,
+    /// or a `Wait` when the session is under way without it), its state encoded once a round.
+    fn start_round(
+        &mut self,
+        participant: ParticipantId,
+        round: u64,
+        state: &Arc<GlobalState>,
+        config: &mpcl_protocol::TrainingConfig,
+    ) -> WorkReply {
+        let name = self.name(&participant);
+        let deadline_ms = self
+            .coordinator
+            .next_deadline()
+            .map(|at| at.saturating_sub(self.now()))
+            .unwrap_or(0);
+        let secure_aggregation = if self.coordinator.config().privacy.secure_aggregation {
+            match self.ensure_session(round) {
+                Ok(relay) => match relay.hand_out(participant) {
+                    Some(setup) => Some(Box::new(setup)),
+                    None => {
+                        debug!(participant = %name, round, stage = relay.stage(), "cannot join the session now");
+                        return WorkReply::Message(CoordinatorMessage::Wait {
+                            retry_after_ms: self.poll_interval_ms,
+                            reason: WireWait::Other(format!(
+                                "round {round}'s secure aggregation is under way without this participant"
+                            )),
+                        });
+                    }
+                },
+                Err(error) => {
+                    error!(round, %error, "cannot open the secure-aggregation session");
+                    return WorkReply::Message(CoordinatorMessage::Error {
+                        reason: format!(
+                            "cannot open round {round}'s secure-aggregation session: {error}"
+                        ),
+                    });
+                }
+            }
+        } else {
+            None
+        };
+        let encoded = match &self.encoded {
+            Some((shared, encoded)) if Arc::ptr_eq(shared, state) => encoded.clone(),
+            _ => match EncodedState::encode(state) {
+                Ok(encoded) => {
+                    self.encoded = Some((Arc::clone(state), encoded.clone()));
+                    encoded
+                }
+                Err(error) => {
+                    error!(round, %error, "cannot encode the global state");
+                    return WorkReply::Message(CoordinatorMessage::Error {
+                        reason: format!("cannot encode round {round}'s global state: {error}"),
+                    });
+                }
+            },
+        };
+        match encode_start_round(
+            &self.run_id,
+            round,
+            &encoded,
+            config,
+            deadline_ms,
+            &secure_aggregation,
+            &self.limits,
+        ) {
+            Ok(payload) => {
+                info!(participant = %name, round, deadline_ms, secure = secure_aggregation.is_some(), "sending round");
+                WorkReply::StartRound(payload)
+            }
+            Err(error) => {
+                error!(participant = %name, round, %error, "cannot encode StartRound");
+                WorkReply::Message(CoordinatorMessage::Error {
+                    reason: format!("cannot encode round {round}'s StartRound: {error}"),
+                })
+            }
+        }
+    }
+
+    /// Parks `participant`'s `RequestWork` (see [`Actor`]); an older parked one is answered.
+    fn park(
+        &mut self,
+        participant: ParticipantId,
+        reason: WireWait,
+        reply: oneshot::Sender<WorkReply>,
+    ) {
+        let parked = Parked {
+            reply,
+            reason,
+            expires: Instant::now() + self.long_poll,
+        };
+        if let Some(older) = self.parked.insert(participant, parked) {
+            let _ = older
+                .reply
+                .send(WorkReply::Message(CoordinatorMessage::Wait {
+                    retry_after_ms: 0,
+                    reason: older.reason,
+                }));
+        }
+    }
+
+    /// Answers the parked requests whose long poll is over: ask again at once.
+    fn end_long_polls(&mut self) {
+        let now = Instant::now();
+        let over: Vec<ParticipantId> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| p.expires <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for participant in over {
+            if let Some(parked) = self.parked.remove(&participant) {
+                let _ = parked
+                    .reply
+                    .send(WorkReply::Message(CoordinatorMessage::Wait {
+                        retry_after_ms: 0,
+                        reason: parked.reason,
+                    }));
+            }
+        }
     }
 
     async fn persist(

@@ -37,6 +37,7 @@ use std::time::Duration;
 use mpcl_protocol::codec::{self, CodecError, MessageLimits, PROTOCOL_VERSION};
 use mpcl_protocol::framing::{self, FRAME_HEADER_BYTES};
 use mpcl_protocol::messages::{ClientMessage, CoordinatorMessage, GlobalState, RunId, Welcome};
+use mpcl_protocol::start_round::SplicedPayload;
 use mpcl_protocol::tls::{TlsError, peer_public_key_from_identity};
 use mpcl_protocol::{DeltaLayout, Enrolment, NodeIdentity, UpdateVerifier};
 use quinn::crypto::rustls::QuicServerConfig;
@@ -51,7 +52,7 @@ use crate::checkpoint::{CheckpointError, read_latest_checkpoint, write_checkpoin
 use crate::round::{Coordinator, CoordinatorError, ParticipantId, RoundSummary};
 use crate::round_log::{RoundLog, RoundLogError, RoundTraffic};
 
-use actor::{Actor, Command, Traffic};
+use actor::{Actor, Command, Polling, Traffic, WorkReply};
 pub use run_file::{NetworkSettings, RunFile, RunFileError};
 
 pub use live::{LiveParticipant, LivePhase, LiveStatus};
@@ -305,7 +306,11 @@ impl Server {
             checkpoint,
             Some(round_log),
             traffic,
-            network.poll_interval_ms,
+            Polling {
+                poll_interval_ms: network.poll_interval_ms,
+                long_poll: network.long_poll(),
+                limits,
+            },
             network.finish_grace(),
             network.secure_step_timeout_ms(),
         );
@@ -676,7 +681,26 @@ async fn serve_request(
             CoordinatorMessage::Goodbye
         }
         ClientMessage::RequestWork { .. } => {
-            ask(&shared, |reply| Command::RequestWork { participant, reply }).await
+            let (reply, answer) = oneshot::channel();
+            let answer = match shared
+                .commands
+                .send(Command::RequestWork { participant, reply })
+                .await
+            {
+                Ok(()) => answer.await.ok(),
+                Err(_) => None,
+            };
+            match answer {
+                Some(WorkReply::StartRound(payload)) => {
+                    debug!(request = kind, reply = "StartRound", "answered");
+                    if let Err(error) = send_spliced_reply(&mut send, &payload, &shared).await {
+                        warn!(%error, request = kind, "cannot send the reply");
+                    }
+                    return;
+                }
+                Some(WorkReply::Message(message)) => message,
+                None => shutting_down(),
+            }
         }
         ClientMessage::StatusRequest => {
             ask(&shared, |reply| Command::Status { participant, reply }).await
@@ -729,13 +753,15 @@ async fn ask(
 ) -> CoordinatorMessage {
     let (reply, answer) = oneshot::channel();
     if shared.commands.send(command(reply)).await.is_err() {
-        return CoordinatorMessage::Error {
-            reason: "the coordinator is shutting down".into(),
-        };
+        return shutting_down();
     }
-    answer.await.unwrap_or_else(|_| CoordinatorMessage::Error {
+    answer.await.unwrap_or_else(|_| shutting_down())
+}
+
+fn shutting_down() -> CoordinatorMessage {
+    CoordinatorMessage::Error {
         reason: "the coordinator is shutting down".into(),
-    })
+    }
 }
 
 /// Reads one request frame. Frames above [`MessageLimits::CONTROL`] wait for an upload permit
@@ -799,6 +825,23 @@ async fn read_request<'a>(
     }
     let message = codec::decode_message(&payload, limits)?;
     Ok((message, FRAME_HEADER_BYTES + payload.len(), permit))
+}
+
+/// Writes a `StartRound` assembled around the round's shared state and finishes the stream.
+async fn send_spliced_reply(
+    send: &mut quinn::SendStream,
+    payload: &SplicedPayload,
+    shared: &Shared,
+) -> Result<(), CodecError> {
+    framing::write_spliced_frame(send, payload, &shared.limits).await?;
+    shared.traffic.bytes_out.fetch_add(
+        (FRAME_HEADER_BYTES + payload.len()) as u64,
+        Ordering::Relaxed,
+    );
+    send.finish().map_err(|e| CodecError::Io {
+        action: "finishing a reply",
+        source: std::io::Error::other(e),
+    })
 }
 
 /// Writes `message` as one frame and finishes the stream.

@@ -86,8 +86,14 @@ pub struct NetworkSettings {
     /// payload in memory.
     pub max_concurrent_uploads: usize,
     /// How long a client asked to wait is told to wait before asking again, in milliseconds
-    /// (default 1000).
+    /// (default 1000). With long polling on (`long_poll_secs` above zero) only the fallback for
+    /// waits answered at once.
     pub poll_interval_ms: u64,
+    /// Seconds a `RequestWork` with nothing to do yet is held open (default 20; 0 answers
+    /// `Wait` at once): it is answered the moment a round opens for the client, so a client
+    /// whose update is in gets the next round without polling. Keep it below the clients'
+    /// request timeout (10 minutes by default).
+    pub long_poll_secs: f64,
     /// Seconds one request may take to arrive completely (default 300); a stalled upload is
     /// dropped after this.
     pub request_timeout_secs: f64,
@@ -112,6 +118,7 @@ impl Default for NetworkSettings {
             idle_timeout_secs: 60.0,
             max_concurrent_uploads: 4,
             poll_interval_ms: 1000,
+            long_poll_secs: 20.0,
             request_timeout_secs: 300.0,
             stream_receive_window: 4 << 20,
             finish_grace_secs: 10.0,
@@ -148,6 +155,12 @@ impl NetworkSettings {
                 self.idle_timeout_secs
             ));
         }
+        if !(self.long_poll_secs.is_finite() && (0.0..=3600.0).contains(&self.long_poll_secs)) {
+            return Err(format!(
+                "`long_poll_secs` is {}, must be between 0 and 3600",
+                self.long_poll_secs
+            ));
+        }
         if self.max_concurrent_uploads == 0 {
             return Err("`max_concurrent_uploads` must be at least 1".into());
         }
@@ -171,6 +184,11 @@ impl NetworkSettings {
     /// [`Self::idle_timeout_secs`] as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.idle_timeout_secs)
+    }
+
+    /// [`Self::long_poll_secs`] as a duration (zero: no long polling).
+    pub fn long_poll(&self) -> Duration {
+        Duration::from_secs_f64(self.long_poll_secs)
     }
 
     /// [`Self::request_timeout_secs`] as a duration.

@@ -1,0 +1,383 @@
+//! Round overhead against Flower 1.41 on Flower's own workload.
+//!
+//! The reference harness (`../shared/reference/flower_bench`) measured Flower's simulation mode
+//! (Ray) on a trivial federated workload: N clients, every client in every round, 5 rounds,
+//! FedAvg, and a "training" that perturbs a P-float vector. Here the same workload runs behind
+//! mpcl's real client ([`Node`], with a [`Perturbation`] trainer instead of the burn model, so
+//! that N trainings sharing the cores do not count as overhead) against the real QUIC
+//! coordinator ([`Server`]) on loopback, with the tiny model's global state (8,088 encoder
+//! parameters, near Flower's P = 1e4).
+//!
+//! Overhead per round = the coordinator's round wall time (round started to aggregated, from its
+//! round log) minus the slowest client's "training". The coordinator runs on its own tokio
+//! runtime (threads named [`COORDINATOR_THREAD`]), so its CPU time is the sum over those
+//! threads (`/proc/self/task/*/schedstat`, nanoseconds), divided by the client-rounds served.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mpcl_client::{
+    LocalTrainer, Node, NodeConfig, NodeEvent, ParticipantError, SessionConfig, TrainedUpdate,
+    UpdateOutcome,
+};
+use mpcl_coordinator::server::{NetworkSettings, Server, ServerSetup};
+use mpcl_coordinator::{Coordinator, CoordinatorConfig, RoundRecord};
+use mpcl_model::{Device, ModelConfig, MpclModel};
+use mpcl_protocol::identity::Participant as Enrolled;
+use mpcl_protocol::messages::{ClientUpdate, GlobalState, LocalMetrics, RunId, TrainingConfig};
+use mpcl_protocol::{
+    CooccurrenceStatistics, Enrolment, NamedTensor, NodeIdentity, ParameterSet,
+    PrototypeStatistics, SigningKey,
+};
+use mpcl_simulations::synthetic::{SyntheticConfig, generate};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::unbounded_channel;
+use tokio_util::sync::CancellationToken;
+
+use crate::BenchError;
+use crate::stats::{median, threads_cpu_seconds};
+
+/// Flower 1.41's overhead per round (simulation mode, Ray) on this kind of 2-core machine, from
+/// the reference harness's side-by-side run (`results/side_by_side.md`), by client count.
+pub const FLOWER_OVERHEAD_SECONDS: [(usize, f64); 4] =
+    [(10, 0.102), (50, 0.208), (100, 0.436), (200, 0.935)];
+
+/// Name of the coordinator runtime's threads (its CPU time is theirs).
+pub const COORDINATOR_THREAD: &str = "mpcl-coord";
+
+/// Rounds per run, as in the reference harness.
+pub const ROUNDS: u64 = 5;
+
+/// One client count.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowerRow {
+    pub clients: usize,
+    pub rounds: u64,
+    /// Encoder parameters of the global state.
+    pub parameters: usize,
+    /// The coordinator's `poll_interval_ms` (only the fallback: requests are long-polled).
+    pub poll_interval_ms: u64,
+    /// Median over rounds of the coordinator's round wall time.
+    pub round_seconds: f64,
+    /// Median over rounds of the slowest client's perturbation time.
+    pub slowest_training_seconds: f64,
+    /// Median over rounds of (round wall - slowest training).
+    pub overhead_seconds: f64,
+    /// Flower's overhead for this client count, when the reference measured it.
+    pub flower_overhead_seconds: Option<f64>,
+    /// Coordinator CPU time (all its threads, the whole run including connection set-up)
+    /// divided by clients x rounds, seconds.
+    pub coordinator_cpu_per_client_round: Option<f64>,
+    /// Per-round overheads, seconds.
+    pub overheads: Vec<f64>,
+}
+
+impl FlowerRow {
+    /// mpcl's overhead over Flower's (below 1: mpcl is faster).
+    pub fn ratio(&self) -> Option<f64> {
+        self.flower_overhead_seconds
+            .map(|flower| self.overhead_seconds / flower)
+    }
+}
+
+/// Flower's workload as a trainer: `delta[i] = (((i + 7c + 13r) & 1023) - 512) * 2^-20` over
+/// the flat encoder parameters of client `c` in round `r` (the reference's `workload.py`), no
+/// prototype mass, 100 samples.
+pub struct Perturbation {
+    client: u32,
+}
+
+impl Perturbation {
+    pub fn new(client: u32) -> Self {
+        Self { client }
+    }
+}
+
+impl LocalTrainer for Perturbation {
+    fn train_round(
+        &mut self,
+        run_id: RunId,
+        round: u64,
+        state: &GlobalState,
+        _config: &TrainingConfig,
+    ) -> Result<TrainedUpdate, ParticipantError> {
+        let started = Instant::now();
+        let offset = self
+            .client
+            .wrapping_mul(7)
+            .wrapping_add((round as u32).wrapping_mul(13));
+        let mut index = 0u32;
+        let tensors = state
+            .parameters
+            .tensors
+            .iter()
+            .map(|tensor| NamedTensor {
+                name: tensor.name.clone(),
+                shape: tensor.shape.clone(),
+                values: tensor
+                    .values
+                    .0
+                    .iter()
+                    .map(|_| {
+                        let k = index.wrapping_add(offset) & 1023;
+                        index = index.wrapping_add(1);
+                        (k as f32 - 512.0) * (1.0 / 1_048_576.0)
+                    })
+                    .collect::<Vec<f32>>()
+                    .into(),
+            })
+            .collect();
+        let update = ClientUpdate {
+            run_id,
+            round,
+            delta: ParameterSet { tensors },
+            prototypes: state
+                .prototypes
+                .iter()
+                .map(|b| PrototypeStatistics::zeros(&b.group, b.emotions, b.prototypes, b.width))
+                .collect(),
+            cooccurrence: CooccurrenceStatistics::zeros(state.cooccurrence.emotions),
+            sample_count: 100,
+            metrics: LocalMetrics {
+                seconds: started.elapsed().as_secs_f64(),
+                ..LocalMetrics::default()
+            },
+        };
+        Ok(TrainedUpdate {
+            update,
+            compressed: None,
+        })
+    }
+}
+
+fn identity(id: &str, seed: u8) -> Result<NodeIdentity, BenchError> {
+    NodeIdentity::from_signing_key(Some(id), SigningKey::from_bytes(&[seed; 32]))
+        .map_err(|e| BenchError::setup("identity", e))
+}
+
+fn measure_error(message: String) -> BenchError {
+    BenchError::Measure {
+        what: "round overhead vs Flower".into(),
+        message,
+    }
+}
+
+/// Runs `clients` nodes with the [`Perturbation`] trainer for [`ROUNDS`] rounds against a
+/// coordinator on its own runtime, and measures every round.
+pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
+    if clients == 0 || clients > 240 {
+        return Err(BenchError::setup(
+            "round overhead vs Flower",
+            "1 to 240 clients (one key seed byte each)",
+        ));
+    }
+    let poll_interval_ms = NetworkSettings::default().poll_interval_ms;
+    let data = generate(&SyntheticConfig {
+        seed: 3,
+        subjects: 1,
+        trials_per_subject: 2,
+        windows_per_trial: 1,
+        face_width: 8,
+        ..SyntheticConfig::default()
+    });
+    let coordinator_identity = identity("coordinator", 250)?;
+    let participants: Vec<Arc<NodeIdentity>> = (0..clients)
+        .map(|i| identity(&format!("p{i}"), (i % 240) as u8 + 1).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    let enrolment = Enrolment::from_participants(
+        participants
+            .iter()
+            .map(|p| Enrolled {
+                id: p.id().to_string(),
+                public_key: p.public_key(),
+            })
+            .collect(),
+    )
+    .map_err(|e| BenchError::setup("enrolment", e))?;
+    let config = CoordinatorConfig {
+        name: "bench-flower".into(),
+        seed: 5,
+        rounds: ROUNDS,
+        clients_per_round: Some(clients),
+        min_clients_to_aggregate: clients,
+        min_available_clients: Some(clients),
+        round_deadline_secs: 600,
+        ..CoordinatorConfig::default()
+    };
+    let model = ModelConfig::tiny();
+    let initial = MpclModel::new(&data.schema, &model, &Device::flex(), 5)
+        .map_err(|e| BenchError::setup("model", e))?
+        .global_state();
+    let parameters = initial.parameters.value_count();
+    let coordinator = Coordinator::new(config, [9; 16], initial)
+        .map_err(|e| BenchError::setup("coordinator", e))?;
+    let out = tempfile::tempdir().map_err(|e| BenchError::setup("temporary folder", e))?;
+
+    // The coordinator on its own runtime, so that its threads' CPU time is its own.
+    let coordinator_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(COORDINATOR_THREAD)
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::setup("tokio runtime", e))?;
+    let listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+    let server = coordinator_runtime.block_on(async {
+        Server::bind(ServerSetup {
+            coordinator,
+            identity: NodeIdentity::from_signing_key(
+                Some(coordinator_identity.id()),
+                coordinator_identity.signing_key().clone(),
+            )
+            .map_err(|e| BenchError::setup("identity", e))?,
+            enrolment,
+            model_config_json: serde_json::to_string(&model).expect("serialisable"),
+            schema_json: serde_json::to_string(&data.schema).expect("serialisable"),
+            network: NetworkSettings {
+                finish_grace_secs: 1.0,
+                ..NetworkSettings::default()
+            },
+            listen,
+            out_dir: out.path().to_path_buf(),
+        })
+        .map_err(|e| BenchError::setup("server", e))
+    })?;
+    let addr = server.local_addr();
+    let shutdown = CancellationToken::new();
+    let cpu_before = threads_cpu_seconds(COORDINATOR_THREAD);
+    let server_task = coordinator_runtime.spawn(server.run(shutdown.clone()));
+
+    let client_runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::setup("tokio runtime", e))?;
+    let slowest = client_runtime.block_on(async {
+        let mut nodes = Vec::new();
+        for (index, participant) in participants.iter().enumerate() {
+            let session = SessionConfig::new(
+                addr,
+                coordinator_identity.public_key(),
+                Arc::clone(participant),
+            );
+            let (sender, events) = unbounded_channel();
+            let node = Node::new(NodeConfig::new(session), data.clone(), Device::flex())
+                .map_err(|e| BenchError::setup("node", e))?
+                .with_trainer(Box::new(Perturbation::new(index as u32)))
+                .with_events(sender);
+            nodes.push((tokio::spawn(node.run(shutdown.clone())), events));
+        }
+        let limit = Duration::from_secs(120 + 30 * ROUNDS);
+        let mut slowest: BTreeMap<u64, f64> = BTreeMap::new();
+        for (task, mut events) in nodes {
+            let outcome = tokio::time::timeout(limit, task).await;
+            if !matches!(outcome, Ok(Ok(Ok(_)))) {
+                shutdown.cancel();
+                return Err(measure_error(format!("a node did not finish: {outcome:?}")));
+            }
+            while let Ok(event) = events.try_recv() {
+                if let NodeEvent::UpdateSent {
+                    round,
+                    update,
+                    outcome: UpdateOutcome::Accepted,
+                } = event
+                {
+                    let entry = slowest.entry(round).or_insert(0.0);
+                    *entry = entry.max(update.metrics.seconds);
+                }
+            }
+        }
+        Ok(slowest)
+    })?;
+    let served = coordinator_runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), server_task).await });
+    if !matches!(served, Ok(Ok(Ok(_)))) {
+        shutdown.cancel();
+        return Err(measure_error(format!(
+            "the server did not finish: {served:?}"
+        )));
+    }
+    let cpu = match (cpu_before, threads_cpu_seconds(COORDINATOR_THREAD)) {
+        (Some(before), Some(after)) => Some((after - before) / (clients as f64 * ROUNDS as f64)),
+        _ => None,
+    };
+    drop(client_runtime);
+    drop(coordinator_runtime);
+
+    let log = std::fs::read_to_string(out.path().join("rounds.jsonl"))
+        .map_err(|e| BenchError::setup("round log", e))?;
+    let (mut walls, mut trainings, mut overheads) = (Vec::new(), Vec::new(), Vec::new());
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let record: RoundRecord =
+            serde_json::from_str(line).map_err(|e| BenchError::setup("round log", e))?;
+        let (Some(wall), Some(&train)) = (record.wall_seconds, slowest.get(&record.round)) else {
+            continue;
+        };
+        walls.push(wall);
+        trainings.push(train);
+        overheads.push(wall - train);
+    }
+    if overheads.is_empty() {
+        return Err(measure_error("no round was logged".into()));
+    }
+    Ok(FlowerRow {
+        clients,
+        rounds: ROUNDS,
+        parameters,
+        poll_interval_ms,
+        round_seconds: median(&walls),
+        slowest_training_seconds: median(&trainings),
+        overhead_seconds: median(&overheads),
+        flower_overhead_seconds: FLOWER_OVERHEAD_SECONDS
+            .iter()
+            .find(|(n, _)| *n == clients)
+            .map(|(_, s)| *s),
+        coordinator_cpu_per_client_round: cpu,
+        overheads,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_perturbation_is_flowers_workload() {
+        let state = GlobalState {
+            parameters: ParameterSet {
+                tensors: vec![
+                    NamedTensor {
+                        name: "a".into(),
+                        shape: vec![3],
+                        values: vec![0.0; 3].into(),
+                    },
+                    NamedTensor {
+                        name: "b".into(),
+                        shape: vec![1000],
+                        values: vec![0.0; 1000].into(),
+                    },
+                ],
+            },
+            prototypes: Vec::new(),
+            cooccurrence: CooccurrenceStatistics::zeros(2),
+        };
+        let config = TrainingConfig {
+            local_epochs: 1,
+            batch_size: 1,
+            learning_rate: 0.0,
+            proximal_mu: 0.0,
+            seed: 0,
+            share_memories: true,
+            compression: Default::default(),
+        };
+        let update = Perturbation::new(2)
+            .train_round([0; 16], 3, &state, &config)
+            .unwrap()
+            .update;
+        let flat = update.delta.to_flat();
+        // off = 7 * 2 + 13 * 3 = 53; index 0 -> k = 53; index 1002 (the last) -> 1055 & 1023 = 31.
+        assert_eq!(flat[0], (53.0 - 512.0) / 1_048_576.0);
+        assert_eq!(flat[1002], (31.0 - 512.0) / 1_048_576.0);
+        assert_eq!(update.sample_count, 100);
+    }
+}

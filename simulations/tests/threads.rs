@@ -1,0 +1,116 @@
+//! The in-process federation trains a round's participants in parallel; the run must be
+//! bit-identical to training them one after another.
+
+use anyhow::Result;
+use mpcl_client::ParticipantSettings;
+use mpcl_model::{DeviceChoice, ModelConfig, MpclModel};
+use mpcl_protocol::Compression;
+use mpcl_protocol::messages::GlobalState;
+use mpcl_simulations::evaluation::EvaluationProtocol;
+use mpcl_simulations::federation::{InProcessFederation, RoundOutcome};
+use mpcl_simulations::simulate::{Arm, SimulationConfig, coordinator_config, run_simulation};
+use mpcl_simulations::synthetic::{SyntheticConfig, generate};
+
+const SUBJECTS: usize = 5;
+
+fn simulation() -> SimulationConfig {
+    SimulationConfig {
+        dataset: "synthetic".into(),
+        synthetic: SyntheticConfig {
+            subjects: SUBJECTS,
+            trials_per_subject: 8,
+            windows_per_trial: 3,
+            ..SyntheticConfig::default()
+        },
+        protocol: EvaluationProtocol::SubjectDependent {
+            test_fraction: 0.25,
+        },
+        model: ModelConfig::tiny(),
+        rounds: 3,
+        local_epochs: 1,
+        batch_size: 8,
+        learning_rate: 1e-2,
+        // A sampled cohort (not everyone) and int8 updates, whose error feedback is state each
+        // participant carries from round to round.
+        clients_per_round: Some(4),
+        compression: Compression::Int8,
+        arms: vec![Arm::Federated],
+        ..SimulationConfig::default()
+    }
+}
+
+fn federate(threads: usize) -> Result<(Vec<RoundOutcome>, GlobalState)> {
+    let config = simulation();
+    let dataset = generate(&config.synthetic);
+    let device = DeviceChoice::Cpu.resolve()?.device;
+    let initial = MpclModel::new(&dataset.schema, &config.model, &device, 0)?.global_state();
+    let mut federation = InProcessFederation::new(
+        &dataset,
+        &config.model,
+        &ParticipantSettings {
+            min_prototype_mass: 1.0,
+        },
+        coordinator_config(&config, SUBJECTS)?,
+        initial,
+        &device,
+    )?;
+    federation.set_threads(threads);
+    let mut outcomes = Vec::new();
+    let last = federation.run(|outcome| {
+        outcomes.push(outcome.clone());
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok((outcomes, last))
+}
+
+#[test]
+fn two_threads_give_the_one_thread_run_bit_for_bit() -> Result<()> {
+    let (serial, serial_last) = federate(1)?;
+    let (parallel, parallel_last) = federate(2)?;
+    assert_eq!(serial.len(), 3);
+    assert_eq!(parallel.len(), serial.len());
+    for (a, b) in serial.iter().zip(&parallel) {
+        assert_eq!(a.participants, 4, "round {}: a cohort of 4", a.round);
+        assert_eq!(a.round, b.round);
+        // Same updates, in the same order (but for the training's wall time), and the same
+        // global state after the round.
+        let untimed = |o: &RoundOutcome| {
+            let mut updates = o.updates.clone();
+            for update in &mut updates {
+                update.metrics.seconds = 0.0;
+            }
+            updates
+        };
+        assert_eq!(untimed(a), untimed(b), "round {}: updates differ", a.round);
+        assert_eq!(a.state, b.state, "round {}: global state differs", a.round);
+        assert_eq!((a.bytes_down, a.bytes_up), (b.bytes_down, b.bytes_up));
+    }
+    assert_eq!(serial_last, parallel_last);
+    // The rounds did move the model (so the comparison is not between two untouched states).
+    assert_ne!(serial[0].state, serial[2].state);
+    Ok(())
+}
+
+#[test]
+fn the_simulation_reports_the_same_metrics_on_one_thread_and_on_two() -> Result<()> {
+    let run = |threads| {
+        run_simulation(
+            &SimulationConfig {
+                threads: Some(threads),
+                ..simulation()
+            },
+            None,
+            false,
+        )
+    };
+    let (serial, parallel) = (run(1)?, run(2)?);
+    assert_eq!(serial.rounds.len(), 3);
+    let metrics = |r: &mpcl_simulations::simulate::SimulationResult| {
+        r.rounds
+            .iter()
+            .map(|r| r.metrics.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(metrics(&serial), metrics(&parallel));
+    Ok(())
+}
