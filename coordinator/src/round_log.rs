@@ -231,10 +231,9 @@ pub fn align_with_history(
         }
     }
     for summary in history {
-        if !kept.contains_key(&summary.round) {
+        if let std::collections::btree_map::Entry::Vacant(entry) = kept.entry(summary.round) {
             let record = RoundRecord::new(summary, &RoundTraffic::default());
-            let line = serde_json::to_string(&record).map_err(RoundLogError::Encode)?;
-            kept.insert(summary.round, line);
+            entry.insert(serde_json::to_string(&record).map_err(RoundLogError::Encode)?);
             repair.added += 1;
         }
     }
