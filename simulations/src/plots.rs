@@ -155,14 +155,17 @@ pub fn metric_vs_round(
     context: &str,
 ) -> PlotResult {
     let zoomed = zoomed_arms(rounds, metric);
-    let width = if zoomed.is_empty() { 800 } else { 1400 };
-    let root = SVGBackend::new(path, (width, 520)).into_drawing_area();
+    let plots_width = if zoomed.is_empty() { 800 } else { 1400 };
+    let root = SVGBackend::new(path, (plots_width + LEGEND_WIDTH, 520)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(
         &format!("{} vs round: {context}", metric.name()),
         ("sans-serif", 22),
     )?;
     let all = series(rounds, metric);
+    // The legend has a column of its own, so that it never hides a curve.
+    let (root, legend) = root.split_horizontally(plots_width);
+    draw_legend(&legend, all.iter().map(|(arm, _)| *arm))?;
     if zoomed.is_empty() {
         draw_panel(&root, &all, metric, "all arms")?;
     } else {
@@ -224,20 +227,34 @@ fn draw_panel(
         .draw()?;
     for (arm, points) in arms {
         let color = color_of(*arm);
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(arm.label())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?;
         chart.draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    Ok(())
+}
+
+/// Width in pixels of the legend column beside the panels.
+const LEGEND_WIDTH: u32 = 250;
+
+/// One line per arm: its colour and display name.
+fn draw_legend(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    arms: impl Iterator<Item = Arm>,
+) -> PlotResult {
+    for (index, arm) in arms.enumerate() {
+        let y = 60 + 24 * index as i32;
+        let color = color_of(arm);
+        area.draw(&PathElement::new(
+            vec![(8, y), (36, y)],
+            color.stroke_width(3),
+        ))?;
+        area.draw(&Circle::new((22, y), 3, color.filled()))?;
+        area.draw(&Text::new(
+            arm.label(),
+            (44, y - 7),
+            ("sans-serif", 14).into_font().color(&BLACK),
+        ))?;
+    }
     Ok(())
 }
 
@@ -259,8 +276,12 @@ pub fn median(values: &[f64]) -> f64 {
 /// Writes one column of per-subject KL values per arm (each dot a subject) with each arm's
 /// median marked and written beside it.
 pub fn per_subject_spread(path: &Path, subjects: &[SubjectMetrics], context: &str) -> PlotResult {
-    let root = SVGBackend::new(path, (1000, 540)).into_drawing_area();
+    let root = SVGBackend::new(path, (1200, 560)).into_drawing_area();
     root.fill(&WHITE)?;
+    let root = root.titled(
+        "per-subject KL after the last round (dots: subjects, bar: median)",
+        ("sans-serif", 22),
+    )?;
     let arms: Vec<Arm> = Arm::ALL
         .into_iter()
         .filter(|a| subjects.iter().any(|s| s.arm == *a))
@@ -273,10 +294,7 @@ pub fn per_subject_spread(path: &Path, subjects: &[SubjectMetrics], context: &st
         .max(1e-3)
         * 1.05;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("per-subject KL after the last round (dots: subjects, bar: median): {context}"),
-            ("sans-serif", 20),
-        )
+        .caption(context, ("sans-serif", 16))
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -292,18 +310,18 @@ pub fn per_subject_spread(path: &Path, subjects: &[SubjectMetrics], context: &st
             median(&values)
         })
         .collect();
-    let labels: Vec<String> = arms
-        .iter()
-        .zip(&medians)
-        .map(|(arm, mid)| format!("{} (median {mid:.3})", arm.label()))
-        .collect();
+    let labels: Vec<&str> = arms.iter().map(|a| a.label()).collect();
     chart
         .configure_mesh()
         .x_labels(arms.len())
         .x_label_formatter(&|x| {
             let index = x.round();
             if (x - index).abs() < 1e-6 && index >= 0.0 {
-                labels.get(index as usize).cloned().unwrap_or_default()
+                labels
+                    .get(index as usize)
+                    .copied()
+                    .unwrap_or_default()
+                    .to_string()
             } else {
                 String::new()
             }
@@ -330,6 +348,12 @@ pub fn per_subject_spread(path: &Path, subjects: &[SubjectMetrics], context: &st
         chart.draw_series(std::iter::once(PathElement::new(
             vec![(centre - 0.35, mid), (centre + 0.35, mid)],
             BLACK.stroke_width(3),
+        )))?;
+        // The median written at the top of its column, clear of the dots.
+        chart.draw_series(std::iter::once(Text::new(
+            format!("median {mid:.3}"),
+            (centre - 0.15, high * 0.99),
+            ("sans-serif", 15).into_font().color(&BLACK),
         )))?;
     }
     root.present()?;
