@@ -192,20 +192,32 @@ impl Staging {
         self.committed = true;
         Ok(self.out.clone())
     }
-}
 
-impl Drop for Staging {
-    /// A run that failed leaves `out` as it was. Its staging folder is kept only when it holds
-    /// rounds already logged (worth a look after a crash); otherwise it is removed.
-    fn drop(&mut self) {
-        if self.committed {
-            return;
-        }
+    /// The run failed: `out` stays as it was. Returns the staging folder when it is kept
+    /// because it holds rounds already logged (worth a look after a crash); otherwise it is
+    /// removed and `None` returned. Dropping an uncommitted staging does the same.
+    pub fn abandon(mut self) -> Option<PathBuf> {
+        self.committed = true;
+        self.discard()
+    }
+
+    fn discard(&self) -> Option<PathBuf> {
         let logged = std::fs::metadata(self.staging.join("rounds.jsonl"))
             .map(|m| m.len() > 0)
             .unwrap_or(false);
-        if !logged {
+        if logged {
+            Some(self.staging.clone())
+        } else {
             let _ = std::fs::remove_dir_all(&self.staging);
+            None
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.discard();
         }
     }
 }
@@ -266,7 +278,7 @@ mod tests {
         let failed = Staging::begin(&out, true, train_outputs).unwrap();
         std::fs::write(failed.path().join("config.json"), "new").unwrap();
         let partial = failed.path().to_path_buf();
-        drop(failed);
+        assert_eq!(failed.abandon(), None);
         assert!(!partial.exists());
         assert_eq!(entries_of(&out).unwrap().len(), 3);
         // A run that finishes replaces them all: no fold model of the old run survives.
@@ -282,6 +294,17 @@ mod tests {
             std::fs::read_to_string(out.join("metrics.json")).unwrap(),
             "new"
         );
+    }
+
+    #[test]
+    fn a_failed_run_with_logged_rounds_keeps_its_partial_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let staging = Staging::begin(&out, false, simulation_outputs).unwrap();
+        std::fs::write(staging.path().join("rounds.jsonl"), "{}\n").unwrap();
+        let kept = staging.abandon().unwrap();
+        assert!(kept.join("rounds.jsonl").exists());
+        assert!(!out.exists());
     }
 
     #[test]

@@ -71,6 +71,23 @@ pub fn load_saved_config<T: DeserializeOwned>(
     Ok(config)
 }
 
+/// The error of a run that failed, saying where its partial results are when there are any
+/// (the results folder itself is untouched).
+pub fn failed_run(
+    error: anyhow::Error,
+    staging: mpcl_simulations::output_dir::Staging,
+) -> anyhow::Error {
+    let out = staging.out().to_path_buf();
+    match staging.abandon() {
+        Some(kept) => error.context(format!(
+            "the run failed; {} is unchanged, the rounds logged before the failure are in {}",
+            out.display(),
+            kept.display()
+        )),
+        None => error,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -240,7 +240,10 @@ impl SimulateArgs {
             ExecutionMode::InProcess
         };
         let staging = Staging::begin(&self.out, self.force, simulation_outputs)?;
-        let result = run_simulation_with(&config, &mode, Some(staging.path()), true)?;
+        let result = match run_simulation_with(&config, &mode, Some(staging.path()), true) {
+            Ok(result) => result,
+            Err(error) => return Err(super::rerun::failed_run(error.into(), staging)),
+        };
         let out = staging.commit()?;
         println!(
             "{}: {} subjects, {}, {}, device {}",

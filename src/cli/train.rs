@@ -100,7 +100,10 @@ impl TrainArgs {
     pub fn run(self, matches: &ArgMatches) -> anyhow::Result<()> {
         let config = self.job_config(matches)?;
         let staging = Staging::begin(&self.out, self.force, train_outputs)?;
-        let result = run_train_job(&config, staging.path())?;
+        let result = match run_train_job(&config, staging.path()) {
+            Ok(result) => result,
+            Err(error) => return Err(super::rerun::failed_run(error.into(), staging)),
+        };
         let out = staging.commit()?;
         println!(
             "{} — {}, {} partition(s), device {}, {:.1} s",

@@ -116,10 +116,14 @@ fn simulate_never_mixes_two_runs_and_reruns_its_config() -> anyhow::Result<()> {
         error.contains(&out.display().to_string()) && error.contains("--force"),
         "{error}"
     );
-    for extra in [&[][..], &["--force"][..]] {
-        let mut args = extra.to_vec();
-        args.extend(["--dataset", "study:/no/such/folder"]);
-        let bad = simulate(&out, &args)?;
+    let bad_inputs: [&[&str]; 4] = [
+        &["--dataset", "study:/no/such/folder"],
+        &["--force", "--dataset", "study:/no/such/folder"],
+        &["--force", "--protocol", "subject-independent:50"],
+        &["--force", "--model-config", r#"{"width":0}"#],
+    ];
+    for extra in bad_inputs {
+        let bad = simulate(&out, extra)?;
         assert!(!bad.status.success(), "a bad dataset must fail");
         assert_eq!(
             snapshot(&out)?,
