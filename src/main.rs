@@ -3,10 +3,11 @@
 
 mod cli;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> anyhow::Result<()> {
-    let cli = cli::Cli::parse();
-    cli::init_tracing(cli.default_log_filter());
-    cli.run()
+    let matches = cli::Cli::command().get_matches();
+    let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    cli::init_tracing(cli.default_log_filter(), cli.log_format());
+    cli.run(&matches)
 }

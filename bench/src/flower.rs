@@ -365,6 +365,7 @@ mod tests {
             local_epochs: 1,
             batch_size: 1,
             learning_rate: 0.0,
+            weight_decay: 0.0,
             proximal_mu: 0.0,
             seed: 0,
             share_memories: true,

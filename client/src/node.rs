@@ -252,9 +252,19 @@ impl Node {
                 if shutdown.is_cancelled() {
                     return Ok(NodeOutcome::Cancelled);
                 }
+                let attempt_started = tokio::time::Instant::now();
+                // While failing, the attempt itself counts against --give-up-after: it stops at
+                // the deadline instead of running its whole connect timeout past it.
+                let give_up_at = failing_since
+                    .zip(self.config.give_up_after)
+                    .map(|(since, limit)| since + limit);
                 let connected = tokio::select! {
                     () = shutdown.cancelled() => return Ok(NodeOutcome::Cancelled),
                     connected = Session::connect(&self.config.session) => connected,
+                    () = sleep_until_or_forever(give_up_at) => Err(SessionError::Timeout {
+                        addr: self.config.session.coordinator,
+                        timeout: attempt_started.elapsed(),
+                    }),
                 };
                 let error = match connected {
                     Ok(session) => {
@@ -286,16 +296,19 @@ impl Node {
                     Err(error) if error.is_fatal() => return Err(error.into()),
                     Err(error) => error,
                 };
-                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-                if let Some(limit) = self.config.give_up_after
-                    && since.elapsed() >= limit
-                {
-                    return Err(NodeError::GaveUp {
-                        elapsed: since.elapsed(),
-                        last: error,
-                    });
+                // The clock starts when the first failing attempt started, not when it failed.
+                let since = *failing_since.get_or_insert(attempt_started);
+                let mut delay = self.jittered(backoff);
+                if let Some(limit) = self.config.give_up_after {
+                    let left = limit.saturating_sub(since.elapsed());
+                    if left.is_zero() {
+                        return Err(NodeError::GaveUp {
+                            elapsed: since.elapsed(),
+                            last: error,
+                        });
+                    }
+                    delay = delay.min(left);
                 }
-                let delay = self.jittered(backoff);
                 warn!(%error, retry_in = ?delay, "not connected to the coordinator");
                 self.emit(NodeEvent::Disconnected {
                     reason: error.to_string(),
@@ -826,6 +839,14 @@ pub fn phase_name(phase: RoundPhase) -> &'static str {
         RoundPhase::Training => "training",
         RoundPhase::Aggregating => "aggregating",
         RoundPhase::Finished => "finished",
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until_or_forever(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -28,6 +28,9 @@ pub const CLOSE_FINISHED: u32 = 0;
 pub const CLOSE_SHUTDOWN: u32 = 1;
 /// Application close code the coordinator uses for a refused `Hello`.
 pub const CLOSE_PROTOCOL: u32 = 2;
+/// Application close code the coordinator uses when a newer connection with this node's key
+/// replaced this one (the same key started twice).
+pub const CLOSE_REPLACED: u32 = 3;
 
 /// How to reach the coordinator.
 #[derive(Clone, Debug)]
@@ -102,6 +105,12 @@ pub enum SessionError {
     /// The coordinator refused this node (key not enrolled, or `Hello` refused).
     #[error("the coordinator refused this node: {reason}")]
     Rejected { reason: String },
+    /// Another node with this key connected, and the coordinator closed this connection.
+    #[error(
+        "another client with this node's key connected to the coordinator, which closed this \
+         connection: run one client per key (each participant has its own `mpcl keygen` key)"
+    )]
+    Replaced,
     /// The coordinator closed the connection because the run is over.
     #[error("the run is over (the coordinator closed the connection)")]
     RunOver,
@@ -131,6 +140,7 @@ impl SessionError {
                 | Self::Settings(_)
                 | Self::WrongCoordinator { .. }
                 | Self::Rejected { .. }
+                | Self::Replaced
         )
     }
 }
@@ -145,10 +155,15 @@ fn classify(error: quinn::ConnectionError, addr: SocketAddr) -> SessionError {
         quinn::ConnectionError::TransportError(transport)
             if is_crypto(u64::from(transport.code)) =>
         {
-            SessionError::WrongCoordinator {
-                addr,
-                reason: transport.reason.clone(),
-            }
+            let reason = match mpcl_protocol::tls::not_pinned_fingerprints(&transport.reason) {
+                Some((expected, found)) => format!(
+                    "it presented the key {found}, but this node expects the coordinator key \
+                     {expected} (the --coordinator-key file): check the address, or ask the \
+                     coordinator's operator for its public_key.hex"
+                ),
+                None => transport.reason.clone(),
+            };
+            SessionError::WrongCoordinator { addr, reason }
         }
         quinn::ConnectionError::ConnectionClosed(close)
             if is_crypto(u64::from(close.error_code)) =>
@@ -175,6 +190,8 @@ fn classify(error: quinn::ConnectionError, addr: SocketAddr) -> SessionError {
             let reason = String::from_utf8_lossy(&close.reason).into_owned();
             if code == u64::from(CLOSE_PROTOCOL) {
                 SessionError::Rejected { reason }
+            } else if code == u64::from(CLOSE_REPLACED) {
+                SessionError::Replaced
             } else if code == u64::from(CLOSE_FINISHED) && reason == "run finished" {
                 SessionError::RunOver
             } else {
@@ -445,6 +462,8 @@ mod tests {
             SessionError::Connection(_)
         ));
         assert!(classify(app(CLOSE_PROTOCOL, b"bad hello"), addr()).is_fatal());
+        let replaced = classify(app(CLOSE_REPLACED, b"replaced"), addr());
+        assert!(replaced.is_fatal() && replaced.to_string().contains("one client per key"));
         assert!(!classify(quinn::ConnectionError::TimedOut, addr()).is_fatal());
     }
 }

@@ -2,9 +2,10 @@
 //! so that a crashed or still-running run can be plotted and `tail -f` shows progress.
 //!
 //! Records come from the state machine's [`RoundSummary`] plus what only the driver knows (wall
-//! time, bytes on the wire). A resumed run redoes the round that was in progress when it stopped,
-//! so the same round may appear twice in a file; [`read_round_log`] keeps the last record of each
-//! round.
+//! time, bytes on the wire). A resumed run redoes the round that was in progress when it stopped;
+//! [`align_with_history`] first cuts the log back to the checkpoint it resumes from (which may be
+//! the previous copy, a round behind), so that each round has one line. [`read_round_log`] still
+//! keeps the last record of each round of a file written by an older version.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -181,6 +182,75 @@ impl RoundLog {
     }
 }
 
+/// What [`align_with_history`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogRepair {
+    /// Lines removed: rounds after the checkpoint, repeated rounds, or an unreadable line (a
+    /// write cut off by a crash).
+    pub removed: usize,
+    /// Rounds of the checkpoint's history the log lacked, added from the history (without the
+    /// driver's wall time and bytes).
+    pub added: usize,
+}
+
+/// Makes the round log at `path` hold exactly one line per round of `history` (the checkpoint
+/// a run resumes from), in round order: later rounds are cut, missing ones added. The file is
+/// replaced atomically; a missing file is left missing when `history` is empty.
+pub fn align_with_history(
+    path: impl AsRef<Path>,
+    history: &[RoundSummary],
+) -> Result<LogRepair, RoundLogError> {
+    let path = path.as_ref();
+    let io = |action: &'static str| {
+        let path = path.to_path_buf();
+        move |source| RoundLogError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && history.is_empty() => {
+            return Ok(LogRepair::default());
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(error) => return Err(io("read")(error)),
+    };
+    let completed = history.last().map_or(0, |s| s.round);
+    let mut repair = LogRepair::default();
+    let mut kept: BTreeMap<u64, String> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<RoundRecord>(line) {
+            Ok(record) if record.round <= completed => {
+                if kept.insert(record.round, line.to_string()).is_some() {
+                    repair.removed += 1;
+                }
+            }
+            _ => repair.removed += 1,
+        }
+    }
+    for summary in history {
+        if let std::collections::btree_map::Entry::Vacant(entry) = kept.entry(summary.round) {
+            let record = RoundRecord::new(summary, &RoundTraffic::default());
+            entry.insert(serde_json::to_string(&record).map_err(RoundLogError::Encode)?);
+            repair.added += 1;
+        }
+    }
+    if repair == LogRepair::default() {
+        return Ok(repair);
+    }
+    let mut out = String::new();
+    for line in kept.values() {
+        out.push_str(line);
+        out.push('\n');
+    }
+    let temporary = path.with_extension("jsonl.tmp");
+    std::fs::write(&temporary, out).map_err(io("rewrite"))?;
+    std::fs::rename(&temporary, path).map_err(io("replace"))?;
+    Ok(repair)
+}
+
 /// Reads a round log, keeping the last record of each round, in round order. Blank lines are
 /// skipped; a malformed line is an error naming it.
 pub fn read_round_log(path: impl AsRef<Path>) -> Result<Vec<RoundRecord>, RoundLogError> {
@@ -316,6 +386,69 @@ mod tests {
         assert!(value.get("secure_aggregation").is_none());
         let records = read_round_log(&path).unwrap();
         assert_eq!(records[0].epsilon, Some(1.25));
+    }
+
+    #[test]
+    fn resuming_from_an_older_checkpoint_cuts_the_log_back_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rounds.jsonl");
+        let mut log = RoundLog::open(&path).unwrap();
+        for round in 1..=3 {
+            log.append_summary(&summary(round, 0.9), &RoundTraffic::default())
+                .unwrap();
+        }
+        drop(log);
+        // The checkpoint in use (the previous copy) holds rounds 1 and 2 only.
+        let history = vec![summary(1, 0.9), summary(2, 0.9)];
+        let repair = align_with_history(&path, &history).unwrap();
+        assert_eq!(
+            repair,
+            LogRepair {
+                removed: 1,
+                added: 0
+            }
+        );
+        // The resumed run redoes round 3: one line per round, none twice.
+        let mut log = RoundLog::open(&path).unwrap();
+        log.append_summary(&summary(3, 0.5), &RoundTraffic::default())
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let rounds: Vec<u64> = text
+            .lines()
+            .map(|l| serde_json::from_str::<RoundRecord>(l).unwrap().round)
+            .collect();
+        assert_eq!(rounds, vec![1, 2, 3]);
+        assert_eq!(read_round_log(&path).unwrap()[2].mean_train_loss, Some(0.5));
+        // Aligned already: nothing changes.
+        let history: Vec<_> = (1..=3).map(|r| summary(r, 0.5)).collect();
+        assert_eq!(
+            align_with_history(&path, &history).unwrap(),
+            LogRepair::default()
+        );
+    }
+
+    #[test]
+    fn rounds_the_log_lacks_are_added_from_the_history_and_a_torn_line_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rounds.jsonl");
+        let line = serde_json::to_string(&RoundRecord::new(
+            &summary(1, 0.9),
+            &RoundTraffic::default(),
+        ))
+        .unwrap();
+        std::fs::write(&path, format!("{line}\n{{\"round\": 2, \"samp")).unwrap();
+        let history = vec![summary(1, 0.9), summary(2, 0.8)];
+        let repair = align_with_history(&path, &history).unwrap();
+        assert_eq!(
+            repair,
+            LogRepair {
+                removed: 1,
+                added: 1
+            }
+        );
+        let records = read_round_log(&path).unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1].mean_train_loss, Some(0.8));
     }
 
     #[test]

@@ -29,7 +29,8 @@ pub struct TrainOptions {
     pub seed: u64,
     /// FedProx weight mu; 0 disables the proximal term.
     pub proximal_mu: f64,
-    /// Show a progress bar per epoch on stderr.
+    /// Show a progress bar per epoch on stderr (a terminal), or print one line per epoch on
+    /// stdout when stderr is not a terminal.
     #[serde(skip)]
     pub progress: bool,
 }
@@ -141,7 +142,18 @@ pub fn train_observed(
         report.epoch_losses.push(loss_sum / batches);
         report.epoch_kl.push(kl_sum / batches);
         if let Some(bar) = bar {
-            bar.finish_with_message(format!("loss {:.4}", loss_sum / batches));
+            if bar.is_hidden() {
+                // No terminal (nohup, CI, a log file): one plain line per epoch instead.
+                println!(
+                    "epoch {}/{}: loss {:.4}, KL {:.4}",
+                    epoch + 1,
+                    options.epochs,
+                    loss_sum / batches,
+                    kl_sum / batches
+                );
+            } else {
+                bar.finish_with_message(format!("loss {:.4}", loss_sum / batches));
+            }
         }
         if !after_epoch(epoch + 1, model) {
             break;

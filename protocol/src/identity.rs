@@ -505,6 +505,9 @@ pub enum EnrolmentError {
 struct EnrolmentFile {
     #[serde(default)]
     participant: Vec<RawParticipant>,
+    /// Operator keys: read-only (`mpcl status`), never a participant.
+    #[serde(default)]
+    operator: Vec<RawParticipant>,
 }
 
 #[derive(Deserialize)]
@@ -514,10 +517,15 @@ struct RawParticipant {
     public_key: toml::Spanned<String>,
 }
 
-/// The participants allowed into a run.
+/// The participants allowed into a run, and the operators allowed to look at it.
+///
+/// An operator (`[[operator]]` table, same fields as `[[participant]]`) may connect and ask for
+/// the run's status but never trains, never uploads and never counts as a participant: a key for
+/// whoever watches a study without taking part in it. A key may not be both.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Enrolment {
     participants: Vec<Participant>,
+    operators: Vec<Participant>,
 }
 
 impl Enrolment {
@@ -541,11 +549,15 @@ impl Enrolment {
                 path: path.to_path_buf(),
             });
         }
+        let operator_count = file.operator.len();
         let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
         let mut participants: Vec<Participant> = Vec::with_capacity(file.participant.len());
         let mut lines_by_id: HashMap<String, usize> = HashMap::new();
         let mut by_key: HashMap<[u8; 32], (String, usize)> = HashMap::new();
-        for (index, raw) in file.participant.into_iter().enumerate() {
+        let participant_count = file.participant.len();
+        // Participants first, then operators; both share the id and key namespaces.
+        let entries = file.participant.into_iter().chain(file.operator);
+        for (index, raw) in entries.enumerate() {
             let line = line_of(raw.id.span().start);
             let entry_error = |problem| EnrolmentError::Entry {
                 path: path.to_path_buf(),
@@ -577,7 +589,12 @@ impl Enrolment {
             by_key.insert(public_key.to_bytes(), (id.clone(), line));
             participants.push(Participant { id, public_key });
         }
-        Ok(Self { participants })
+        let operators = participants.split_off(participant_count);
+        debug_assert_eq!(operators.len(), operator_count);
+        Ok(Self {
+            participants,
+            operators,
+        })
     }
 
     /// An enrolment of the given participants (checked like a file; errors name `<memory>`).
@@ -602,9 +619,24 @@ impl Enrolment {
         self.participants.iter().find(|p| &p.public_key == key)
     }
 
-    /// The enrolled public keys (what the TLS server accepts).
+    /// The enrolled participants' public keys.
     pub fn public_keys(&self) -> impl Iterator<Item = VerifyingKey> + '_ {
         self.participants.iter().map(|p| p.public_key)
+    }
+
+    /// The operators (read-only keys), in file order.
+    pub fn operators(&self) -> &[Participant] {
+        &self.operators
+    }
+
+    /// The operator with this public key.
+    pub fn operator_by_key(&self, key: &VerifyingKey) -> Option<&Participant> {
+        self.operators.iter().find(|p| &p.public_key == key)
+    }
+
+    /// The operators' public keys (the TLS server accepts them too).
+    pub fn operator_keys(&self) -> impl Iterator<Item = VerifyingKey> + '_ {
+        self.operators.iter().map(|p| p.public_key)
     }
 
     /// Number of participants.
@@ -622,6 +654,11 @@ impl Enrolment {
         self.participants
             .iter()
             .map(Participant::to_toml)
+            .chain(
+                self.operators
+                    .iter()
+                    .map(|o| o.to_toml().replacen("[[participant]]", "[[operator]]", 1)),
+            )
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -880,5 +917,27 @@ MC4CAQAwBQYDK2VwBCIEIB6//3z/mNvEl/QWA6DiHgAim9CbRDvqTPbfCbZ0RFtF
         ));
         let error = Enrolment::load(Path::new("/nonexistent/enrolment.toml")).unwrap_err();
         assert!(error.to_string().contains("/nonexistent/enrolment.toml"));
+    }
+
+    #[test]
+    fn operators_are_enrolled_apart_from_participants() {
+        let text = format!(
+            "[[participant]]\nid = \"alice\"\npublic_key = \"{}\"\n\n[[operator]]\nid = \"ops\"\npublic_key = \"{}\"\n",
+            key_hex(1),
+            key_hex(2)
+        );
+        let enrolment = parse(&text).unwrap();
+        assert_eq!(enrolment.len(), 1, "an operator is not a participant");
+        assert_eq!(enrolment.operators().len(), 1);
+        let ops = parse_public_key_hex(&key_hex(2)).unwrap();
+        assert_eq!(enrolment.operator_by_key(&ops).unwrap().id, "ops");
+        assert!(enrolment.by_key(&ops).is_none());
+        assert_eq!(parse(&enrolment.to_toml()).unwrap(), enrolment);
+        // One key cannot be both.
+        let both = format!(
+            "[[participant]]\nid = \"alice\"\npublic_key = \"{0}\"\n[[operator]]\nid = \"ops\"\npublic_key = \"{0}\"\n",
+            key_hex(1)
+        );
+        assert!(parse(&both).is_err());
     }
 }

@@ -129,6 +129,7 @@ mod tests {
             local_epochs: 2,
             batch_size: 16,
             learning_rate: 0.01,
+            weight_decay: 0.0,
             proximal_mu: 0.0,
             seed,
             share_memories: true,

@@ -174,6 +174,21 @@ pub fn not_enrolled_fingerprint(reason: &str) -> Option<&str> {
     Some(&reason[start..start + length])
 }
 
+/// The (expected, presented) fingerprints named by a [`TlsError::NotPinned`] rejection in the
+/// text of a failed handshake (see [`not_enrolled_fingerprint`] for why text).
+pub fn not_pinned_fingerprints(reason: &str) -> Option<(&str, &str)> {
+    fn quoted_after<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
+        let start = text.find(marker)? + marker.len();
+        let length = text[start..].find('"')?;
+        Some(&text[start..start + length])
+    }
+    let rest = &reason[reason.find("NotPinned {")?..];
+    Some((
+        quoted_after(rest, "expected: \"")?,
+        quoted_after(rest, "found: \"")?,
+    ))
+}
+
 fn certificate_error(error: TlsError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
 }
@@ -387,6 +402,16 @@ mod tests {
         assert_eq!(not_enrolled_fingerprint(&text), Some("d4f21568de88becd"));
         let other = certificate_error(TlsError::NotEd25519).to_string();
         assert_eq!(not_enrolled_fingerprint(&other), None);
+        let pinned = certificate_error(TlsError::NotPinned {
+            expected: "1111222233334444".into(),
+            found: "aaaabbbbccccdddd".into(),
+        })
+        .to_string();
+        assert_eq!(
+            not_pinned_fingerprints(&pinned),
+            Some(("1111222233334444", "aaaabbbbccccdddd"))
+        );
+        assert_eq!(not_pinned_fingerprints(&other), None);
     }
     use ed25519_dalek::SigningKey;
     use rustls::{ClientConnection, ServerConnection};

@@ -45,6 +45,7 @@ use crate::learner::Learner;
 use crate::network::{NetworkError, NetworkOptions, run_network_federation};
 use crate::normalize::normalize_per_subject;
 use crate::plots;
+use crate::progress::RoundProgress;
 use crate::report::{ArmSummary, SummaryTable};
 use crate::selection::{BestRound, SelectionSettings};
 use crate::stimulus_prior::stimulus_prior;
@@ -482,10 +483,12 @@ pub fn run_simulation_on(
         None => None,
     };
 
-    let bar = progress_bar(
+    let bar = RoundProgress::new(
         progress,
         parts.len() * config.arms.len() * config.rounds as usize,
+        config.rounds,
     );
+    let several_parts = parts.len() > 1;
     let mut labels: Vec<Vec<f32>> = Vec::new();
     let mut subjects: Vec<String> = Vec::new();
     // The label prior of each test sample's partition (the reference of every comparison).
@@ -559,14 +562,8 @@ pub fn run_simulation_on(
                     wall_seconds: seconds,
                     epsilon,
                 };
-                if let Some(bar) = &bar {
-                    bar.inc(1);
-                    bar.set_message(format!(
-                        "{} round {round}: KL {:.4}",
-                        arm.name(),
-                        metrics.kl
-                    ));
-                }
+                let partition = several_parts.then_some(part.name.as_str());
+                bar.round(arm.label(), partition, round, metrics.kl, seconds);
                 if let Some((writer, path)) = round_log.as_mut() {
                     let line = serde_json::to_string(&record).expect("plain data serialises");
                     writeln!(writer, "{line}")
@@ -612,9 +609,7 @@ pub fn run_simulation_on(
             }
         }
     }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    bar.finish();
     let rounds = pool_rounds(&traces, &labels, config.rounds);
     let selection = Selected::of(&traces, &labels);
     let per_subject = per_subject_metrics(&selection, &labels, &subjects);
@@ -1087,26 +1082,6 @@ fn write_outputs(dir: &Path, result: &SimulationResult) -> Result<(), Simulation
         ));
     }
     write_text(&dir.join("per_subject.csv"), &csv)?;
-    plots::metric_vs_round(&dir.join("kl_vs_round.svg"), &result.rounds, "kl")
-        .map_err(|e| SimulationError::Config(format!("plot: {e}")))?;
-    plots::metric_vs_round(&dir.join("cosine_vs_round.svg"), &result.rounds, "cosine")
-        .map_err(|e| SimulationError::Config(format!("plot: {e}")))?;
-    plots::per_subject_spread(&dir.join("per_subject_kl.svg"), &result.per_subject)
-        .map_err(|e| SimulationError::Config(format!("plot: {e}")))?;
+    plots::write_plots(dir, result).map_err(|e| SimulationError::Config(format!("plot: {e}")))?;
     Ok(())
-}
-
-fn progress_bar(enabled: bool, total: usize) -> Option<indicatif::ProgressBar> {
-    if !enabled {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "[{bar:30}] {pos}/{len} arm-rounds {elapsed} {msg}",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
-    );
-    Some(bar)
 }

@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use mpcl_client::ParticipantSettings;
+use mpcl_coordinator::TrainingSettings;
 use mpcl_model::{DeviceChoice, ModelConfig, MpclModel};
 use mpcl_protocol::Compression;
 use mpcl_protocol::messages::GlobalState;
@@ -27,13 +28,16 @@ fn simulation() -> SimulationConfig {
         },
         model: ModelConfig::tiny(),
         rounds: 3,
-        local_epochs: 1,
-        batch_size: 8,
-        learning_rate: 1e-2,
         // A sampled cohort (not everyone) and int8 updates, whose error feedback is state each
         // participant carries from round to round.
+        training: TrainingSettings {
+            local_epochs: 1,
+            batch_size: 8,
+            learning_rate: 1e-2,
+            compression: Compression::Int8,
+            ..TrainingSettings::default()
+        },
         clients_per_round: Some(4),
-        compression: Compression::Int8,
         arms: vec![Arm::Federated],
         ..SimulationConfig::default()
     }

@@ -48,9 +48,10 @@ pub struct AblateArgs {
     /// Use a seeded sample of this many subjects.
     #[arg(long)]
     subjects: Option<usize>,
-    /// Model config as JSON (any subset of ModelConfig's fields): the full variant's settings.
-    #[arg(long)]
-    model_config: Option<PathBuf>,
+    /// The full variant's model config: a JSON file or inline JSON (any subset of
+    /// ModelConfig's fields).
+    #[arg(long, value_name = "FILE|JSON")]
+    model_config: Option<String>,
     /// First seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,

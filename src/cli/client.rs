@@ -10,11 +10,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use mpcl_client::node::{phase_name, query_status};
-use mpcl_client::{Node, NodeConfig, NodeOutcome, ParticipantSettings, SessionConfig};
+use mpcl_client::session::SessionError;
+use mpcl_client::{Node, NodeConfig, NodeError, NodeOutcome, ParticipantSettings, SessionConfig};
 use mpcl_model::DeviceChoice;
 use mpcl_model::data::Dataset;
 use mpcl_protocol::identity::read_public_key_file;
-use mpcl_protocol::{NodeIdentity, VerifyingKey};
+use mpcl_protocol::{NodeIdentity, RoundPhase, StatusReport, VerifyingKey};
 use tokio_util::sync::CancellationToken;
 
 /// How to reach the coordinator (shared by `client` and `status`).
@@ -70,6 +71,29 @@ impl ConnectArgs {
         config.idle_timeout = Duration::from_secs_f64(self.idle_timeout_secs);
         config.connect_timeout = Duration::from_secs_f64(self.connect_timeout_secs);
         Ok(config)
+    }
+}
+
+impl ConnectArgs {
+    /// Names the pinned key's file when the server was not the expected coordinator.
+    fn explain(&self, error: anyhow::Error) -> anyhow::Error {
+        let wrong = error.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref::<SessionError>(),
+                Some(SessionError::WrongCoordinator { .. })
+            ) || matches!(
+                cause.downcast_ref::<NodeError>(),
+                Some(NodeError::Session(SessionError::WrongCoordinator { .. }))
+            )
+        });
+        if wrong {
+            error.context(format!(
+                "the expected coordinator key is the one in {} (--coordinator-key)",
+                self.coordinator_key.display()
+            ))
+        } else {
+            error
+        }
     }
 }
 
@@ -215,7 +239,11 @@ impl ClientArgs {
         let node = Node::new(config, dataset, device.device)?;
         let shutdown = CancellationToken::new();
         tokio::spawn(super::coordinator::cancel_on_signal(shutdown.clone()));
-        match node.run(shutdown).await? {
+        let outcome = node
+            .run(shutdown)
+            .await
+            .map_err(|error| self.connect.explain(error.into()))?;
+        match outcome {
             NodeOutcome::Finished { rounds } => println!("run finished after {rounds} rounds"),
             NodeOutcome::Cancelled => {
                 tracing::info!("stopped on request; any round in progress is abandoned");
@@ -228,11 +256,57 @@ impl ClientArgs {
 
 /// Show where a run stands: phase, round, participants connected, updates received.
 ///
-/// Connects like a client (the key must be enrolled) but takes no part in the run.
+/// Connects with an enrolled key without taking part in the run: best an operator key (an
+/// `[[operator]]` entry of the enrolment file, made with `mpcl keygen --operator`; it may only
+/// ask for the status), or a participant's own key. With --watch, asks again every SECS seconds
+/// and prints one line each time until the run is finished or Ctrl-C.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     connect: ConnectArgs,
+
+    /// Keep watching: one line every SECS seconds (default 2) until the run is finished.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    watch: Option<f64>,
+}
+
+/// The one-line form of a status report (`status --watch`).
+pub fn status_line(report: &StatusReport) -> String {
+    let mut line = format!(
+        "{} round {}/{}: {} of {} updates, {} connected of {} enrolled",
+        phase_name(report.phase),
+        report.round,
+        report.total_rounds,
+        report.updates_received,
+        report.updates_expected,
+        report.connected_participants,
+        report.enrolled_participants
+    );
+    if let Some(ms) = report.deadline_in_ms {
+        line.push_str(&format!(", deadline in {:.1} s", ms as f64 / 1000.0));
+    }
+    line
+}
+
+fn print_report(report: &StatusReport) {
+    let run_id: String = report.run_id.iter().map(|b| format!("{b:02x}")).collect();
+    println!("run           {run_id}");
+    println!("phase         {}", phase_name(report.phase));
+    println!("round         {} of {}", report.round, report.total_rounds);
+    println!(
+        "participants  {} connected, {} enrolled",
+        report.connected_participants, report.enrolled_participants
+    );
+    println!(
+        "updates       {} of {} received",
+        report.updates_received, report.updates_expected
+    );
+    if let Some(ms) = report.deadline_in_ms {
+        println!("deadline      in {:.1} s", ms as f64 / 1000.0);
+    }
+    if let Some(round) = report.last_accepted_round {
+        println!("your last accepted update: round {round}");
+    }
 }
 
 impl StatusArgs {
@@ -244,27 +318,48 @@ impl StatusArgs {
             .context("cannot start the async runtime")?;
         runtime.block_on(async {
             let config = self.connect.session_config().await?;
-            let report = query_status(&config).await?;
-            let run_id: String = report.run_id.iter().map(|b| format!("{b:02x}")).collect();
-            println!("run           {run_id}");
-            println!("phase         {}", phase_name(report.phase));
-            println!("round         {} of {}", report.round, report.total_rounds);
-            println!(
-                "participants  {} connected, {} enrolled",
-                report.connected_participants, report.enrolled_participants
-            );
-            println!(
-                "updates       {} of {} received",
-                report.updates_received, report.updates_expected
-            );
-            if let Some(ms) = report.deadline_in_ms {
-                println!("deadline      in {:.1} s", ms as f64 / 1000.0);
+            let Some(every) = self.watch else {
+                let report = query_status(&config)
+                    .await
+                    .map_err(|e| self.connect.explain(e.into()))?;
+                print_report(&report);
+                return Ok(());
+            };
+            if !(every.is_finite() && every > 0.0) {
+                bail!("--watch must be a positive number of seconds, got {every}");
             }
-            match report.last_accepted_round {
-                Some(round) => println!("your last accepted update: round {round}"),
-                None => println!("your last accepted update: none"),
+            let shutdown = CancellationToken::new();
+            tokio::spawn(super::coordinator::cancel_on_signal(shutdown.clone()));
+            loop {
+                let started = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() % 86_400)
+                    .unwrap_or(0);
+                let clock = format!(
+                    "{:02}:{:02}:{:02}",
+                    started / 3600,
+                    started / 60 % 60,
+                    started % 60
+                );
+                match query_status(&config).await {
+                    Ok(report) => {
+                        println!("{clock} {}", status_line(&report));
+                        if report.phase == RoundPhase::Finished {
+                            return Ok(());
+                        }
+                    }
+                    Err(error) if error.is_fatal() => {
+                        return Err(self.connect.explain(error.into()));
+                    }
+                    Err(error) => println!("{clock} not reachable: {error}"),
+                }
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs_f64(every)) => {}
+                }
             }
-            Ok(())
         })
     }
 }

@@ -29,14 +29,22 @@ pub const SAVED_ENROLMENT_FILE: &str = "enrolment.toml";
 /// Prints `listening on ADDR` as the first line on stdout (useful with port 0), logs to stderr.
 /// Writes to --out: config.toml (the run file), enrolment.toml, checkpoint.bin (and its previous
 /// copy checkpoint.prev.bin) and rounds.jsonl (one JSON line per aggregated round). Ctrl-C or
-/// SIGTERM writes a checkpoint and exits 0; `--resume` continues from it.
+/// SIGTERM writes a checkpoint and exits 0; `--resume` continues from it. Nothing is written
+/// before the port is bound, so a port in use leaves --out as it was.
+///
+/// Prints one line per aggregated round on stdout (round, updates, samples, train loss, time).
+/// `mpcl init DIR` writes a run-file template listing every key with its default.
 #[derive(Debug, Args)]
+#[command(
+    override_usage = "mpcl coordinator --config <FILE> --enrol <FILE> --key <DIR> --out <DIR> [OPTIONS]\n       \
+                           mpcl coordinator --resume --enrol <FILE> --key <DIR> --out <DIR> [OPTIONS]"
+)]
 pub struct CoordinatorArgs {
     /// Run file (TOML): the run configuration (rounds, clients per round, deadline, training,
     /// aggregation), `schema = "synthetic" | DATASET_SPEC`, a `[model]` table and an optional
     /// `[network]` table (keep-alive, idle timeout, upload concurrency). Required for a new run;
     /// with --resume the copy saved in --out is used (if given, it must be the same).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", required_unless_present = "resume")]
     config: Option<PathBuf>,
 
     /// Enrolment file: the `[[participant]]` ids and public keys allowed to join (as printed by
@@ -82,6 +90,13 @@ pub fn resolve_schema(spec: &str) -> anyhow::Result<Schema> {
             .parse()
             .with_context(|| format!("schema `{spec}`: the face width must be a number"))?;
         return Ok(synthetic_schema(width));
+    }
+    // A study folder: only its schema.toml is read (it may hold no CSV yet).
+    let study = spec.strip_prefix("study:").unwrap_or(spec);
+    if mpcl_model::data::study::is_study_dir(Path::new(study)) {
+        let schema = mpcl_model::data::study::read_schema_file(Path::new(study))
+            .with_context(|| format!("cannot read the schema of study folder `{study}`"))?;
+        return Ok(schema.schema);
     }
     let (dataset, _) = mpcl_model::data::open(spec)
         .with_context(|| format!("cannot open dataset `{spec}` to read its schema"))?;
@@ -168,16 +183,14 @@ impl CoordinatorArgs {
                     self.out.display()
                 );
             }
-            std::fs::create_dir_all(&self.out)
-                .with_context(|| format!("cannot create {}", self.out.display()))?;
-            write_file(&saved_config, &run.text)?;
             let schema = resolve_schema(&run.schema)?;
             let model = initial_model(&run, &schema)?;
             let coordinator =
                 Coordinator::new(run.coordinator.clone(), new_run_id(), model.global_state())?;
             (run, coordinator, schema)
         };
-        write_file(&self.out.join(SAVED_ENROLMENT_FILE), &enrolment.to_toml())?;
+        let run_text = (!self.resume).then(|| run.text.clone());
+        let enrolment_text = enrolment.to_toml();
         let setup = ServerSetup {
             coordinator,
             identity,
@@ -188,10 +201,23 @@ impl CoordinatorArgs {
             listen: self.listen,
             out_dir: self.out.clone(),
         };
-        let mut server = Server::bind(setup)?;
+        let mut server = Server::bind(setup).with_context(|| {
+            format!(
+                "cannot start the coordinator (enrolment {}, run file {})",
+                self.enrol.display(),
+                self.config.as_deref().unwrap_or(&saved_config).display()
+            )
+        })?;
+        // Bound: only now is anything written to --out.
+        if let Some(text) = run_text {
+            write_file(&saved_config, &text)?;
+        }
+        write_file(&self.out.join(SAVED_ENROLMENT_FILE), &enrolment_text)?;
         let mut stdout = std::io::stdout();
         writeln!(stdout, "listening on {}", server.local_addr())?;
         stdout.flush()?;
+        let rounds = server.observe_rounds();
+        tokio::spawn(print_rounds(rounds, run.coordinator.rounds));
 
         let shutdown = CancellationToken::new();
         if let Some(dashboard) = dashboard {
@@ -217,6 +243,42 @@ impl CoordinatorArgs {
         }
         Ok(())
     }
+}
+
+/// One line per aggregated round on stdout, so that a coordinator without a terminal (nohup,
+/// ssh, CI) shows its progress as it goes.
+async fn print_rounds(
+    mut rounds: tokio::sync::mpsc::UnboundedReceiver<mpcl_coordinator::server::AggregatedRound>,
+    total: u64,
+) {
+    while let Some(round) = rounds.recv().await {
+        println!("{}", round_line(&round, total));
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// The stdout line of one aggregated round.
+fn round_line(round: &mpcl_coordinator::server::AggregatedRound, total: u64) -> String {
+    let summary = &round.summary;
+    let loss = summary
+        .mean_train_loss
+        .map_or_else(|| "-".to_string(), |l| format!("{l:.4}"));
+    let mut line = format!(
+        "round {}/{total} aggregated: {} update(s), {} samples, train loss {loss}",
+        summary.round,
+        summary.contributors.len(),
+        summary.total_samples,
+    );
+    if summary.rejected > 0 {
+        line.push_str(&format!(", {} rejected", summary.rejected));
+    }
+    if let Some(epsilon) = summary.epsilon() {
+        line.push_str(&format!(", epsilon {epsilon:.3}"));
+    }
+    if let Some(seconds) = round.traffic.wall_seconds {
+        line.push_str(&format!(" ({seconds:.1} s)"));
+    }
+    line
 }
 
 fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -246,4 +308,23 @@ pub async fn cancel_on_signal(token: CancellationToken) {
     }
     tracing::info!("signal received: shutting down");
     token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A study folder holding only its schema.toml serves as a run's schema (no CSV needed).
+    #[test]
+    fn a_study_folder_with_only_a_schema_gives_the_schema() -> anyhow::Result<()> {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("model/tests/fixtures/study/valid/schema.toml");
+        let dir = tempfile::tempdir()?;
+        std::fs::copy(&fixture, dir.path().join("schema.toml"))?;
+        let spec = format!("study:{}", dir.path().display());
+        let schema = resolve_schema(&spec)?;
+        assert!(schema.emotion_count() > 0);
+        assert_eq!(resolve_schema(&dir.path().display().to_string())?, schema);
+        Ok(())
+    }
 }

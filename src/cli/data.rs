@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use mpcl_model::data::inspect;
 use mpcl_model::data::study::{self, Requirements};
-use mpcl_model::data::{inspect, open};
+use mpcl_simulations::dataset::load_dataset;
 use mpcl_simulations::evaluation::EvaluationProtocol;
+use mpcl_simulations::synthetic::SyntheticConfig;
 
 /// The study-folder format with a tiny example, shared by the help texts (a macro, so that
 /// `concat!` can splice it into them).
@@ -79,8 +81,8 @@ enum DataCommand {
     /// Print what a dataset holds: subjects, trials, samples, modalities, emotions, label
     /// statistics and anything the reader skipped.
     Inspect {
-        /// `larwood2019` (bundled), `larwood:DIR`, `dmer:DIR` (or `dmer:FILE.mat`), `wesad:DIR`,
-        /// `study:DIR` or a study folder.
+        /// `synthetic` (generated), `larwood2019` (bundled), `larwood:DIR`, `dmer:DIR` (or
+        /// `dmer:FILE.mat`), `wesad:DIR`, `study:DIR` or a study folder.
         dataset: String,
     },
     /// Check a study folder before a study starts and list every problem.
@@ -119,6 +121,11 @@ enum DataCommand {
     },
 }
 
+/// Any dataset a command names, `synthetic` (the seeded generator's default) included.
+fn load(spec: &str) -> anyhow::Result<(mpcl_model::data::Dataset, mpcl_model::data::LoadReport)> {
+    Ok(load_dataset(spec, &SyntheticConfig::default())?)
+}
+
 /// `DIR` from `study:DIR` or `DIR`.
 fn study_path(path: &str) -> &Path {
     Path::new(path.strip_prefix("study:").unwrap_or(path))
@@ -139,7 +146,9 @@ fn requirements(protocol: Option<EvaluationProtocol>) -> Requirements {
             min_subjects: 1,
         },
         Some(EvaluationProtocol::SubjectStimulusIndependent { folds }) => Requirements {
-            protocol: Some(format!("subject- and stimulus-independent with {folds} folds")),
+            protocol: Some(format!(
+                "subject- and stimulus-independent with {folds} folds"
+            )),
             ..Requirements::subject_independent(folds)
         },
     }
@@ -150,7 +159,7 @@ impl DataArgs {
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
             DataCommand::Inspect { dataset } => {
-                let (data, report) = open(&dataset)?;
+                let (data, report) = load(&dataset)?;
                 print!("{}", inspect::summarize(&data, &report));
                 Ok(())
             }
@@ -168,7 +177,7 @@ impl DataArgs {
                 Ok(())
             }
             DataCommand::Convert { dataset, out } => {
-                let (data, report) = open(&dataset)?;
+                let (data, report) = load(&dataset)?;
                 let files = study::write_study_dir(&data, &out)
                     .with_context(|| format!("writing `{dataset}` to {}", out.display()))?;
                 println!(
@@ -226,6 +235,11 @@ mod tests {
     #[test]
     fn inspect_parses_and_runs_on_the_bundled_dataset() -> anyhow::Result<()> {
         parse(&["mpcl", "data", "inspect", "larwood2019"])?.run()
+    }
+
+    #[test]
+    fn inspect_takes_synthetic_as_listed() -> anyhow::Result<()> {
+        parse(&["mpcl", "data", "inspect", "synthetic"])?.run()
     }
 
     #[test]

@@ -26,6 +26,11 @@ pub struct KeygenArgs {
     /// Defaults to a 16-hex-digit fingerprint of the public key.
     #[arg(long, value_name = "NAME")]
     pub id: Option<String>,
+
+    /// An operator key: print the [[operator]] lines (read-only: `mpcl status` only, never
+    /// trains) instead of [[participant]].
+    #[arg(long)]
+    pub operator: bool,
 }
 
 /// Runs `mpcl keygen`.
@@ -46,6 +51,11 @@ pub fn run(args: KeygenArgs) -> anyhow::Result<()> {
     println!();
     println!("Add these lines to the coordinator's enrolment file:");
     println!();
-    print!("{}", identity.enrolment_entry());
+    let entry = identity.enrolment_entry();
+    if args.operator {
+        print!("{}", entry.replacen("[[participant]]", "[[operator]]", 1));
+    } else {
+        print!("{entry}");
+    }
     Ok(())
 }

@@ -4,15 +4,18 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Args;
-use mpcl_coordinator::privacy::{PrivacyConfig, Threshold};
+use clap::{ArgMatches, Args};
+use mpcl_coordinator::privacy::Threshold;
 use mpcl_coordinator::{AggregationRule, LearningRateSchedule, TrainingSettings};
 use mpcl_model::DeviceChoice;
 use mpcl_protocol::Compression;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::network::NetworkOptions;
+use mpcl_simulations::output_dir::{Staging, simulation_outputs};
 use mpcl_simulations::selection::SelectionSettings;
 use mpcl_simulations::simulate::{Arm, ExecutionMode, SimulationConfig, run_simulation_with};
+
+use super::rerun;
 
 /// Simulate a federated study on a dataset, one client per subject, and compare federated MPCL
 /// with centralized training (pooled data), local-only training and the label prior.
@@ -35,9 +38,18 @@ use mpcl_simulations::simulate::{Arm, ExecutionMode, SimulationConfig, run_simul
 /// (the coordinator only sees sums); --noise-multiplier with --clip-norm adds client-level
 /// differential privacy (epsilon per round is printed and logged; --epsilon-budget stops the
 /// federated arms when the next round would exceed it).
+///
+/// Results are written to a staging folder (OUT.partial) and moved into --out when the run has
+/// finished, so a failed run never touches earlier results. An --out that already holds results
+/// is refused unless --force, which replaces them all (never files a run did not write).
+///
+/// --config OUT/config.json re-runs a saved run with the same numbers; flags given as well
+/// override the file's values (for example --rounds 40), and a relative dataset path in it is
+/// read relative to the file's folder.
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
-    /// Dataset: `larwood2019` (bundled, real), `synthetic`, `dmer:DIR`, `wesad:DIR`, `larwood:DIR`.
+    /// Dataset: `larwood2019` (bundled, real), `synthetic`, `study:DIR` (or just DIR: your own
+    /// study folder), `dmer:DIR`, `wesad:DIR`, `larwood:DIR`.
     #[arg(long, default_value = "larwood2019")]
     dataset: String,
     /// Use a seeded sample of this many subjects.
@@ -67,7 +79,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = TrainingSettings::default().weight_decay)]
     weight_decay: f64,
     /// Part of each partition's training data held out to choose each arm's reported round
-    /// (trial-wise within subjects, or whole training subjects for subject-independent
+    /// (trial-wise within subjects, whole training subjects or stimuli for the independent
     /// protocols); 0 reports the last round.
     #[arg(long, default_value_t = SelectionSettings::default().validation_fraction)]
     validation_fraction: f64,
@@ -124,9 +136,8 @@ pub struct SimulateArgs {
         default_value = "federated,fedavg-encoder,centralized,local-only,label-prior"
     )]
     arms: Vec<Arm>,
-    /// Model config as JSON (any subset of ModelConfig's fields).
-    #[arg(long)]
-    model_config: Option<PathBuf>,
+    #[arg(long, value_name = "FILE|JSON", help = super::MODEL_CONFIG_HELP)]
+    model_config: Option<String>,
     /// `cpu`, `wgpu` (build with --features wgpu) or `auto`.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
@@ -143,57 +154,119 @@ pub struct SimulateArgs {
     /// Output folder.
     #[arg(long, default_value = "runs/simulate")]
     out: PathBuf,
+    /// Replace the results of a previous run in --out (refused without it).
+    #[arg(long)]
+    force: bool,
+    /// Re-run a saved config.json (flags given as well override its values).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 impl SimulateArgs {
-    pub fn run(self) -> anyhow::Result<()> {
-        let model = super::load_model_config(self.model_config.as_deref())?;
-        let mut config = SimulationConfig {
-            dataset: self.dataset,
-            subjects: self.subjects,
-            protocol: self.protocol,
-            model,
-            rounds: self.rounds,
-            training: TrainingSettings {
-                local_epochs: self.local_epochs,
-                batch_size: self.batch_size,
-                learning_rate: self.learning_rate,
-                learning_rate_schedule: self.lr_schedule,
-                weight_decay: self.weight_decay,
-                proximal_mu: self.proximal_mu,
-                compression: self.compression,
-                ..TrainingSettings::default()
-            },
-            selection: SelectionSettings {
-                validation_fraction: self.validation_fraction,
-                patience: self.patience,
-            },
-            clients_per_round: self.clients_per_round,
-            privacy: PrivacyConfig {
-                secure_aggregation: self.secure_aggregation,
-                threshold: Threshold::Fraction(self.secagg_threshold),
-                quantisation_scale: self.quantisation_scale,
-                clip_norm: self.clip_norm,
-                noise_multiplier: self.noise_multiplier,
-                target_delta: self.target_delta,
-                epsilon_budget: self.epsilon_budget,
-                min_prototype_mass: self.min_prototype_mass,
-            },
-            deterministic_noise_for_tests: self.deterministic_noise_for_tests,
-            arms: self.arms,
-            device: self.device,
-            seed: self.seed,
-            threads: self.threads.map(|t| t as usize),
-            ..SimulationConfig::default()
+    /// The simulation these arguments describe: the saved config (with --config) or the
+    /// defaults, with every flag given on the command line (all of them without --config).
+    fn simulation_config(&self, matches: &ArgMatches) -> anyhow::Result<SimulationConfig> {
+        let mut config = match &self.config {
+            Some(path) => {
+                rerun::load_saved_config(path, |c: &mut SimulationConfig| &mut c.dataset)?
+            }
+            None => SimulationConfig::default(),
         };
-        config.aggregation.rule = parse_rule(&self.aggregation)?;
-        let federated = config
-            .arms
-            .iter()
-            .any(|a| matches!(a, Arm::Federated | Arm::FedavgEncoder));
-        if federated {
-            println!("privacy (federated arms): {}", config.privacy);
+        let set = |id: &str| self.config.is_none() || rerun::given(matches, id);
+        if set("dataset") {
+            config.dataset = rerun::absolute_dataset_spec(&self.dataset);
         }
+        if set("subjects") {
+            config.subjects = self.subjects;
+        }
+        if set("protocol") {
+            config.protocol = self.protocol;
+        }
+        if set("model_config") {
+            config.model = super::load_model_config(self.model_config.as_deref())?;
+        }
+        if set("rounds") {
+            config.rounds = self.rounds;
+        }
+        let training = &mut config.training;
+        if set("local_epochs") {
+            training.local_epochs = self.local_epochs;
+        }
+        if set("batch_size") {
+            training.batch_size = self.batch_size;
+        }
+        if set("learning_rate") {
+            training.learning_rate = self.learning_rate;
+        }
+        if set("lr_schedule") {
+            training.learning_rate_schedule = self.lr_schedule;
+        }
+        if set("weight_decay") {
+            training.weight_decay = self.weight_decay;
+        }
+        if set("proximal_mu") {
+            training.proximal_mu = self.proximal_mu;
+        }
+        if set("compression") {
+            training.compression = self.compression;
+        }
+        if set("validation_fraction") {
+            config.selection.validation_fraction = self.validation_fraction;
+        }
+        if set("patience") {
+            config.selection.patience = self.patience;
+        }
+        if set("threads") {
+            config.threads = self.threads.map(|t| t as usize);
+        }
+        if set("clients_per_round") {
+            config.clients_per_round = self.clients_per_round;
+        }
+        if set("aggregation") {
+            config.aggregation.rule = parse_rule(&self.aggregation)?;
+        }
+        let privacy = &mut config.privacy;
+        if set("secure_aggregation") {
+            privacy.secure_aggregation = self.secure_aggregation;
+        }
+        if set("secagg_threshold") {
+            privacy.threshold = Threshold::Fraction(self.secagg_threshold);
+        }
+        if set("quantisation_scale") {
+            privacy.quantisation_scale = self.quantisation_scale;
+        }
+        if set("clip_norm") {
+            privacy.clip_norm = self.clip_norm;
+        }
+        if set("noise_multiplier") {
+            privacy.noise_multiplier = self.noise_multiplier;
+        }
+        if set("epsilon_budget") {
+            privacy.epsilon_budget = self.epsilon_budget;
+        }
+        if set("target_delta") {
+            privacy.target_delta = self.target_delta;
+        }
+        if set("min_prototype_mass") {
+            privacy.min_prototype_mass = self.min_prototype_mass;
+        }
+        if set("deterministic_noise_for_tests") {
+            config.deterministic_noise_for_tests = self.deterministic_noise_for_tests;
+        }
+        if set("arms") {
+            config.arms = self.arms.clone();
+        }
+        if set("device") {
+            config.device = self.device;
+        }
+        if set("seed") {
+            config.seed = self.seed;
+        }
+        Ok(config)
+    }
+
+    pub fn run(self, matches: &ArgMatches) -> anyhow::Result<()> {
+        let config = self.simulation_config(matches)?;
         let mode = if self.network {
             ExecutionMode::Network(NetworkOptions {
                 client_program: std::env::current_exe()
@@ -202,11 +275,20 @@ impl SimulateArgs {
         } else {
             ExecutionMode::InProcess
         };
-        let result = run_simulation_with(&config, &mode, Some(&self.out), true)?;
+        let staging = Staging::begin(&self.out, self.force, simulation_outputs)?;
+        let result = match run_simulation_with(&config, &mode, Some(staging.path()), true) {
+            Ok(result) => result,
+            Err(error) => return Err(super::rerun::failed_run(error.into(), staging)),
+        };
+        let out = staging.commit()?;
         println!(
             "{}: {} subjects, {}, {}, device {}",
             result.dataset, result.subjects, result.protocol, result.mode, result.device
         );
+        let federated = config
+            .arms
+            .iter()
+            .any(|a| matches!(a, Arm::Federated | Arm::FedavgEncoder));
         if federated {
             println!("privacy (federated arms): {}", config.privacy);
         }
@@ -245,7 +327,7 @@ impl SimulateArgs {
         println!(
             "finished in {:.1} s; results, per-round JSON lines and plots in {}",
             result.wall_seconds,
-            self.out.display()
+            out.display()
         );
         Ok(())
     }

@@ -54,6 +54,16 @@ fn a_damaged_checkpoint_falls_back_to_the_previous_copy_and_is_never_overwritten
     second.wait_success(PATIENCE)?;
     let checked = check_run(&run, 3)?;
     assert_eq!(sorted(&checked.contributors), vec![vec!["a", "b"]; 3]);
+    // The round log was cut back to the previous copy's round 1 before round 2 was redone:
+    // one line per round, none twice.
+    let lines: Vec<u64> = std::fs::read_to_string(run.out().join("rounds.jsonl"))?
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["round"].as_u64()))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(lines, vec![1, 2, 3], "round log lines");
 
     // Now damage both copies: resuming must fail, name both files, and touch neither.
     for path in [&checkpoint, &previous] {

@@ -9,5 +9,6 @@ mod checkpoint_faults;
 mod client_faults;
 mod coordinator_faults;
 mod dashboard;
+mod operating;
 mod operations;
 mod simulate_network;

@@ -49,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::checkpoint::{CheckpointError, read_latest_checkpoint, write_checkpoint};
+use crate::config::CoordinatorConfig;
 use crate::round::{Coordinator, CoordinatorError, ParticipantId, RoundSummary};
 use crate::round_log::{RoundLog, RoundLogError, RoundTraffic};
 
@@ -69,6 +70,9 @@ pub const CLOSE_FINISHED: u32 = 0;
 pub const CLOSE_SHUTDOWN: u32 = 1;
 /// Application close code: the peer broke the protocol (bad `Hello`).
 pub const CLOSE_PROTOCOL: u32 = 2;
+/// Application close code: a newer connection with the same key took this one's place (two
+/// clients started with one key; the older one should stop).
+pub const CLOSE_REPLACED: u32 = 3;
 
 /// Most concurrent requests (streams) one connection may have open.
 const MAX_STREAMS_PER_CONNECTION: u32 = 4;
@@ -183,6 +187,8 @@ struct Shared {
     commands: mpsc::Sender<Command>,
     traffic: Arc<Traffic>,
     shutdown: CancellationToken,
+    /// Per participant, the connection that last asked for work (see [`claim_worker`]).
+    workers: std::sync::Mutex<std::collections::HashMap<ParticipantId, quinn::Connection>>,
 }
 
 /// A bound, not yet running server.
@@ -211,8 +217,37 @@ pub fn limits_for_state(state: &GlobalState) -> MessageLimits {
     )
 }
 
+/// Refuses a run that could never start or finish with `enrolled` participants: a cohort
+/// (`clients_per_round`), an aggregation minimum (`min_clients_to_aggregate`) or an
+/// availability rule (`min_available_clients`) larger than the enrolment. The message gives
+/// the numbers.
+pub fn check_against_enrolment(config: &CoordinatorConfig, enrolled: usize) -> Result<(), String> {
+    let rules = [
+        ("clients_per_round", config.clients_per_round),
+        (
+            "min_clients_to_aggregate",
+            Some(config.min_clients_to_aggregate),
+        ),
+        ("min_available_clients", config.min_available_clients),
+    ];
+    for (name, value) in rules {
+        if let Some(value) = value
+            && value > enrolled
+        {
+            return Err(format!(
+                "`{name}` is {value} but only {enrolled} participant(s) are enrolled: the run \
+                 would wait for participants forever (lower `{name}` to at most {enrolled}, or \
+                 enrol more participants)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A coordinator resumed from the latest usable checkpoint in `out_dir` (falling back to the
-/// previous copy, with a warning, when the latest is damaged).
+/// previous copy, with a warning, when the latest is damaged). The round log is made to match
+/// the checkpoint: lines of rounds after it are cut (they are redone), rounds it holds but the
+/// log lacks are added from its history.
 pub fn resume_coordinator(out_dir: &Path) -> Result<Coordinator, ServerError> {
     let path = checkpoint_path(out_dir);
     let loaded = read_latest_checkpoint(&path).map_err(|error| {
@@ -232,6 +267,17 @@ pub fn resume_coordinator(out_dir: &Path) -> Result<Coordinator, ServerError> {
         path = %loaded.path.display(),
         "resuming from checkpoint"
     );
+    let log = out_dir.join(ROUND_LOG_FILE);
+    let repair = crate::round_log::align_with_history(&log, &loaded.checkpoint.history)?;
+    if repair.removed > 0 || repair.added > 0 {
+        warn!(
+            removed = repair.removed,
+            added = repair.added,
+            log = %log.display(),
+            completed_rounds = loaded.checkpoint.completed_rounds,
+            "round log realigned with the checkpoint (rounds after it will be redone)"
+        );
+    }
     Ok(Coordinator::resume(loaded.checkpoint)?)
 }
 
@@ -251,20 +297,18 @@ impl Server {
                 run.round_deadline_secs, setup.network.secure_step_timeout_secs
             )));
         }
-        std::fs::create_dir_all(&setup.out_dir).map_err(|source| ServerError::OutDir {
-            path: setup.out_dir.clone(),
-            source,
-        })?;
-        let checkpoint = checkpoint_path(&setup.out_dir);
-        if !checkpoint.exists() {
-            // A run stopped before its first round can then still be resumed with its run id.
-            write_checkpoint(&checkpoint, &setup.coordinator.checkpoint())?;
-        }
-        let round_log = RoundLog::open(setup.out_dir.join(ROUND_LOG_FILE))?;
+        check_against_enrolment(run, setup.enrolment.len()).map_err(ServerError::Settings)?;
 
+        // Bind before writing anything: a port in use leaves the output folder untouched, so
+        // that the same command works again once the port is free.
         let network = &setup.network;
-        let tls =
-            mpcl_protocol::tls::server_config(&setup.identity, setup.enrolment.public_keys())?;
+        let tls = mpcl_protocol::tls::server_config(
+            &setup.identity,
+            setup
+                .enrolment
+                .public_keys()
+                .chain(setup.enrolment.operator_keys()),
+        )?;
         let crypto =
             QuicServerConfig::try_from(tls).map_err(|e| ServerError::Quic(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -278,6 +322,17 @@ impl Server {
             addr: setup.listen,
             source,
         })?;
+
+        std::fs::create_dir_all(&setup.out_dir).map_err(|source| ServerError::OutDir {
+            path: setup.out_dir.clone(),
+            source,
+        })?;
+        let checkpoint = checkpoint_path(&setup.out_dir);
+        if !checkpoint.exists() {
+            // A run stopped before its first round can then still be resumed with its run id.
+            write_checkpoint(&checkpoint, &setup.coordinator.checkpoint())?;
+        }
+        let round_log = RoundLog::open(setup.out_dir.join(ROUND_LOG_FILE))?;
 
         let coordinator = setup.coordinator;
         let run_id = coordinator.run_id();
@@ -299,6 +354,7 @@ impl Server {
             commands: sender,
             traffic: Arc::clone(&traffic),
             shutdown: CancellationToken::new(),
+            workers: Default::default(),
         });
         let actor = Actor::new(
             coordinator,
@@ -452,6 +508,12 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
+    if let Some(operator) = shared.enrolment.operator_by_key(&key).cloned() {
+        let span = info_span!("operator", operator = %operator.id);
+        return serve_operator(connection, shared, operator.id, key)
+            .instrument(span)
+            .await;
+    }
     let Some(enrolled) = shared.enrolment.by_key(&key).cloned() else {
         // The TLS verifier admits only enrolled keys; this is a second fence.
         warn!(participant = %"unknown", %remote, "key not enrolled; closing");
@@ -463,6 +525,7 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         debug!(%remote, "connection established");
         let participant = ParticipantId(key.to_bytes());
         let admitted = serve_admitted(&connection, &shared, participant, &enrolled.id, key).await;
+        release_worker(&shared, participant, &connection);
         if admitted {
             let _ = shared.commands.send(Command::Leave { participant }).await;
         }
@@ -593,7 +656,7 @@ async fn serve_admitted(
                 Ok((send, recv)) => {
                     let shared = Arc::clone(shared);
                     requests.spawn(
-                        serve_request(send, recv, shared, participant, key)
+                        serve_request(send, recv, shared, participant, key, connection.clone())
                             .instrument(tracing::Span::current()),
                     );
                 }
@@ -627,6 +690,7 @@ async fn serve_request(
     shared: Arc<Shared>,
     participant: ParticipantId,
     key: mpcl_protocol::VerifyingKey,
+    connection: quinn::Connection,
 ) {
     let read = tokio::time::timeout(
         shared.request_timeout,
@@ -681,6 +745,7 @@ async fn serve_request(
             CoordinatorMessage::Goodbye
         }
         ClientMessage::RequestWork { .. } => {
+            claim_worker(&shared, participant, &connection);
             let (reply, answer) = oneshot::channel();
             let answer = match shared
                 .commands
@@ -743,6 +808,154 @@ async fn serve_request(
     debug!(request = kind, reply = reply.kind(), "answered");
     if let Err(error) = send_reply(&mut send, &reply, &shared.limits, &shared).await {
         warn!(%error, request = kind, "cannot send the reply");
+    }
+}
+
+/// Records `connection` as the one `participant` works on. Another connection that asked for
+/// work with the same key before is closed with [`CLOSE_REPLACED`]: two clients started with
+/// one key would otherwise both train and one's updates be rejected as duplicates every round.
+/// The newer one wins, so that a client restarted after a crash is never locked out by the
+/// connection its dead predecessor left behind. Status queries never ask for work and so never
+/// replace anything.
+fn claim_worker(shared: &Shared, participant: ParticipantId, connection: &quinn::Connection) {
+    let previous = {
+        let mut workers = shared.workers.lock().unwrap_or_else(|e| e.into_inner());
+        match workers.get(&participant) {
+            Some(current) if current.stable_id() == connection.stable_id() => None,
+            _ => workers.insert(participant, connection.clone()),
+        }
+    };
+    if let Some(previous) = previous {
+        warn!(
+            old_remote = %previous.remote_address(),
+            new_remote = %connection.remote_address(),
+            "participant connected again with the same key: closing its older connection (run \
+             one client per key)"
+        );
+        previous.close(
+            CLOSE_REPLACED.into(),
+            b"replaced by a newer connection with the same key",
+        );
+    }
+}
+
+/// Forgets `connection` as `participant`'s working connection when it ends.
+fn release_worker(shared: &Shared, participant: ParticipantId, connection: &quinn::Connection) {
+    let mut workers = shared.workers.lock().unwrap_or_else(|e| e.into_inner());
+    if workers
+        .get(&participant)
+        .is_some_and(|c| c.stable_id() == connection.stable_id())
+    {
+        workers.remove(&participant);
+    }
+}
+
+/// Serves an operator's connection: read-only. `Hello` (naming the operator) gets a `Welcome`,
+/// `StatusRequest` the run's status; anything else (work, updates, secure aggregation) is
+/// refused with an error saying why, and the operator never counts as a participant.
+async fn serve_operator(
+    connection: quinn::Connection,
+    shared: Arc<Shared>,
+    name: String,
+    key: mpcl_protocol::VerifyingKey,
+) {
+    // The actor answers status queries for any id; an operator's has no accepted updates.
+    let id = ParticipantId(key.to_bytes());
+    let mut greeted = false;
+    loop {
+        let (mut send, mut recv) = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            stream = connection.accept_bi() => match stream {
+                Ok(stream) => stream,
+                Err(error) => {
+                    debug!(%error, "operator connection closed");
+                    return;
+                }
+            },
+        };
+        let request = tokio::time::timeout(
+            shared.request_timeout,
+            framing::read_message::<_, ClientMessage>(&mut recv, &MessageLimits::CONTROL),
+        )
+        .await;
+        let reply = match request {
+            Ok(Ok(ClientMessage::Hello {
+                participant_id,
+                protocol_version,
+            })) if !greeted => {
+                if protocol_version != PROTOCOL_VERSION || participant_id != name {
+                    warn!(%participant_id, protocol_version, "refused operator Hello; closing");
+                    let _ = send_reply(
+                        &mut send,
+                        &CoordinatorMessage::Error {
+                            reason: format!(
+                                "Hello names `{participant_id}` (protocol {protocol_version}) but \
+                                 the connection is authenticated as operator `{name}` (protocol \
+                                 {PROTOCOL_VERSION})"
+                            ),
+                        },
+                        &MessageLimits::CONTROL,
+                        &shared,
+                    )
+                    .await;
+                    let _ = tokio::time::timeout(CLOSE_WAIT, send.stopped()).await;
+                    connection.close(CLOSE_PROTOCOL.into(), b"bad hello");
+                    return;
+                }
+                greeted = true;
+                let current_round = match ask(&shared, |reply| Command::Status {
+                    participant: id,
+                    reply,
+                })
+                .await
+                {
+                    CoordinatorMessage::Status(report) => report.round,
+                    _ => 0,
+                };
+                info!("operator connected (read-only)");
+                CoordinatorMessage::Welcome(Welcome {
+                    run_id: shared.run_id,
+                    protocol_version: PROTOCOL_VERSION,
+                    participant_id: name.clone(),
+                    max_message_bytes: MessageLimits::CONTROL.max_message_bytes as u64,
+                    total_rounds: shared.total_rounds,
+                    current_round,
+                    model_config_json: shared.model_config_json.clone(),
+                    schema_json: shared.schema_json.clone(),
+                })
+            }
+            Ok(Ok(ClientMessage::StatusRequest)) if greeted => {
+                ask(&shared, |reply| Command::Status {
+                    participant: id,
+                    reply,
+                })
+                .await
+            }
+            Ok(Ok(ClientMessage::Goodbye)) => CoordinatorMessage::Goodbye,
+            Ok(Ok(other)) => {
+                warn!(
+                    request = other.kind(),
+                    "refused request: an operator key may only ask for the status"
+                );
+                CoordinatorMessage::Error {
+                    reason: format!(
+                        "operator `{name}` may only ask for the status (mpcl status); {} is \
+                         refused",
+                        other.kind()
+                    ),
+                }
+            }
+            Ok(Err(CodecError::Closed)) => continue,
+            Ok(Err(error)) => CoordinatorMessage::Error {
+                reason: format!("unreadable request: {error}"),
+            },
+            Err(_) => CoordinatorMessage::Error {
+                reason: format!("request not received within {:?}", shared.request_timeout),
+            },
+        };
+        if let Err(error) = send_reply(&mut send, &reply, &MessageLimits::CONTROL, &shared).await {
+            debug!(%error, "cannot answer the operator");
+        }
     }
 }
 
@@ -861,4 +1074,37 @@ async fn send_reply(
         action: "finishing a reply",
         source: std::io::Error::other(e),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_larger_than_its_enrolment_is_refused_with_the_numbers() {
+        let mut config = CoordinatorConfig {
+            clients_per_round: Some(10),
+            ..CoordinatorConfig::default()
+        };
+        let message = check_against_enrolment(&config, 3).unwrap_err();
+        assert!(
+            message.contains("`clients_per_round` is 10 but only 3 participant(s)"),
+            "{message}"
+        );
+        config.clients_per_round = Some(3);
+        assert!(check_against_enrolment(&config, 3).is_ok());
+        config.min_available_clients = Some(4);
+        let message = check_against_enrolment(&config, 3).unwrap_err();
+        assert!(
+            message.contains("`min_available_clients` is 4"),
+            "{message}"
+        );
+        config.min_available_clients = None;
+        config.min_clients_to_aggregate = 5;
+        let message = check_against_enrolment(&config, 3).unwrap_err();
+        assert!(
+            message.contains("`min_clients_to_aggregate` is 5"),
+            "{message}"
+        );
+    }
 }
