@@ -47,6 +47,7 @@ use crate::network::{NetworkError, NetworkOptions, run_network_federation};
 use crate::normalize::normalize_per_subject;
 use crate::plots;
 use crate::report::MetricsTable;
+use crate::simulation_models::{ArmModel, write_arm_model};
 use crate::synthetic::SyntheticConfig;
 use crate::train_job::{write_json, write_text};
 
@@ -203,6 +204,8 @@ pub enum SimulationError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    ModelFile(Box<mpcl_model::ModelFileError>),
     #[error("simulation config: {0}")]
     Config(String),
 }
@@ -335,7 +338,8 @@ pub fn run_simulation(
 }
 
 /// Runs the simulation, its federated arms as `mode` says; when `out` is given, writes
-/// `config.json`, `rounds.jsonl`, `final.csv`, `final.md`, `per_subject.csv` and the plots there
+/// `config.json`, `rounds.jsonl`, `final.csv`, `final.md`, `per_subject.csv`, the plots and each
+/// arm's final model (`model-ARM.mpcl`, see [`crate::simulation_models`]) there
 /// (and, in network mode, each arm's coordinator output and client logs under `network/`).
 pub fn run_simulation_with(
     config: &SimulationConfig,
@@ -479,6 +483,20 @@ pub fn run_simulation_with(
             )?;
             if let Some(reason) = stopped {
                 notes.push(format!("{} ({}): {reason}", arm.label(), part.name));
+            }
+            if let (Some(dir), Some(state)) = (out, &state) {
+                let model = ArmModel {
+                    arm,
+                    mode: mode.name(),
+                    partition: (part_index, parts.len(), part),
+                    dataset: &dataset,
+                    train_set: &train_set,
+                    test_set: &test_set,
+                    state,
+                    rounds: trace.predictions.len() as u64,
+                    last_predictions: trace.predictions.last().map(Vec::as_slice),
+                };
+                write_arm_model(dir, config, &model)?;
             }
             traces.entry(arm).or_default().push(trace);
             if let Some(state) = state {

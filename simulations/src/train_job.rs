@@ -4,11 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use mpcl_model::data::Schema;
-use mpcl_model::data::Standardizer;
 use mpcl_model::metrics::{DistributionMetrics, evaluate};
+use mpcl_model::model_file::{MODEL_EXTENSION, Provenance, local_run_id};
 use mpcl_model::{DeviceChoice, DeviceError, ModelConfig, ModelError, TrainOptions};
-use mpcl_protocol::messages::GlobalState;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -17,6 +15,7 @@ use crate::dataset::{LoadError, load_dataset};
 use crate::evaluation::{EvaluationProtocol, partitions};
 use crate::normalize::normalize_per_subject;
 use crate::report::MetricsTable;
+use crate::saved_model::{model_file_for, split_provenance};
 use crate::synthetic::SyntheticConfig;
 
 /// Everything that defines a training run; written as `config.json` next to its results.
@@ -58,6 +57,8 @@ pub enum JobError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error(transparent)]
+    ModelFile(Box<mpcl_model::ModelFileError>),
     #[error("cannot write `{path}`: {source}")]
     Write {
         path: PathBuf,
@@ -89,24 +90,16 @@ impl TrainJobResult {
     }
 }
 
-/// A trained model as saved to disk: enough to predict on new samples of the same schema.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SavedModel {
-    pub schema: Schema,
-    pub config: ModelConfig,
-    pub standardizer: Standardizer,
-    pub state: GlobalState,
-}
-
-/// Runs the job, writing `config.json`, `metrics.json`, `metrics.md` and one `model*.json` per
-/// partition into `out`.
+/// Runs the job, writing `config.json`, `metrics.json`, `metrics.md` and one model file per
+/// partition (`model.mpcl`, or `model-fold-K.mpcl`; see `mpcl_model::model_file`) into `out`.
 pub fn run_train_job(config: &TrainJobConfig, out: &Path) -> Result<TrainJobResult, JobError> {
     let started = Instant::now();
     std::fs::create_dir_all(out).map_err(|source| JobError::Write {
         path: out.to_path_buf(),
         source,
     })?;
-    write_json(&out.join("config.json"), config)?;
+    let config_text = serde_json::to_string_pretty(config).expect("plain data serialises to JSON");
+    write_text(&out.join("config.json"), &config_text)?;
     let selected = config.device.resolve()?;
     tracing::info!(device = %selected.description, "training device");
     let (dataset, report) = load_dataset(&config.dataset, &config.synthetic)?;
@@ -150,19 +143,42 @@ pub fn run_train_job(config: &TrainJobConfig, out: &Path) -> Result<TrainJobResu
                 .map(|&i| dataset.samples[i].label.as_slice()),
         );
         let name = if parts.len() == 1 {
-            "model.json".to_string()
+            format!("model.{MODEL_EXTENSION}")
         } else {
-            format!("model-fold-{}.json", index + 1)
+            format!("model-fold-{}.{MODEL_EXTENSION}", index + 1)
         };
-        write_json(
-            &out.join(name),
-            &SavedModel {
-                schema: dataset.schema.clone(),
-                config: config.model.clone(),
-                standardizer: trained.standardizer.clone(),
-                state: trained.model.global_state(),
-            },
-        )?;
+        let fold_predictions = &predictions[predictions.len() - part.test.len()..];
+        let provenance = Provenance {
+            source: "mpcl train".to_string(),
+            run_id: local_run_id(&config_text),
+            round: config.training.epochs as u64,
+            metrics: Some(evaluate(
+                test_set
+                    .samples
+                    .iter()
+                    .zip(fold_predictions)
+                    .map(|(s, p)| (s.label.as_slice(), p.as_slice())),
+            )),
+            metrics_on: format!("test samples of {}", part.name),
+            split: Some(split_provenance(
+                &config.dataset,
+                &dataset,
+                config.protocol,
+                config.seed,
+                index,
+                parts.len(),
+            )),
+            mpcl_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let path = out.join(name);
+        model_file_for(
+            &trained.model.global_state(),
+            &train_set,
+            &config.model,
+            provenance,
+        )
+        .write(&path)
+        .map_err(|e| JobError::ModelFile(Box::new(e)))?;
     }
     let result = TrainJobResult {
         dataset: dataset.name.clone(),

@@ -5,6 +5,7 @@ mod client;
 mod coordinator;
 mod data;
 mod keygen;
+mod model_file;
 mod simulate;
 mod train;
 
@@ -30,6 +31,9 @@ enum Command {
     Client(client::ClientArgs),
     Status(client::StatusArgs),
     Bench(bench::BenchArgs),
+    Export(model_file::ExportArgs),
+    Evaluate(model_file::EvaluateArgs),
+    Predict(model_file::PredictArgs),
     /// Internal: one measurement of `mpcl bench` in a process of its own.
     #[command(hide = true)]
     BenchChild(bench::BenchChildArgs),
@@ -57,6 +61,9 @@ impl Cli {
             Command::Client(args) => args.run(),
             Command::Status(args) => args.run(),
             Command::Bench(args) => args.run(),
+            Command::Export(args) => args.run(),
+            Command::Evaluate(args) => args.run(),
+            Command::Predict(args) => args.run(),
             Command::BenchChild(args) => args.run(),
         }
     }
