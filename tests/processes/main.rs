@@ -8,5 +8,6 @@ mod support;
 mod checkpoint_faults;
 mod client_faults;
 mod coordinator_faults;
+mod model_files;
 mod operations;
 mod simulate_network;
