@@ -15,6 +15,9 @@ use mpcl_model::{Device, ModelConfig, ModelError, MpclModel, TensorDataset};
 use mpcl_protocol::messages::GlobalState;
 use mpcl_protocol::metrics::EvaluationReport;
 
+/// Mixed into the seed of the validation split.
+const VALIDATION_SEED_SALT: u64 = 0x0005_eed0_f7a1_11d0;
+
 /// A participant's data in three parts.
 #[derive(Clone, Debug)]
 pub struct LocalSplit {
@@ -33,7 +36,8 @@ pub fn split_for_evaluation(
 ) -> Result<LocalSplit, SplitError> {
     let outer = subject_dependent(dataset, test_fraction, seed)?;
     let rest = dataset.subset(&outer.train);
-    let inner = subject_dependent(&rest, validation_fraction, seed ^ 0x5eed_0f_7a11d)?;
+    // A seed of its own, so the validation draw is not the test draw repeated.
+    let inner = subject_dependent(&rest, validation_fraction, seed ^ VALIDATION_SEED_SALT)?;
     Ok(LocalSplit {
         train: rest.subset(&inner.train),
         validation: rest.subset(&inner.test),

@@ -86,7 +86,7 @@ impl EvaluationConfig {
 
     /// Whether the global model after `round` (1-based) of `rounds` is evaluated.
     pub fn is_due(&self, round: u64, rounds: u64) -> bool {
-        round == rounds || (self.every_rounds > 0 && round % self.every_rounds == 0)
+        round == rounds || (self.every_rounds > 0 && round.is_multiple_of(self.every_rounds))
     }
 
     /// How many of `sampled` participants evaluate (at least one).
@@ -189,7 +189,10 @@ pub fn final_rows(history: &[FederatedMetrics]) -> Option<Vec<(String, Distribut
     let best_round = best_round(history)?;
     let best = history.iter().find(|m| m.round == best_round)?;
     Some(vec![
-        (format!("global model, last round ({})", last.round), last.test),
+        (
+            format!("global model, last round ({})", last.round),
+            last.test,
+        ),
         (
             format!("global model, best round ({best_round}, by validation KL)"),
             best.test,

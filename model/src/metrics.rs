@@ -25,7 +25,6 @@ pub const METRIC_NAMES: [(&str, bool); 6] = [
     ("intersection", true),
 ];
 
-
 /// The six metrics of one (label, prediction) pair.
 pub fn pair_metrics(label: &[f32], prediction: &[f32]) -> [f64; 6] {
     let mut chebyshev = 0.0f64;

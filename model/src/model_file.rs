@@ -182,9 +182,15 @@ pub enum ModelFormatError {
 #[derive(Debug, Error, PartialEq)]
 pub enum SchemaMismatch {
     #[error("emotions differ: model has [{}], data has [{}]", .model.join(", "), .data.join(", "))]
-    Emotions { model: Vec<String>, data: Vec<String> },
+    Emotions {
+        model: Vec<String>,
+        data: Vec<String>,
+    },
     #[error("modalities differ: model has [{}], data has [{}]", .model.join(", "), .data.join(", "))]
-    Modalities { model: Vec<String>, data: Vec<String> },
+    Modalities {
+        model: Vec<String>,
+        data: Vec<String>,
+    },
 }
 
 /// Errors of reading, writing and using model files; each names the file.

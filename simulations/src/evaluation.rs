@@ -73,7 +73,9 @@ impl EvaluationProtocol {
     /// `subject-independent:5`, `loso`); parses back to the same protocol.
     pub fn spec(&self) -> String {
         match self {
-            Self::SubjectDependent { test_fraction } => format!("subject-dependent:{test_fraction}"),
+            Self::SubjectDependent { test_fraction } => {
+                format!("subject-dependent:{test_fraction}")
+            }
             Self::SubjectIndependent { folds: 0 } => "loso".to_string(),
             Self::SubjectIndependent { folds } => format!("subject-independent:{folds}"),
         }

@@ -38,9 +38,10 @@ impl FromStr for RoundChoice {
         match s {
             "best" => Ok(Self::Best),
             "last" => Ok(Self::Last),
-            n => n.parse::<u64>().map(Self::Round).map_err(|_| {
-                format!("round `{s}`: expected `best`, `last` or a round number")
-            }),
+            n => n
+                .parse::<u64>()
+                .map(Self::Round)
+                .map_err(|_| format!("round `{s}`: expected `best`, `last` or a round number")),
         }
     }
 }
@@ -135,7 +136,11 @@ pub fn export_model(
         standardisation: InputStandardisation::per_subject_only(schema),
         provenance: Provenance {
             source: format!("mpcl coordinator, run `{run_name}`"),
-            run_id: checkpoint.run_id.iter().map(|b| format!("{b:02x}")).collect(),
+            run_id: checkpoint
+                .run_id
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
             round: checkpoint.completed_rounds,
             metrics: None,
             metrics_on: "none: the run has no federated evaluation".to_string(),

@@ -100,7 +100,11 @@ pub fn split_provenance(
     }
 }
 
-fn model_on(file: &ModelFile, path: &Path, device: &Device) -> Result<mpcl_model::MpclModel, ModelFileError> {
+fn model_on(
+    file: &ModelFile,
+    path: &Path,
+    device: &Device,
+) -> Result<mpcl_model::MpclModel, ModelFileError> {
     file.to_model(device)
         .map_err(|source: ModelError| ModelFileError::Model {
             path: path.to_path_buf(),
@@ -183,16 +187,16 @@ pub fn evaluate_saved(
             (
                 data,
                 groups,
-                format!(
-                    "test samples of `{data_spec}` under {protocol}, seed {seed}, {which}"
-                ),
+                format!("test samples of `{data_spec}` under {protocol}, seed {seed}, {which}"),
             )
         }
     };
     let mut labels: Vec<&[f32]> = Vec::new();
     let mut predictions: Vec<Vec<f32>> = Vec::new();
     for (fit_rows, rows) in &groups {
-        let tensors = file.standardisation.tensors(&data, fit_rows, model.device());
+        let tensors = file
+            .standardisation
+            .tensors(&data, fit_rows, model.device());
         predictions.extend(model.predict_rows(&tensors, rows));
         labels.extend(rows.iter().map(|&i| data.samples[i].label.as_slice()));
     }
@@ -201,14 +205,8 @@ pub fn evaluate_saved(
             data: data_spec.to_string(),
         });
     }
-    let pairs = |p: &[Vec<f32>]| {
-        evaluate(
-            labels
-                .iter()
-                .copied()
-                .zip(p.iter().map(|v| v.as_slice())),
-        )
-    };
+    let pairs =
+        |p: &[Vec<f32>]| evaluate(labels.iter().copied().zip(p.iter().map(|v| v.as_slice())));
     let prior = vec![file.label_prior.clone(); labels.len()];
     Ok(ModelEvaluation {
         model: pairs(&predictions),
@@ -257,7 +255,5 @@ pub fn write_predictions(
         row.extend(p.iter().map(|v| v.to_string()));
         writer.write_record(&row).map_err(error)?;
     }
-    writer
-        .flush()
-        .map_err(|e| error(csv::Error::from(e)))
+    writer.flush().map_err(|e| error(csv::Error::from(e)))
 }

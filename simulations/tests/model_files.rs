@@ -39,7 +39,9 @@ fn train_config(protocol: EvaluationProtocol) -> TrainJobConfig {
 #[test]
 fn a_trained_model_file_reproduces_the_runs_metrics_bit_for_bit() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let protocol = EvaluationProtocol::SubjectDependent { test_fraction: 0.25 };
+    let protocol = EvaluationProtocol::SubjectDependent {
+        test_fraction: 0.25,
+    };
     let result = run_train_job(&train_config(protocol), dir.path())?;
     let path = dir.path().join("model.mpcl");
     let file = ModelFile::read(&path)?;
@@ -80,7 +82,11 @@ fn each_folds_model_file_reproduces_that_folds_metrics() -> Result<()> {
     for fold in 1..=3 {
         let path = dir.path().join(format!("model-fold-{fold}.mpcl"));
         let file = ModelFile::read(&path)?;
-        let split = file.provenance.split.clone().expect("a local run records its split");
+        let split = file
+            .provenance
+            .split
+            .clone()
+            .expect("a local run records its split");
         assert_eq!((split.partition, split.partitions), (fold - 1, 3));
         let evaluation = evaluate_saved(
             &file,
@@ -90,7 +96,11 @@ fn each_folds_model_file_reproduces_that_folds_metrics() -> Result<()> {
             Some(protocol),
             &Device::flex(),
         )?;
-        assert_eq!(Some(evaluation.model), file.provenance.metrics, "fold {fold}");
+        assert_eq!(
+            Some(evaluation.model),
+            file.provenance.metrics,
+            "fold {fold}"
+        );
     }
     Ok(())
 }
@@ -119,7 +129,10 @@ fn a_simulated_federations_model_file_reproduces_its_final_metrics() -> Result<(
         let file = ModelFile::read(&path)?;
         assert_eq!(file.state, result.final_states[&arm][0]);
         assert_eq!(file.provenance.round, 2);
-        assert_eq!(file.provenance.split.as_ref().map(|s| s.subjects.len()), Some(2));
+        assert_eq!(
+            file.provenance.split.as_ref().map(|s| s.subjects.len()),
+            Some(2)
+        );
         let evaluation = evaluate_saved(
             &file,
             &path,

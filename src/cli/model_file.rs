@@ -35,8 +35,12 @@ pub struct ExportArgs {
 impl ExportArgs {
     pub fn run(self) -> anyhow::Result<()> {
         let run_file = self.from.join(SAVED_CONFIG_FILE);
-        let run = RunFile::load(&run_file)
-            .with_context(|| format!("{} is not a coordinator's output folder", self.from.display()))?;
+        let run = RunFile::load(&run_file).with_context(|| {
+            format!(
+                "{} is not a coordinator's output folder",
+                self.from.display()
+            )
+        })?;
         let schema = resolve_schema(&run.schema)?;
         let config = model_config(&run)?;
         let file = export_model(&self.from, &schema, &config, self.round)?;

@@ -45,18 +45,32 @@ fn a_federation_exports_a_model_that_evaluates_and_predicts() -> anyhow::Result<
     let last = ModelFile::read(dir.join("last.mpcl"))?;
     assert_eq!(last.state, checkpoint.global);
     assert_eq!(last.provenance.round, 2);
-    let run_id: String = checkpoint.run_id.iter().map(|b| format!("{b:02x}")).collect();
+    let run_id: String = checkpoint
+        .run_id
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(last.provenance.run_id, run_id);
 
     // Round 1 is kept (the previous checkpoint); round 5 is not; best needs evaluation.
     let output = mpcl(
-        &["export", "--from", "out", "--round", "1", "--out", "one.mpcl"],
+        &[
+            "export", "--from", "out", "--round", "1", "--out", "one.mpcl",
+        ],
         dir,
     )?;
     ensure!(output.status.success(), "{}", stderr(&output));
     assert_eq!(ModelFile::read(dir.join("one.mpcl"))?.provenance.round, 1);
     let output = mpcl(
-        &["export", "--from", "out", "--round", "5", "--out", "five.mpcl"],
+        &[
+            "export",
+            "--from",
+            "out",
+            "--round",
+            "5",
+            "--out",
+            "five.mpcl",
+        ],
         dir,
     )?;
     assert!(!output.status.success());
@@ -66,7 +80,15 @@ fn a_federation_exports_a_model_that_evaluates_and_predicts() -> anyhow::Result<
         stderr(&output)
     );
     let output = mpcl(
-        &["export", "--from", "out", "--round", "best", "--out", "best.mpcl"],
+        &[
+            "export",
+            "--from",
+            "out",
+            "--round",
+            "best",
+            "--out",
+            "best.mpcl",
+        ],
         dir,
     )?;
     assert!(!output.status.success());
@@ -92,7 +114,13 @@ fn a_federation_exports_a_model_that_evaluates_and_predicts() -> anyhow::Result<
     // Predict: one row per sample, each a distribution over the model's emotions.
     let output = mpcl(
         &[
-            "predict", "--model", "last.mpcl", "--data", "synthetic", "--out", "p.csv",
+            "predict",
+            "--model",
+            "last.mpcl",
+            "--data",
+            "synthetic",
+            "--out",
+            "p.csv",
         ],
         dir,
     )?;
@@ -141,7 +169,15 @@ fn a_federation_exports_a_model_that_evaluates_and_predicts() -> anyhow::Result<
         );
     }
     let output = mpcl(
-        &["predict", "--model", "last.mpcl", "--data", "larwood2019", "--out", "x.csv"],
+        &[
+            "predict",
+            "--model",
+            "last.mpcl",
+            "--data",
+            "larwood2019",
+            "--out",
+            "x.csv",
+        ],
         dir,
     )?;
     assert!(!output.status.success());
