@@ -98,6 +98,12 @@ impl EvaluateArgs {
             p.round,
             p.mpcl_version
         );
+        if let Some(own) = &p.metrics {
+            println!(
+                "the run measured KL {:.4}, cosine {:.4} on {} ({} samples)",
+                own.kl, own.cosine, p.metrics_on, own.samples
+            );
+        }
         println!("on {}", evaluation.on);
         println!("{}", evaluation.table().to_text());
         Ok(())
