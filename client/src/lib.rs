@@ -7,6 +7,7 @@
 //! request per stream); [`node`] is the loop around it (ask for work, train, sign, upload,
 //! reconnect with backoff).
 
+pub mod evaluation;
 pub mod faults;
 pub mod node;
 pub mod participant;

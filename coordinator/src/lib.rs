@@ -9,6 +9,7 @@
 pub mod aggregation;
 pub mod checkpoint;
 pub mod config;
+pub mod evaluation;
 pub mod exact_sum;
 pub mod privacy;
 pub mod round;

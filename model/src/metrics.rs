@@ -8,29 +8,12 @@
 //!   `1e-12` so a confident wrong prediction gives a large finite value instead of infinity.
 //! - Cosine: if either vector is all zeros the similarity is 0.
 
-use serde::{Deserialize, Serialize};
-
 /// Floor for `p_c` inside the KL logarithm.
 pub const KL_EPSILON: f64 = 1e-12;
 
-/// Mean of each metric over a set of samples.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct DistributionMetrics {
-    /// max_c |d_c - p_c| (lower is better).
-    pub chebyshev: f64,
-    /// sqrt(sum_c (d_c - p_c)^2 / (d_c + p_c)^2) (lower is better).
-    pub clark: f64,
-    /// sum_c |d_c - p_c| / (d_c + p_c) (lower is better).
-    pub canberra: f64,
-    /// sum_c d_c ln(d_c / p_c) (lower is better).
-    pub kl: f64,
-    /// cosine similarity (higher is better).
-    pub cosine: f64,
-    /// sum_c min(d_c, p_c) (higher is better).
-    pub intersection: f64,
-    /// Number of samples averaged.
-    pub samples: usize,
-}
+/// The metric means and sums live in the protocol crate, because federated evaluation sends
+/// them; they are re-exported here where they are computed.
+pub use mpcl_protocol::metrics::{DistributionMetrics, MetricSums};
 
 /// The metric names in table order, with whether higher is better.
 pub const METRIC_NAMES: [(&str, bool); 6] = [
@@ -41,20 +24,6 @@ pub const METRIC_NAMES: [(&str, bool); 6] = [
     ("cosine", true),
     ("intersection", true),
 ];
-
-impl DistributionMetrics {
-    /// The six values in `METRIC_NAMES` order.
-    pub fn values(&self) -> [f64; 6] {
-        [
-            self.chebyshev,
-            self.clark,
-            self.canberra,
-            self.kl,
-            self.cosine,
-            self.intersection,
-        ]
-    }
-}
 
 /// The six metrics of one (label, prediction) pair.
 pub fn pair_metrics(label: &[f32], prediction: &[f32]) -> [f64; 6] {
@@ -89,28 +58,21 @@ pub fn pair_metrics(label: &[f32], prediction: &[f32]) -> [f64; 6] {
     [chebyshev, clark.sqrt(), canberra, kl, cosine, intersection]
 }
 
+/// Sums of the metrics over all `(label, prediction)` pairs, and their count: what a
+/// participant reports in federated evaluation.
+pub fn metric_sums<'a>(pairs: impl IntoIterator<Item = (&'a [f32], &'a [f32])>) -> MetricSums {
+    let mut sums = MetricSums::default();
+    for (label, prediction) in pairs {
+        sums.add_sample(pair_metrics(label, prediction));
+    }
+    sums
+}
+
 /// Mean metrics over all `(label, prediction)` pairs.
 pub fn evaluate<'a>(
     pairs: impl IntoIterator<Item = (&'a [f32], &'a [f32])>,
 ) -> DistributionMetrics {
-    let mut sums = [0.0f64; 6];
-    let mut samples = 0;
-    for (label, prediction) in pairs {
-        for (sum, value) in sums.iter_mut().zip(pair_metrics(label, prediction)) {
-            *sum += value;
-        }
-        samples += 1;
-    }
-    let n = samples.max(1) as f64;
-    DistributionMetrics {
-        chebyshev: sums[0] / n,
-        clark: sums[1] / n,
-        canberra: sums[2] / n,
-        kl: sums[3] / n,
-        cosine: sums[4] / n,
-        intersection: sums[5] / n,
-        samples,
-    }
+    metric_sums(pairs).means()
 }
 
 /// Metrics of the label-prior baseline: predicting `prior` for every sample of `labels`.

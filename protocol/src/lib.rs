@@ -21,6 +21,7 @@ pub mod compression;
 pub mod framing;
 pub mod identity;
 pub mod messages;
+pub mod metrics;
 pub mod params;
 pub mod secure_aggregation;
 pub mod signing;

@@ -89,6 +89,24 @@ impl FromStr for EvaluationProtocol {
     }
 }
 
+impl EvaluationProtocol {
+    /// The protocol as the command line writes it (`subject-dependent:0.25`,
+    /// `subject-independent:5`, `loso`); parses back to the same protocol.
+    pub fn spec(&self) -> String {
+        match self {
+            Self::SubjectDependent { test_fraction } => {
+                format!("subject-dependent:{test_fraction}")
+            }
+            Self::SubjectIndependent { folds: 0 } => "loso".to_string(),
+            Self::SubjectIndependent { folds } => format!("subject-independent:{folds}"),
+            Self::StimulusIndependent { folds } => format!("stimulus-independent:{folds}"),
+            Self::SubjectStimulusIndependent { folds } => {
+                format!("subject-stimulus-independent:{folds}")
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for EvaluationProtocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -218,6 +236,10 @@ mod tests {
             })
         );
         assert!("random".parse::<EvaluationProtocol>().is_err());
+        for spec in ["subject-dependent:0.3", "subject-independent:4", "loso"] {
+            let protocol: EvaluationProtocol = spec.parse().unwrap();
+            assert_eq!(protocol.spec(), spec);
+        }
     }
 
     #[test]

@@ -4,39 +4,13 @@
 //! recordings. Statistics come from label-free features only: a subject's training samples when
 //! it has any, otherwise (a held-out subject) all of its samples, which needs no label.
 
-use std::collections::BTreeMap;
-
-use mpcl_model::data::{Dataset, Standardizer};
+use mpcl_model::data::Dataset;
 
 /// A copy of `dataset` with each subject's features standardised with that subject's statistics
-/// (from its samples in `train`, or all its samples when it has none there).
+/// (from its samples in `train`, or all its samples when it has none there). The rule lives in
+/// the model crate (`data::standardize::standardize_per_subject`) because model files record it.
 pub fn normalize_per_subject(dataset: &Dataset, train: &[usize]) -> Dataset {
-    let mut train_rows: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    let mut all_rows: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for &i in train {
-        train_rows
-            .entry(dataset.samples[i].subject.as_str())
-            .or_default()
-            .push(i);
-    }
-    for (i, sample) in dataset.samples.iter().enumerate() {
-        all_rows.entry(sample.subject.as_str()).or_default().push(i);
-    }
-    let standardizers: BTreeMap<&str, Standardizer> = all_rows
-        .iter()
-        .map(|(subject, rows)| {
-            let rows = train_rows.get(subject).unwrap_or(rows);
-            (*subject, Standardizer::fit(&dataset.subset(rows)))
-        })
-        .collect();
-    let mut normalized = dataset.clone();
-    for sample in &mut normalized.samples {
-        let standardizer = &standardizers[sample.subject.as_str()];
-        for (m, values) in sample.features.iter_mut().enumerate() {
-            *values = standardizer.apply(m, values);
-        }
-    }
-    normalized
+    mpcl_model::data::standardize::standardize_per_subject(dataset, train)
 }
 
 #[cfg(test)]

@@ -48,6 +48,7 @@ use crate::plots;
 use crate::progress::RoundProgress;
 use crate::report::{ArmSummary, SummaryTable};
 use crate::selection::{BestRound, SelectionSettings};
+use crate::simulation_models::{ArmModel, write_arm_model};
 use crate::stimulus_prior::stimulus_prior;
 use crate::synthetic::SyntheticConfig;
 use crate::train_job::{write_json, write_text};
@@ -212,6 +213,8 @@ pub enum SimulationError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    ModelFile(Box<mpcl_model::ModelFileError>),
     #[error("simulation config: {0}")]
     Config(String),
     /// An arm's validation KL did not improve for this many rounds; caught where the arm runs,
@@ -400,7 +403,8 @@ pub fn run_simulation(
 }
 
 /// Runs the simulation, its federated arms as `mode` says; when `out` is given, writes
-/// `config.json`, `rounds.jsonl`, `final.csv`, `final.md`, `per_subject.csv` and the plots there
+/// `config.json`, `rounds.jsonl`, `final.csv`, `final.md`, `per_subject.csv`, the plots and each
+/// arm's final model (`model-ARM.mpcl`, see [`crate::simulation_models`]) there
 /// (and, in network mode, each arm's coordinator output and client logs under `network/`).
 pub fn run_simulation_with(
     config: &SimulationConfig,
@@ -602,6 +606,21 @@ pub fn run_simulation_on(
             )?;
             if let Some(reason) = stopped {
                 notes.push(format!("{} ({}): {reason}", arm.label(), part.name));
+            }
+            // The model file holds the validation-selected round's state.
+            if let (Some(dir), Some(state)) = (out, trace.best_state.as_ref().or(state.as_ref())) {
+                let model = ArmModel {
+                    arm,
+                    mode: mode.name(),
+                    partition: (part_index, parts.len(), part),
+                    dataset: &dataset,
+                    train_set: &train_set,
+                    test_set: &test_set,
+                    state,
+                    rounds: trace.best.round().unwrap_or(0),
+                    last_predictions: trace.selected().map(Vec::as_slice),
+                };
+                write_arm_model(dir, config, &model)?;
             }
             traces.entry(arm).or_default().push(trace);
             if let Some(state) = state {

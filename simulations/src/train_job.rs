@@ -7,14 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use mpcl_model::data::Schema;
 use mpcl_model::data::Standardizer;
 use mpcl_model::metrics::{DistributionMetrics, evaluate};
+use mpcl_model::model_file::{MODEL_EXTENSION, Provenance, local_run_id};
 use mpcl_model::{
     DeviceChoice, DeviceError, ModelConfig, ModelError, MpclModel, TensorDataset, TrainOptions,
     train_observed,
 };
-use mpcl_protocol::messages::GlobalState;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -23,6 +22,7 @@ use crate::dataset::{LoadError, load_dataset};
 use crate::evaluation::{EvaluationProtocol, partitions};
 use crate::normalize::normalize_per_subject;
 use crate::report::{ArmSummary, SummaryTable};
+use crate::saved_model::{model_file_for, split_provenance};
 use crate::selection::{BestRound, SelectionSettings};
 use crate::synthetic::SyntheticConfig;
 use crate::uncertainty::compare_to_prior;
@@ -69,6 +69,8 @@ pub enum JobError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error(transparent)]
+    ModelFile(Box<mpcl_model::ModelFileError>),
     #[error("cannot write `{path}`: {source}")]
     Write {
         path: PathBuf,
@@ -95,24 +97,17 @@ pub struct TrainJobResult {
     pub wall_seconds: f64,
 }
 
-/// A trained model as saved to disk: enough to predict on new samples of the same schema.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SavedModel {
-    pub schema: Schema,
-    pub config: ModelConfig,
-    pub standardizer: Standardizer,
-    pub state: GlobalState,
-}
-
-/// Runs the job, writing `config.json`, `metrics.json`, `metrics.md` and one `model*.json` per
-/// partition into `out`.
+/// Runs the job, writing `config.json`, `metrics.json`, `metrics.md` and one model file per
+/// partition (`model.mpcl`, or `model-fold-K.mpcl`; see `mpcl_model::model_file`) into `out`:
+/// each partition's validation-selected epoch.
 pub fn run_train_job(config: &TrainJobConfig, out: &Path) -> Result<TrainJobResult, JobError> {
     let started = Instant::now();
     std::fs::create_dir_all(out).map_err(|source| JobError::Write {
         path: out.to_path_buf(),
         source,
     })?;
-    write_json(&out.join("config.json"), config)?;
+    let config_text = serde_json::to_string_pretty(config).expect("plain data serialises to JSON");
+    write_text(&out.join("config.json"), &config_text)?;
     let selected = config.device.resolve()?;
     tracing::info!(device = %selected.description, "training device");
     let (dataset, report) = load_dataset(&config.dataset, &config.synthetic)?;
@@ -196,19 +191,38 @@ pub fn run_train_job(config: &TrainJobConfig, out: &Path) -> Result<TrainJobResu
         subjects.extend(test_set.samples.iter().map(|s| s.subject.clone()));
         sizes.push(part.test.len());
         let name = if parts.len() == 1 {
-            "model.json".to_string()
+            format!("model.{MODEL_EXTENSION}")
         } else {
-            format!("model-fold-{}.json", index + 1)
+            format!("model-fold-{}.{MODEL_EXTENSION}", index + 1)
         };
-        write_json(
-            &out.join(name),
-            &SavedModel {
-                schema: dataset.schema.clone(),
-                config: config.model.clone(),
-                standardizer,
-                state: chosen.0,
-            },
-        )?;
+        let fold_predictions = &predictions[predictions.len() - part.test.len()..];
+        let provenance = Provenance {
+            source: "mpcl train".to_string(),
+            run_id: local_run_id(&config_text),
+            round: best.round().unwrap_or(0),
+            metrics: Some(evaluate(
+                test_set
+                    .samples
+                    .iter()
+                    .zip(fold_predictions)
+                    .map(|(s, p)| (s.label.as_slice(), p.as_slice())),
+            )),
+            metrics_on: format!("test samples of {}", part.name),
+            split: Some(split_provenance(
+                &config.dataset,
+                &dataset,
+                config.protocol,
+                config.selection.validation_fraction,
+                config.seed,
+                index,
+                parts.len(),
+            )),
+            mpcl_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let path = out.join(name);
+        model_file_for(&chosen.0, &train_set, &config.model, provenance)
+            .write(&path)
+            .map_err(|e| JobError::ModelFile(Box::new(e)))?;
     }
     let pairs = |predicted: &[Vec<f32>]| {
         evaluate(

@@ -8,6 +8,7 @@ mod data;
 mod docs;
 mod init;
 mod keygen;
+mod model_file;
 mod rerun;
 mod simulate;
 mod train;
@@ -60,6 +61,9 @@ enum Command {
     Bench(bench::BenchArgs),
     Completions(docs::CompletionsArgs),
     Man(docs::ManArgs),
+    Export(model_file::ExportArgs),
+    Evaluate(model_file::EvaluateArgs),
+    Predict(model_file::PredictArgs),
     /// Internal: one measurement of `mpcl bench` in a process of its own.
     #[command(hide = true)]
     BenchChild(bench::BenchChildArgs),
@@ -103,6 +107,9 @@ impl Cli {
             Command::Bench(args) => args.run(),
             Command::Completions(args) => args.run(),
             Command::Man(args) => args.run(),
+            Command::Export(args) => args.run(),
+            Command::Evaluate(args) => args.run(),
+            Command::Predict(args) => args.run(),
             Command::BenchChild(args) => args.run(),
         }
     }

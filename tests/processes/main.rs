@@ -9,6 +9,7 @@ mod checkpoint_faults;
 mod client_faults;
 mod coordinator_faults;
 mod dashboard;
+mod model_files;
 mod operating;
 mod operations;
 mod simulate_network;

@@ -14,7 +14,7 @@ mod sample;
 mod schema;
 pub mod snapshot;
 pub mod split;
-mod standardize;
+pub mod standardize;
 pub mod study;
 pub mod wesad;
 

@@ -1,0 +1,192 @@
+//! The model as a file, with the real binary: `mpcl export` from a finished federation's output
+//! folder (last, a kept earlier round, and the errors for `best` without federated evaluation
+//! and for a round whose state was not kept), `mpcl evaluate` and `mpcl predict` on the exported
+//! model, and the refusals of a truncated, wrong-version and wrong-schema model file.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use anyhow::ensure;
+use mpcl_model::ModelFile;
+
+use crate::support::{MPCL, PATIENCE, RunDir, RunSpec};
+
+fn mpcl(args: &[&str], dir: &Path) -> anyhow::Result<Output> {
+    Ok(Command::new(MPCL)
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_BACKTRACE", "0")
+        .output()?)
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn a_federation_exports_a_model_that_evaluates_and_predicts() -> anyhow::Result<()> {
+    let run = RunDir::new(&["a", "b"], &RunSpec::all(2, 2))?;
+    let mut coordinator = run.coordinator("coordinator", "127.0.0.1:0", false)?;
+    let mut a = run.client("a", "a", &coordinator, &[])?;
+    let mut b = run.client("b", "b", &coordinator, &[])?;
+    for process in [&mut a, &mut b, &mut coordinator] {
+        process.wait_success(PATIENCE)?;
+    }
+    let dir = run.path();
+    let checkpoint = mpcl_coordinator::read_checkpoint(run.checkpoint())?;
+
+    // Last round: the checkpoint's global state, bit for bit.
+    let output = mpcl(&["export", "--from", "out", "--out", "last.mpcl"], dir)?;
+    ensure!(output.status.success(), "{}", stderr(&output));
+    let last = ModelFile::read(dir.join("last.mpcl"))?;
+    assert_eq!(last.state, checkpoint.global);
+    assert_eq!(last.provenance.round, 2);
+    let run_id: String = checkpoint
+        .run_id
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(last.provenance.run_id, run_id);
+
+    // Round 1 is kept (the previous checkpoint); round 5 is not; best needs evaluation.
+    let output = mpcl(
+        &[
+            "export", "--from", "out", "--round", "1", "--out", "one.mpcl",
+        ],
+        dir,
+    )?;
+    ensure!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(ModelFile::read(dir.join("one.mpcl"))?.provenance.round, 1);
+    let output = mpcl(
+        &[
+            "export",
+            "--from",
+            "out",
+            "--round",
+            "5",
+            "--out",
+            "five.mpcl",
+        ],
+        dir,
+    )?;
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("round 5's state was not kept"),
+        "{}",
+        stderr(&output)
+    );
+    let output = mpcl(
+        &[
+            "export",
+            "--from",
+            "out",
+            "--round",
+            "best",
+            "--out",
+            "best.mpcl",
+        ],
+        dir,
+    )?;
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("has no evaluation metrics"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!dir.join("best.mpcl").exists() && !dir.join("five.mpcl").exists());
+
+    // Evaluate: the six metrics beside the label prior.
+    let output = mpcl(
+        &["evaluate", "--model", "last.mpcl", "--data", "synthetic"],
+        dir,
+    )?;
+    ensure!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("kl ↓") && text.contains("model") && text.contains("label prior"),
+        "{text}"
+    );
+
+    // Predict: one row per sample, each a distribution over the model's emotions.
+    let output = mpcl(
+        &[
+            "predict",
+            "--model",
+            "last.mpcl",
+            "--data",
+            "synthetic",
+            "--out",
+            "p.csv",
+        ],
+        dir,
+    )?;
+    ensure!(output.status.success(), "{}", stderr(&output));
+    let mut reader = csv::Reader::from_path(dir.join("p.csv"))?;
+    let header: Vec<String> = reader.headers()?.iter().map(String::from).collect();
+    let mut expected = vec!["subject".to_string(), "trial".into(), "time".into()];
+    expected.extend(last.schema.emotions.iter().cloned());
+    assert_eq!(header, expected);
+    let data = mpcl_simulations::synthetic::generate(&Default::default());
+    let mut rows = 0;
+    for (record, sample) in reader.records().zip(&data.samples) {
+        let record = record?;
+        assert_eq!(record[0].to_string(), sample.subject);
+        assert_eq!(record[1].parse::<u32>()?, sample.trial);
+        assert_eq!(record[2].parse::<u32>()?, sample.time);
+        let p: Vec<f64> = record
+            .iter()
+            .skip(3)
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        assert_eq!(p.len(), last.schema.emotions.len());
+        assert!(p.iter().all(|v| *v >= 0.0), "{p:?}");
+        let sum: f64 = p.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-6, "row {rows} sums to {sum}");
+        rows += 1;
+    }
+    assert_eq!(rows, data.samples.len());
+
+    // Refusals, each naming the file and the problem.
+    let bytes = std::fs::read(dir.join("last.mpcl"))?;
+    std::fs::write(dir.join("cut.mpcl"), &bytes[..bytes.len() - 10])?;
+    let mut future = bytes.clone();
+    future[8..12].copy_from_slice(&7u32.to_le_bytes());
+    std::fs::write(dir.join("future.mpcl"), &future)?;
+    for (file, problem) in [
+        ("cut.mpcl", "truncated"),
+        ("future.mpcl", "format version 7"),
+    ] {
+        let output = mpcl(&["evaluate", "--model", file, "--data", "synthetic"], dir)?;
+        assert!(!output.status.success());
+        let message = stderr(&output);
+        assert!(
+            message.contains(file) && message.contains(problem),
+            "{message}"
+        );
+    }
+    let output = mpcl(
+        &[
+            "predict",
+            "--model",
+            "last.mpcl",
+            "--data",
+            "larwood2019",
+            "--out",
+            "x.csv",
+        ],
+        dir,
+    )?;
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(
+        message.contains("last.mpcl")
+            && message.contains("emotions differ: model has [inspired")
+            && message.contains("data has [active"),
+        "{message}"
+    );
+    Ok(())
+}
