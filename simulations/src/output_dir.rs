@@ -80,15 +80,15 @@ pub fn simulation_outputs(name: &str) -> bool {
             | "cosine_vs_round.svg"
             | "per_subject_kl.svg"
             | "network"
-    )
+    ) || (name.starts_with("model-") && name.ends_with(".mpcl"))
 }
 
 /// The files `mpcl train` writes (see [`crate::train_job::run_train_job`]).
 pub fn train_outputs(name: &str) -> bool {
     matches!(
         name,
-        "config.json" | "metrics.json" | "metrics.md" | "model.json"
-    ) || (name.starts_with("model-fold-") && name.ends_with(".json"))
+        "config.json" | "metrics.json" | "metrics.md" | "model.mpcl"
+    ) || (name.starts_with("model-fold-") && name.ends_with(".mpcl"))
 }
 
 /// A run's staging folder; see the module documentation.
@@ -271,7 +271,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("run");
         std::fs::create_dir_all(&out).unwrap();
-        for name in ["model-fold-1.json", "model-fold-2.json", "metrics.json"] {
+        for name in ["model-fold-1.mpcl", "model-fold-2.mpcl", "metrics.json"] {
             std::fs::write(out.join(name), "old").unwrap();
         }
         // A run that fails leaves the old results as they were.
@@ -283,12 +283,12 @@ mod tests {
         assert_eq!(entries_of(&out).unwrap().len(), 3);
         // A run that finishes replaces them all: no fold model of the old run survives.
         let staging = Staging::begin(&out, true, train_outputs).unwrap();
-        std::fs::write(staging.path().join("model.json"), "new").unwrap();
+        std::fs::write(staging.path().join("model.mpcl"), "new").unwrap();
         std::fs::write(staging.path().join("metrics.json"), "new").unwrap();
         staging.commit().unwrap();
         assert_eq!(
             entries_of(&out).unwrap(),
-            vec!["metrics.json".to_string(), "model.json".to_string()]
+            vec!["metrics.json".to_string(), "model.mpcl".to_string()]
         );
         assert_eq!(
             std::fs::read_to_string(out.join("metrics.json")).unwrap(),

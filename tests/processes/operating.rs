@@ -195,7 +195,7 @@ fn train_force_leaves_no_stale_model_and_logs_json() -> anyhow::Result<()> {
     let first = mpcl(&folds)?;
     ensure!(first.status.success(), "{}", text(&first.stderr));
     assert!(text(&first.stdout).contains("epoch 1/1: loss"));
-    assert!(Path::new(&out).join("model-fold-2.json").exists());
+    assert!(Path::new(&out).join("model-fold-2.mpcl").exists());
 
     let mut single = vec!["--log-format", "json"];
     single.extend(common);
@@ -212,7 +212,7 @@ fn train_force_leaves_no_stale_model_and_logs_json() -> anyhow::Result<()> {
     names.sort();
     assert_eq!(
         names,
-        ["config.json", "metrics.json", "metrics.md", "model.json"]
+        ["config.json", "metrics.json", "metrics.md", "model.mpcl"]
     );
     let logs = text(&second.stderr);
     assert!(logs.lines().count() > 0, "no logs");
