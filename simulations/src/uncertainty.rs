@@ -97,7 +97,10 @@ pub fn compare_to_prior(
 mod tests {
     use super::*;
 
-    fn data(shift: f32) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<String>) {
+    /// Labels, predictions, prior predictions and subjects of 12 subjects x 5 samples.
+    type Samples = (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<String>);
+
+    fn data(shift: f32) -> Samples {
         let mut labels = Vec::new();
         let mut predictions = Vec::new();
         let mut prior = Vec::new();

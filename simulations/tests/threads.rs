@@ -106,14 +106,12 @@ fn the_simulation_reports_the_same_metrics_on_one_thread_and_on_two() -> Result<
             None,
             false,
         )
+        .map_err(anyhow::Error::from)
     };
     let (serial, parallel) = (run(1)?, run(2)?);
     assert_eq!(serial.rounds.len(), 3);
     let metrics = |r: &mpcl_simulations::simulate::SimulationResult| {
-        r.rounds
-            .iter()
-            .map(|r| r.metrics.clone())
-            .collect::<Vec<_>>()
+        r.rounds.iter().map(|r| r.metrics).collect::<Vec<_>>()
     };
     assert_eq!(metrics(&serial), metrics(&parallel));
     Ok(())
