@@ -56,56 +56,60 @@ pub fn markdown(r: &BenchReport) -> String {
         r.wall_seconds
     );
 
-    let _ = writeln!(
-        s,
-        "**Aggregation time per round** (FedAvg, `RoundAggregator` add + finish, in-process)\n"
-    );
-    let mut parameters: Vec<usize> = r.aggregation.iter().map(|a| a.parameters).collect();
-    parameters.dedup();
-    let mut clients: Vec<usize> = r.aggregation.iter().map(|a| a.clients).collect();
-    clients.sort_unstable();
-    clients.dedup();
-    let _ = write!(s, "| clients |");
-    for p in &parameters {
-        let _ = write!(s, " {} params |", count(*p));
-    }
-    let _ = writeln!(s, "\n|---|{}", "---|".repeat(parameters.len()));
-    for n in &clients {
-        let _ = write!(s, "| {n} |");
-        for p in &parameters {
-            match r
-                .aggregation
-                .iter()
-                .find(|a| a.clients == *n && a.parameters == *p)
-            {
-                Some(a) => {
-                    let _ = write!(s, " {} |", seconds(a.seconds));
-                }
-                None => s.push_str(" |"),
-            }
-        }
-        s.push('\n');
-    }
-
-    let _ = writeln!(
-        s,
-        "\n**System overhead per round, network mode** (QUIC on loopback, tiny model; overhead = round wall time - slowest client's training time)\n"
-    );
-    let _ = writeln!(
-        s,
-        "| clients | poll interval | compression | round wall | slowest training | overhead |\n|---|---|---|---|---|---|"
-    );
-    for o in &r.overhead {
+    if !r.aggregation.is_empty() {
         let _ = writeln!(
             s,
-            "| {} | {} ms | {} | {} | {} | {} |",
-            o.clients,
-            o.poll_interval_ms,
-            o.compression,
-            seconds(o.round_seconds),
-            seconds(o.slowest_training_seconds),
-            seconds(o.overhead_seconds)
+            "**Aggregation time per round** (FedAvg, `RoundAggregator` add + finish, in-process)\n"
         );
+        let mut parameters: Vec<usize> = r.aggregation.iter().map(|a| a.parameters).collect();
+        parameters.dedup();
+        let mut clients: Vec<usize> = r.aggregation.iter().map(|a| a.clients).collect();
+        clients.sort_unstable();
+        clients.dedup();
+        let _ = write!(s, "| clients |");
+        for p in &parameters {
+            let _ = write!(s, " {} params |", count(*p));
+        }
+        let _ = writeln!(s, "\n|---|{}", "---|".repeat(parameters.len()));
+        for n in &clients {
+            let _ = write!(s, "| {n} |");
+            for p in &parameters {
+                match r
+                    .aggregation
+                    .iter()
+                    .find(|a| a.clients == *n && a.parameters == *p)
+                {
+                    Some(a) => {
+                        let _ = write!(s, " {} |", seconds(a.seconds));
+                    }
+                    None => s.push_str(" |"),
+                }
+            }
+            s.push('\n');
+        }
+    }
+
+    if !r.overhead.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n**System overhead per round, network mode** (QUIC on loopback, tiny model; overhead = round wall time - slowest client's training time)\n"
+        );
+        let _ = writeln!(
+            s,
+            "| clients | poll interval | compression | round wall | slowest training | overhead |\n|---|---|---|---|---|---|"
+        );
+        for o in &r.overhead {
+            let _ = writeln!(
+                s,
+                "| {} | {} ms | {} | {} | {} | {} |",
+                o.clients,
+                o.poll_interval_ms,
+                o.compression,
+                seconds(o.round_seconds),
+                seconds(o.slowest_training_seconds),
+                seconds(o.overhead_seconds)
+            );
+        }
     }
 
     if !r.flower.is_empty() {
@@ -161,85 +165,89 @@ pub fn markdown(r: &BenchReport) -> String {
         }
     }
 
-    let _ = writeln!(
-        s,
-        "\n**Bytes per client per round and final metrics** (synthetic federated simulation; upload = signed update payload)\n"
-    );
-    for setup in &r.bytes_setups {
+    if !r.bytes.is_empty() {
         let _ = writeln!(
             s,
-            "- {} model: {} encoder parameters, {} clients, {} rounds x {} local epochs, learning rate {}",
-            setup.model,
-            setup.parameters,
-            setup.subjects,
-            setup.rounds,
-            setup.local_epochs,
-            setup.learning_rate
+            "\n**Bytes per client per round and final metrics** (synthetic federated simulation; upload = signed update payload)\n"
         );
-    }
-    let _ = writeln!(
-        s,
-        "\n| model | compression | upload | vs dense | download | final KL | KL change | cosine | label prior KL |\n|---|---|---|---|---|---|---|---|---|"
-    );
-    for b in &r.bytes {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {:.0} B | {:.3}x | {:.0} B | {:.4} | {:+.2}% | {:.4} | {:.4} |",
-            b.model,
-            b.compression,
-            b.up_bytes_per_client,
-            b.up_ratio,
-            b.down_bytes_per_client,
-            b.final_kl,
-            b.kl_change_percent,
-            b.final_cosine,
-            b.label_prior_kl
-        );
-    }
-
-    let _ = writeln!(s, "\n**Local training throughput**\n");
-    let _ = writeln!(
-        s,
-        "| device | model | parameters | batch | samples/s | samples per CPU-second |\n|---|---|---|---|---|---|"
-    );
-    for t in &r.throughput {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {:.0} | {:.0} |",
-            t.device,
-            t.model,
-            t.parameters,
-            t.batch_size,
-            t.samples_per_second,
-            t.samples_per_cpu_second
-        );
-    }
-    if !r.twin.is_empty() {
-        let _ = writeln!(
-            s,
-            "\nThe PyTorch twin of the default network (its own results, read from its folder; other runs, other machine load):\n"
-        );
-        let _ = writeln!(
-            s,
-            "| system | batch | samples/s | samples per CPU-second | mpcl / twin (per CPU-second) |\n|---|---|---|---|---|"
-        );
-        for t in &r.twin {
-            let ours = r
-                .throughput
-                .iter()
-                .find(|m| m.batch_size == t.batch_size && m.device.starts_with("cpu"))
-                .map(|m| {
-                    format!(
-                        "{:.2}x",
-                        m.samples_per_cpu_second / t.samples_per_cpu_second
-                    )
-                })
-                .unwrap_or_else(|| "-".into());
+        for setup in &r.bytes_setups {
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.0} | {:.0} | {} |",
-                t.system, t.batch_size, t.samples_per_second, t.samples_per_cpu_second, ours
+                "- {} model: {} encoder parameters, {} clients, {} rounds x {} local epochs, learning rate {}",
+                setup.model,
+                setup.parameters,
+                setup.subjects,
+                setup.rounds,
+                setup.local_epochs,
+                setup.learning_rate
             );
+        }
+        let _ = writeln!(
+            s,
+            "\n| model | compression | upload | vs dense | download | final KL | KL change | cosine | label prior KL |\n|---|---|---|---|---|---|---|---|---|"
+        );
+        for b in &r.bytes {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} B | {:.3}x | {:.0} B | {:.4} | {:+.2}% | {:.4} | {:.4} |",
+                b.model,
+                b.compression,
+                b.up_bytes_per_client,
+                b.up_ratio,
+                b.down_bytes_per_client,
+                b.final_kl,
+                b.kl_change_percent,
+                b.final_cosine,
+                b.label_prior_kl
+            );
+        }
+    }
+
+    if !r.throughput.is_empty() {
+        let _ = writeln!(s, "\n**Local training throughput**\n");
+        let _ = writeln!(
+            s,
+            "| device | model | parameters | batch | samples/s | samples per CPU-second |\n|---|---|---|---|---|---|"
+        );
+        for t in &r.throughput {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.0} | {:.0} |",
+                t.device,
+                t.model,
+                t.parameters,
+                t.batch_size,
+                t.samples_per_second,
+                t.samples_per_cpu_second
+            );
+        }
+        if !r.twin.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nThe PyTorch twin of the default network (its own results, read from its folder; other runs, other machine load):\n"
+            );
+            let _ = writeln!(
+                s,
+                "| system | batch | samples/s | samples per CPU-second | mpcl / twin (per CPU-second) |\n|---|---|---|---|---|"
+            );
+            for t in &r.twin {
+                let ours = r
+                    .throughput
+                    .iter()
+                    .find(|m| m.batch_size == t.batch_size && m.device.starts_with("cpu"))
+                    .map(|m| {
+                        format!(
+                            "{:.2}x",
+                            m.samples_per_cpu_second / t.samples_per_cpu_second
+                        )
+                    })
+                    .unwrap_or_else(|| "-".into());
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.0} | {:.0} | {} |",
+                    t.system, t.batch_size, t.samples_per_second, t.samples_per_cpu_second, ours
+                );
+            }
         }
     }
 

@@ -8,6 +8,12 @@
 //!                     └► Finished    ─► Goodbye, exit
 //! ```
 //!
+//! The coordinator long-polls `RequestWork`: with nothing to hand out it holds the request and
+//! answers `StartRound` the moment a round opens for this node (or `Wait { retry_after_ms: 0 }`
+//! after its `network.long_poll_secs`, and the node asks again at once), so the request timeout
+//! ([`SessionConfig::request_timeout`], 10 minutes by default) must exceed the long poll (20 s by
+//! default); the QUIC keep-alive keeps the connection up meanwhile.
+//!
 //! Under secure aggregation (`StartRound` carries a session setup) the update is never uploaded:
 //!
 //! ```text

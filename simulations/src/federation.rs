@@ -29,7 +29,7 @@ use mpcl_coordinator::{
 use mpcl_model::data::Dataset;
 use mpcl_model::{Device, ModelConfig};
 use mpcl_protocol::SigningKey;
-use mpcl_protocol::codec::{MessageLimits, encode_message};
+use mpcl_protocol::codec::{MessageLimits, VERSION_PREFIX_BYTES, encode_message};
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, RunId, TrainingConfig};
 use thiserror::Error;
 
@@ -124,6 +124,9 @@ pub struct InProcessFederation {
 pub fn available_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+/// A trained update and the bytes of its signed upload.
+type TrainResult = Result<(TrainedUpdate, u64), FederationError>;
 
 /// A round handed to one participant: what [`Action::SendRound`] carries.
 struct Handout {
@@ -239,6 +242,8 @@ impl InProcessFederation {
         // in a row.
         let mut to_mask: BTreeMap<ParticipantId, ClientUpdate> = BTreeMap::new();
         let mut failed_sessions = 0u32;
+        // The encoded size of the global state handed out last (the same for a whole round).
+        let mut state_size: Option<(Arc<GlobalState>, u64)> = None;
         loop {
             if pending.is_empty() {
                 // Everyone asks for work; the state machine answers with rounds or waits.
@@ -310,15 +315,24 @@ impl InProcessFederation {
                                 config,
                             });
                         }
-                        let trained = self.train_batch(&batch);
+                        let trained = self.train_batch(&batch, &limits);
                         for (handout, trained) in batch.iter().zip(trained) {
-                            let trained = trained?;
-                            bytes_down +=
-                                encoded_size(&(&*handout.state, &handout.config), &limits);
-                            // The signed payload's size: the compressed delta when the run
-                            // compresses (the update's own delta is then its decompression,
-                            // what the coordinator reconstructs on receipt).
-                            bytes_up += trained.payload_bytes(&limits).unwrap_or(0) as u64;
+                            let (trained, payload_bytes) = trained?;
+                            // What `StartRound` carries; the state is encoded once a round.
+                            let state_bytes = match &state_size {
+                                Some((state, bytes)) if Arc::ptr_eq(state, &handout.state) => {
+                                    *bytes
+                                }
+                                _ => {
+                                    let bytes = encoded_size(&*handout.state, &limits);
+                                    state_size = Some((Arc::clone(&handout.state), bytes));
+                                    bytes
+                                }
+                            };
+                            bytes_down += state_bytes
+                                + encoded_size(&handout.config, &limits)
+                                    .saturating_sub(VERSION_PREFIX_BYTES as u64);
+                            bytes_up += payload_bytes;
                             let update = trained.update;
                             updates.push(update.clone());
                             self.now += 1;
@@ -404,8 +418,11 @@ impl InProcessFederation {
     }
 
     /// Trains the participants of `batch` (distinct ones) on up to `self.threads` threads, each
-    /// taking the next untrained one; the results come back in `batch` order.
-    fn train_batch(&mut self, batch: &[Handout]) -> Vec<Result<TrainedUpdate, FederationError>> {
+    /// taking the next untrained one; the results, with the size of the signed payload each
+    /// would upload (the compressed delta when the run compresses: the update's own delta is
+    /// then its decompression, what the coordinator reconstructs on receipt), come back in
+    /// `batch` order.
+    fn train_batch(&mut self, batch: &[Handout], limits: &MessageLimits) -> Vec<TrainResult> {
         let run_id = self.run_id;
         let mut by_id: BTreeMap<ParticipantId, &mut VirtualClient> =
             self.clients.iter_mut().map(|c| (c.id, c)).collect();
@@ -418,7 +435,7 @@ impl InProcessFederation {
                 Mutex::new(Some((handout, client)))
             })
             .collect();
-        let results: Vec<Mutex<Option<Result<TrainedUpdate, FederationError>>>> =
+        let results: Vec<Mutex<Option<TrainResult>>> =
             batch.iter().map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
         let work = || {
@@ -435,6 +452,10 @@ impl InProcessFederation {
                 let trained = client
                     .participant
                     .train_round(run_id, handout.round, &handout.state, &handout.config)
+                    .map(|trained| {
+                        let bytes = trained.payload_bytes(limits).unwrap_or(0) as u64;
+                        (trained, bytes)
+                    })
                     .map_err(|source| FederationError::Participant {
                         subject: client.subject.clone(),
                         source,

@@ -9,7 +9,9 @@ use mpcl_protocol::Compression;
 use mpcl_protocol::messages::GlobalState;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::federation::{InProcessFederation, RoundOutcome};
-use mpcl_simulations::simulate::{Arm, SimulationConfig, coordinator_config, run_simulation};
+use mpcl_simulations::simulate::{
+    Arm, SimulationConfig, SimulationResult, coordinator_config, run_simulation,
+};
 use mpcl_simulations::synthetic::{SyntheticConfig, generate};
 
 const SUBJECTS: usize = 5;
@@ -97,22 +99,19 @@ fn two_threads_give_the_one_thread_run_bit_for_bit() -> Result<()> {
 
 #[test]
 fn the_simulation_reports_the_same_metrics_on_one_thread_and_on_two() -> Result<()> {
-    let run = |threads| {
-        run_simulation(
+    let run = |threads| -> Result<SimulationResult> {
+        Ok(run_simulation(
             &SimulationConfig {
                 threads: Some(threads),
                 ..simulation()
             },
             None,
             false,
-        )
-        .map_err(anyhow::Error::from)
+        )?)
     };
     let (serial, parallel) = (run(1)?, run(2)?);
     assert_eq!(serial.rounds.len(), 3);
-    let metrics = |r: &mpcl_simulations::simulate::SimulationResult| {
-        r.rounds.iter().map(|r| r.metrics).collect::<Vec<_>>()
-    };
+    let metrics = |r: &SimulationResult| r.rounds.iter().map(|r| r.metrics).collect::<Vec<_>>();
     assert_eq!(metrics(&serial), metrics(&parallel));
     Ok(())
 }
