@@ -44,43 +44,42 @@ pub fn kl_by_variant(
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(280)
-        .build_cartesian_2d((low - pad)..(high + pad), 0.0..rows.len() as f64)?;
+        .build_cartesian_2d((low - pad)..(high + pad), (0..rows.len()).into_segmented())?;
+    // Row i (top to bottom) sits in segment n - 1 - i.
+    let n = rows.len();
     let labels: Vec<String> = rows.iter().map(|(l, _)| l.to_string()).collect();
     chart
         .configure_mesh()
         .x_desc("test KL of the validation-selected model (lower is better)")
-        .y_labels(rows.len())
-        .y_label_formatter(&|y| {
-            let index = (rows.len() as f64 - y - 0.5).round();
-            if index >= 0.0 && (index as usize) < labels.len() && (y.fract() - 0.5).abs() < 0.01 {
-                labels[index as usize].clone()
-            } else {
-                String::new()
-            }
+        .y_labels(n)
+        .y_label_formatter(&|y| match y {
+            SegmentValue::CenterOf(i) if *i < n => labels[n - 1 - *i].clone(),
+            _ => String::new(),
         })
         .draw()?;
+    let at = |i: usize| SegmentValue::CenterOf(n - 1 - i);
     chart
         .draw_series(LineSeries::new(
-            [(prior, 0.0), (prior, rows.len() as f64)],
+            [(prior, SegmentValue::Exact(0)), (prior, SegmentValue::Last)],
             ShapeStyle::from(&RGBColor(127, 127, 127)).stroke_width(2),
         ))?
         .label("label prior")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(127, 127, 127)));
     for (i, (_, kls)) in rows.iter().enumerate() {
-        let y = rows.len() as f64 - i as f64 - 0.5;
         let mean = kls.iter().sum::<f64>() / kls.len().max(1) as f64;
         chart.draw_series(
             kls.iter()
-                .map(|&kl| Circle::new((kl, y), 3, RGBColor(31, 119, 180).filled())),
+                .map(|&kl| Circle::new((kl, at(i)), 3, RGBColor(31, 119, 180).filled())),
         )?;
         chart.draw_series([Cross::new(
-            (mean, y),
+            (mean, at(i)),
             7,
             ShapeStyle::from(&BLACK).stroke_width(2),
         )])?;
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
