@@ -169,15 +169,6 @@ impl SummaryTable {
         self.rows.iter().find(|r| r.name == name)
     }
 
-    fn metrics_table(&self) -> MetricsTable {
-        MetricsTable {
-            rows: self
-                .rows
-                .iter()
-                .map(|r| (r.name.clone(), r.metrics))
-                .collect(),
-        }
-    }
 
     fn cells(&self) -> (Vec<String>, Vec<Vec<String>>) {
         let mut header = MetricsTable::header();
@@ -266,11 +257,6 @@ impl SummaryTable {
             }
         }
         out
-    }
-
-    /// The plain six-metric table (no spreads or intervals).
-    pub fn to_metrics_table(&self) -> MetricsTable {
-        self.metrics_table()
     }
 }
 
