@@ -169,7 +169,6 @@ impl SummaryTable {
         self.rows.iter().find(|r| r.name == name)
     }
 
-
     fn cells(&self) -> (Vec<String>, Vec<Vec<String>>) {
         let mut header = MetricsTable::header();
         header.extend(["rounds", "KL − prior [95% CI]", "verdict"].map(String::from));
