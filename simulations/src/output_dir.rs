@@ -83,6 +83,14 @@ pub fn simulation_outputs(name: &str) -> bool {
     ) || (name.starts_with("model-") && name.ends_with(".mpcl"))
 }
 
+/// The files `mpcl ablate` writes (see [`crate::ablate::run_ablation`]).
+pub fn ablation_outputs(name: &str) -> bool {
+    matches!(
+        name,
+        "config.json" | "ablation.md" | "ablation.csv" | "ablation_kl.svg"
+    )
+}
+
 /// The files `mpcl train` writes (see [`crate::train_job::run_train_job`]).
 pub fn train_outputs(name: &str) -> bool {
     matches!(

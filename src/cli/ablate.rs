@@ -6,6 +6,7 @@ use clap::Args;
 use mpcl_coordinator::TrainingSettings;
 use mpcl_simulations::ablate::{AblationConfig, Variant, markdown, run_ablation};
 use mpcl_simulations::evaluation::EvaluationProtocol;
+use mpcl_simulations::output_dir::{Staging, ablation_outputs};
 use mpcl_simulations::simulate::{Arm, SimulationConfig};
 
 /// Run the full MPCL network and each ablation (one component bypassed) on identical splits,
@@ -58,6 +59,9 @@ pub struct AblateArgs {
     /// Output folder.
     #[arg(long, default_value = "runs/ablate")]
     out: PathBuf,
+    /// Replace the results of a previous ablation in --out (refused without it).
+    #[arg(long)]
+    force: bool,
 }
 
 impl AblateArgs {
@@ -86,10 +90,16 @@ impl AblateArgs {
                 self.variants
             },
         };
-        let result = run_ablation(&config, Some(&self.out), |step| println!("{step}"))?;
+        // Results go to OUT.partial and move into --out only when every variant has run.
+        let staging = Staging::begin(&self.out, self.force, ablation_outputs)?;
+        let result = match run_ablation(&config, Some(staging.path()), |step| println!("{step}")) {
+            Ok(result) => result,
+            Err(error) => return Err(super::rerun::failed_run(error.into(), staging)),
+        };
+        let out = staging.commit()?;
         println!();
         println!("{}", markdown(&config, &result));
-        println!("results in {}", self.out.display());
+        println!("results in {}", out.display());
         Ok(())
     }
 }
