@@ -18,6 +18,15 @@ use crate::tensors::TensorDataset;
 /// Serialises seeded initialisation (see `MpclModel::new`).
 static INITIALISATION: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Runs `f` holding the lock of seeded initialisation: the backend's random generator is shared
+/// by the whole process, so seeding and drawing must not interleave with another thread's.
+pub(crate) fn seeded_initialisation<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = INITIALISATION
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    f()
+}
+
 /// Batch size used for inference.
 const PREDICT_BATCH: usize = 256;
 
@@ -59,15 +68,12 @@ impl MpclModel {
         // The backend's random generator is shared by the whole process: hold a lock from
         // seeding to the last random draw so that concurrent initialisations (parallel tests, many
         // simulated clients) cannot interleave and break reproducibility.
-        let (network, memories) = {
-            let _guard = INITIALISATION
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
+        let (network, memories) = seeded_initialisation(|| {
             let network = MpclNetwork::new(schema, config, &device, seed);
             device.seed(seed);
             let memories = Memories::new(network.layout(), config, &device);
             (network, memories)
-        };
+        });
         Ok(Self {
             config: config.clone(),
             schema: schema.clone(),

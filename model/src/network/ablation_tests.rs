@@ -40,20 +40,26 @@ struct Built {
 fn build(config: &ModelConfig) -> Built {
     let schema = schema();
     let device = Device::flex();
-    let network = MpclNetwork::new(&schema, config, &device, 11);
-    device.seed(12);
-    let memories = Memories::new(network.layout(), config, &device);
-    let inputs = schema
-        .modalities
-        .iter()
-        .map(|m| {
-            Tensor::random(
-                [5, m.token_count, m.token_width],
-                Distribution::Normal(0.0, 1.0),
-                &device,
-            )
-        })
-        .collect();
+    // Other tests draw from the same process-wide generator: hold the initialisation lock.
+    let (network, memories, inputs) = crate::model::seeded_initialisation(|| {
+        let network = MpclNetwork::new(&schema, config, &device, 11);
+        device.seed(12);
+        let memories = Memories::new(network.layout(), config, &device);
+        let inputs = schema
+            .modalities
+            .iter()
+            .map(|m| {
+                Tensor::random(
+                    [5, m.token_count, m.token_width],
+                    Distribution::Normal(0.0, 1.0),
+                    &device,
+                )
+            })
+            .collect::<Vec<_>>();
+        // Draw every lazy value now, inside the lock.
+        let _ = crate::parameters::flatten_parameters(&network);
+        (network, memories, inputs)
+    });
     Built {
         network,
         memories,
