@@ -316,15 +316,30 @@ pub fn validation_stimuli(
             stimuli: all.len(),
         });
     }
-    let n = all.len();
+    Ok(hold_out(train, all, seed, fraction, |i| {
+        dataset.samples[i].stimulus.as_deref().expect("checked")
+    }))
+}
+
+/// Splits `train` into (fit, validation) by holding out about `fraction` of `keys` (shuffled with
+/// `seed`; at least one, at most all but one): a sample is in validation when its key
+/// (`key_of(index)`) is held out.
+fn hold_out<'a>(
+    train: &[usize],
+    mut keys: Vec<String>,
+    seed: u64,
+    fraction: f64,
+    key_of: impl Fn(usize) -> &'a str,
+) -> (Vec<usize>, Vec<usize>) {
+    keys.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let n = keys.len();
     let held = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
-    let groups = deal(all, n, seed);
-    let held_out: Vec<String> = groups.into_iter().take(held).flatten().collect();
+    let held_out = &keys[..held];
     let (validation, fit): (Vec<usize>, Vec<usize>) = train
         .iter()
         .copied()
-        .partition(|&i| held_out.contains(dataset.samples[i].stimulus.as_ref().expect("checked")));
-    Ok((fit, validation))
+        .partition(|&i| held_out.iter().any(|k| k == key_of(i)));
+    (fit, validation)
 }
 
 /// Carves a validation part out of the training samples `train`, for model selection only:
@@ -356,8 +371,7 @@ pub fn validation_subjects(
     if !(fraction > 0.0 && fraction < 1.0) {
         return Err(SplitError::BadFraction(fraction));
     }
-    let subset = dataset.subset(train);
-    let mut subjects = subset.subjects();
+    let subjects = dataset.subset(train).subjects();
     if subjects.len() < 2 {
         return Err(SplitError::TooFewSubjects {
             dataset: dataset.name.clone(),
@@ -366,15 +380,9 @@ pub fn validation_subjects(
             protocol: "a validation part of held-out training subjects".into(),
         });
     }
-    subjects.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    let n = subjects.len();
-    let held = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
-    let held_out = &subjects[..held];
-    let (validation, fit): (Vec<usize>, Vec<usize>) = train
-        .iter()
-        .copied()
-        .partition(|&i| held_out.contains(&dataset.samples[i].subject));
-    Ok((fit, validation))
+    Ok(hold_out(train, subjects, seed, fraction, |i| {
+        dataset.samples[i].subject.as_str()
+    }))
 }
 
 #[cfg(test)]
