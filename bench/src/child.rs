@@ -129,6 +129,8 @@ fn coordinator_round(clients: usize, parameters: usize) -> Result<(), BenchError
     // the server does per upload.
     let template = client_update(&global, run_id, 1, 0);
     let config = CoordinatorConfig {
+        // The protocol alone: no evaluation round, no held-out data.
+        evaluation: mpcl_coordinator::evaluation::EvaluationConfig::disabled(),
         rounds: 1,
         clients_per_round: Some(clients),
         min_clients_to_aggregate: clients,

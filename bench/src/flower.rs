@@ -144,6 +144,7 @@ impl LocalTrainer for Perturbation {
                 seconds: started.elapsed().as_secs_f64(),
                 ..LocalMetrics::default()
             },
+            evaluation: None,
         };
         Ok(TrainedUpdate {
             update,
@@ -197,6 +198,8 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
     )
     .map_err(|e| BenchError::setup("enrolment", e))?;
     let config = CoordinatorConfig {
+        // The protocol alone: no evaluation round, no held-out data.
+        evaluation: mpcl_coordinator::evaluation::EvaluationConfig::disabled(),
         name: "bench-flower".into(),
         seed: 5,
         rounds: ROUNDS,
@@ -370,6 +373,8 @@ mod tests {
             seed: 0,
             share_memories: true,
             compression: Default::default(),
+            evaluate: false,
+            evaluation_only: false,
         };
         let update = Perturbation::new(2)
             .train_round([0; 16], 3, &state, &config)

@@ -98,6 +98,8 @@ async fn run(
     .map_err(|e| BenchError::setup("enrolment", e))?;
 
     let mut config = CoordinatorConfig {
+        // The protocol alone: no evaluation round, no held-out data.
+        evaluation: mpcl_coordinator::evaluation::EvaluationConfig::disabled(),
         name: "bench".into(),
         seed: 5,
         rounds,

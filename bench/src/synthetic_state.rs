@@ -87,5 +87,6 @@ pub fn client_update(global: &GlobalState, run_id: RunId, round: u64, seed: u64)
             train_kl: 0.5,
             seconds: 0.0,
         },
+        evaluation: None,
     }
 }

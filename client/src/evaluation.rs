@@ -11,9 +11,9 @@ use mpcl_model::data::split::{SplitError, subject_dependent};
 use mpcl_model::data::{Dataset, Standardizer};
 use mpcl_model::metrics::metric_sums;
 use mpcl_model::model_file::label_prior_from_cooccurrence;
-use mpcl_model::{Device, ModelConfig, ModelError, MpclModel, TensorDataset};
+use mpcl_model::{Device, MpclModel, TensorDataset};
 use mpcl_protocol::messages::GlobalState;
-use mpcl_protocol::metrics::EvaluationReport;
+use mpcl_protocol::metrics::{EvaluationReport, MetricSums};
 
 /// Mixed into the seed of the validation split.
 const VALIDATION_SEED_SALT: u64 = 0x0005_eed0_f7a1_11d0;
@@ -45,38 +45,41 @@ pub fn split_for_evaluation(
     })
 }
 
-/// Evaluates global models on a participant's validation and test parts, standardised with the
-/// statistics of its training part (as it trains).
-pub struct LocalEvaluator {
-    model: MpclModel,
-    validation: TensorDataset,
-    test: TensorDataset,
+/// A participant's validation and test parts as tensors, standardised with the statistics of
+/// its training part (as it trains).
+pub struct EvaluationParts {
+    /// `None` for an empty part (a participant may have no samples on one side).
+    validation: Option<TensorDataset>,
+    test: Option<TensorDataset>,
 }
 
-impl LocalEvaluator {
-    /// An evaluator for `split`, standardised with `standardizer` (the participant's own).
-    pub fn new(
-        split: &LocalSplit,
-        standardizer: &Standardizer,
-        config: &ModelConfig,
-        device: &Device,
-    ) -> Result<Self, ModelError> {
-        let model = MpclModel::new(&split.train.schema, config, device, 0)?;
-        let validation = TensorDataset::new(&split.validation, standardizer, model.device());
-        let test = TensorDataset::new(&split.test, standardizer, model.device());
-        Ok(Self {
-            model,
-            validation,
-            test,
-        })
+impl EvaluationParts {
+    /// The parts of `split`, standardised with `standardizer` (the participant's own).
+    pub fn new(split: &LocalSplit, standardizer: &Standardizer, device: &Device) -> Self {
+        let tensors = |part: &Dataset| {
+            (!part.samples.is_empty()).then(|| TensorDataset::new(part, standardizer, device))
+        };
+        Self {
+            validation: tensors(&split.validation),
+            test: tensors(&split.test),
+        }
     }
 
-    /// The metric sums of `state` on the validation and test parts, and of the label prior the
-    /// state's co-occurrence statistics imply on the same samples.
-    pub fn evaluate(&mut self, state: &GlobalState) -> Result<EvaluationReport, ModelError> {
-        self.model.load_global_state(state)?;
+    /// Samples in the validation and the test part.
+    pub fn sizes(&self) -> (usize, usize) {
+        let len = |part: &Option<TensorDataset>| part.as_ref().map_or(0, TensorDataset::len);
+        (len(&self.validation), len(&self.test))
+    }
+
+    /// The metric sums of `model` (holding the global state `state`) on the validation and test
+    /// parts, and of the label prior the state's co-occurrence statistics imply on the same
+    /// samples.
+    pub fn report(&self, model: &MpclModel, state: &GlobalState) -> EvaluationReport {
         let prior = label_prior_from_cooccurrence(&state.cooccurrence);
-        let sums = |model: &MpclModel, data: &TensorDataset| {
+        let sums = |data: &Option<TensorDataset>| {
+            let Some(data) = data else {
+                return (MetricSums::default(), MetricSums::default());
+            };
             let predictions = model.predict(data);
             let labels = data.host_labels();
             (
@@ -89,20 +92,21 @@ impl LocalEvaluator {
                 metric_sums(labels.iter().map(|l| (l.as_slice(), prior.as_slice()))),
             )
         };
-        let (validation, prior_validation) = sums(&self.model, &self.validation);
-        let (test, prior_test) = sums(&self.model, &self.test);
-        Ok(EvaluationReport {
+        let (validation, prior_validation) = sums(&self.validation);
+        let (test, prior_test) = sums(&self.test);
+        EvaluationReport {
             validation,
             test,
             prior_validation,
             prior_test,
-        })
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mpcl_model::ModelConfig;
     use mpcl_model::data::{Modality, ModalityGroup, Sample, Schema};
     use mpcl_model::metrics::evaluate;
 
@@ -165,11 +169,14 @@ mod tests {
         let split = split_for_evaluation(&data, 0.25, 0.25, 1).unwrap();
         let standardizer = Standardizer::fit(&split.train);
         let device = Device::flex();
-        let config = ModelConfig::tiny();
-        let model = MpclModel::new(&data.schema, &config, &device, 4).unwrap();
+        let model = MpclModel::new(&data.schema, &ModelConfig::tiny(), &device, 4).unwrap();
         let state = model.global_state();
-        let mut evaluator = LocalEvaluator::new(&split, &standardizer, &config, &device).unwrap();
-        let report = evaluator.evaluate(&state).unwrap();
+        let parts = EvaluationParts::new(&split, &standardizer, model.device());
+        assert_eq!(
+            parts.sizes(),
+            (split.validation.samples.len(), split.test.samples.len())
+        );
+        let report = parts.report(&model, &state);
         let test = TensorDataset::new(&split.test, &standardizer, model.device());
         let direct = model.evaluate(&test);
         assert_eq!(report.test.means(), direct);

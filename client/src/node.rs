@@ -37,16 +37,19 @@ use std::time::Duration;
 use mpcl_model::data::{Dataset, Schema};
 use mpcl_model::{Device, ModelConfig};
 use mpcl_protocol::codec::CodecError;
+use mpcl_protocol::messages::EvaluationSplit;
 use mpcl_protocol::messages::{
     ClientMessage, ClientUpdate, CoordinatorMessage, GlobalState, RejectReason, RunId,
     TrainingConfig, Welcome,
 };
 use mpcl_protocol::{RoundPhase, StatusReport};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::evaluation::{LocalSplit, split_for_evaluation};
 use crate::faults::{FaultInjection, send_half_then_disconnect};
 use crate::participant::{
     LocalTrainer, Participant, ParticipantError, ParticipantSettings, TrainedUpdate,
@@ -205,6 +208,11 @@ pub struct Node {
     dropped_mid_upload: bool,
     /// Whether the injected vanishing after a masked input already happened (once).
     vanished_after_masked_input: bool,
+    /// Validation and test parts given by the operator (`--validation-data`, `--test-data`);
+    /// without them a run that evaluates splits the local data by its `[evaluation]` fractions.
+    given_evaluation: Option<(Arc<Dataset>, Arc<Dataset>)>,
+    /// The local data as split for the run (training, validation, test), once admitted.
+    split: Option<Arc<LocalSplit>>,
 }
 
 impl Node {
@@ -224,6 +232,73 @@ impl Node {
             events: None,
             dropped_mid_upload: false,
             vanished_after_masked_input: false,
+            given_evaluation: None,
+            split: None,
+        })
+    }
+
+    /// Evaluates on these validation and test parts instead of splitting the local data (which
+    /// is then the training part only). Each must have the local data's schema.
+    pub fn with_evaluation_data(
+        mut self,
+        validation: Dataset,
+        test: Dataset,
+    ) -> Result<Self, NodeError> {
+        for (part, data) in [("validation", &validation), ("test", &test)] {
+            data.validate()
+                .map_err(|e| NodeError::Incompatible(format!("local {part} data: {e}")))?;
+            if data.schema != self.dataset.schema {
+                return Err(NodeError::Incompatible(format!(
+                    "the local {part} data has another schema than the training data"
+                )));
+            }
+        }
+        self.given_evaluation = Some((Arc::new(validation), Arc::new(test)));
+        Ok(self)
+    }
+
+    /// The local data as split for the run (known once the coordinator admitted the node).
+    pub fn split(&self) -> Option<&Arc<LocalSplit>> {
+        self.split.as_ref()
+    }
+
+    /// How the local data divides for a run with `evaluation` (`None`: no evaluation, so no
+    /// validation or test part, unless the operator gave them).
+    fn split_for(
+        &self,
+        evaluation: Option<EvaluationSplit>,
+        participant_id: &str,
+    ) -> Result<LocalSplit, NodeError> {
+        if let Some((validation, test)) = &self.given_evaluation {
+            return Ok(LocalSplit {
+                train: (*self.dataset).clone(),
+                validation: (**validation).clone(),
+                test: (**test).clone(),
+            });
+        }
+        let Some(evaluation) = evaluation else {
+            let empty = self.dataset.subset(&[]);
+            return Ok(LocalSplit {
+                train: (*self.dataset).clone(),
+                validation: empty.clone(),
+                test: empty,
+            });
+        };
+        // Each participant its own split, the same one every time it starts.
+        let digest = Sha256::digest(format!("mpcl/evaluation-split/{participant_id}"));
+        let seed = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
+        split_for_evaluation(
+            &self.dataset,
+            evaluation.test_fraction,
+            evaluation.validation_fraction,
+            seed,
+        )
+        .map_err(|e| {
+            NodeError::Incompatible(format!(
+                "the run evaluates on {:.0}% of each participant's trials (test) and {:.0}% of the rest (validation), but the local data cannot be split so: {e}",
+                evaluation.test_fraction * 100.0,
+                evaluation.validation_fraction * 100.0
+            ))
         })
     }
 
@@ -387,11 +462,25 @@ impl Node {
         {
             return Ok(());
         }
-        let dataset = Arc::clone(&self.dataset);
+        let split = Arc::new(self.split_for(welcome.evaluation, &welcome.participant_id)?);
+        let evaluates = welcome.evaluation.is_some() || self.given_evaluation.is_some();
+        if evaluates {
+            info!(
+                train = split.train.samples.len(),
+                validation = split.validation.samples.len(),
+                test = split.test.samples.len(),
+                "local data split for federated evaluation"
+            );
+        }
+        self.split = Some(Arc::clone(&split));
         let device = self.device.clone();
         let settings = self.config.participant.clone();
         let participant = tokio::task::spawn_blocking(move || {
-            Participant::new(&dataset, &config, &device, settings)
+            if evaluates {
+                Participant::with_evaluation(&split, &config, &device, settings)
+            } else {
+                Participant::new(&split.train, &config, &device, settings)
+            }
         })
         .await
         .map_err(|e| NodeError::Internal(format!("model construction panicked: {e}")))?
@@ -878,6 +967,7 @@ mod tests {
             current_round: 0,
             model_config_json: model.into(),
             schema_json: serde_json::to_string(schema).unwrap(),
+            evaluation: None,
         }
     }
 

@@ -9,10 +9,13 @@ use mpcl_protocol::compression::{
     CompressedUpdate, CompressionError, ErrorFeedback, compress_prototype_sums,
 };
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, LocalMetrics, RunId, TrainingConfig};
+use mpcl_protocol::metrics::EvaluationReport;
 use mpcl_protocol::signing::{SignedUpdate, encode_update_payload};
 use mpcl_protocol::{CooccurrenceStatistics, NodeIdentity};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::evaluation::{EvaluationParts, LocalSplit};
 
 /// Local choices of a participant that the coordinator does not dictate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -84,6 +87,8 @@ pub struct Participant {
     settings: ParticipantSettings,
     /// Quantisation residual carried to the next round (lossy compression only).
     feedback: ErrorFeedback,
+    /// The validation and test parts kept out of training (federated evaluation only).
+    evaluation: Option<EvaluationParts>,
 }
 
 /// What trains a node's rounds: the MPCL model ([`Participant`]), or a stand-in that lets a
@@ -135,7 +140,30 @@ impl Participant {
             own_cooccurrence,
             settings,
             feedback: ErrorFeedback::new(),
+            evaluation: None,
         })
+    }
+
+    /// A participant training on `split.train` that evaluates the global models it receives on
+    /// `split.validation` and `split.test` when a round asks it to (federated evaluation).
+    pub fn with_evaluation(
+        split: &LocalSplit,
+        model_config: &ModelConfig,
+        device: &Device,
+        settings: ParticipantSettings,
+    ) -> Result<Self, ParticipantError> {
+        let mut participant = Self::new(&split.train, model_config, device, settings)?;
+        participant.evaluation = Some(EvaluationParts::new(
+            split,
+            &participant.standardizer,
+            participant.model.device(),
+        ));
+        Ok(participant)
+    }
+
+    /// The validation and test parts, when the participant evaluates.
+    pub fn evaluation_parts(&self) -> Option<&EvaluationParts> {
+        self.evaluation.as_ref()
     }
 
     /// Number of local training samples.
@@ -161,6 +189,15 @@ impl Participant {
     ) -> Result<TrainedUpdate, ParticipantError> {
         let started = Instant::now();
         self.model.load_global_state(state)?;
+        // The received state exactly as it is, before any local change (a direct evaluation of
+        // the global model gives the same numbers).
+        let evaluation = match (&self.evaluation, config.evaluate) {
+            (Some(parts), true) => Some(parts.report(&self.model, state)),
+            _ => None,
+        };
+        if config.evaluation_only {
+            return Ok(self.evaluation_only_update(run_id, round, state, evaluation, started));
+        }
         if state.cooccurrence.count == 0.0 {
             // The first round has no global co-occurrence memory yet: use the local one.
             self.model
@@ -223,8 +260,42 @@ impl Participant {
                 train_kl: report.epoch_kl.last().copied().unwrap_or(0.0),
                 seconds: started.elapsed().as_secs_f64(),
             },
+            evaluation,
         };
         Ok(TrainedUpdate { update, compressed })
+    }
+
+    /// The update of the final evaluation round: the report, a zero delta and no statistics
+    /// (the coordinator keeps only the evaluation).
+    fn evaluation_only_update(
+        &self,
+        run_id: RunId,
+        round: u64,
+        state: &GlobalState,
+        evaluation: Option<EvaluationReport>,
+        started: Instant,
+    ) -> TrainedUpdate {
+        let zero = vec![0.0; state.parameters.value_count()];
+        let update = ClientUpdate {
+            run_id,
+            round,
+            delta: state
+                .parameters
+                .with_flat(&zero)
+                .expect("a flat vector of the state's own length"),
+            prototypes: Vec::new(),
+            cooccurrence: CooccurrenceStatistics::zeros(state.cooccurrence.emotions),
+            sample_count: self.data.len() as u64,
+            metrics: LocalMetrics {
+                seconds: started.elapsed().as_secs_f64(),
+                ..LocalMetrics::default()
+            },
+            evaluation,
+        };
+        TrainedUpdate {
+            update,
+            compressed: None,
+        }
     }
 
     /// Predictions of the global model `state` on `dataset` (standardised with this participant's

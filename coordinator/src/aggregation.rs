@@ -1001,6 +1001,7 @@ mod tests {
             cooccurrence,
             total_weight: 8.0,
             contributors: 2,
+            evaluation: None,
         };
         let mut summed = RoundAggregator::new(&g, &AggregationRule::FedAvg);
         summed.add_sum(&sum, 8).unwrap();

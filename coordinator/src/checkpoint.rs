@@ -13,7 +13,7 @@
 //! | bytes | content |
 //! |---|---|
 //! | 8 | magic `MPCLCKPT` |
-//! | 4 | format version (currently 2; version 1 had no privacy ledger and no per-round privacy summary) |
+//! | 4 | format version (currently 3; version 2 had no federated evaluation, version 1 no privacy ledger and no per-round privacy summary) |
 //! | 8 | payload length |
 //! | 32 | SHA-256 of the payload |
 //! | n | payload: the [`Checkpoint`] encoded with bincode 2 (serde, standard config) |
@@ -39,13 +39,14 @@ use thiserror::Error;
 
 use crate::aggregation::FedAdamState;
 use crate::config::{ConfigError, CoordinatorConfig};
+use crate::evaluation::FederatedMetrics;
 use crate::privacy::PrivacyLedger;
 use crate::round::RoundSummary;
 
 /// Magic bytes opening every checkpoint file.
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"MPCLCKPT";
 /// The checkpoint format version this build writes and reads.
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 3;
 const HEADER_LEN: usize = 8 + 4 + 8 + 32;
 /// Most memory (2^34 bytes) decoding a checkpoint may claim, however large it is.
 const MAX_CHECKPOINT_CLAIM_BITS: u32 = 34;
@@ -67,6 +68,10 @@ pub struct Checkpoint {
     pub history: Vec<RoundSummary>,
     /// The privacy ledger (differential privacy only).
     pub privacy_ledger: Option<PrivacyLedger>,
+    /// Federated metrics of every global model evaluated so far, in round order.
+    pub evaluations: Vec<FederatedMetrics>,
+    /// Whether the final evaluation round has run.
+    pub final_evaluated: bool,
 }
 
 impl Checkpoint {
@@ -105,7 +110,7 @@ pub enum CheckpointFormatError {
 
 fn version_advice(found: u32, supported: u32) -> &'static str {
     if found < supported {
-        " (written by an older mpcl, before the privacy ledger was checkpointed): finish that run with the build that started it, or start a new run"
+        " (written by an older mpcl, before federated evaluation was checkpointed): finish that run with the build that started it, or start a new run"
     } else {
         " (written by a newer mpcl): use that build"
     }
@@ -417,6 +422,8 @@ mod tests {
             fedadam: Some(FedAdamState::new(6, 0.1)),
             history: Vec::new(),
             privacy_ledger: None,
+            evaluations: Vec::new(),
+            final_evaluated: false,
         }
     }
 
@@ -516,7 +523,7 @@ mod tests {
             error,
             CheckpointFormatError::UnsupportedVersion {
                 found: 1,
-                supported: 2
+                supported: CHECKPOINT_FORMAT_VERSION
             }
         );
         let message = error.to_string();

@@ -38,6 +38,8 @@ use mpcl_protocol::Compression;
 use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
+use crate::evaluation::EvaluationConfig;
+
 /// Errors from reading or checking a configuration.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -108,6 +110,9 @@ pub struct CoordinatorConfig {
     pub limits: UpdateLimits,
     /// Privacy settings: secure aggregation, differential privacy, prototype withholding.
     pub privacy: PrivacyConfig,
+    /// Federated evaluation: how participants split their data, how often the global model is
+    /// evaluated, by how many.
+    pub evaluation: EvaluationConfig,
 }
 
 impl Default for CoordinatorConfig {
@@ -125,6 +130,7 @@ impl Default for CoordinatorConfig {
             aggregation: AggregationConfig::default(),
             limits: UpdateLimits::default(),
             privacy: PrivacyConfig::default(),
+            evaluation: EvaluationConfig::default(),
         }
     }
 }
@@ -480,6 +486,12 @@ impl CoordinatorConfig {
         }
         if self.round_deadline_secs == 0 {
             return fail("round_deadline_secs", "must be at least 1".into());
+        }
+        if let Err(e) = self.evaluation.validate() {
+            return fail(
+                &format!("evaluation.{}", e.field),
+                format!("is {}, {}", e.value, e.reason),
+            );
         }
         let t = &self.training;
         if t.local_epochs == 0 {

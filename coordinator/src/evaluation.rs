@@ -10,6 +10,7 @@
 //! inside the masked sum in [`EvaluationReport::to_values`]'s layout and the coordinator gets
 //! only the unmasked total, which [`EvaluationTotals::from_summed_values`] reads.
 
+use mpcl_protocol::messages::EvaluationSplit;
 use mpcl_protocol::metrics::{DistributionMetrics, EvaluationReport, EvaluationReportError};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -20,6 +21,9 @@ use crate::exact_sum::{ExactSum, ExactSumError};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EvaluationConfig {
+    /// Whether participants keep data out of training and evaluate the global models (default
+    /// on).
+    pub enabled: bool,
     /// Share of each participant's trials kept out of training as its test part (default 0.25).
     pub test_fraction: f64,
     /// Share of the remaining (training) trials kept as the validation part, used only to
@@ -27,13 +31,15 @@ pub struct EvaluationConfig {
     pub validation_fraction: f64,
     /// Evaluate after every `every_rounds`-th round, and always after the last (default 1).
     pub every_rounds: u64,
-    /// Share of the round's sampled participants that evaluate, in (0, 1] (default 1: all).
+    /// Share of a round's sampled participants that evaluate, in (0, 1] (default 1: all). The
+    /// final evaluation asks this share of every connected participant.
     pub evaluate_fraction: f64,
 }
 
 impl Default for EvaluationConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             test_fraction: 0.25,
             validation_fraction: 0.2,
             every_rounds: 1,
@@ -52,6 +58,15 @@ pub struct EvaluationConfigError {
 }
 
 impl EvaluationConfig {
+    /// No federated evaluation (participants train on all their data): for benchmarks that
+    /// measure the protocol alone.
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            ..Self::default()
+        }
+    }
+
     /// Checks every field.
     pub fn validate(&self) -> Result<(), EvaluationConfigError> {
         let open_unit = |field, value: f64| {
@@ -84,7 +99,15 @@ impl EvaluationConfig {
         Ok(())
     }
 
-    /// Whether the global model after `round` (1-based) of `rounds` is evaluated.
+    /// The split every participant makes of its data (`None` when evaluation is off).
+    pub fn split(&self) -> Option<EvaluationSplit> {
+        self.enabled.then_some(EvaluationSplit {
+            test_fraction: self.test_fraction,
+            validation_fraction: self.validation_fraction,
+        })
+    }
+
+    /// Whether the global model after `round` (0 = the initial model) of `rounds` is evaluated.
     pub fn is_due(&self, round: u64, rounds: u64) -> bool {
         round == rounds || (self.every_rounds > 0 && round.is_multiple_of(self.every_rounds))
     }
@@ -171,11 +194,13 @@ pub struct FederatedMetrics {
     pub prior_test: DistributionMetrics,
 }
 
-/// The best round: the lowest validation KL (the earliest among equals). Test metrics are never
-/// read, so they cannot leak into model selection.
+/// The best round: the lowest validation KL (the earliest among equals; rounds evaluated on no
+/// validation sample do not compete). Test metrics are never read, so they cannot leak into
+/// model selection.
 pub fn best_round(history: &[FederatedMetrics]) -> Option<u64> {
     history
         .iter()
+        .filter(|m| m.validation.samples > 0)
         .map(|m| (m.round, m.validation.kl))
         .filter(|(_, kl)| kl.is_finite())
         .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))

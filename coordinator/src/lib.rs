@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod evaluation;
 pub mod exact_sum;
+pub mod final_table;
 pub mod privacy;
 pub mod round;
 pub mod round_log;

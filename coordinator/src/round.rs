@@ -31,6 +31,21 @@
 //!    with the checkpoint to write, then the next round starts (if enough participants are
 //!    connected) or, after the last round, [`Action::Finished`].
 //!
+//! # Federated evaluation
+//!
+//! With `[evaluation]` on, evaluation rides on the rounds: a round whose received state is due
+//! for evaluation ([`EvaluationConfig::is_due`]; round `r` receives the global model after round
+//! `r - 1`, so round 1 evaluates the initial model) asks a seeded share of its cohort
+//! ([`EvaluationConfig::evaluators`]) to evaluate that state before training
+//! ([`TrainingConfig::evaluate`]). Their reports travel in their updates (or inside the masked
+//! sum) and are summed exactly; when the round is aggregated the totals become that model's
+//! [`FederatedMetrics`] ([`Action::Evaluated`]). A model with a new lowest validation KL is
+//! handed out once more as [`Action::PersistBest`], so the driver keeps the best global state
+//! beside the latest; test metrics never take part in that choice. After the last training
+//! round one **evaluation-only round** (numbered `rounds + 1`; [`TrainingConfig::evaluation_only`])
+//! asks every connected participant to evaluate the final model; its updates change nothing, it
+//! does not count against the privacy budget, and [`Action::Finished`] follows it.
+//!
 //! A participant that disconnects mid-round simply stops counting as pending (its already
 //! accepted update still counts); if it reconnects and asks for work while the round it was
 //! sampled for is still open and it has not answered, it gets the round's state again.
@@ -87,6 +102,7 @@ use thiserror::Error;
 use crate::aggregation::{ContributionPolicy, FedAdamState, RoundAggregator};
 use crate::checkpoint::Checkpoint;
 use crate::config::{ConfigError, CoordinatorConfig};
+use crate::evaluation::{EvaluationConfig, EvaluationTotals, FederatedMetrics, best_round};
 use crate::privacy::{
     BudgetExhausted, LedgerError, PrivacyLedger, PrivacySpent, SecureRoundPlan, central_noise_std,
 };
@@ -237,6 +253,16 @@ pub enum Action {
         round: u64,
         reason: RejectReason,
     },
+    /// The global model after round `metrics.round` was evaluated (by the participants of the
+    /// round after it). `best`: its validation KL is the lowest so far.
+    Evaluated {
+        metrics: Box<FederatedMetrics>,
+        best: bool,
+    },
+    /// Keep `state`, the global model after round `round`, as the run's best (lowest validation
+    /// KL so far), replacing the one kept before; comes before the [`Action::Persist`] that
+    /// records the choice.
+    PersistBest { round: u64, state: Arc<GlobalState> },
     /// Arm (or re-arm, replacing any earlier one) the timer for `round`; when it fires, send
     /// [`Event::DeadlinePassed`].
     SetDeadline { round: u64, at_ms: Millis },
@@ -388,6 +414,18 @@ struct OpenRound {
     rejected: usize,
     /// Participants connected when the round started (the population of the DP sampling rate).
     available: usize,
+    /// Participants asked to evaluate the received state (empty: the round does not evaluate).
+    evaluators: BTreeSet<ParticipantId>,
+    /// The exact totals of their reports.
+    evaluation: EvaluationTotals,
+    /// The final evaluation round: nothing is aggregated.
+    evaluation_only: bool,
+}
+
+impl OpenRound {
+    fn evaluates(&self) -> bool {
+        !self.evaluators.is_empty()
+    }
 }
 
 enum Phase {
@@ -423,6 +461,10 @@ pub struct Coordinator {
     ledger: Option<PrivacyLedger>,
     noise: NoiseSource,
     stop: Option<StopReason>,
+    /// Federated metrics of every evaluated global model, in round order.
+    evaluations: Vec<FederatedMetrics>,
+    /// Whether the final evaluation round has been run (or there is none to run).
+    final_evaluated: bool,
 }
 
 /// Where the coordinator's differential-privacy noise comes from.
@@ -474,6 +516,8 @@ impl Coordinator {
             ledger,
             noise: NoiseSource::OperatingSystem,
             stop: None,
+            evaluations: Vec::new(),
+            final_evaluated: false,
         })
     }
 
@@ -534,7 +578,18 @@ impl Coordinator {
                 Some(ledger)
             }
         };
-        let phase = if checkpoint.completed_rounds >= config.rounds {
+        if let Some(late) = checkpoint
+            .evaluations
+            .iter()
+            .find(|m| m.round > checkpoint.completed_rounds)
+        {
+            return Err(CoordinatorError::InvalidCheckpoint(format!(
+                "it holds federated metrics of round {} but only {} rounds are done",
+                late.round, checkpoint.completed_rounds
+            )));
+        }
+        let final_pending = config.evaluation.enabled && !checkpoint.final_evaluated;
+        let phase = if checkpoint.completed_rounds >= config.rounds && !final_pending {
             Phase::Finished
         } else {
             Phase::Waiting
@@ -553,6 +608,8 @@ impl Coordinator {
             ledger,
             noise: NoiseSource::OperatingSystem,
             stop: None,
+            evaluations: checkpoint.evaluations,
+            final_evaluated: checkpoint.final_evaluated,
         })
     }
 
@@ -595,6 +652,7 @@ impl Coordinator {
             open.round,
             open.sampled.iter().copied().collect(),
             &self.global,
+            open.evaluates(),
         )
         .map(Some)
         .map_err(|e| {
@@ -616,7 +674,19 @@ impl Coordinator {
             fedadam: self.fedadam.clone(),
             history: self.history.clone(),
             privacy_ledger: self.ledger.clone(),
+            evaluations: self.evaluations.clone(),
+            final_evaluated: self.final_evaluated,
         }
+    }
+
+    /// Federated metrics of every evaluated global model, in round order.
+    pub fn evaluations(&self) -> &[FederatedMetrics] {
+        &self.evaluations
+    }
+
+    /// The evaluated round with the lowest validation KL (never chosen on test metrics).
+    pub fn best_round(&self) -> Option<u64> {
+        best_round(&self.evaluations)
     }
 
     /// The run configuration.
@@ -760,7 +830,14 @@ impl Coordinator {
                         matches!(a, Action::SendRound { participant: p, .. } if *p == participant)
                     });
                     if !already_sent {
-                        actions.push(self.send_round(participant, round));
+                        let evaluate = open.evaluators.contains(&participant);
+                        let evaluation_only = open.evaluation_only;
+                        actions.push(self.send_round(
+                            participant,
+                            round,
+                            evaluate,
+                            evaluation_only,
+                        ));
                     }
                     return;
                 }
@@ -773,13 +850,36 @@ impl Coordinator {
         });
     }
 
-    fn send_round(&self, participant: ParticipantId, round: u64) -> Action {
+    fn send_round(
+        &self,
+        participant: ParticipantId,
+        round: u64,
+        evaluate: bool,
+        evaluation_only: bool,
+    ) -> Action {
+        let mut config = training_config(&self.config, round, &participant);
+        config.evaluate = evaluate;
+        config.evaluation_only = evaluation_only;
         Action::SendRound {
             participant,
             round,
             state: Arc::clone(&self.global),
-            config: training_config(&self.config, round, &participant),
+            config,
         }
+    }
+
+    /// Whether the state the next round receives (the global model after
+    /// `completed_rounds`) is due for evaluation.
+    fn evaluation_due(&self) -> bool {
+        let evaluation = &self.config.evaluation;
+        evaluation.enabled && evaluation.is_due(self.completed_rounds, self.config.rounds)
+    }
+
+    /// The final evaluation round is still to run.
+    fn final_evaluation_pending(&self) -> bool {
+        self.config.evaluation.enabled
+            && !self.final_evaluated
+            && self.completed_rounds >= self.config.rounds
     }
 
     fn maybe_start_round(&mut self, now: Millis, actions: &mut Vec<Action>) {
@@ -789,8 +889,14 @@ impl Coordinator {
             return;
         }
         let round = self.completed_rounds + 1;
-        let cohort = self.config.cohort_size(self.connected.len());
-        if let Some(ledger) = &self.ledger {
+        let evaluation_only = self.final_evaluation_pending();
+        // The final evaluation asks everyone connected; it trains nothing.
+        let cohort = if evaluation_only {
+            self.connected.len()
+        } else {
+            self.config.cohort_size(self.connected.len())
+        };
+        if let (Some(ledger), false) = (&self.ledger, evaluation_only) {
             let rate = sampling_rate(cohort, self.connected.len());
             if let Err(LedgerError::BudgetExhausted(refused)) = ledger.peek_round(rate) {
                 self.stop_for_budget(refused, actions);
@@ -801,15 +907,24 @@ impl Coordinator {
         let mut rng = sampling_rng(self.config.seed, round, self.restarts, 0);
         let sampled: BTreeSet<ParticipantId> =
             sample(&mut rng, &candidates, cohort).into_iter().collect();
+        let evaluators = if self.evaluation_due() {
+            evaluators(&self.config.evaluation, self.config.seed, round, &sampled)
+        } else {
+            BTreeSet::new()
+        };
         let deadline_at = now.saturating_add(self.config.round_deadline_ms());
         for participant in &sampled {
-            actions.push(self.send_round(*participant, round));
+            let evaluate = evaluators.contains(participant);
+            actions.push(self.send_round(*participant, round, evaluate, evaluation_only));
         }
         actions.push(Action::SetDeadline {
             round,
             at_ms: deadline_at,
         });
         self.phase = Phase::Collecting(Box::new(OpenRound {
+            evaluators,
+            evaluation: EvaluationTotals::default(),
+            evaluation_only,
             round,
             sampled,
             responded: BTreeSet::new(),
@@ -915,10 +1030,30 @@ impl Coordinator {
             } else {
                 sum.total_weight.round() as u64
             };
-            open.aggregator
-                .add_sum(sum, samples)
-                .err()
-                .map(|e| format!("unusable secure sum: {e}"))
+            let evaluation = match (&sum.evaluation, open.evaluates()) {
+                (Some(values), true) => {
+                    let reports = contributors
+                        .iter()
+                        .filter(|p| open.evaluators.contains(*p))
+                        .count();
+                    EvaluationTotals::from_summed_values(values, reports)
+                        .map(|totals| open.evaluation = totals)
+                        .map_err(|e| format!("unusable evaluation in the secure sum: {e}"))
+                }
+                (None, false) => Ok(()),
+                (Some(_), false) => {
+                    Err("the secure sum holds an evaluation nobody was asked for".into())
+                }
+                (None, true) => {
+                    Err("the secure sum lacks the evaluation the round asked for".into())
+                }
+            };
+            evaluation.err().or_else(|| {
+                open.aggregator
+                    .add_sum(sum, samples)
+                    .err()
+                    .map(|e| format!("unusable secure sum: {e}"))
+            })
         };
         if let Some(error) = problem {
             self.phase = Phase::Waiting;
@@ -995,6 +1130,9 @@ impl Coordinator {
             return;
         }
         open.responded.insert(participant);
+        // A report nobody asked for is ignored; a missing one only leaves this participant out
+        // of the round's evaluation.
+        let asked = open.evaluators.contains(&participant);
         let outcome = validate_update(&self.global, update, &self.config.limits).and_then(|()| {
             open.aggregator
                 .add(update)
@@ -1006,6 +1144,11 @@ impl Coordinator {
                 actions.push(reject(reason));
             }
             Ok(()) => {
+                if let (Some(report), true) = (&update.evaluation, asked) {
+                    open.evaluation
+                        .add(report)
+                        .expect("validate_update checked the report");
+                }
                 open.contributors.push(ContributorSummary {
                     participant,
                     sample_count: update.sample_count,
@@ -1092,8 +1235,13 @@ impl Coordinator {
             required,
             added: added.clone(),
         });
+        let evaluates = open.evaluates();
+        let evaluation_only = open.evaluation_only;
+        if evaluates {
+            open.evaluators.extend(added.iter().copied());
+        }
         for participant in added {
-            actions.push(self.send_round(participant, round));
+            actions.push(self.send_round(participant, round, evaluates, evaluation_only));
         }
         actions.push(Action::SetDeadline { round, at_ms });
     }
@@ -1104,6 +1252,32 @@ impl Coordinator {
         };
         let open = *open;
         let round = open.round;
+        // The reports are about the state this round received: the model after `round - 1`.
+        let evaluated = if open.evaluates() && open.evaluation.reports() > 0 {
+            match open.evaluation.finish(round - 1) {
+                Ok(metrics) => Some(metrics),
+                Err(error) => {
+                    self.fail_round(now, round, error.to_string(), actions);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        if open.evaluation_only {
+            self.final_evaluated = true;
+            if let Some(metrics) = evaluated {
+                self.record_evaluation(metrics, actions);
+            }
+            actions.push(Action::Persist {
+                checkpoint: Box::new(self.checkpoint()),
+            });
+            self.phase = Phase::Finished;
+            actions.push(Action::Finished {
+                rounds: self.completed_rounds,
+            });
+            return;
+        }
         let privacy = self.config.privacy.clone();
         let secure = privacy.secure_aggregation;
         let mut aggregator = open.aggregator;
@@ -1164,6 +1338,9 @@ impl Coordinator {
                         epsilon: spent.map(|s| s.epsilon),
                         delta: spent.map(|s| s.delta),
                     });
+                if let Some(metrics) = evaluated {
+                    self.record_evaluation(metrics, actions);
+                }
                 self.global = Arc::new(aggregate.state);
                 self.completed_rounds = round;
                 self.restarts = 0;
@@ -1197,7 +1374,7 @@ impl Coordinator {
                 actions.push(Action::Persist {
                     checkpoint: Box::new(self.checkpoint()),
                 });
-                if self.completed_rounds >= self.config.rounds {
+                if self.completed_rounds >= self.config.rounds && !self.final_evaluation_pending() {
                     self.phase = Phase::Finished;
                     actions.push(Action::Finished {
                         rounds: self.completed_rounds,
@@ -1211,6 +1388,23 @@ impl Coordinator {
             }
         }
         self.maybe_start_round(now, actions);
+    }
+
+    /// Records the federated metrics of the current global state (the one evaluated) and, when
+    /// its validation KL is the lowest so far, hands the state out to be kept as the best.
+    fn record_evaluation(&mut self, metrics: FederatedMetrics, actions: &mut Vec<Action>) {
+        self.evaluations.push(metrics);
+        let best = self.best_round() == Some(metrics.round);
+        actions.push(Action::Evaluated {
+            metrics: Box::new(metrics),
+            best,
+        });
+        if best {
+            actions.push(Action::PersistBest {
+                round: metrics.round,
+                state: Arc::clone(&self.global),
+            });
+        }
     }
 
     /// The generator for round `round`'s central noise (see [`NoiseSource`]).
@@ -1283,6 +1477,27 @@ fn sample(
 
 /// The generator for round `round`'s sampling: ChaCha20 keyed by
 /// `SHA-256("mpcl/sample" || seed || round || restart || extension)`.
+/// The participants of `cohort` asked to evaluate in `round`: a seeded share of it
+/// ([`EvaluationConfig::evaluators`]), all of it by default.
+fn evaluators(
+    config: &EvaluationConfig,
+    seed: u64,
+    round: u64,
+    cohort: &BTreeSet<ParticipantId>,
+) -> BTreeSet<ParticipantId> {
+    let cohort: Vec<ParticipantId> = cohort.iter().copied().collect();
+    let wanted = config.evaluators(cohort.len());
+    if wanted >= cohort.len() {
+        return cohort.into_iter().collect();
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(b"mpcl/evaluators");
+    hasher.update(seed.to_le_bytes());
+    hasher.update(round.to_le_bytes());
+    let mut rng = ChaCha20Rng::from_seed(hasher.finalize().into());
+    sample(&mut rng, &cohort, wanted).into_iter().collect()
+}
+
 fn sampling_rng(seed: u64, round: u64, restart: u32, extension: u32) -> ChaCha20Rng {
     let mut hasher = Sha256::new();
     hasher.update(b"mpcl/sample");
@@ -1312,6 +1527,8 @@ pub fn training_config(
         share_memories: t.share_memories,
         seed: training_seed(config.seed, round, participant),
         compression: t.compression,
+        evaluate: false,
+        evaluation_only: false,
     }
 }
 

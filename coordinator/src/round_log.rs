@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::evaluation::FederatedMetrics;
 use crate::round::{ParticipantId, RoundSummary};
 
 /// Errors from writing or reading a round log; each names the file.
@@ -93,6 +94,11 @@ pub struct RoundRecord {
     /// The delta epsilon is reported at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<f64>,
+    /// Federated metrics of the global model after this round (runs with evaluation due this
+    /// round; the model is evaluated by the participants of the next round, or the final
+    /// evaluation round, so the line is written once they have reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<FederatedMetrics>,
 }
 
 impl RoundRecord {
@@ -127,6 +133,7 @@ impl RoundRecord {
             clipped: summary.privacy.as_ref().and_then(|p| p.clipped),
             epsilon: summary.epsilon(),
             delta: summary.privacy.as_ref().and_then(|p| p.delta),
+            evaluation: None,
         }
     }
 }
@@ -199,6 +206,7 @@ pub struct LogRepair {
 pub fn align_with_history(
     path: impl AsRef<Path>,
     history: &[RoundSummary],
+    evaluations: &[FederatedMetrics],
 ) -> Result<LogRepair, RoundLogError> {
     let path = path.as_ref();
     let io = |action: &'static str| {
@@ -232,7 +240,11 @@ pub fn align_with_history(
     }
     for summary in history {
         if let std::collections::btree_map::Entry::Vacant(entry) = kept.entry(summary.round) {
-            let record = RoundRecord::new(summary, &RoundTraffic::default());
+            let mut record = RoundRecord::new(summary, &RoundTraffic::default());
+            record.evaluation = evaluations
+                .iter()
+                .find(|m| m.round == summary.round)
+                .copied();
             entry.insert(serde_json::to_string(&record).map_err(RoundLogError::Encode)?);
             repair.added += 1;
         }
@@ -400,7 +412,7 @@ mod tests {
         drop(log);
         // The checkpoint in use (the previous copy) holds rounds 1 and 2 only.
         let history = vec![summary(1, 0.9), summary(2, 0.9)];
-        let repair = align_with_history(&path, &history).unwrap();
+        let repair = align_with_history(&path, &history, &[]).unwrap();
         assert_eq!(
             repair,
             LogRepair {
@@ -422,7 +434,7 @@ mod tests {
         // Aligned already: nothing changes.
         let history: Vec<_> = (1..=3).map(|r| summary(r, 0.5)).collect();
         assert_eq!(
-            align_with_history(&path, &history).unwrap(),
+            align_with_history(&path, &history, &[]).unwrap(),
             LogRepair::default()
         );
     }
@@ -438,7 +450,7 @@ mod tests {
         .unwrap();
         std::fs::write(&path, format!("{line}\n{{\"round\": 2, \"samp")).unwrap();
         let history = vec![summary(1, 0.9), summary(2, 0.8)];
-        let repair = align_with_history(&path, &history).unwrap();
+        let repair = align_with_history(&path, &history, &[]).unwrap();
         assert_eq!(
             repair,
             LogRepair {

@@ -60,5 +60,6 @@ pub fn update(g: &GlobalState, round: u64, samples: u64, value: f32) -> ClientUp
             train_kl: 0.5,
             seconds: 1.0,
         },
+        evaluation: None,
     }
 }

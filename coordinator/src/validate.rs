@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, RunId};
+use mpcl_protocol::metrics::EvaluationReport;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -58,6 +59,10 @@ pub enum RejectReason {
     /// Prototype or co-occurrence statistics are malformed.
     #[error("invalid statistics: {0}")]
     InvalidStatistics(String),
+    /// The attached evaluation report cannot be right (a negative or non-finite sum, a
+    /// fractional count, a value too large to add exactly).
+    #[error("invalid evaluation report: {0}")]
+    InvalidEvaluation(String),
     /// The run uses secure aggregation: updates must be masked, never sent in the clear.
     #[error("this run uses secure aggregation: send the update masked, not in the clear")]
     SecureAggregationRequired,
@@ -85,6 +90,17 @@ pub fn validate_update(
             value: update.sample_count as f64,
             limit: limits.max_sample_count as f64,
         });
+    }
+
+    if let Some(report) = &update.evaluation {
+        let values = report.to_values();
+        EvaluationReport::from_values(&values)
+            .map_err(|e| RejectReason::InvalidEvaluation(e.to_string()))?;
+        if let Some(value) = values.iter().find(|v| v.abs() > MAX_ADDEND) {
+            return Err(RejectReason::InvalidEvaluation(format!(
+                "{value} is above {MAX_ADDEND}"
+            )));
+        }
     }
 
     global

@@ -57,6 +57,7 @@ fn client_update(global: &GlobalState, i: usize) -> ClientUpdate {
         cooccurrence,
         sample_count: 6,
         metrics: LocalMetrics::default(),
+        evaluation: None,
     }
 }
 

@@ -50,6 +50,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::PROTOCOL_VERSION;
 use crate::compression::Compression;
+use crate::metrics::EvaluationReport;
 use crate::params::ParameterSet;
 use crate::secure_aggregation::{SecAggStep, SecAggUpload, SecureRoundSetup};
 use crate::signing::SignedUpdate;
@@ -104,6 +105,16 @@ pub struct TrainingConfig {
     /// How the client encodes its encoder delta for upload ([`Compression`]; lossy choices
     /// carry the quantisation residual to the next round).
     pub compression: Compression,
+    /// Evaluate the received state (the previous round's global model) on the participant's
+    /// validation and test parts before training, and attach the report to the update
+    /// ([`ClientUpdate::evaluation`]). Evaluation rides on the round's update, so it costs no
+    /// extra round trip and travels signed, compressed and (under secure aggregation) masked
+    /// with it.
+    pub evaluate: bool,
+    /// The run's final evaluation round: evaluate the received (last) global model and do not
+    /// train; the update carries a zero delta and no statistics, and the coordinator keeps only
+    /// the evaluation.
+    pub evaluation_only: bool,
 }
 
 /// Metrics a client reports about its local training (never used for aggregation).
@@ -128,6 +139,9 @@ pub struct ClientUpdate {
     /// Number of training samples (the FedAvg weight).
     pub sample_count: u64,
     pub metrics: LocalMetrics,
+    /// The participant's evaluation of the state it received this round (when the round asked
+    /// for one: [`TrainingConfig::evaluate`]).
+    pub evaluation: Option<EvaluationReport>,
 }
 
 /// What a client sends. Each request gets exactly one [`CoordinatorMessage`] in reply.
@@ -245,7 +259,7 @@ impl CoordinatorMessage {
 }
 
 /// The coordinator's answer to `Hello`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Welcome {
     pub run_id: RunId,
     /// The protocol version the coordinator speaks ([`PROTOCOL_VERSION`]).
@@ -267,6 +281,18 @@ pub struct Welcome {
     /// label order, and the modalities with their token layout). A client checks that its local
     /// data has exactly this schema before training.
     pub schema_json: String,
+    /// How a participant splits its data for federated evaluation (`None`: the run does not
+    /// evaluate, and a participant trains on all of its data).
+    pub evaluation: Option<EvaluationSplit>,
+}
+
+/// How every participant divides its own data for federated evaluation (the run file's
+/// `[evaluation]`): `test_fraction` of its trials are never trained on, and `validation_fraction`
+/// of the remaining trials only choose the best round. Windows of one trial stay on one side.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvaluationSplit {
+    pub test_fraction: f64,
+    pub validation_fraction: f64,
 }
 
 /// Why a client is told to wait.
@@ -408,6 +434,8 @@ mod tests {
             seed: 7,
             share_memories: true,
             compression: Compression::Int8,
+            evaluate: false,
+            evaluation_only: false,
         }
     }
 
@@ -425,6 +453,7 @@ mod tests {
                 train_kl: 0.25,
                 seconds: 12.0,
             },
+            evaluation: None,
         }
     }
 
@@ -470,6 +499,7 @@ mod tests {
                 current_round: 0,
                 model_config_json: r#"{"width":16}"#.into(),
                 schema_json: r#"{"emotions":["a","b"],"modalities":[]}"#.into(),
+                evaluation: None,
             }),
             CoordinatorMessage::StartRound {
                 run_id: [1; 16],

@@ -155,6 +155,7 @@ pub fn encode_update_payload(
         cooccurrence: update.cooccurrence.clone(),
         sample_count: update.sample_count,
         metrics: update.metrics.clone(),
+        evaluation: update.evaluation,
     };
     codec::encode_message(
         &UpdatePayloadRef::Compressed {
@@ -596,6 +597,7 @@ mod tests {
             cooccurrence: CooccurrenceStatistics::zeros(2),
             sample_count: 42,
             metrics: LocalMetrics::default(),
+            evaluation: None,
         }
     }
 

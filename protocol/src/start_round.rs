@@ -134,6 +134,8 @@ mod tests {
             seed,
             share_memories: true,
             compression: Compression::default(),
+            evaluate: false,
+            evaluation_only: false,
         }
     }
 

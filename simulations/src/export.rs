@@ -4,7 +4,9 @@
 //! `checkpoint.prev.bin` (see `mpcl_coordinator::checkpoint`), so `--round last` and
 //! `--round N` for those two rounds work; any other round's state was not kept. `--round best`
 //! needs the best round's state, which only a run with federated evaluation selects and keeps
-//! (in `checkpoint.best.bin`); without it there is no best round, and export says so.
+//! (in `checkpoint.best.bin`: a checkpoint of that round); without it there is no best round,
+//! and export says so. The model file's provenance carries the federated test metrics of the
+//! exported round when the run evaluated it.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -15,10 +17,7 @@ use mpcl_model::model_file::{InputStandardisation, Provenance, label_prior_from_
 use mpcl_model::{Device, ModelConfig, ModelError, ModelFile};
 use thiserror::Error;
 
-/// The latest checkpoint in a coordinator's output folder.
-pub const CHECKPOINT_FILE: &str = "checkpoint.bin";
-/// The best round's checkpoint (kept by runs with federated evaluation).
-pub const BEST_CHECKPOINT_FILE: &str = "checkpoint.best.bin";
+pub use mpcl_coordinator::server::{BEST_CHECKPOINT_FILE, CHECKPOINT_FILE};
 
 /// Which round's global model to export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +123,12 @@ pub fn export_model(
     choice: RoundChoice,
 ) -> Result<ModelFile, ExportError> {
     let (checkpoint, path) = chosen_checkpoint(run_dir, choice)?;
+    // The federated evaluation of this very model, when the run evaluated it.
+    let evaluated = checkpoint
+        .evaluations
+        .iter()
+        .find(|m| m.round == checkpoint.completed_rounds)
+        .copied();
     let run_name = checkpoint
         .config()
         .map(|c| c.name)
@@ -142,8 +147,14 @@ pub fn export_model(
                 .map(|b| format!("{b:02x}"))
                 .collect(),
             round: checkpoint.completed_rounds,
-            metrics: None,
-            metrics_on: "none: the run has no federated evaluation".to_string(),
+            metrics: evaluated.map(|m| m.test),
+            metrics_on: match evaluated {
+                Some(m) => format!(
+                    "federated evaluation: the test parts of {} participants ({} samples), which the participants kept out of training",
+                    m.clients, m.test.samples
+                ),
+                None => "none: the run did not evaluate this round's model".to_string(),
+            },
             split: None,
             mpcl_version: env!("CARGO_PKG_VERSION").to_string(),
         },

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use mpcl_client::evaluation::LocalSplit;
 use mpcl_client::{Participant, ParticipantError, ParticipantSettings, TrainedUpdate};
 use mpcl_coordinator::privacy::{os_noise_rng, seeded_noise_rng};
 use mpcl_coordinator::{
@@ -138,9 +139,12 @@ struct Handout {
 
 impl InProcessFederation {
     /// Participants for every subject of `train_set` (in order of first appearance), a coordinator
-    /// starting from `initial`.
+    /// starting from `initial`. With `evaluation` (pooled validation and test samples), each
+    /// participant evaluates on its own subject's samples of them when a round asks
+    /// (federated evaluation, as a client process given `--validation-data` and `--test-data`).
     pub fn new(
         train_set: &Dataset,
+        evaluation: Option<(&Dataset, &Dataset)>,
         model_config: &ModelConfig,
         settings: &ParticipantSettings,
         config: CoordinatorConfig,
@@ -149,12 +153,20 @@ impl InProcessFederation {
     ) -> Result<Self, FederationError> {
         let mut clients = Vec::new();
         for (index, subject) in train_set.subjects().into_iter().enumerate() {
-            let participant = Participant::new(
-                &train_set.subject_subset(&subject),
-                model_config,
-                device,
-                settings.clone(),
-            )
+            let train = train_set.subject_subset(&subject);
+            let participant = match evaluation {
+                Some((validation, test)) => Participant::with_evaluation(
+                    &LocalSplit {
+                        train,
+                        validation: validation.subject_subset(&subject),
+                        test: test.subject_subset(&subject),
+                    },
+                    model_config,
+                    device,
+                    settings.clone(),
+                ),
+                None => Participant::new(&train, model_config, device, settings.clone()),
+            }
             .map_err(|source| FederationError::Participant {
                 subject: subject.clone(),
                 source,
@@ -394,6 +406,8 @@ impl InProcessFederation {
                     | Action::RoundExtended { .. }
                     | Action::RoundFailed { .. }
                     | Action::Stopped { .. }
+                    | Action::Evaluated { .. }
+                    | Action::PersistBest { .. }
                     | Action::Persist { .. } => {}
                 }
             }

@@ -21,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mpcl_client::ParticipantSettings;
+use mpcl_coordinator::evaluation::FederatedMetrics;
 use mpcl_coordinator::server::{NetworkSettings, Server, ServerError, ServerSetup};
 use mpcl_coordinator::{Coordinator, CoordinatorConfig, CoordinatorError};
 use mpcl_model::data::Dataset;
@@ -93,11 +94,15 @@ pub enum NetworkError {
 
 /// One networked federated run: prepares keys, enrolment and data snapshots in `work_dir`,
 /// serves the coordinator, runs one `mpcl client` process per subject of `train_set` (in order
-/// of first appearance), and calls `on_round` after each aggregated round. Returns the final
-/// global state and, when the run stopped early (the privacy budget), why.
+/// of first appearance), and calls `on_round` after each aggregated round. With `evaluation`
+/// (pooled validation and test samples) each client process gets its subject's samples of them
+/// as `--validation-data` and `--test-data` (federated evaluation). Returns the final global
+/// state, why the run stopped early (the privacy budget) if it did, and the coordinator's
+/// federated metrics of every evaluated global model.
 #[allow(clippy::too_many_arguments)]
 pub fn run_network_federation<E: From<NetworkError>>(
     train_set: &Dataset,
+    evaluation: Option<(&Dataset, &Dataset)>,
     model_config: &ModelConfig,
     settings: &ParticipantSettings,
     config: CoordinatorConfig,
@@ -107,10 +112,10 @@ pub fn run_network_federation<E: From<NetworkError>>(
     options: &NetworkOptions,
     work_dir: &Path,
     mut on_round: impl FnMut(&RoundOutcome) -> Result<(), E>,
-) -> Result<(GlobalState, Option<String>), E> {
+) -> Result<(GlobalState, Option<String>, Vec<FederatedMetrics>), E> {
     let total_rounds = config.rounds;
     let seed = config.seed;
-    let prepared = prepare(train_set, seed, work_dir)?;
+    let prepared = prepare(train_set, evaluation, seed, work_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -206,7 +211,11 @@ pub fn run_network_federation<E: From<NetworkError>>(
         }
         .into());
     }
-    Ok((outcome.global.as_ref().clone(), stopped))
+    Ok((
+        outcome.global.as_ref().clone(),
+        stopped,
+        outcome.evaluations,
+    ))
 }
 
 /// What [`prepare`] wrote.
@@ -222,13 +231,20 @@ struct ClientFiles {
     subject: String,
     key_dir: PathBuf,
     snapshot: PathBuf,
+    /// Validation and test snapshots (federated evaluation).
+    evaluation: Option<(PathBuf, PathBuf)>,
     log: PathBuf,
 }
 
 /// Writes the keys (the participants' derived from the seed, see the module docs), the
 /// coordinator's public key and one training snapshot per subject. `work_dir` is emptied first:
 /// it belongs to this run.
-fn prepare(train_set: &Dataset, seed: u64, work_dir: &Path) -> Result<Prepared, NetworkError> {
+fn prepare(
+    train_set: &Dataset,
+    evaluation: Option<(&Dataset, &Dataset)>,
+    seed: u64,
+    work_dir: &Path,
+) -> Result<Prepared, NetworkError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| NetworkError::Write { path, source }
@@ -261,17 +277,28 @@ fn prepare(train_set: &Dataset, seed: u64, work_dir: &Path) -> Result<Prepared, 
             id: identity.id().to_string(),
             public_key: identity.public_key(),
         });
-        let snapshot = dir.join("train.json");
-        write_snapshot(&train_set.subject_subset(&subject), &snapshot).map_err(|source| {
-            NetworkError::Snapshot {
-                subject: subject.clone(),
-                source: Box::new(source),
-            }
-        })?;
+        let write = |data: &Dataset, name: &str| {
+            let path = dir.join(name);
+            write_snapshot(&data.subject_subset(&subject), &path)
+                .map(|()| path)
+                .map_err(|source| NetworkError::Snapshot {
+                    subject: subject.clone(),
+                    source: Box::new(source),
+                })
+        };
+        let snapshot = write(train_set, "train.json")?;
+        let evaluation = match evaluation {
+            Some((validation, test)) => Some((
+                write(validation, "validation.json")?,
+                write(test, "test.json")?,
+            )),
+            None => None,
+        };
         clients.push(ClientFiles {
             subject,
             key_dir,
             snapshot,
+            evaluation,
             log: dir.join("client.log"),
         });
     }
@@ -319,6 +346,14 @@ impl ClientProcesses {
             .arg(&client.key_dir)
             .arg("--data")
             .arg(format!("snapshot:{}", client.snapshot.display()))
+            .args(client.evaluation.iter().flat_map(|(validation, test)| {
+                [
+                    "--validation-data".to_string(),
+                    format!("snapshot:{}", validation.display()),
+                    "--test-data".to_string(),
+                    format!("snapshot:{}", test.display()),
+                ]
+            }))
             .arg("--device")
             .arg(device.to_string())
             .arg("--min-prototype-mass")

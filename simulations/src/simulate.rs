@@ -53,6 +53,7 @@ use crate::stimulus_prior::stimulus_prior;
 use crate::synthetic::SyntheticConfig;
 use crate::train_job::{write_json, write_text};
 use crate::uncertainty::compare_to_prior;
+use mpcl_coordinator::evaluation::{EvaluationConfig, FederatedMetrics};
 use mpcl_model::network::prototypes::cross_emotion_cosine;
 
 /// The name of the stimulus-prior reference row (shown when the data knows its stimuli).
@@ -292,6 +293,9 @@ pub struct SimulationResult {
     pub test_samples: TestSamples,
     /// Each arm's validation-selected predictions of those samples.
     pub selected_predictions: BTreeMap<Arm, Vec<Vec<f32>>>,
+    /// The coordinator's federated evaluation of every global model, per federated arm and
+    /// partition (what a real coordinator reports, from the participants' sums).
+    pub federated_evaluations: BTreeMap<Arm, Vec<Vec<FederatedMetrics>>>,
     /// What a reader of the table must know, for example that an arm stopped early because its
     /// privacy budget ran out.
     pub notes: Vec<String>,
@@ -324,6 +328,9 @@ struct ArmTrace {
     best: BestRound,
     /// The state of the round chosen on validation (arms with a model).
     best_state: Option<GlobalState>,
+    /// The coordinator's federated evaluation of each global model (federated arms): what
+    /// the participants reported on their own validation and test samples.
+    federated: Vec<FederatedMetrics>,
 }
 
 impl ArmTrace {
@@ -502,6 +509,7 @@ pub fn run_simulation_on(
     let mut stimulus_predictions: Option<Vec<Vec<f32>>> = Some(Vec::new());
     let mut traces: BTreeMap<Arm, Vec<ArmTrace>> = BTreeMap::new();
     let mut final_states: BTreeMap<Arm, Vec<GlobalState>> = BTreeMap::new();
+    let mut federated_evaluations: BTreeMap<Arm, Vec<Vec<FederatedMetrics>>> = BTreeMap::new();
     let mut notes: Vec<String> = Vec::new();
     for (part_index, part) in parts.iter().enumerate() {
         let normalized = normalize_per_subject(&dataset, &part.train);
@@ -622,6 +630,12 @@ pub fn run_simulation_on(
                 };
                 write_arm_model(dir, config, &model)?;
             }
+            if matches!(arm, Arm::Federated | Arm::FedavgEncoder) {
+                federated_evaluations
+                    .entry(arm)
+                    .or_default()
+                    .push(trace.federated.clone());
+            }
             traces.entry(arm).or_default().push(trace);
             if let Some(state) = state {
                 final_states.entry(arm).or_default().push(state);
@@ -676,6 +690,7 @@ pub fn run_simulation_on(
             priors,
         },
         selected_predictions: selection.predictions,
+        federated_evaluations,
         notes,
         wall_seconds: started.elapsed().as_secs_f64(),
     };
@@ -730,6 +745,25 @@ struct ArmData<'a> {
     validation_count: usize,
     /// The label prior of `train`.
     prior: &'a [f32],
+}
+
+impl ArmData<'_> {
+    /// The validation and the test samples, apart, when every training subject has some of
+    /// both (trial-wise protocols): each participant of a federated arm then evaluates on its
+    /// own subject's samples of them, as a real participant does. Protocols that hold out whole
+    /// subjects or stimuli leave participants without a part of their own: `None`.
+    fn federated_evaluation_parts(&self) -> Option<(Dataset, Dataset)> {
+        let n = self.held_out.samples.len();
+        let rows = |range: std::ops::Range<usize>| range.collect::<Vec<usize>>();
+        let validation = self.held_out.subset(&rows(0..self.validation_count));
+        let test = self.held_out.subset(&rows(self.validation_count..n));
+        let (with_validation, with_test) = (validation.subjects(), test.subjects());
+        self.train
+            .subjects()
+            .iter()
+            .all(|s| with_validation.contains(s) && with_test.contains(s))
+            .then_some((validation, test))
+    }
 }
 
 /// The test samples of a run, pooled over partitions.
@@ -804,10 +838,15 @@ fn run_arm(
                 }
                 Ok(())
             };
+            let parts = data.federated_evaluation_parts();
+            let parts = parts.as_ref().map(|(validation, test)| (validation, test));
+            coordinator.evaluation.enabled = parts.is_some();
+            let mut federated = Vec::new();
             let run = match federation_mode {
                 FederationMode::InProcess => {
                     let mut federation = InProcessFederation::new(
                         data.train,
+                        parts,
                         &config.model,
                         &settings,
                         coordinator,
@@ -820,12 +859,15 @@ fn run_arm(
                     if let Some(threads) = config.threads {
                         federation.set_threads(threads);
                     }
-                    federation
+                    let run = federation
                         .run(&mut observe)
-                        .map(|state| (state, federation.stop_reason().map(ToString::to_string)))
+                        .map(|state| (state, federation.stop_reason().map(ToString::to_string)));
+                    federated = federation.coordinator().evaluations().to_vec();
+                    run
                 }
                 FederationMode::Network { options, work_dir } => run_network_federation(
                     data.train,
+                    parts,
                     &config.model,
                     &settings,
                     coordinator,
@@ -835,8 +877,13 @@ fn run_arm(
                     options,
                     work_dir,
                     &mut observe,
-                ),
+                )
+                .map(|(state, stopped, evaluations)| {
+                    federated = evaluations;
+                    (state, stopped)
+                }),
             };
+            trace.federated = federated;
             let (final_state, stopped) = match run {
                 Ok(done) => done,
                 Err(SimulationError::PatienceExhausted(_)) => {
@@ -971,6 +1018,9 @@ pub fn coordinator_config(
         min_available_clients: Some(clients),
         aggregation: config.aggregation.clone(),
         privacy: config.privacy.clone(),
+        // On only where every participant has a validation and a test part of its own (see
+        // `ArmData::federated_evaluation_parts`).
+        evaluation: EvaluationConfig::disabled(),
         ..CoordinatorConfig::default()
     };
     coordinator.training = config.training.clone();

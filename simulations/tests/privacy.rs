@@ -66,6 +66,7 @@ fn federate(
     let initial = MpclModel::new(&dataset.schema, &config.model, &device, 0)?.global_state();
     let mut federation = InProcessFederation::new(
         &dataset,
+        None,
         &config.model,
         &ParticipantSettings {
             min_prototype_mass: 1.0,

@@ -179,6 +179,25 @@ fn corrupted_test_labels_leave_the_chosen_rounds_unchanged() -> Result<()> {
         );
     }
     assert_eq!(clean.best_states, dirty.best_states);
+    // The participants' own federated evaluation chooses the same way: on validation only.
+    use mpcl_coordinator::evaluation::best_round;
+    let federated = |r: &SimulationResult| r.federated_evaluations[&Arm::Federated][0].clone();
+    let (clean_eval, dirty_eval) = (federated(&clean), federated(&dirty));
+    assert_eq!(
+        clean_eval.len(),
+        small.rounds as usize + 1,
+        "models 0..=rounds"
+    );
+    assert!(best_round(&clean_eval).is_some());
+    assert_eq!(best_round(&clean_eval), best_round(&dirty_eval));
+    for (a, b) in clean_eval.iter().zip(&dirty_eval) {
+        assert_eq!(a.validation, b.validation);
+        assert_ne!(
+            a.test.kl, b.test.kl,
+            "round {}: the test labels did change",
+            a.round
+        );
+    }
     Ok(())
 }
 

@@ -52,6 +52,7 @@ fn federate(threads: usize) -> Result<(Vec<RoundOutcome>, GlobalState)> {
     let initial = MpclModel::new(&dataset.schema, &config.model, &device, 0)?.global_state();
     let mut federation = InProcessFederation::new(
         &dataset,
+        None,
         &config.model,
         &ParticipantSettings {
             min_prototype_mass: 1.0,

@@ -129,6 +129,18 @@ pub struct ClientArgs {
     #[arg(long, value_name = "ID")]
     subject: Option<String>,
 
+    /// Federated evaluation on this held-out validation data (same forms as --data; with
+    /// --test-data). By default a run with `[evaluation]` splits --data itself, trial-wise:
+    /// the run's `test_fraction` of the trials for test, `validation_fraction` of the rest for
+    /// validation (which only chooses the best round).
+    #[arg(long, value_name = "SPEC", requires = "test_data")]
+    validation_data: Option<String>,
+
+    /// Federated evaluation on this held-out test data (with --validation-data); --data is then
+    /// the training part only.
+    #[arg(long, value_name = "SPEC", requires = "validation_data")]
+    test_data: Option<String>,
+
     /// Where to train: `cpu`, `wgpu` (needs a build with --features wgpu) or `auto`.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
@@ -236,7 +248,13 @@ impl ClientArgs {
             config.faults.delay_before_upload = Some(Duration::from_secs_f64(secs));
         }
         config.faults.drop_connection_mid_upload = self.test_drop_connection_mid_upload;
-        let node = Node::new(config, dataset, device.device)?;
+        let mut node = Node::new(config, dataset, device.device)?;
+        if let (Some(validation), Some(test)) = (&self.validation_data, &self.test_data) {
+            let validation = load_local_data(validation, self.subject.as_deref())
+                .context("--validation-data")?;
+            let test = load_local_data(test, self.subject.as_deref()).context("--test-data")?;
+            node = node.with_evaluation_data(validation, test)?;
+        }
         let shutdown = CancellationToken::new();
         tokio::spawn(super::coordinator::cancel_on_signal(shutdown.clone()));
         let outcome = node

@@ -190,3 +190,92 @@ fn a_federation_exports_a_model_that_evaluates_and_predicts() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// A real federation with `[evaluation]` on: each client splits its own data, every round's
+/// global model is evaluated on the clients' held-out parts, the coordinator writes the metrics
+/// to `rounds.jsonl`, keeps the best round's state and ends with `final.md` / `final.csv`; that
+/// state exports with its federated test metrics as provenance.
+#[test]
+fn an_evaluating_federation_ends_with_a_final_table_and_a_best_model() -> anyhow::Result<()> {
+    let spec = RunSpec {
+        evaluation: true,
+        ..RunSpec::all(3, 3)
+    };
+    let run = RunDir::new(&["a", "b", "c"], &spec)?;
+    let mut coordinator = run.coordinator("coordinator", "127.0.0.1:0", false)?;
+    let mut clients = Vec::new();
+    for name in ["a", "b", "c"] {
+        clients.push(run.client(name, name, &coordinator, &[])?);
+    }
+    for process in clients.iter_mut().chain([&mut coordinator]) {
+        process.wait_success(PATIENCE)?;
+    }
+    let out = run.out();
+
+    // One line per round, each with the federated metrics of that round's model.
+    let log = std::fs::read_to_string(out.join("rounds.jsonl"))?;
+    assert_eq!(log.lines().count(), 3);
+    for (round, line) in (1u64..).zip(log.lines()) {
+        let record: serde_json::Value = serde_json::from_str(line)?;
+        let evaluation = &record["evaluation"];
+        assert_eq!(evaluation["round"].as_u64(), Some(round), "{line}");
+        assert_eq!(evaluation["clients"].as_u64(), Some(3), "{line}");
+        assert!(
+            evaluation["test"]["samples"].as_u64().unwrap_or(0) > 0,
+            "{line}"
+        );
+        assert!(
+            evaluation["test"]["kl"]
+                .as_f64()
+                .is_some_and(f64::is_finite)
+        );
+    }
+    let checkpoint = mpcl_coordinator::read_checkpoint(run.checkpoint())?;
+    let rounds: Vec<u64> = checkpoint.evaluations.iter().map(|m| m.round).collect();
+    assert_eq!(rounds, vec![0, 1, 2, 3]);
+    assert!(checkpoint.final_evaluated);
+    let best = mpcl_coordinator::evaluation::best_round(&checkpoint.evaluations).unwrap();
+
+    let table = std::fs::read_to_string(out.join("final.md"))?;
+    assert!(
+        table.contains("| global model, last round (3) |"),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("best round ({best}, by validation KL)")),
+        "{table}"
+    );
+    assert!(table.contains("| label prior |"), "{table}");
+    let csv = std::fs::read_to_string(out.join("final.csv"))?;
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+
+    // The best round's state exports with its own federated test metrics.
+    let dir = run.path();
+    let output = mpcl(
+        &[
+            "export",
+            "--from",
+            "out",
+            "--round",
+            "best",
+            "--out",
+            "best.mpcl",
+        ],
+        dir,
+    )?;
+    ensure!(output.status.success(), "{}", stderr(&output));
+    let model = ModelFile::read(dir.join("best.mpcl"))?;
+    assert_eq!(model.provenance.round, best);
+    let chosen = checkpoint
+        .evaluations
+        .iter()
+        .find(|m| m.round == best)
+        .unwrap();
+    assert_eq!(model.provenance.metrics, Some(chosen.test));
+    let kept = mpcl_coordinator::read_checkpoint(out.join("checkpoint.best.bin"))?;
+    assert_eq!(model.state, kept.global);
+    if best == 3 {
+        assert_eq!(kept.global, checkpoint.global);
+    }
+    Ok(())
+}

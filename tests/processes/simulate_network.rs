@@ -73,17 +73,43 @@ fn network_and_in_process_modes_give_identical_models_and_metrics() -> Result<()
     assert_eq!(round_metrics(&networked), round_metrics(&in_process));
     assert_eq!(networked.rounds.len(), 2 * config.rounds as usize);
 
+    // The participants' federated evaluation of every global model (the initial one, each
+    // round's, the final evaluation round's): the same exact totals in both modes.
+    for arm in [Arm::Federated, Arm::FedavgEncoder] {
+        let (net, local) = (
+            &networked.federated_evaluations[&arm][0],
+            &in_process.federated_evaluations[&arm][0],
+        );
+        assert_eq!(net.len(), config.rounds as usize + 1, "{arm:?}");
+        assert_eq!(net, local, "{arm:?}: federated metrics differ");
+    }
+
     // The run really went over the wire: the coordinator's round log and the clients' logs.
     let log = std::fs::read_to_string(
         out.path()
             .join("network/federated-0/coordinator/rounds.jsonl"),
     )?;
     assert_eq!(log.lines().count(), config.rounds as usize);
-    for line in log.lines() {
+    for (round, line) in (1..).zip(log.lines()) {
         let record: serde_json::Value = serde_json::from_str(line)?;
         assert_eq!(record["participants"].as_array().map(Vec::len), Some(3));
         assert!(record["bytes_in"].as_u64().unwrap_or(0) > 0, "{line}");
+        // Each line carries the federated metrics of the model after its round.
+        assert_eq!(
+            record["evaluation"]["round"].as_u64(),
+            Some(round),
+            "{line}"
+        );
     }
+    // The coordinator's final table and its best round's state.
+    let coordinator = out.path().join("network/federated-0/coordinator");
+    let table = std::fs::read_to_string(coordinator.join("final.md"))?;
+    assert!(
+        table.contains("best round") && table.contains("label prior"),
+        "{table}"
+    );
+    assert!(coordinator.join("final.csv").exists());
+    assert!(coordinator.join("checkpoint.best.bin").exists());
     for client in 0..4 {
         let log = out.path().join(format!(
             "network/federated-0/clients/{client:03}/client.log"
@@ -104,6 +130,18 @@ fn under_secure_aggregation_both_modes_agree_too() -> Result<()> {
     // Masks cancel exactly (arithmetic modulo 2^32) and quantisation is deterministic.
     assert!(networked.final_states == in_process.final_states);
     assert_eq!(round_metrics(&networked), round_metrics(&in_process));
+    // The evaluation travelled inside the masked sums: the same totals in both modes.
+    let (net, local) = (
+        &networked.federated_evaluations[&Arm::Federated][0],
+        &in_process.federated_evaluations[&Arm::Federated][0],
+    );
+    assert_eq!(net.len(), config.rounds as usize + 1);
+    for (a, b) in net.iter().zip(local) {
+        assert_eq!(a.round, b.round);
+        for (x, y) in a.test.values().iter().zip(b.test.values()) {
+            assert!((x - y).abs() < 1e-6, "round {}: {x} vs {y}", a.round);
+        }
+    }
     Ok(())
 }
 

@@ -50,6 +50,9 @@ pub struct RunSpec {
     pub deadline_secs: u64,
     /// How long the coordinator keeps answering `Finished` to clients still connected.
     pub finish_grace_secs: u64,
+    /// Federated evaluation (`[evaluation] enabled`): off in the protocol and fault tests, which
+    /// count rounds and messages of training alone.
+    pub evaluation: bool,
 }
 
 impl RunSpec {
@@ -62,6 +65,7 @@ impl RunSpec {
             min_available: clients,
             deadline_secs: 60,
             finish_grace_secs: 3,
+            evaluation: false,
         }
     }
 
@@ -81,6 +85,9 @@ local_epochs = 1
 batch_size = 16
 learning_rate = 0.01
 
+[evaluation]
+enabled = {evaluation}
+
 [model]
 width = 16
 prototypes_per_emotion = 2
@@ -99,6 +106,7 @@ finish_grace_secs = {grace}
             available = self.min_available,
             deadline = self.deadline_secs,
             grace = self.finish_grace_secs,
+            evaluation = self.evaluation,
         )
     }
 }

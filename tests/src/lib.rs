@@ -163,9 +163,11 @@ impl Federation {
 }
 
 /// A run of `rounds` rounds in which all `clients` take part every round (so that sampling,
-/// and with it the result, does not depend on who connects first).
+/// and with it the result, does not depend on who connects first). Training only: these tests
+/// count rounds and messages of the protocol; federated evaluation has tests of its own.
 pub fn run_config(rounds: u64, clients: usize) -> CoordinatorConfig {
     let mut config = CoordinatorConfig {
+        evaluation: mpcl_coordinator::evaluation::EvaluationConfig::disabled(),
         name: "e2e".into(),
         seed: 7,
         rounds,

@@ -101,6 +101,7 @@ fn zero_update(run_id: [u8; 16], round: u64, state: &GlobalState) -> ClientUpdat
         cooccurrence: CooccurrenceStatistics::zeros(state.cooccurrence.emotions),
         sample_count: 1,
         metrics: LocalMetrics::default(),
+        evaluation: None,
     }
 }
 

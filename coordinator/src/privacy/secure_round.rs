@@ -79,7 +79,8 @@ pub struct PreparedInput {
 }
 
 impl SecureRoundPlan {
-    /// The plan for round `round` of `run_id` with `cohort`, for updates trained from `global`.
+    /// The plan for round `round` of `run_id` with `cohort`, for updates trained from `global`
+    /// (followed by an evaluation report when `evaluation`).
     /// Fails when the quantisation scale is unusable for the cohort.
     pub fn new(
         privacy: &PrivacyConfig,
@@ -87,6 +88,7 @@ impl SecureRoundPlan {
         round: u64,
         mut cohort: Vec<ParticipantId>,
         global: &GlobalState,
+        evaluation: bool,
     ) -> Result<Self, QuantizationError> {
         cohort.sort();
         cohort.dedup();
@@ -95,7 +97,7 @@ impl SecureRoundPlan {
             run_id,
             round,
             threshold: privacy.threshold.for_cohort(n),
-            layout: UpdateLayout::of_global(global),
+            layout: UpdateLayout::of_global(global).with_evaluation(evaluation),
             quantizer: privacy.quantizer(n.max(1))?,
             policy: ContributionPolicy::from_privacy(privacy),
             noise_multiplier: privacy.noise_multiplier,
@@ -133,6 +135,7 @@ impl SecureRoundPlan {
             uniform_weights: self.policy.uniform_weights,
             noise_multiplier: self.noise_multiplier,
             step_timeout_ms,
+            evaluation: self.layout.evaluation,
         })
     }
 
@@ -147,7 +150,7 @@ impl SecureRoundPlan {
     ) -> Result<Self, SecureSetupError> {
         let params = &setup.params;
         params.validate()?;
-        let layout = UpdateLayout::of_global(global);
+        let layout = UpdateLayout::of_global(global).with_evaluation(setup.evaluation);
         if layout.len() != params.vector_len {
             return Err(SecureSetupError::Inconsistent(format!(
                 "the session masks {} words but the round's state lays out {}",
@@ -264,7 +267,7 @@ mod tests {
     fn clients_clip_and_weigh_as_the_policy_says() {
         let g = global();
         let cohort: Vec<_> = (0..5).rev().map(ParticipantId::from_index).collect();
-        let plan = SecureRoundPlan::new(&privacy(false), RUN, 3, cohort, &g).unwrap();
+        let plan = SecureRoundPlan::new(&privacy(false), RUN, 3, cohort, &g, false).unwrap();
         assert_eq!(plan.cohort[0], ParticipantId::from_index(0), "sorted");
         assert_eq!(plan.threshold, 3);
         assert_eq!(plan.noise_share_std(), 0.0);
@@ -290,6 +293,7 @@ mod tests {
             3,
             (0..5).map(ParticipantId::from_index).collect(),
             &g,
+            false,
         )
         .unwrap();
         assert!((plan.noise_share_std() - 2.0 / 3f64.sqrt()).abs() < 1e-12);
@@ -308,7 +312,7 @@ mod tests {
                 ParticipantId(key.to_bytes())
             })
             .collect();
-        let plan = SecureRoundPlan::new(&privacy(true), RUN, 2, cohort, &g).unwrap();
+        let plan = SecureRoundPlan::new(&privacy(true), RUN, 2, cohort, &g, false).unwrap();
         let setup = plan.wire_setup([7; 16], 5000).unwrap();
         assert_eq!(setup.params.nonce, [7; 16]);
         assert_eq!(setup.params.vector_len, plan.layout.len());

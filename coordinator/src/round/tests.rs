@@ -9,8 +9,10 @@ use super::*;
 use crate::config::AggregationRule;
 use crate::test_support::{RUN, global};
 
+mod evaluation;
 mod privacy;
 
+/// A training-only run (federated evaluation has its own tests in `evaluation`).
 fn config(rounds: u64, per_round: usize, min: usize, available: usize) -> CoordinatorConfig {
     CoordinatorConfig {
         seed: 42,
@@ -19,6 +21,7 @@ fn config(rounds: u64, per_round: usize, min: usize, available: usize) -> Coordi
         min_clients_to_aggregate: min,
         min_available_clients: Some(available),
         round_deadline_secs: 60,
+        evaluation: EvaluationConfig::disabled(),
         ..CoordinatorConfig::default()
     }
 }
@@ -66,6 +69,7 @@ fn client_update(state: &GlobalState, round: u64, participant: ParticipantId) ->
             train_kl: 0.1,
             seconds: 1.0,
         },
+        evaluation: None,
     }
 }
 

@@ -33,9 +33,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::BEST_CHECKPOINT_FILE;
 use crate::checkpoint::write_checkpoint;
+use crate::evaluation::FederatedMetrics;
+use crate::final_table::{FINAL_CSV_FILE, FINAL_MARKDOWN_FILE, final_csv, final_markdown};
 use crate::round::{Action, Coordinator, Event, Millis, ParticipantId, RoundSummary, WaitReason};
-use crate::round_log::{RoundLog, RoundTraffic};
+use crate::round_log::{RoundLog, RoundRecord, RoundTraffic};
 use crate::validate::RejectReason;
 
 use super::live::{Connections, LivePublisher};
@@ -119,6 +122,7 @@ pub(crate) struct ActorOutcome {
     pub completed_rounds: u64,
     pub global: Arc<GlobalState>,
     pub history: Vec<RoundSummary>,
+    pub evaluations: Vec<FederatedMetrics>,
 }
 
 /// The actor's state.
@@ -146,6 +150,9 @@ pub(crate) struct Actor {
     origin: Instant,
     checkpoint_path: PathBuf,
     round_log: Option<RoundLog>,
+    /// The round log's line of the last aggregated round, held back until that round's global
+    /// model is evaluated (by the next round) so that the line carries its federated metrics.
+    pending_record: Option<RoundRecord>,
     traffic: Arc<Traffic>,
     poll_interval_ms: u64,
     finish_grace: Duration,
@@ -205,6 +212,7 @@ impl Actor {
             origin: Instant::now(),
             checkpoint_path,
             round_log,
+            pending_record: None,
             traffic,
             poll_interval_ms: polling.poll_interval_ms,
             finish_grace,
@@ -321,6 +329,7 @@ impl Actor {
             completed_rounds: self.coordinator.completed_rounds(),
             global: Arc::clone(self.coordinator.global_state()),
             history: self.coordinator.history().to_vec(),
+            evaluations: self.coordinator.evaluations().to_vec(),
         })
     }
 
@@ -667,10 +676,14 @@ impl Actor {
                         mean_train_loss = summary.mean_train_loss.unwrap_or(f64::NAN),
                         "round aggregated"
                     );
-                    if let Some(log) = &mut self.round_log
-                        && let Err(error) = log.append_summary(&summary, &traffic)
+                    // A line still held back saw no evaluation (nobody reported): write it as is.
+                    self.flush_round_record();
+                    self.pending_record = Some(RoundRecord::new(&summary, &traffic));
+                    let evaluation = &self.coordinator.config().evaluation;
+                    if !(evaluation.enabled
+                        && evaluation.is_due(round, self.coordinator.config().rounds))
                     {
-                        warn!(%error, "cannot append to the round log");
+                        self.flush_round_record();
                     }
                     if let Some(observer) = &self.observer {
                         // A gone observer only loses its view; the run goes on.
@@ -688,12 +701,33 @@ impl Actor {
                     self.deadline = None;
                     self.end_session(&format!("round {round} failed and starts again: {error}"));
                 }
+                Action::Evaluated { metrics, best } => {
+                    info!(
+                        round = metrics.round,
+                        participants = metrics.clients,
+                        validation_kl = metrics.validation.kl,
+                        test_kl = metrics.test.kl,
+                        prior_test_kl = metrics.prior_test.kl,
+                        test_samples = metrics.test.samples,
+                        best,
+                        "global model evaluated"
+                    );
+                    if let Some(record) = &mut self.pending_record
+                        && record.round == metrics.round
+                    {
+                        record.evaluation = Some(*metrics);
+                        self.flush_round_record();
+                    }
+                }
+                Action::PersistBest { round, state } => self.persist_best(round, state).await?,
                 Action::Persist { checkpoint } => self.persist(checkpoint).await?,
                 Action::Stopped { rounds, reason } => {
                     warn!(rounds, %reason, "the run stops early");
                 }
                 Action::Finished { rounds } => {
                     info!(rounds, "all rounds done");
+                    self.flush_round_record();
+                    self.write_final_table();
                     for (_, parked) in self.parked.drain() {
                         let _ = parked
                             .reply
@@ -851,6 +885,58 @@ impl Actor {
         Ok(())
     }
 
+    /// Writes the held-back round-log line, if any.
+    fn flush_round_record(&mut self) {
+        if let (Some(record), Some(log)) = (self.pending_record.take(), &mut self.round_log)
+            && let Err(error) = log.append(&record)
+        {
+            warn!(%error, "cannot append to the round log");
+        }
+    }
+
+    /// Keeps `state` (the global model after `round`, the best so far) in
+    /// `checkpoint.best.bin` beside the checkpoint, as a checkpoint of that round.
+    async fn persist_best(
+        &mut self,
+        round: u64,
+        state: Arc<GlobalState>,
+    ) -> Result<(), ServerError> {
+        let path = self.checkpoint_path.with_file_name(BEST_CHECKPOINT_FILE);
+        let mut checkpoint = self.coordinator.checkpoint();
+        checkpoint.completed_rounds = round;
+        checkpoint.global = (*state).clone();
+        checkpoint.history.retain(|s| s.round <= round);
+        let target = path.clone();
+        let written = tokio::task::spawn_blocking(move || write_checkpoint(&target, &checkpoint))
+            .await
+            .map_err(|e| ServerError::Internal(format!("checkpoint writer panicked: {e}")))?;
+        written.map_err(ServerError::Checkpoint)?;
+        info!(round, path = %path.display(), "best global model so far kept");
+        Ok(())
+    }
+
+    /// Writes `final.md` and `final.csv` beside the checkpoint and prints the table to the log
+    /// (nothing when the run evaluated nothing).
+    fn write_final_table(&self) {
+        let evaluations = self.coordinator.evaluations();
+        let name = &self.coordinator.config().name;
+        let (Some(markdown), Some(csv)) =
+            (final_markdown(name, evaluations), final_csv(evaluations))
+        else {
+            return;
+        };
+        for (file, text) in [(FINAL_MARKDOWN_FILE, &markdown), (FINAL_CSV_FILE, &csv)] {
+            let path = self.checkpoint_path.with_file_name(file);
+            if let Err(error) = std::fs::write(&path, text) {
+                warn!(path = %path.display(), %error, "cannot write the final table");
+            }
+        }
+        info!(
+            path = %self.checkpoint_path.with_file_name(FINAL_MARKDOWN_FILE).display(),
+            "final table written:\n{markdown}"
+        );
+    }
+
     fn wait_message(&self, round: u64, reason: WaitReason) -> CoordinatorMessage {
         let retry_after_ms = self.poll_interval_ms;
         let reason = match reason {
@@ -942,6 +1028,7 @@ pub(crate) fn wire_reject(reason: &RejectReason) -> WireReject {
         | RejectReason::Oversized { .. }
         | RejectReason::ZeroSamples
         | RejectReason::InvalidStatistics(_)
+        | RejectReason::InvalidEvaluation(_)
         | RejectReason::SecureAggregationRequired => WireReject::Invalid(reason.to_string()),
     }
 }

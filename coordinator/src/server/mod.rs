@@ -36,7 +36,9 @@ use std::time::Duration;
 
 use mpcl_protocol::codec::{self, CodecError, MessageLimits, PROTOCOL_VERSION};
 use mpcl_protocol::framing::{self, FRAME_HEADER_BYTES};
-use mpcl_protocol::messages::{ClientMessage, CoordinatorMessage, GlobalState, RunId, Welcome};
+use mpcl_protocol::messages::{
+    ClientMessage, CoordinatorMessage, EvaluationSplit, GlobalState, RunId, Welcome,
+};
 use mpcl_protocol::start_round::SplicedPayload;
 use mpcl_protocol::tls::{TlsError, peer_public_key_from_identity};
 use mpcl_protocol::{DeltaLayout, Enrolment, NodeIdentity, UpdateVerifier};
@@ -50,6 +52,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::checkpoint::{CheckpointError, read_latest_checkpoint, write_checkpoint};
 use crate::config::CoordinatorConfig;
+use crate::evaluation::FederatedMetrics;
 use crate::round::{Coordinator, CoordinatorError, ParticipantId, RoundSummary};
 use crate::round_log::{RoundLog, RoundLogError, RoundTraffic};
 
@@ -61,6 +64,9 @@ pub use live::{LiveParticipant, LivePhase, LiveStatus};
 /// File name of the checkpoint in the output folder (its previous copy is
 /// `checkpoint.prev.bin`).
 pub const CHECKPOINT_FILE: &str = "checkpoint.bin";
+/// File name of the best round's state (lowest federated validation KL), kept as a checkpoint
+/// of that round beside the latest (runs with federated evaluation only).
+pub const BEST_CHECKPOINT_FILE: &str = "checkpoint.best.bin";
 /// File name of the per-round JSON-lines log in the output folder.
 pub const ROUND_LOG_FILE: &str = "rounds.jsonl";
 
@@ -169,6 +175,8 @@ pub struct ServerOutcome {
     pub global: Arc<GlobalState>,
     /// Summaries of the completed rounds.
     pub history: Vec<RoundSummary>,
+    /// Federated metrics of every evaluated global model, in round order.
+    pub evaluations: Vec<FederatedMetrics>,
     /// The run id.
     pub run_id: RunId,
 }
@@ -182,6 +190,8 @@ struct Shared {
     verifier: UpdateVerifier,
     model_config_json: String,
     schema_json: String,
+    /// How participants split their data for federated evaluation (sent in `Welcome`).
+    evaluation: Option<EvaluationSplit>,
     uploads: Semaphore,
     request_timeout: Duration,
     commands: mpsc::Sender<Command>,
@@ -189,6 +199,28 @@ struct Shared {
     shutdown: CancellationToken,
     /// Per participant, the connection that last asked for work (see [`claim_worker`]).
     workers: std::sync::Mutex<std::collections::HashMap<ParticipantId, quinn::Connection>>,
+}
+
+impl Shared {
+    /// The `Welcome` for `participant_id`, whose messages may be up to `max_message_bytes`.
+    fn welcome(
+        &self,
+        participant_id: &str,
+        max_message_bytes: usize,
+        current_round: u64,
+    ) -> CoordinatorMessage {
+        CoordinatorMessage::Welcome(Welcome {
+            run_id: self.run_id,
+            protocol_version: PROTOCOL_VERSION,
+            participant_id: participant_id.to_string(),
+            max_message_bytes: max_message_bytes as u64,
+            total_rounds: self.total_rounds,
+            current_round,
+            model_config_json: self.model_config_json.clone(),
+            schema_json: self.schema_json.clone(),
+            evaluation: self.evaluation,
+        })
+    }
 }
 
 /// A bound, not yet running server.
@@ -268,7 +300,11 @@ pub fn resume_coordinator(out_dir: &Path) -> Result<Coordinator, ServerError> {
         "resuming from checkpoint"
     );
     let log = out_dir.join(ROUND_LOG_FILE);
-    let repair = crate::round_log::align_with_history(&log, &loaded.checkpoint.history)?;
+    let repair = crate::round_log::align_with_history(
+        &log,
+        &loaded.checkpoint.history,
+        &loaded.checkpoint.evaluations,
+    )?;
     if repair.removed > 0 || repair.added > 0 {
         warn!(
             removed = repair.removed,
@@ -349,6 +385,7 @@ impl Server {
             limits,
             model_config_json: setup.model_config_json,
             schema_json: setup.schema_json,
+            evaluation: coordinator.config().evaluation.split(),
             uploads: Semaphore::new(network.max_concurrent_uploads),
             request_timeout: network.request_timeout(),
             commands: sender,
@@ -461,6 +498,7 @@ impl Server {
             completed_rounds: outcome.completed_rounds,
             global: outcome.global,
             history: outcome.history,
+            evaluations: outcome.evaluations,
             run_id: shared.run_id,
         })
     }
@@ -633,16 +671,7 @@ async fn serve_admitted(
     let Ok(current_round) = current.await else {
         return false;
     };
-    let welcome = CoordinatorMessage::Welcome(Welcome {
-        run_id: shared.run_id,
-        protocol_version: PROTOCOL_VERSION,
-        participant_id: name.to_string(),
-        max_message_bytes: shared.limits.max_message_bytes as u64,
-        total_rounds: shared.total_rounds,
-        current_round,
-        model_config_json: shared.model_config_json.clone(),
-        schema_json: shared.schema_json.clone(),
-    });
+    let welcome = shared.welcome(name, shared.limits.max_message_bytes, current_round);
     if let Err(error) = send_reply(&mut send, &welcome, &MessageLimits::CONTROL, shared).await {
         debug!(%error, "cannot send Welcome");
     }
@@ -913,16 +942,11 @@ async fn serve_operator(
                     _ => 0,
                 };
                 info!("operator connected (read-only)");
-                CoordinatorMessage::Welcome(Welcome {
-                    run_id: shared.run_id,
-                    protocol_version: PROTOCOL_VERSION,
-                    participant_id: name.clone(),
-                    max_message_bytes: MessageLimits::CONTROL.max_message_bytes as u64,
-                    total_rounds: shared.total_rounds,
+                shared.welcome(
+                    &name,
+                    MessageLimits::CONTROL.max_message_bytes,
                     current_round,
-                    model_config_json: shared.model_config_json.clone(),
-                    schema_json: shared.schema_json.clone(),
-                })
+                )
             }
             Ok(Ok(ClientMessage::StatusRequest)) if greeted => {
                 ask(&shared, |reply| Command::Status {

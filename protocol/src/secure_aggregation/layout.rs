@@ -10,11 +10,17 @@
 //! | `cooccurrence.sum` | sum of d d^T | real |
 //! | `cooccurrence.count` | its sample count | count |
 //! | `weight` | `w` (the FedAvg denominator) | count |
+//! | `evaluation.*` | the federated-evaluation report's sums and counts (rounds that evaluate) | wide / count |
 //!
 //! The coordinator divides the summed `delta` by the summed `weight` ([`SummedUpdate::mean_delta`])
 //! and feeds the summed statistics to the same prototype and co-occurrence code as in plain mode.
 //! `w` is the sample count for FedAvg; with differential privacy it must be 1 (every client the
 //! same weight), because the noise is calibrated to one client's clipped contribution.
+//!
+//! A metric sum grows with the participant's sample count (thousands of windows times a KL of a
+//! few nats), past what one scaled word may hold for a large cohort. Each one therefore travels
+//! as two count words, `floor(v * 2^16) >> 16` and its low 16 bits, summed separately and joined
+//! after unmasking: the same resolution as a real value, with the range of a count.
 //!
 //! Protects against nothing by itself: it only decides what goes into the masked vector. What it
 //! puts there is hidden by the masks; what it does **not** carry stays outside them: local metrics (they are not summed; under secure
@@ -26,6 +32,7 @@ use thiserror::Error;
 
 use super::quantize::{QuantizationError, Quantizer, ValueKind};
 use crate::messages::{ClientUpdate, GlobalState};
+use crate::metrics::EvaluationReport;
 use crate::stats::{CooccurrenceStatistics, PrototypeStatistics};
 use crate::vector::F32Vec;
 
@@ -72,7 +79,13 @@ pub struct UpdateLayout {
     pub prototypes: Vec<PrototypeShape>,
     /// Emotions of the co-occurrence statistics.
     pub cooccurrence_emotions: usize,
+    /// The vector ends with an evaluation report ([`EvaluationReport`]; zeros from a
+    /// participant that did not evaluate).
+    pub evaluation: bool,
 }
+
+/// Fixed-point resolution of an evaluation sum: the same as a real value's default scale.
+const EVALUATION_SCALE: f64 = 65_536.0;
 
 /// The unmasked sum of a round's vectors, as statistics.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,6 +100,9 @@ pub struct SummedUpdate {
     pub total_weight: f64,
     /// How many clients' vectors are in the sum.
     pub contributors: usize,
+    /// The summed evaluation reports in [`EvaluationReport::to_values`]' layout (layouts with
+    /// an evaluation segment only).
+    pub evaluation: Option<Vec<f64>>,
 }
 
 impl SummedUpdate {
@@ -117,7 +133,14 @@ impl UpdateLayout {
                 })
                 .collect(),
             cooccurrence_emotions: state.cooccurrence.emotions,
+            evaluation: false,
         }
+    }
+
+    /// The same layout followed by an evaluation report, or not.
+    pub fn with_evaluation(mut self, evaluation: bool) -> Self {
+        self.evaluation = evaluation;
+        self
     }
 
     /// The named segments, in vector order.
@@ -150,6 +173,14 @@ impl UpdateLayout {
         push("cooccurrence.sum".into(), c * c, ValueKind::Real);
         push("cooccurrence.count".into(), 1, ValueKind::Count);
         push("weight".into(), 1, ValueKind::Count);
+        if self.evaluation {
+            // Per value: the high and the low word of its fixed-point form.
+            push(
+                "evaluation".into(),
+                2 * EvaluationReport::LEN,
+                ValueKind::Count,
+            );
+        }
         segments
     }
 
@@ -257,6 +288,23 @@ impl UpdateLayout {
             &mut words,
         )?;
         quantizer.quantize_into([w], ValueKind::Count, "weight", &mut words)?;
+        if self.evaluation {
+            let values = update
+                .evaluation
+                .map_or_else(|| vec![0.0; EvaluationReport::LEN], |r| r.to_values());
+            let mut wide = Vec::with_capacity(2 * values.len());
+            for (index, value) in values.into_iter().enumerate() {
+                if !(value.is_finite() && value >= 0.0) {
+                    return Err(LayoutError::Mismatch(format!(
+                        "evaluation value {index} ({value}) is not a finite non-negative number"
+                    )));
+                }
+                let fixed = (value * EVALUATION_SCALE).round() as u64;
+                wide.push((fixed >> 16) as f64);
+                wide.push((fixed & 0xffff) as f64);
+            }
+            quantizer.quantize_into(wide, ValueKind::Count, "evaluation", &mut words)?;
+        }
         debug_assert_eq!(words.len(), self.len());
         Ok(words)
     }
@@ -314,7 +362,14 @@ impl UpdateLayout {
         );
         let cooccurrence_count = read(next())[0].max(0.0);
         let total_weight = read(next())[0];
+        let evaluation = self.evaluation.then(|| {
+            read(next())
+                .chunks(2)
+                .map(|pair| (pair[0] * 65_536.0 + pair[1]).max(0.0) / EVALUATION_SCALE)
+                .collect()
+        });
         Ok(SummedUpdate {
+            evaluation,
             weighted_delta_sum,
             prototypes,
             cooccurrence: CooccurrenceStatistics {
@@ -394,6 +449,7 @@ mod tests {
             cooccurrence,
             sample_count: samples,
             metrics: LocalMetrics::default(),
+            evaluation: None,
         }
     }
 

@@ -427,6 +427,7 @@ fn test_update(global: &GlobalState, seed: u64) -> ClientUpdate {
         cooccurrence,
         sample_count: 20 + seed * 3,
         metrics: LocalMetrics::default(),
+        evaluation: None,
     }
 }
 

@@ -59,6 +59,9 @@ pub struct SecureRoundSetup {
     /// How long the coordinator waits for each key-setup and unmasking step, in milliseconds
     /// (the masked inputs are awaited until shortly before the round's deadline).
     pub step_timeout_ms: u64,
+    /// The masked vector ends with an evaluation report (see
+    /// [`crate::secure_aggregation::UpdateLayout::evaluation`]).
+    pub evaluation: bool,
 }
 
 /// A client's message for one step of the session.

@@ -92,6 +92,8 @@ fn enrolment(clients: usize) -> anyhow::Result<Enrolment> {
 
 fn run_config(clients: usize, rounds: u64) -> CoordinatorConfig {
     let mut config = CoordinatorConfig {
+        // The protocol alone: no evaluation round, no held-out data.
+        evaluation: mpcl_coordinator::evaluation::EvaluationConfig::disabled(),
         name: "load-test".into(),
         seed: SEED,
         rounds,

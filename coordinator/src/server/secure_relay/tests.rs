@@ -31,8 +31,15 @@ fn cohort(n: u8) -> Cohort {
         secure_aggregation: true,
         ..PrivacyConfig::default()
     };
-    let plan =
-        SecureRoundPlan::new(&privacy, RUN, 1, keys.keys().copied().collect(), &global()).unwrap();
+    let plan = SecureRoundPlan::new(
+        &privacy,
+        RUN,
+        1,
+        keys.keys().copied().collect(),
+        &global(),
+        false,
+    )
+    .unwrap();
     Cohort { keys, plan }
 }
 
