@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use mpcl_client::{NodeEvent, NodeOutcome};
+use mpcl_coordinator::evaluation::EvaluationConfig;
 use mpcl_coordinator::round_log::read_round_log;
 use mpcl_coordinator::server::ROUND_LOG_FILE;
 use mpcl_coordinator::{Coordinator, CoordinatorConfig, PrivacyLedger};
 use mpcl_model::data::Standardizer;
 use mpcl_protocol::codec::{MessageLimits, decode_message};
 use mpcl_protocol::messages::{ClientMessage, ClientUpdate, GlobalState};
+use mpcl_protocol::metrics::EvaluationReport;
 use mpcl_tests::{
     Federation, Keys, RunningNode, drain, expected_state, join, masked_updates, rounds_started,
     run_config, secure_run_config, start_node_with, start_server, summed_prototypes,
@@ -469,6 +471,82 @@ async fn a_clients_messages_hold_none_of_its_features() -> anyhow::Result<()> {
         let after = patterns.hits(&control);
         assert!(after.0 >= before.0 + 2, "planted values not found");
         assert!(after.1 > before.1, "planted pair not found");
+    }
+    Ok(())
+}
+
+/// Under secure aggregation a participant's evaluation report travels only inside its masked
+/// input: the coordinator learns the federation's totals, and the report's own sums appear in
+/// none of the participant's messages. In plain mode (the control) they travel in its updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_secure_aggregation_the_coordinator_sees_evaluation_only_as_totals()
+-> anyhow::Result<()> {
+    let federation = Federation::synthetic(3);
+    let keys = Keys::new(&["alice", "bob", "carol"]);
+    for secure in [false, true] {
+        let mut config = if secure {
+            secure_run_config(2, 3)
+        } else {
+            run_config(2, 3)
+        };
+        config.evaluation = EvaluationConfig::default();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let tap = Arc::clone(&sent);
+        let run = run(&federation, &keys, config, move |i, node| {
+            if i == 0 {
+                node.session.sent_messages = Some(Arc::clone(&tap));
+            }
+        })
+        .await?;
+        assert_eq!(run.outcome.completed_rounds, 2);
+        let sent = sent.lock().unwrap().clone();
+
+        // Alice's own reports (rounds 1 and 2 and the final evaluation round), as her node
+        // built them.
+        let reports: Vec<EvaluationReport> = run.events[0]
+            .iter()
+            .filter_map(|event| match event {
+                NodeEvent::UpdateSent { update, .. }
+                | NodeEvent::MaskedInputSent { update, .. } => update.evaluation,
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reports.len(), 3, "secure: {secure}");
+        let needles: Vec<[u8; 8]> = reports
+            .iter()
+            .flat_map(|r| [r.test.sums[3], r.validation.sums[3], r.test.sums[1]])
+            .map(f64::to_le_bytes)
+            .collect();
+        let found = needles
+            .iter()
+            .filter(|needle| {
+                sent.iter()
+                    .any(|m| m.windows(8).any(|w| w == needle.as_slice()))
+            })
+            .count();
+        if secure {
+            assert_eq!(
+                found, 0,
+                "a report's own sum left the participant in the clear"
+            );
+        } else {
+            assert_eq!(
+                found,
+                needles.len(),
+                "the control must find the plain reports"
+            );
+        }
+
+        // The coordinator's view: totals over all three participants, every model.
+        let evaluations = &run.outcome.evaluations;
+        assert_eq!(
+            evaluations.iter().map(|m| m.round).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        for m in evaluations {
+            assert_eq!(m.clients, 3);
+            assert!(m.test.samples as u64 > reports[0].test.samples);
+        }
     }
     Ok(())
 }
