@@ -11,6 +11,7 @@ pub mod evaluation;
 pub mod faults;
 pub mod node;
 pub mod participant;
+pub mod personalize;
 pub mod secure;
 pub mod session;
 

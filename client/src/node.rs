@@ -31,10 +31,13 @@
 //! reconnecting cannot fix (this key is not enrolled, the server is not the pinned coordinator,
 //! the run's schema does not fit the local data, local training fails) end the node.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mpcl_model::data::{Dataset, Schema};
+use mpcl_model::data::{Dataset, Schema, Standardizer};
+use mpcl_model::metrics::DistributionMetrics;
+use mpcl_model::personalize::PersonalizeScope;
 use mpcl_model::{Device, ModelConfig};
 use mpcl_protocol::codec::CodecError;
 use mpcl_protocol::messages::EvaluationSplit;
@@ -54,6 +57,7 @@ use crate::faults::{FaultInjection, send_half_then_disconnect};
 use crate::participant::{
     LocalTrainer, Participant, ParticipantError, ParticipantSettings, TrainedUpdate,
 };
+use crate::personalize::{options_from_training, personalize_locally};
 use crate::secure::{SecureParticipation, SecureRoundError};
 use crate::session::{Session, SessionConfig, SessionError};
 use mpcl_protocol::secure_aggregation::SecureRoundSetup;
@@ -75,6 +79,21 @@ pub struct NodeConfig {
     pub participant: ParticipantSettings,
     /// Faults to inject, for fault tests only (see [`crate::faults`]).
     pub faults: FaultInjection,
+    /// Fine-tune the final global model on the local data once the run is over (`None`: no).
+    pub personalization: Option<PersonalizationRequest>,
+}
+
+/// What `mpcl client --personalize-epochs E` asks for after the run: the last global model
+/// fine-tuned on this participant's own training part for up to `epochs` epochs, the epoch
+/// chosen on its validation part, both models scored on its test part. Needs a run with
+/// federated evaluation (or `--validation-data` / `--test-data`). The personal model stays on
+/// this machine: nothing of it is sent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PersonalizationRequest {
+    pub epochs: usize,
+    pub scope: PersonalizeScope,
+    /// Where to write the personal model (a model file); `None`: only report its metrics.
+    pub model_file: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -88,6 +107,7 @@ impl NodeConfig {
             give_up_after: None,
             participant: ParticipantSettings::default(),
             faults: FaultInjection::default(),
+            personalization: None,
         }
     }
 }
@@ -132,6 +152,17 @@ pub enum NodeEvent {
     Disconnected { reason: String },
     /// The run is over.
     Finished { rounds: u64 },
+    /// After the run: the last global model personalized on the local data (see
+    /// [`PersonalizationRequest`]), scored on the local test part beside the global model.
+    Personalized {
+        global_test: DistributionMetrics,
+        personal_test: DistributionMetrics,
+        prior_test: DistributionMetrics,
+        /// The epoch kept (0: the global model itself was best on validation).
+        chosen_epoch: usize,
+        /// Where the personal model was written.
+        model_file: Option<PathBuf>,
+    },
 }
 
 /// How a node stopped.
@@ -172,6 +203,9 @@ pub enum NodeError {
         #[source]
         source: CodecError,
     },
+    /// Personalization after the run failed (no validation part, an unwritable model file).
+    #[error("personalization failed: {0}")]
+    Personalization(String),
     /// A bug (the training thread panicked).
     #[error("internal error: {0}")]
     Internal(String),
@@ -213,6 +247,11 @@ pub struct Node {
     given_evaluation: Option<(Arc<Dataset>, Arc<Dataset>)>,
     /// The local data as split for the run (training, validation, test), once admitted.
     split: Option<Arc<LocalSplit>>,
+    /// The run's model configuration, once admitted.
+    model_config: Option<ModelConfig>,
+    /// The last round this node was handed: its run, number, state and settings (the final
+    /// evaluation round's state is the run's last global model).
+    last_round: Option<(RunId, u64, Arc<GlobalState>, TrainingConfig)>,
 }
 
 impl Node {
@@ -234,6 +273,8 @@ impl Node {
             vanished_after_masked_input: false,
             given_evaluation: None,
             split: None,
+            model_config: None,
+            last_round: None,
         })
     }
 
@@ -302,6 +343,69 @@ impl Node {
         })
     }
 
+    /// Runs the requested personalization (if any) on the last global model this node received,
+    /// logs both models' test metrics and writes the personal model where asked.
+    async fn personalize(&mut self) -> Result<(), NodeError> {
+        let Some(request) = self.config.personalization.clone() else {
+            return Ok(());
+        };
+        let fail = |m: String| NodeError::Personalization(m);
+        let (Some(split), Some(model_config), Some((run_id, round, state, training))) = (
+            self.split.clone(),
+            self.model_config.clone(),
+            self.last_round.clone(),
+        ) else {
+            return Err(fail(
+                "the node took part in no round, so it has no global model to personalize".into(),
+            ));
+        };
+        if split.validation.samples.is_empty() || split.test.samples.is_empty() {
+            return Err(fail(
+                "it needs a validation and a test part: a run with [evaluation] enabled, or --validation-data and --test-data".into(),
+            ));
+        }
+        let device = self.device.clone();
+        let options = options_from_training(request.epochs, request.scope, &training);
+        let outcome = tokio::task::spawn_blocking(move || {
+            let standardizer = Standardizer::fit(&split.train);
+            personalize_locally(
+                &split,
+                &standardizer,
+                &model_config,
+                &device,
+                &state,
+                &options,
+            )
+            .map(|outcome| (outcome, split))
+        })
+        .await
+        .map_err(|e| NodeError::Internal(format!("personalization panicked: {e}")))?;
+        let (outcome, split) = outcome.map_err(|e| fail(e.to_string()))?;
+        let run_hex: String = run_id.iter().map(|b| format!("{b:02x}")).collect();
+        if let Some(path) = &request.model_file {
+            outcome
+                .model_file(&split, &run_hex, round)
+                .write(path)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        info!(
+            global_test_kl = outcome.global_test.kl,
+            personal_test_kl = outcome.personal_test.kl,
+            prior_test_kl = outcome.prior_test.kl,
+            chosen_epoch = outcome.report.chosen_epoch,
+            test_samples = outcome.personal_test.samples,
+            "personalized the last global model on the local data"
+        );
+        self.emit(NodeEvent::Personalized {
+            global_test: outcome.global_test,
+            personal_test: outcome.personal_test,
+            prior_test: outcome.prior_test,
+            chosen_epoch: outcome.report.chosen_epoch,
+            model_file: request.model_file,
+        });
+        Ok(())
+    }
+
     /// Trains with `trainer` instead of the MPCL model the run's config describes (benchmarks
     /// that measure the framework with a stand-in for training).
     pub fn with_trainer(mut self, trainer: Box<dyn LocalTrainer>) -> Self {
@@ -353,6 +457,7 @@ impl Node {
                         failing_since = None;
                         match self.serve(session, &shutdown).await {
                             Ok(SessionEnd::Finished(rounds)) => {
+                                self.personalize().await?;
                                 return Ok(NodeOutcome::Finished { rounds });
                             }
                             Ok(SessionEnd::Cancelled) => return Ok(NodeOutcome::Cancelled),
@@ -454,6 +559,7 @@ impl Node {
     /// (once; again only if the model configuration changed).
     async fn prepare(&mut self, welcome: &Welcome) -> Result<(), NodeError> {
         let config = check_compatible(welcome, &self.dataset.schema)?;
+        self.model_config = Some(config.clone());
         if self.given_trainer {
             return Ok(());
         }
@@ -526,6 +632,7 @@ impl Node {
                     }
                     info!(round, deadline_ms, seed = config.seed, "sampled for round");
                     let state = Arc::new(state);
+                    self.last_round = Some((run_id, round, Arc::clone(&state), config.clone()));
                     self.emit(NodeEvent::RoundStarted {
                         round,
                         state: Arc::clone(&state),

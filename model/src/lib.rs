@@ -17,6 +17,7 @@ pub mod model;
 pub mod model_file;
 pub mod network;
 pub mod parameters;
+pub mod personalize;
 pub mod tensors;
 pub mod train;
 
@@ -27,5 +28,6 @@ pub use device::{DeviceChoice, DeviceError, SelectedDevice};
 pub use metrics::DistributionMetrics;
 pub use model::{ModelError, MpclModel};
 pub use model_file::{ModelFile, ModelFileError};
+pub use personalize::{PersonalizeOptions, PersonalizeReport, PersonalizeScope, personalize};
 pub use tensors::TensorDataset;
 pub use train::{TrainOptions, TrainReport, train, train_observed};

@@ -41,6 +41,10 @@ pub enum ModelError {
     Parameters(#[from] ParameterLoadError),
     #[error("global state does not fit the model: {0}")]
     GlobalState(String),
+    #[error(
+        "personalization needs validation samples: without them no epoch can be chosen over the global model"
+    )]
+    NoValidationSamples,
 }
 
 /// The MPCL network with its memories, ready to train or predict.

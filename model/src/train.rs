@@ -78,6 +78,36 @@ pub fn train_observed(
     data: &TensorDataset,
     options: &TrainOptions,
     proximal_reference: Option<&ParameterSet>,
+    after_epoch: impl FnMut(usize, &MpclModel) -> bool,
+) -> TrainReport {
+    train_parameters(
+        model,
+        data,
+        options,
+        proximal_reference,
+        Trainable::Everything,
+        after_epoch,
+    )
+}
+
+/// Which of the network's gradient-trained parameters the optimiser moves. The prototype banks
+/// are not among them: they follow the batches' statistics in either case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Trainable {
+    /// Every parameter (federated rounds, centralized training).
+    Everything,
+    /// The distribution head only; encoders, fusions and the emotion retrieval get no gradient
+    /// step, so they stay bit for bit as they were (personalization's default scope).
+    HeadOnly,
+}
+
+/// [`train_observed`] moving only the `trainable` parameters.
+pub(crate) fn train_parameters(
+    model: &mut MpclModel,
+    data: &TensorDataset,
+    options: &TrainOptions,
+    proximal_reference: Option<&ParameterSet>,
+    trainable: Trainable,
     mut after_epoch: impl FnMut(usize, &MpclModel) -> bool,
 ) -> TrainReport {
     let mut optimizer = if options.weight_decay > 0.0 {
@@ -116,7 +146,14 @@ pub fn train_observed(
             loss_sum += f64::from(loss.clone().into_scalar::<f32>());
             kl_sum += f64::from(terms.kl.into_scalar::<f32>());
             batches += 1;
-            let grads = GradientsParams::from_grads(loss.backward(), &model.network);
+            let grads = match trainable {
+                Trainable::Everything => {
+                    GradientsParams::from_grads(loss.backward(), &model.network)
+                }
+                // Parameters without a gradient are left untouched by the optimiser (and by
+                // AdamW's decay, which is applied per gradient step).
+                Trainable::HeadOnly => model.network.head_gradients(loss.backward()),
+            };
             model.network = optimizer.step(options.learning_rate, model.network.clone(), grads);
             if model.config.use_prototypes {
                 for group in &output.groups {

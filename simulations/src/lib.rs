@@ -15,6 +15,7 @@ pub mod learner;
 pub mod network;
 pub mod normalize;
 pub mod output_dir;
+pub mod personalized_arm;
 pub mod plots;
 pub mod progress;
 pub mod report;

@@ -4,6 +4,9 @@
 //! Arms:
 //! - `federated`: MPCL trained by the federation (encoder deltas averaged, prototype banks and
 //!   co-occurrence memory aggregated from statistics);
+//! - `personalized`: the federated arm's validation-selected model fine-tuned by every client on
+//!   its own training part and used on its own test samples (see [`crate::personalized_arm`];
+//!   subject-dependent protocols only, as elsewhere the test subjects are not clients);
 //! - `fedavg-encoder`: the same federation with memory sharing off (plain FedAvg of the encoder;
 //!   shows what the global memories add);
 //! - `centralized`: pooled training data in one place (the upper reference);
@@ -27,6 +30,7 @@ use mpcl_client::ParticipantSettings;
 use mpcl_coordinator::{AggregationConfig, CoordinatorConfig, PrivacyConfig, TrainingSettings};
 use mpcl_model::data::Dataset;
 use mpcl_model::metrics::{DistributionMetrics, evaluate};
+use mpcl_model::personalize::{DEFAULT_PERSONALIZE_EPOCHS, PersonalizeScope};
 use mpcl_model::{
     Device, DeviceChoice, DeviceError, ModelConfig, ModelError, MpclModel, TrainOptions,
 };
@@ -44,6 +48,9 @@ use crate::federation::{FederationError, InProcessFederation, RoundOutcome};
 use crate::learner::Learner;
 use crate::network::{NetworkError, NetworkOptions, run_network_federation};
 use crate::normalize::normalize_per_subject;
+use crate::personalized_arm::{
+    PartitionData, PartitionOutcome, epochs_note, omitted, personalize_partition,
+};
 use crate::plots;
 use crate::progress::RoundProgress;
 use crate::report::{ArmSummary, SummaryTable};
@@ -64,6 +71,7 @@ pub const STIMULUS_PRIOR: &str = "stimulus prior (no signal)";
 #[serde(rename_all = "kebab-case")]
 pub enum Arm {
     Federated,
+    Personalized,
     FedavgEncoder,
     Centralized,
     LocalOnly,
@@ -72,8 +80,9 @@ pub enum Arm {
 
 impl Arm {
     /// Every arm, in table order.
-    pub const ALL: [Arm; 5] = [
+    pub const ALL: [Arm; 6] = [
         Arm::Federated,
+        Arm::Personalized,
         Arm::FedavgEncoder,
         Arm::Centralized,
         Arm::LocalOnly,
@@ -84,6 +93,7 @@ impl Arm {
     pub fn label(self) -> &'static str {
         match self {
             Arm::Federated => "federated MPCL",
+            Arm::Personalized => "federated + personalized",
             Arm::FedavgEncoder => "federated, no memory sharing",
             Arm::Centralized => "centralized MPCL",
             Arm::LocalOnly => "local-only MPCL",
@@ -95,11 +105,19 @@ impl Arm {
     pub fn name(self) -> &'static str {
         match self {
             Arm::Federated => "federated",
+            Arm::Personalized => "personalized",
             Arm::FedavgEncoder => "fedavg-encoder",
             Arm::Centralized => "centralized",
             Arm::LocalOnly => "local-only",
             Arm::LabelPrior => "label-prior",
         }
+    }
+}
+
+impl std::fmt::Display for Arm {
+    /// The command-line name.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -151,6 +169,11 @@ pub struct SimulationConfig {
     /// the simulation is reproducible (default false: noise from the operating system).
     pub deterministic_noise_for_tests: bool,
     pub arms: Vec<Arm>,
+    /// Epochs each client of the `personalized` arm fine-tunes the federated model for (0: the
+    /// arm repeats the federated arm's predictions).
+    pub personalize_epochs: usize,
+    /// What the `personalized` arm fine-tunes: the head and prototype banks, or everything.
+    pub personalize_scope: PersonalizeScope,
     pub device: DeviceChoice,
     pub seed: u64,
     /// Threads training in-process participants at once (all cores when unset); results do
@@ -183,6 +206,8 @@ impl Default for SimulationConfig {
             privacy: default_simulation_privacy(),
             deterministic_noise_for_tests: false,
             arms: Arm::ALL.to_vec(),
+            personalize_epochs: DEFAULT_PERSONALIZE_EPOCHS,
+            personalize_scope: PersonalizeScope::default(),
             device: DeviceChoice::Cpu,
             seed: 0,
             threads: None,
@@ -456,6 +481,12 @@ pub fn run_simulation_on(
     if config.rounds == 0 {
         return Err(SimulationError::Config("rounds must be at least 1".into()));
     }
+    if config.arms.contains(&Arm::Personalized) && !config.arms.contains(&Arm::Federated) {
+        return Err(SimulationError::Config(
+            "the personalized arm starts from the federated arm's model: select `federated` too"
+                .into(),
+        ));
+    }
     config
         .selection
         .validate()
@@ -494,11 +525,22 @@ pub fn run_simulation_on(
         None => None,
     };
 
+    // The personalized arm has no rounds of its own.
+    let round_arms = config
+        .arms
+        .iter()
+        .filter(|a| **a != Arm::Personalized)
+        .count();
     let bar = RoundProgress::new(
         progress,
-        parts.len() * config.arms.len() * config.rounds as usize,
+        parts.len() * round_arms * config.rounds as usize,
         config.rounds,
     );
+    // The personalized arm's outcome per partition, while every partition allows it.
+    let mut personalized: Option<Result<Vec<PartitionOutcome>, _>> = config
+        .arms
+        .contains(&Arm::Personalized)
+        .then(|| Ok(Vec::new()));
     let several_parts = parts.len() > 1;
     let mut labels: Vec<Vec<f32>> = Vec::new();
     let mut subjects: Vec<String> = Vec::new();
@@ -535,7 +577,12 @@ pub fn run_simulation_on(
             model.global_state()
         };
         let mut evaluator = Evaluator::new(&held_out, &train_set, &config.model, device)?;
+        // The federated arm's selected state and test predictions, for the personalized arm.
+        let mut federated: Option<(GlobalState, Vec<Vec<f32>>)> = None;
         for &arm in &config.arms {
+            if arm == Arm::Personalized {
+                continue; // after the other arms, from the federated arm's model
+            }
             let mut on_round = |round: u64,
                                 predictions: &[Vec<f32>],
                                 state: Option<&GlobalState>,
@@ -636,15 +683,72 @@ pub fn run_simulation_on(
                     .or_default()
                     .push(trace.federated.clone());
             }
+            if arm == Arm::Federated
+                && let (Some(state), Some(predictions)) = (
+                    trace.best_state.as_ref().or(state.as_ref()),
+                    trace.selected(),
+                )
+            {
+                federated = Some((state.clone(), predictions.clone()));
+            }
             traces.entry(arm).or_default().push(trace);
             if let Some(state) = state {
                 final_states.entry(arm).or_default().push(state);
             }
         }
+        if let Some(Ok(outcomes)) = personalized.as_mut() {
+            let validation_fraction = config.selection.validation_fraction;
+            match (
+                omitted(&train_set, &test_set, validation_fraction),
+                &federated,
+            ) {
+                (Some(reason), _) => personalized = Some(Err(reason.to_string())),
+                (None, None) => {
+                    personalized =
+                        Some(Err("omitted: the federated arm chose no model".to_string()))
+                }
+                (None, Some((state, predictions))) => {
+                    outcomes.push(personalize_partition(
+                        &PartitionData {
+                            train: &train_set,
+                            held_out: &held_out,
+                            validation_count,
+                            state,
+                            federated_predictions: predictions,
+                        },
+                        config,
+                        device,
+                    )?);
+                }
+            }
+        }
     }
     bar.finish();
     let rounds = pool_rounds(&traces, &labels, config.rounds);
-    let selection = Selected::of(&traces, &labels);
+    let mut selection = Selected::of(&traces, &labels);
+    match personalized {
+        Some(Ok(outcomes)) => {
+            let predictions: Vec<Vec<f32>> = outcomes
+                .iter()
+                .flat_map(|o| o.predictions.iter().cloned())
+                .collect();
+            if predictions.len() == labels.len() {
+                selection.predictions.insert(Arm::Personalized, predictions);
+                // The rounds of the global models the clients started from.
+                let rounds = selection.rounds.get(&Arm::Federated).cloned();
+                selection
+                    .rounds
+                    .insert(Arm::Personalized, rounds.unwrap_or_default());
+                notes.push(format!(
+                    "{}: {}",
+                    Arm::Personalized.label(),
+                    epochs_note(&outcomes, config.personalize_epochs)
+                ));
+            }
+        }
+        Some(Err(reason)) => notes.push(format!("{}: {reason}", Arm::Personalized.label())),
+        None => {}
+    }
     let per_subject = per_subject_metrics(&selection, &labels, &subjects);
     let mut final_table = SummaryTable::default();
     for &arm in &config.arms {
@@ -974,6 +1078,10 @@ fn run_arm(
             }
             Ok((trace, None, None))
         }
+        // Not an arm with rounds: it runs after the federated arm (`personalize_partition`).
+        Arm::Personalized => Err(SimulationError::Config(
+            "the personalized arm has no rounds of its own".into(),
+        )),
         Arm::LabelPrior => {
             let predictions = vec![data.prior.to_vec(); data.held_out.samples.len()];
             for round in 1..=config.rounds {

@@ -10,6 +10,11 @@
 //!   The physiological and behavioral groups both carry the signal.
 //! - **Subjects differ.** Every subject adds its own feature offset, so subject-independent
 //!   evaluation (unseen offsets) is harder than subject-dependent.
+//! - **Subjects rate differently** (optional, `subject_label_shift`). Each subject mixes a
+//!   rating bias of its own (a random distribution over the emotions) into every label, while
+//!   its features still come from the unbiased trial label. Per-subject standardisation removes
+//!   the feature offsets but not this: a shared model can only predict the average bias, and
+//!   only a subject's own ratings reveal its bias (what personalization is for).
 //! - **Trials have several windows** sharing the trial's label with a small drift, like the one
 //!   window per second of DMER, so a window-level split would leak.
 
@@ -36,6 +41,9 @@ pub struct SyntheticConfig {
     pub subject_shift: f64,
     /// Mass left on the opposite valence's emotions (0 = strict exclusion).
     pub opposite_mass: f64,
+    /// Weight of each subject's own rating bias in its labels, in [0, 1] (0 = none: labels
+    /// are the trial's emotions alone).
+    pub subject_label_shift: f64,
 }
 
 impl Default for SyntheticConfig {
@@ -49,6 +57,7 @@ impl Default for SyntheticConfig {
             noise: 0.3,
             subject_shift: 0.5,
             opposite_mass: 0.02,
+            subject_label_shift: 0.0,
         }
     }
 }
@@ -93,6 +102,7 @@ pub fn generate(config: &SyntheticConfig) -> Dataset {
             .iter()
             .map(|w| (0..*w).map(|_| shift.sample(&mut rng)).collect())
             .collect();
+        let bias = rating_bias(config, subject, emotions);
         for trial in 0..config.trials_per_subject {
             let positive = rng.random_bool(0.5);
             let label = trial_label(
@@ -103,6 +113,14 @@ pub fn generate(config: &SyntheticConfig) -> Dataset {
                 positive,
                 config.opposite_mass,
             );
+            let rated: Vec<f32> = match &bias {
+                Some((weight, bias)) => label
+                    .iter()
+                    .zip(bias)
+                    .map(|(l, b)| ((1.0 - weight) * f64::from(*l) + weight * b) as f32)
+                    .collect(),
+                None => label.clone(),
+            };
             for window in 0..config.windows_per_trial {
                 let features = widths
                     .iter()
@@ -124,7 +142,7 @@ pub fn generate(config: &SyntheticConfig) -> Dataset {
                     .collect();
                 samples.push(Sample {
                     features,
-                    label: label.clone(),
+                    label: rated.clone(),
                     subject: format!("s{:02}", subject + 1),
                     trial: trial as u32,
                     time: window as u32,
@@ -138,6 +156,28 @@ pub fn generate(config: &SyntheticConfig) -> Dataset {
         schema,
         samples,
     }
+}
+
+/// Mixed into the seed of the rating biases.
+const RATING_BIAS_SALT: u64 = 0x7261_7469_6e67_6269;
+
+/// Subject `subject`'s rating bias and its weight (`None` without a label shift). Drawn from a
+/// generator of its own, so that switching the shift on changes no feature and no trial label.
+fn rating_bias(
+    config: &SyntheticConfig,
+    subject: usize,
+    emotions: usize,
+) -> Option<(f64, Vec<f64>)> {
+    let weight = config.subject_label_shift.clamp(0.0, 1.0);
+    if weight == 0.0 {
+        return None;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ RATING_BIAS_SALT ^ subject as u64);
+    // Shape 0.5: a few emotions take most of a subject's bias.
+    let gamma = Gamma::new(0.5, 1.0).expect("valid gamma");
+    let draws: Vec<f64> = (0..emotions).map(|_| gamma.sample(&mut rng)).collect();
+    let total: f64 = draws.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+    Some((weight, draws.iter().map(|d| d / total).collect()))
 }
 
 /// A label with mass on the trial's valence and (almost) none on the other.
@@ -204,6 +244,41 @@ mod tests {
             opposite += f64::from(d[0] * d[5] + d[1] * d[6]);
         }
         assert!(same > 20.0 * opposite, "same {same} opposite {opposite}");
+    }
+
+    #[test]
+    fn a_label_shift_moves_each_subjects_ratings_and_nothing_else() {
+        let plain = generate(&small());
+        let shifted = generate(&SyntheticConfig {
+            subject_label_shift: 0.5,
+            ..small()
+        });
+        assert_eq!(plain.samples.len(), shifted.samples.len());
+        for (a, b) in plain.samples.iter().zip(&shifted.samples) {
+            assert_eq!(a.features, b.features);
+            assert!(dataset_label_sums_to_one(&b.label));
+        }
+        shifted.validate().unwrap();
+        // Each subject's mean rating moves by its own bias, so subjects move differently.
+        let mean_shift = |subject: &str| -> Vec<f32> {
+            let rows: Vec<usize> = plain.indices_of_subject(subject);
+            (0..plain.schema.emotion_count())
+                .map(|c| {
+                    rows.iter()
+                        .map(|&i| shifted.samples[i].label[c] - plain.samples[i].label[c])
+                        .sum::<f32>()
+                        / rows.len() as f32
+                })
+                .collect()
+        };
+        let (first, second) = (mean_shift("s01"), mean_shift("s02"));
+        assert!(first.iter().any(|d| d.abs() > 1e-2), "{first:?}");
+        let distance: f32 = first.iter().zip(&second).map(|(a, b)| (a - b).abs()).sum();
+        assert!(distance > 1e-2, "{first:?} vs {second:?}");
+    }
+
+    fn dataset_label_sums_to_one(label: &[f32]) -> bool {
+        (label.iter().sum::<f32>() - 1.0).abs() < 1e-4
     }
 
     #[test]

@@ -9,11 +9,16 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use mpcl_client::node::PersonalizationRequest;
 use mpcl_client::node::{phase_name, query_status};
 use mpcl_client::session::SessionError;
-use mpcl_client::{Node, NodeConfig, NodeError, NodeOutcome, ParticipantSettings, SessionConfig};
+use mpcl_client::{
+    Node, NodeConfig, NodeError, NodeEvent, NodeOutcome, ParticipantSettings, SessionConfig,
+};
 use mpcl_model::DeviceChoice;
 use mpcl_model::data::Dataset;
+use mpcl_model::metrics::DistributionMetrics;
+use mpcl_model::personalize::PersonalizeScope;
 use mpcl_protocol::identity::read_public_key_file;
 use mpcl_protocol::{NodeIdentity, RoundPhase, StatusReport, VerifyingKey};
 use tokio_util::sync::CancellationToken;
@@ -149,6 +154,23 @@ pub struct ClientArgs {
     #[arg(long, value_name = "MASS", default_value_t = 1.0)]
     min_prototype_mass: f32,
 
+    /// After the run, fine-tune the last global model on this participant's own training part
+    /// for up to E epochs (0: off), keeping the epoch with the lowest validation KL (epoch 0 is
+    /// the global model itself), and print both models' metrics on the local test part. Needs
+    /// a run with [evaluation] (or --validation-data and --test-data). Nothing of it is sent.
+    #[arg(long, value_name = "E", default_value_t = 0)]
+    personalize_epochs: usize,
+
+    /// What personalization trains: `head` (the head, with the prototype banks re-estimated
+    /// from the local data) or `all` (every parameter).
+    #[arg(long, value_name = "SCOPE", default_value_t = PersonalizeScope::default())]
+    personalize_scope: PersonalizeScope,
+
+    /// Write the personalized model here (a model file for `mpcl evaluate` / `mpcl predict`;
+    /// it stays on this machine). Needs --personalize-epochs.
+    #[arg(long, value_name = "FILE")]
+    personal_model: Option<PathBuf>,
+
     /// Stop after this many seconds without reaching the coordinator (default: keep trying).
     #[arg(long, value_name = "SECS")]
     give_up_after_secs: Option<f64>,
@@ -161,6 +183,36 @@ pub struct ClientArgs {
     /// upload (then reconnect as usual).
     #[arg(long, hide = true)]
     test_drop_connection_mid_upload: bool,
+}
+
+/// The local test table of a personalized run.
+fn print_personalization(
+    global: &DistributionMetrics,
+    personal: &DistributionMetrics,
+    prior: &DistributionMetrics,
+    chosen_epoch: usize,
+    model_file: Option<&std::path::Path>,
+) {
+    println!(
+        "\npersonalization on this participant's own test part ({} samples; epoch {chosen_epoch} kept on validation KL):\n",
+        personal.samples
+    );
+    println!("| model | chebyshev ↓ | clark ↓ | canberra ↓ | kl ↓ | cosine ↑ | intersection ↑ |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, m) in [
+        ("global model", global),
+        ("personalized", personal),
+        ("label prior", prior),
+    ] {
+        let values: Vec<String> = m.values().iter().map(|v| format!("{v:.4}")).collect();
+        println!("| {name} | {} |", values.join(" | "));
+    }
+    if let Some(path) = model_file {
+        println!(
+            "\npersonal model written to {} (it stays here)",
+            path.display()
+        );
+    }
 }
 
 /// Loads the local data of `mpcl client --data SPEC [--subject ID]`.
@@ -248,6 +300,22 @@ impl ClientArgs {
             config.faults.delay_before_upload = Some(Duration::from_secs_f64(secs));
         }
         config.faults.drop_connection_mid_upload = self.test_drop_connection_mid_upload;
+        if self.personal_model.is_some() && self.personalize_epochs == 0 {
+            bail!("--personal-model needs --personalize-epochs E (E > 0)");
+        }
+        if let Some(path) = &self.personal_model
+            && path.exists()
+        {
+            bail!(
+                "--personal-model {}: the file exists; choose another name or remove it",
+                path.display()
+            );
+        }
+        config.personalization = (self.personalize_epochs > 0).then(|| PersonalizationRequest {
+            epochs: self.personalize_epochs,
+            scope: self.personalize_scope,
+            model_file: self.personal_model.clone(),
+        });
         let mut node = Node::new(config, dataset, device.device)?;
         if let (Some(validation), Some(test)) = (&self.validation_data, &self.test_data) {
             let validation = load_local_data(validation, self.subject.as_deref())
@@ -255,6 +323,8 @@ impl ClientArgs {
             let test = load_local_data(test, self.subject.as_deref()).context("--test-data")?;
             node = node.with_evaluation_data(validation, test)?;
         }
+        let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+        node = node.with_events(events);
         let shutdown = CancellationToken::new();
         tokio::spawn(super::coordinator::cancel_on_signal(shutdown.clone()));
         let outcome = node
@@ -262,7 +332,27 @@ impl ClientArgs {
             .await
             .map_err(|error| self.connect.explain(error.into()))?;
         match outcome {
-            NodeOutcome::Finished { rounds } => println!("run finished after {rounds} rounds"),
+            NodeOutcome::Finished { rounds } => {
+                println!("run finished after {rounds} rounds");
+                while let Ok(event) = received.try_recv() {
+                    if let NodeEvent::Personalized {
+                        global_test,
+                        personal_test,
+                        prior_test,
+                        chosen_epoch,
+                        model_file,
+                    } = event
+                    {
+                        print_personalization(
+                            &global_test,
+                            &personal_test,
+                            &prior_test,
+                            chosen_epoch,
+                            model_file.as_deref(),
+                        );
+                    }
+                }
+            }
             NodeOutcome::Cancelled => {
                 tracing::info!("stopped on request; any round in progress is abandoned");
                 println!("stopped");

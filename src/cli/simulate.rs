@@ -8,6 +8,7 @@ use clap::{ArgMatches, Args};
 use mpcl_coordinator::privacy::Threshold;
 use mpcl_coordinator::{AggregationRule, LearningRateSchedule, TrainingSettings};
 use mpcl_model::DeviceChoice;
+use mpcl_model::personalize::PersonalizeScope;
 use mpcl_protocol::Compression;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::network::NetworkOptions;
@@ -128,14 +129,19 @@ pub struct SimulateArgs {
     /// UNSAFE for real studies: draw the DP noise from --seed so the run is reproducible.
     #[arg(long)]
     deterministic_noise_for_tests: bool,
-    /// Arms to run, comma-separated: federated, fedavg-encoder, centralized, local-only,
-    /// label-prior.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "federated,fedavg-encoder,centralized,local-only,label-prior"
-    )]
+    /// Arms to run, comma-separated: federated, personalized (the federated model fine-tuned by
+    /// each client on its own data; needs federated and a subject-dependent protocol),
+    /// fedavg-encoder, centralized, local-only, label-prior.
+    #[arg(long, value_delimiter = ',', default_values_t = Arm::ALL.to_vec())]
     arms: Vec<Arm>,
+    /// Epochs each client of the personalized arm fine-tunes the federated model on its own
+    /// training part (the epoch is chosen on its validation part; 0 keeps the global model).
+    #[arg(long, default_value_t = SimulationConfig::default().personalize_epochs)]
+    personalize_epochs: usize,
+    /// What the personalized arm fine-tunes: `head` (the head's parameters and the prototype
+    /// banks) or `all` (every parameter).
+    #[arg(long, default_value_t = SimulationConfig::default().personalize_scope)]
+    personalize_scope: PersonalizeScope,
     #[arg(long, value_name = "FILE|JSON", help = super::MODEL_CONFIG_HELP)]
     model_config: Option<String>,
     /// `cpu`, `wgpu` (build with --features wgpu) or `auto`.
@@ -256,6 +262,12 @@ impl SimulateArgs {
         if set("arms") {
             config.arms = self.arms.clone();
         }
+        if set("personalize_epochs") {
+            config.personalize_epochs = self.personalize_epochs;
+        }
+        if set("personalize_scope") {
+            config.personalize_scope = self.personalize_scope;
+        }
         if set("device") {
             config.device = self.device;
         }
@@ -295,6 +307,9 @@ impl SimulateArgs {
         println!("round-by-round (pooled over all test samples):");
         for arm in &config.arms {
             let rounds: Vec<_> = result.rounds.iter().filter(|r| r.arm == *arm).collect();
+            if rounds.is_empty() {
+                continue; // the personalized arm has no rounds of its own
+            }
             let line: Vec<String> = rounds
                 .iter()
                 .map(|r| format!("{:.4}", r.metrics.kl))
@@ -345,4 +360,47 @@ fn parse_rule(name: &str) -> anyhow::Result<AggregationRule> {
 #[derive(serde::Deserialize)]
 struct RuleHolder {
     rule: AggregationRule,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{FromArgMatches, Parser};
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        simulate: SimulateArgs,
+    }
+
+    fn config_of(args: &[&str]) -> anyhow::Result<SimulationConfig> {
+        let matches = <Wrapper as clap::CommandFactory>::command().try_get_matches_from(args)?;
+        let wrapper = Wrapper::from_arg_matches(&matches)?;
+        wrapper.simulate.simulation_config(&matches)
+    }
+
+    #[test]
+    fn the_defaults_are_the_configs_and_the_personalization_flags_set_it() -> anyhow::Result<()> {
+        let defaults = config_of(&["simulate"])?;
+        let expected = SimulationConfig::default();
+        assert_eq!(defaults.arms, expected.arms);
+        assert!(defaults.arms.contains(&Arm::Personalized));
+        assert_eq!(defaults.personalize_epochs, expected.personalize_epochs);
+        assert_eq!(defaults.personalize_scope, expected.personalize_scope);
+        let chosen = config_of(&[
+            "simulate",
+            "--arms",
+            "federated,personalized",
+            "--personalize-epochs",
+            "3",
+            "--personalize-scope",
+            "all",
+        ])?;
+        assert_eq!(chosen.arms, vec![Arm::Federated, Arm::Personalized]);
+        assert_eq!(chosen.personalize_epochs, 3);
+        assert_eq!(chosen.personalize_scope, PersonalizeScope::All);
+        assert!(config_of(&["simulate", "--personalize-scope", "encoder"]).is_err());
+        Ok(())
+    }
 }

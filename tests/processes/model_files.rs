@@ -203,8 +203,21 @@ fn an_evaluating_federation_ends_with_a_final_table_and_a_best_model() -> anyhow
     };
     let run = RunDir::new(&["a", "b", "c"], &spec)?;
     let mut coordinator = run.coordinator("coordinator", "127.0.0.1:0", false)?;
-    let mut clients = Vec::new();
-    for name in ["a", "b", "c"] {
+    // Participant a also personalizes the last global model and keeps it.
+    let personal = run.path().join("a-personal.mpcl");
+    let personal_arg = personal.display().to_string();
+    let mut clients = vec![run.client(
+        "a",
+        "a",
+        &coordinator,
+        &[
+            "--personalize-epochs",
+            "3",
+            "--personal-model",
+            &personal_arg,
+        ],
+    )?];
+    for name in ["b", "c"] {
         clients.push(run.client(name, name, &coordinator, &[])?);
     }
     for process in clients.iter_mut().chain([&mut coordinator]) {
@@ -277,5 +290,16 @@ fn an_evaluating_federation_ends_with_a_final_table_and_a_best_model() -> anyhow
     if best == 3 {
         assert_eq!(kept.global, checkpoint.global);
     }
+
+    // The personal model stayed with a, and a printed both models on its own test part.
+    let printed = clients[0].stdout_text();
+    assert!(
+        printed.contains("personalization on this participant's own test part")
+            && printed.contains("| personalized |")
+            && printed.contains("| global model |"),
+        "{printed}"
+    );
+    let own = ModelFile::read(&personal)?;
+    assert_eq!(own.schema, model.schema);
     Ok(())
 }

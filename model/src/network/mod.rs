@@ -140,6 +140,16 @@ impl MpclNetwork {
         self.head = self.head.at_prior(prior);
     }
 
+    /// The gradients of the head's parameters only, taken from the gradients of a whole
+    /// backward pass (personalization's head-only scope: an optimiser step with these moves
+    /// nothing else).
+    pub(crate) fn head_gradients(
+        &self,
+        gradients: burn::tensor::Gradients,
+    ) -> burn::optim::GradientsParams {
+        burn::optim::GradientsParams::from_grads(gradients, &self.head)
+    }
+
     /// The layout the network was built for.
     pub fn layout(&self) -> &NetworkLayout {
         &self.layout
