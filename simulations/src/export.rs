@@ -150,8 +150,8 @@ pub fn export_model(
             metrics: evaluated.map(|m| m.test),
             metrics_on: match evaluated {
                 Some(m) => format!(
-                    "federated evaluation: the test parts of {} participants ({} samples), which the participants kept out of training",
-                    m.clients, m.test.samples
+                    "federated evaluation: the test parts of {} participants, which they kept out of training",
+                    m.clients
                 ),
                 None => "none: the run did not evaluate this round's model".to_string(),
             },
