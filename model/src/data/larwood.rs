@@ -16,6 +16,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::study::LabelRule;
 use super::{Dataset, LoadReport, Modality, ModalityGroup, ReadError, Sample, Schema};
 
 /// The twelve emotion words, in the column (and schema) order.
@@ -186,7 +187,7 @@ pub fn read_larwood(dir: &Path) -> Result<(Dataset, LoadReport), ReadError> {
             }
             features.push(value.ln() as f32);
         }
-        let Some(label) = distribution_from_ratings(&ratings) else {
+        let Some(label) = ONE_TO_FIVE_SCALE.distribution(&ratings) else {
             report.skip(
                 &row.subject,
                 Some(row.trial),
@@ -228,16 +229,9 @@ pub fn read_larwood(dir: &Path) -> Result<(Dataset, LoadReport), ReadError> {
     Ok((dataset, report))
 }
 
-/// `p_k = (r_k - 1) / sum_j (r_j - 1)` for ratings on a scale whose minimum 1 means "not at
-/// all"; `None` when every rating is at the minimum.
-pub fn distribution_from_ratings(ratings: &[f64]) -> Option<Vec<f32>> {
-    let above: Vec<f64> = ratings.iter().map(|r| (r - 1.0).max(0.0)).collect();
-    let total: f64 = above.iter().sum();
-    if total <= 0.0 {
-        return None;
-    }
-    Some(above.iter().map(|a| (a / total) as f32).collect())
-}
+/// The label rule of a 1..5 scale whose 1 means "not at all" (Larwood's emotion words,
+/// WESAD's PANAS items): `p_k = (r_k - 1) / sum_j (r_j - 1)`.
+pub const ONE_TO_FIVE_SCALE: LabelRule = LabelRule::SubtractMinimum { minimum: 1.0 };
 
 /// Turns a `csv` error into a [`ReadError`] naming the row and, where known, the column.
 pub(super) fn csv_error(

@@ -46,7 +46,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::features::{STAT_HOP_SECONDS, STAT_WINDOW_SECONDS, STATISTICS_WIDTH, Spectra};
-use super::larwood::distribution_from_ratings;
+use super::larwood::ONE_TO_FIVE_SCALE;
 use super::{Dataset, LoadReport, Modality, ModalityGroup, ReadError, Sample, Schema};
 
 /// The 24 PANAS items asked after every condition, in file (and schema) order.
@@ -525,7 +525,7 @@ fn read_subject(
             );
             continue;
         }
-        let Some(label) = distribution_from_ratings(panas) else {
+        let Some(label) = ONE_TO_FIVE_SCALE.distribution(panas) else {
             report.skip(
                 subject,
                 Some(trial),

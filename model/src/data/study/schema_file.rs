@@ -107,7 +107,22 @@ impl Labels {
 
     /// The distribution `ratings` give; ratings are assumed to pass [`Self::rating_problem`].
     pub fn distribution(&self, ratings: &[f64]) -> LabelOutcome {
-        let weights: Vec<f64> = match self.rule {
+        match self.rule.distribution(ratings) {
+            Some(distribution) => LabelOutcome::Distribution(distribution),
+            None => match self.rule {
+                LabelRule::SubtractMinimum { .. } => LabelOutcome::AllMinimum,
+                _ => LabelOutcome::AllZero,
+            },
+        }
+    }
+}
+
+impl LabelRule {
+    /// The one rule that turns ratings into a label distribution, for study folders and the
+    /// built-in readers alike (Larwood's and WESAD's 1..5 scales are `subtract-minimum` with
+    /// minimum 1). `None` when the ratings carry no distribution (all at the minimum, all zero).
+    pub fn distribution(&self, ratings: &[f64]) -> Option<Vec<f32>> {
+        let weights: Vec<f64> = match *self {
             LabelRule::Normalize => ratings.iter().map(|r| r.max(0.0)).collect(),
             LabelRule::SubtractMinimum { minimum } => {
                 ratings.iter().map(|r| (r - minimum).max(0.0)).collect()
@@ -125,12 +140,9 @@ impl Labels {
         };
         let total: f64 = weights.iter().sum();
         if total.is_nan() || total <= 0.0 {
-            return match self.rule {
-                LabelRule::SubtractMinimum { .. } => LabelOutcome::AllMinimum,
-                _ => LabelOutcome::AllZero,
-            };
+            return None;
         }
-        LabelOutcome::Distribution(weights.iter().map(|w| (w / total) as f32).collect())
+        Some(weights.iter().map(|w| (w / total) as f32).collect())
     }
 }
 
