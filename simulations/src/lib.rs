@@ -24,6 +24,8 @@ pub mod secure;
 pub mod selection;
 pub mod simulate;
 pub mod simulation_models;
+pub mod simulation_outputs;
+pub mod simulation_result;
 pub mod stimulus_prior;
 pub mod synthetic;
 pub mod train_job;

@@ -11,7 +11,7 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::simulate::{Arm, PooledRound, SimulationResult, SubjectMetrics};
+use crate::simulation_result::{Arm, PooledRound, SimulationResult, SubjectMetrics};
 
 type PlotResult = Result<(), Box<dyn std::error::Error>>;
 

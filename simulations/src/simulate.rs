@@ -51,91 +51,23 @@ use crate::normalize::normalize_per_subject;
 use crate::personalized_arm::{
     PartitionData, PartitionOutcome, epochs_note, omitted, personalize_partition,
 };
-use crate::plots;
 use crate::progress::RoundProgress;
 use crate::report::{ArmSummary, SummaryTable};
 use crate::selection::{BestRound, SelectionSettings};
 use crate::simulation_models::{ArmModel, write_arm_model};
+use crate::simulation_outputs::write_outputs;
+pub use crate::simulation_result::{
+    Arm, PooledRound, RoundRecord, SimulationResult, SubjectMetrics, TestSamples,
+};
 use crate::stimulus_prior::stimulus_prior;
 use crate::synthetic::SyntheticConfig;
-use crate::train_job::{write_json, write_text};
+use crate::train_job::write_json;
 use crate::uncertainty::compare_to_prior;
 use mpcl_coordinator::evaluation::{EvaluationConfig, FederatedMetrics};
 use mpcl_model::network::prototypes::cross_emotion_cosine;
 
 /// The name of the stimulus-prior reference row (shown when the data knows its stimuli).
 pub const STIMULUS_PRIOR: &str = "stimulus prior (no signal)";
-
-/// An arm of the experiment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Arm {
-    Federated,
-    Personalized,
-    FedavgEncoder,
-    Centralized,
-    LocalOnly,
-    LabelPrior,
-}
-
-impl Arm {
-    /// Every arm, in table order.
-    pub const ALL: [Arm; 6] = [
-        Arm::Federated,
-        Arm::Personalized,
-        Arm::FedavgEncoder,
-        Arm::Centralized,
-        Arm::LocalOnly,
-        Arm::LabelPrior,
-    ];
-
-    /// The name used in tables and plots.
-    pub fn label(self) -> &'static str {
-        match self {
-            Arm::Federated => "federated MPCL",
-            Arm::Personalized => "federated + personalized",
-            Arm::FedavgEncoder => "federated, no memory sharing",
-            Arm::Centralized => "centralized MPCL",
-            Arm::LocalOnly => "local-only MPCL",
-            Arm::LabelPrior => "label prior",
-        }
-    }
-
-    /// The command-line name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Arm::Federated => "federated",
-            Arm::Personalized => "personalized",
-            Arm::FedavgEncoder => "fedavg-encoder",
-            Arm::Centralized => "centralized",
-            Arm::LocalOnly => "local-only",
-            Arm::LabelPrior => "label-prior",
-        }
-    }
-}
-
-impl std::fmt::Display for Arm {
-    /// The command-line name.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Arm {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Arm::ALL
-            .into_iter()
-            .find(|arm| arm.name() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown arm `{s}` (expected one of: {})",
-                    Arm::ALL.map(Arm::name).join(", ")
-                )
-            })
-    }
-}
 
 /// Everything that defines a simulation; written as `config.json` next to its results.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -247,84 +179,6 @@ pub enum SimulationError {
     /// which then reports its best round.
     #[error("validation KL did not improve for {0} rounds")]
     PatienceExhausted(u64),
-}
-
-/// One line of `rounds.jsonl`: an arm's metrics on one partition's test samples after a round.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RoundRecord {
-    pub arm: Arm,
-    pub partition: String,
-    pub round: u64,
-    /// On the partition's test samples.
-    pub metrics: DistributionMetrics,
-    /// On the partition's validation samples (absent without a validation part).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub validation: Option<DistributionMetrics>,
-    /// Mean cosine between different emotions' prototypes in the arm's banks after the round
-    /// (near 1: the banks collapsed); arms with a global model and prototypes only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prototype_cosine: Option<f64>,
-    /// Bytes from the coordinator to the participants this round (federated arms).
-    pub bytes_down: u64,
-    /// Bytes from the participants to the coordinator this round (federated arms).
-    pub bytes_up: u64,
-    pub wall_seconds: f64,
-    /// Epsilon spent by this arm's federation after this round (differential privacy only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epsilon: Option<f64>,
-}
-
-/// Pooled (all partitions) metrics of an arm after a round.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PooledRound {
-    pub arm: Arm,
-    pub round: u64,
-    pub metrics: DistributionMetrics,
-    pub bytes_down: u64,
-    pub bytes_up: u64,
-    /// The largest epsilon of the arm's federations (one per partition) after this round
-    /// (differential privacy only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epsilon: Option<f64>,
-}
-
-/// One subject's final metrics under one arm.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SubjectMetrics {
-    pub arm: Arm,
-    pub subject: String,
-    pub metrics: DistributionMetrics,
-}
-
-/// The outcome of a simulation.
-#[derive(Clone, Debug)]
-pub struct SimulationResult {
-    pub dataset: String,
-    pub subjects: usize,
-    pub protocol: String,
-    /// `in-process` or `network`.
-    pub mode: String,
-    pub device: String,
-    pub rounds: Vec<PooledRound>,
-    pub per_subject: Vec<SubjectMetrics>,
-    /// Each arm's validation-selected model on the test samples, beside the label prior.
-    pub final_table: SummaryTable,
-    /// Final global state of each arm with a model (federated, centralized), per partition.
-    pub final_states: BTreeMap<Arm, Vec<GlobalState>>,
-    /// The state of the round chosen on validation, per arm with a model and partition.
-    pub best_states: BTreeMap<Arm, Vec<GlobalState>>,
-    /// Every test sample (over all partitions, in order): label, subject, and the label prior
-    /// of its partition.
-    pub test_samples: TestSamples,
-    /// Each arm's validation-selected predictions of those samples.
-    pub selected_predictions: BTreeMap<Arm, Vec<Vec<f32>>>,
-    /// The coordinator's federated evaluation of every global model, per federated arm and
-    /// partition (what a real coordinator reports, from the participants' sums).
-    pub federated_evaluations: BTreeMap<Arm, Vec<Vec<FederatedMetrics>>>,
-    /// What a reader of the table must know, for example that an arm stopped early because its
-    /// privacy budget ran out.
-    pub notes: Vec<String>,
-    pub wall_seconds: f64,
 }
 
 /// Called after each round of an arm with (round, predictions on the partition's validation
@@ -870,15 +724,6 @@ impl ArmData<'_> {
     }
 }
 
-/// The test samples of a run, pooled over partitions.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TestSamples {
-    pub labels: Vec<Vec<f32>>,
-    pub subjects: Vec<String>,
-    /// The label prior of each sample's partition.
-    pub priors: Vec<Vec<f32>>,
-}
-
 /// How one federated arm runs (see [`ExecutionMode`]).
 enum FederationMode<'a> {
     InProcess,
@@ -1217,48 +1062,4 @@ fn per_subject_metrics(
         }
     }
     out
-}
-
-fn write_outputs(dir: &Path, result: &SimulationResult) -> Result<(), SimulationError> {
-    write_text(&dir.join("final.csv"), &result.final_table.to_csv())?;
-    let mut markdown = format!(
-        "{}: {} subjects, {}, {} mode, device {}, {:.1} s\n\n",
-        result.dataset,
-        result.subjects,
-        result.protocol,
-        result.mode,
-        result.device,
-        result.wall_seconds
-    );
-    markdown.push_str(&result.final_table.to_markdown());
-    for note in &result.notes {
-        markdown.push_str(&format!("\nNote: {note}\n"));
-    }
-    write_text(&dir.join("final.md"), &markdown)?;
-    let mut pooled = String::new();
-    for round in &result.rounds {
-        pooled.push_str(&serde_json::to_string(round).expect("plain data serialises"));
-        pooled.push('\n');
-    }
-    write_text(&dir.join("rounds_pooled.jsonl"), &pooled)?;
-    let mut csv =
-        String::from("arm,subject,chebyshev,clark,canberra,kl,cosine,intersection,samples\n");
-    for s in &result.per_subject {
-        let v = s.metrics.values();
-        csv.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{}\n",
-            s.arm.name(),
-            s.subject,
-            v[0],
-            v[1],
-            v[2],
-            v[3],
-            v[4],
-            v[5],
-            s.metrics.samples
-        ));
-    }
-    write_text(&dir.join("per_subject.csv"), &csv)?;
-    plots::write_plots(dir, result).map_err(|e| SimulationError::Config(format!("plot: {e}")))?;
-    Ok(())
 }
