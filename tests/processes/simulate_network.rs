@@ -169,3 +169,24 @@ fn a_failing_client_process_stops_the_run_with_an_error_naming_it() -> Result<()
     );
     Ok(())
 }
+
+/// Early stopping (`--patience`) stops a networked arm at the same round as in-process, with
+/// the same chosen round and model.
+#[test]
+fn patience_stops_both_modes_at_the_same_round() -> Result<()> {
+    let mut config = small_simulation();
+    config.arms = vec![Arm::Federated];
+    config.rounds = 8;
+    config.selection.patience = 1;
+    // A step size this large overshoots soon, so validation KL stops improving early.
+    config.training.learning_rate = 0.2;
+    let networked = run_simulation_with(&config, &network_mode(), None, false)?;
+    let in_process = run_simulation_with(&config, &ExecutionMode::InProcess, None, false)?;
+    assert_eq!(round_metrics(&networked), round_metrics(&in_process));
+    let ran = in_process.rounds.len();
+    assert!(ran < config.rounds as usize, "no early stop: {ran} rounds");
+    assert!(networked.best_states == in_process.best_states);
+    let chosen = |r: &SimulationResult| r.final_table.rows[0].rounds.clone();
+    assert_eq!(chosen(&networked), chosen(&in_process));
+    Ok(())
+}
