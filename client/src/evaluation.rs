@@ -65,12 +65,6 @@ impl EvaluationParts {
         }
     }
 
-    /// Samples in the validation and the test part.
-    pub fn sizes(&self) -> (usize, usize) {
-        let len = |part: &Option<TensorDataset>| part.as_ref().map_or(0, TensorDataset::len);
-        (len(&self.validation), len(&self.test))
-    }
-
     /// The metric sums of `model` (holding the global state `state`) on the validation and test
     /// parts, and of the label prior the state's co-occurrence statistics imply on the same
     /// samples.
@@ -172,10 +166,6 @@ mod tests {
         let model = MpclModel::new(&data.schema, &ModelConfig::tiny(), &device, 4).unwrap();
         let state = model.global_state();
         let parts = EvaluationParts::new(&split, &standardizer, model.device());
-        assert_eq!(
-            parts.sizes(),
-            (split.validation.samples.len(), split.test.samples.len())
-        );
         let report = parts.report(&model, &state);
         let test = TensorDataset::new(&split.test, &standardizer, model.device());
         let direct = model.evaluate(&test);

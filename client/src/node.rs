@@ -298,11 +298,6 @@ impl Node {
         Ok(self)
     }
 
-    /// The local data as split for the run (known once the coordinator admitted the node).
-    pub fn split(&self) -> Option<&Arc<LocalSplit>> {
-        self.split.as_ref()
-    }
-
     /// How the local data divides for a run with `evaluation` (`None`: no evaluation, so no
     /// validation or test part, unless the operator gave them).
     fn split_for(

@@ -161,11 +161,6 @@ impl Participant {
         Ok(participant)
     }
 
-    /// The validation and test parts, when the participant evaluates.
-    pub fn evaluation_parts(&self) -> Option<&EvaluationParts> {
-        self.evaluation.as_ref()
-    }
-
     /// Number of local training samples.
     pub fn sample_count(&self) -> usize {
         self.data.len()
