@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::simulation_outputs::FEDERATED_EVALUATION_FILE;
+
 /// Errors preparing or finishing a results folder; each names the folder.
 #[derive(Debug, Error)]
 pub enum OutputDirError {
@@ -76,6 +78,7 @@ pub fn simulation_outputs(name: &str) -> bool {
             | "final.csv"
             | "final.md"
             | "per_subject.csv"
+            | FEDERATED_EVALUATION_FILE
             | "kl_vs_round.svg"
             | "cosine_vs_round.svg"
             | "per_subject_kl.svg"

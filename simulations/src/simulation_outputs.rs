@@ -10,6 +10,9 @@ use crate::simulate::SimulationError;
 use crate::simulation_result::SimulationResult;
 use crate::train_job::write_text;
 
+/// The coordinator's federated evaluation of each federated arm, one JSON line per model.
+pub const FEDERATED_EVALUATION_FILE: &str = "federated_evaluation.jsonl";
+
 /// Writes the result's files into `dir`.
 pub fn write_outputs(dir: &Path, result: &SimulationResult) -> Result<(), SimulationError> {
     write_text(&dir.join("final.csv"), &result.final_table.to_csv())?;
@@ -62,7 +65,7 @@ pub fn write_outputs(dir: &Path, result: &SimulationResult) -> Result<(), Simula
         }
     }
     if !federated.is_empty() {
-        write_text(&dir.join("federated_evaluation.jsonl"), &federated)?;
+        write_text(&dir.join(FEDERATED_EVALUATION_FILE), &federated)?;
     }
     plots::write_plots(dir, result).map_err(|e| SimulationError::Config(format!("plot: {e}")))?;
     Ok(())
