@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Args;
 use mpcl_coordinator::Coordinator;
+use mpcl_coordinator::evaluation::FederatedMetrics;
+use mpcl_coordinator::final_table::FINAL_MARKDOWN_FILE;
 use mpcl_coordinator::server::{
     CHECKPOINT_FILE, ROUND_LOG_FILE, RunFile, Server, ServerSetup, checkpoint_path, new_run_id,
     resume_coordinator,
@@ -28,7 +30,11 @@ pub const SAVED_ENROLMENT_FILE: &str = "enrolment.toml";
 ///
 /// Prints `listening on ADDR` as the first line on stdout (useful with port 0), logs to stderr.
 /// Writes to --out: config.toml (the run file), enrolment.toml, checkpoint.bin (and its previous
-/// copy checkpoint.prev.bin) and rounds.jsonl (one JSON line per aggregated round). Ctrl-C or
+/// copy checkpoint.prev.bin) and rounds.jsonl (one JSON line per aggregated round, with the
+/// federated metrics of that round's model); with [evaluation] on (the default) also
+/// checkpoint.best.bin (the round with the lowest federated validation KL) and, at the end,
+/// final.md and final.csv (last round, best round and label prior on the clients' own test
+/// parts), which it also prints. Ctrl-C or
 /// SIGTERM writes a checkpoint and exits 0; `--resume` continues from it. Nothing is written
 /// before the port is bound, so a port in use leaves --out as it was.
 ///
@@ -229,6 +235,16 @@ impl CoordinatorArgs {
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         let outcome = server.run(shutdown).await?;
         if outcome.finished {
+            if let Some(last) = outcome
+                .evaluations
+                .last()
+                .filter(|m| m.round == outcome.completed_rounds)
+            {
+                println!("{}", evaluation_line(last));
+            }
+            if let Ok(text) = std::fs::read_to_string(self.out.join(FINAL_MARKDOWN_FILE)) {
+                println!("\n{text}");
+            }
             println!(
                 "finished {} rounds; results in {} ({CHECKPOINT_FILE}, {ROUND_LOG_FILE})",
                 outcome.completed_rounds,
@@ -252,6 +268,9 @@ async fn print_rounds(
     total: u64,
 ) {
     while let Some(round) = rounds.recv().await {
+        if let Some(metrics) = &round.evaluated {
+            println!("{}", evaluation_line(metrics));
+        }
         println!("{}", round_line(&round, total));
         let _ = std::io::stdout().flush();
     }
@@ -279,6 +298,14 @@ fn round_line(round: &mpcl_coordinator::server::AggregatedRound, total: u64) -> 
         line.push_str(&format!(" ({seconds:.1} s)"));
     }
     line
+}
+
+/// The stdout line of one evaluated global model.
+fn evaluation_line(m: &FederatedMetrics) -> String {
+    format!(
+        "model after round {} evaluated by {} participant(s): validation KL {:.4}, test KL {:.4} (label prior {:.4}) on {} test samples",
+        m.round, m.clients, m.validation.kl, m.test.kl, m.prior_test.kl, m.test.samples
+    )
 }
 
 fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -261,6 +261,17 @@ fn an_evaluating_federation_ends_with_a_final_table_and_a_best_model() -> anyhow
     assert!(table.contains("| label prior |"), "{table}");
     let csv = std::fs::read_to_string(out.join("final.csv"))?;
     assert_eq!(csv.lines().count(), 4, "{csv}");
+    // The coordinator printed each evaluated model as it went, and the table at the end.
+    let printed = coordinator.stdout_text();
+    for round in 0..=3 {
+        assert!(
+            printed.contains(&format!(
+                "model after round {round} evaluated by 3 participant(s)"
+            )),
+            "round {round}: {printed}"
+        );
+    }
+    assert!(printed.contains("| label prior |"), "{printed}");
 
     // The best round's state exports with its own federated test metrics.
     let dir = run.path();

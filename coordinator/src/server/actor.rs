@@ -153,6 +153,8 @@ pub(crate) struct Actor {
     /// The round log's line of the last aggregated round, held back until that round's global
     /// model is evaluated (by the next round) so that the line carries its federated metrics.
     pending_record: Option<RoundRecord>,
+    /// Federated metrics produced while closing the round being aggregated (for the observer).
+    just_evaluated: Option<FederatedMetrics>,
     traffic: Arc<Traffic>,
     poll_interval_ms: u64,
     finish_grace: Duration,
@@ -213,6 +215,7 @@ impl Actor {
             checkpoint_path,
             round_log,
             pending_record: None,
+            just_evaluated: None,
             traffic,
             poll_interval_ms: polling.poll_interval_ms,
             finish_grace,
@@ -691,6 +694,7 @@ impl Actor {
                             summary: (*summary).clone(),
                             state: Arc::clone(self.coordinator.global_state()),
                             traffic,
+                            evaluated: self.just_evaluated.take(),
                         });
                     }
                     self.deadline = None;
@@ -712,6 +716,7 @@ impl Actor {
                         best,
                         "global model evaluated"
                     );
+                    self.just_evaluated = Some(*metrics);
                     if let Some(record) = &mut self.pending_record
                         && record.round == metrics.round
                     {

@@ -162,6 +162,9 @@ pub struct AggregatedRound {
     pub state: Arc<GlobalState>,
     /// Wall time and bytes of the round.
     pub traffic: RoundTraffic,
+    /// The federated evaluation this round's participants made of the model they received (the
+    /// one after the previous round), when the round evaluated.
+    pub evaluated: Option<FederatedMetrics>,
 }
 
 /// How a server run ended.
