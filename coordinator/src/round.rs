@@ -868,11 +868,11 @@ impl Coordinator {
         }
     }
 
-    /// Whether the state the next round receives (the global model after
-    /// `completed_rounds`) is due for evaluation.
-    fn evaluation_due(&self) -> bool {
+    /// Whether the global model after `round` (0: the initial model) is evaluated in this run
+    /// (by the participants of the round after it).
+    pub fn evaluates_model_after(&self, round: u64) -> bool {
         let evaluation = &self.config.evaluation;
-        evaluation.enabled && evaluation.is_due(self.completed_rounds, self.config.rounds)
+        evaluation.enabled && evaluation.is_due(round, self.config.rounds)
     }
 
     /// The final evaluation round is still to run.
@@ -907,7 +907,7 @@ impl Coordinator {
         let mut rng = sampling_rng(self.config.seed, round, self.restarts, 0);
         let sampled: BTreeSet<ParticipantId> =
             sample(&mut rng, &candidates, cohort).into_iter().collect();
-        let evaluators = if self.evaluation_due() {
+        let evaluators = if self.evaluates_model_after(self.completed_rounds) {
             evaluators(&self.config.evaluation, self.config.seed, round, &sampled)
         } else {
             BTreeSet::new()

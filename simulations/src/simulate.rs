@@ -498,7 +498,7 @@ pub fn run_simulation_on(
                         .join(format!("{}-{part_index}", arm.name())),
                 },
             };
-            let (trace, state, stopped) = run_arm(
+            let (mut trace, state, stopped) = run_arm(
                 arm,
                 &federation,
                 config,
@@ -535,7 +535,7 @@ pub fn run_simulation_on(
                 federated_evaluations
                     .entry(arm)
                     .or_default()
-                    .push(trace.federated.clone());
+                    .push(std::mem::take(&mut trace.federated));
             }
             if arm == Arm::Federated
                 && let (Some(state), Some(predictions)) = (

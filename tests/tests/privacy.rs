@@ -82,6 +82,24 @@ async fn run(
     })
 }
 
+/// [`run`] with a copy of every message the first node sends (before TLS), in order.
+async fn run_tapping_the_first_node(
+    federation: &Federation,
+    keys: &Keys,
+    config: CoordinatorConfig,
+) -> anyhow::Result<(Run, Vec<Vec<u8>>)> {
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let tap = Arc::clone(&sent);
+    let run = run(federation, keys, config, move |i, node| {
+        if i == 0 {
+            node.session.sent_messages = Some(Arc::clone(&tap));
+        }
+    })
+    .await?;
+    let sent = sent.lock().unwrap().clone();
+    Ok((run, sent))
+}
+
 /// The global state after `round` (the state the next round started from, or the final one).
 fn state_after(run: &Run, round: u64) -> anyhow::Result<&GlobalState> {
     if round == run.outcome.completed_rounds {
@@ -407,16 +425,8 @@ async fn a_clients_messages_hold_none_of_its_features() -> anyhow::Result<()> {
         } else {
             run_config(2, 3)
         };
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let tap = Arc::clone(&sent);
-        let run = run(&federation, &keys, config, move |i, node| {
-            if i == 0 {
-                node.session.sent_messages = Some(Arc::clone(&tap));
-            }
-        })
-        .await?;
+        let (run, sent) = run_tapping_the_first_node(&federation, &keys, config).await?;
         assert_eq!(run.outcome.completed_rounds, 2);
-        let sent = sent.lock().unwrap().clone();
         // The tap saw the run: the update (plain) or the masked inputs (secure) are there.
         let kinds: Vec<String> = sent
             .iter()
@@ -490,16 +500,8 @@ async fn under_secure_aggregation_the_coordinator_sees_evaluation_only_as_totals
             run_config(2, 3)
         };
         config.evaluation = EvaluationConfig::default();
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let tap = Arc::clone(&sent);
-        let run = run(&federation, &keys, config, move |i, node| {
-            if i == 0 {
-                node.session.sent_messages = Some(Arc::clone(&tap));
-            }
-        })
-        .await?;
+        let (run, sent) = run_tapping_the_first_node(&federation, &keys, config).await?;
         assert_eq!(run.outcome.completed_rounds, 2);
-        let sent = sent.lock().unwrap().clone();
 
         // Alice's own reports (rounds 1 and 2 and the final evaluation round), as her node
         // built them.

@@ -101,8 +101,20 @@ fn sent_to(actions: &[Action]) -> Vec<ParticipantId> {
 /// is left to answer; returns every action seen, in order, and the final time.
 fn answer_everything(
     coordinator: &mut Coordinator,
+    now: Millis,
+    initial: Vec<Action>,
+) -> (Vec<Action>, Millis) {
+    answer_everything_with(coordinator, now, initial, |state, round, participant, _| {
+        client_update(state, round, participant)
+    })
+}
+
+/// [`answer_everything`] with the updates `respond` makes from what each `SendRound` carries.
+fn answer_everything_with(
+    coordinator: &mut Coordinator,
     mut now: Millis,
     initial: Vec<Action>,
+    mut respond: impl FnMut(&GlobalState, u64, ParticipantId, &TrainingConfig) -> ClientUpdate,
 ) -> (Vec<Action>, Millis) {
     let mut pending: VecDeque<Action> = initial.into();
     let mut log = Vec::new();
@@ -111,11 +123,11 @@ fn answer_everything(
             participant,
             round,
             state,
-            ..
+            config,
         } = &action
         {
             now += 10;
-            let update = client_update(state, *round, *participant);
+            let update = respond(state, *round, *participant, config);
             pending.extend(coordinator.handle(now, received(*participant, update)));
         }
         log.push(action);

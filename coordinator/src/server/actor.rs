@@ -682,10 +682,7 @@ impl Actor {
                     // A line still held back saw no evaluation (nobody reported): write it as is.
                     self.flush_round_record();
                     self.pending_record = Some(RoundRecord::new(&summary, &traffic));
-                    let evaluation = &self.coordinator.config().evaluation;
-                    if !(evaluation.enabled
-                        && evaluation.is_due(round, self.coordinator.config().rounds))
-                    {
+                    if !self.coordinator.evaluates_model_after(round) {
                         self.flush_round_record();
                     }
                     if let Some(observer) = &self.observer {

@@ -86,6 +86,9 @@ pub struct UpdateLayout {
 
 /// Fixed-point resolution of an evaluation sum: the same as a real value's default scale.
 const EVALUATION_SCALE: f64 = 65_536.0;
+/// Bits of an evaluation value's fixed-point form in its low word (the rest are in its high
+/// word).
+const LOW_WORD_BITS: u32 = 16;
 
 /// The unmasked sum of a round's vectors, as statistics.
 #[derive(Clone, Debug, PartialEq)]
@@ -292,16 +295,15 @@ impl UpdateLayout {
             let values = update
                 .evaluation
                 .map_or_else(|| vec![0.0; EvaluationReport::LEN], |r| r.to_values());
+            // The report's own check: finite, non-negative, whole counts.
+            EvaluationReport::from_values(&values)
+                .map_err(|e| LayoutError::Mismatch(format!("evaluation report: {e}")))?;
+            let low_mask = (1u64 << LOW_WORD_BITS) - 1;
             let mut wide = Vec::with_capacity(2 * values.len());
-            for (index, value) in values.into_iter().enumerate() {
-                if !(value.is_finite() && value >= 0.0) {
-                    return Err(LayoutError::Mismatch(format!(
-                        "evaluation value {index} ({value}) is not a finite non-negative number"
-                    )));
-                }
+            for value in values {
                 let fixed = (value * EVALUATION_SCALE).round() as u64;
-                wide.push((fixed >> 16) as f64);
-                wide.push((fixed & 0xffff) as f64);
+                wide.push((fixed >> LOW_WORD_BITS) as f64);
+                wide.push((fixed & low_mask) as f64);
             }
             quantizer.quantize_into(wide, ValueKind::Count, "evaluation", &mut words)?;
         }
@@ -365,7 +367,10 @@ impl UpdateLayout {
         let evaluation = self.evaluation.then(|| {
             read(next())
                 .chunks(2)
-                .map(|pair| (pair[0] * 65_536.0 + pair[1]).max(0.0) / EVALUATION_SCALE)
+                .map(|pair| {
+                    let high = pair[0] * f64::from(1u32 << LOW_WORD_BITS);
+                    (high + pair[1]).max(0.0) / EVALUATION_SCALE
+                })
                 .collect()
         });
         Ok(SummedUpdate {

@@ -33,34 +33,23 @@ fn report(state: &GlobalState, participant: ParticipantId) -> EvaluationReport {
 /// Answers every `SendRound` like `answer_everything`, attaching a report when asked.
 fn answer_evaluating(
     coordinator: &mut Coordinator,
-    mut now: Millis,
+    now: Millis,
     initial: Vec<Action>,
     corrupt_test: bool,
 ) -> Vec<Action> {
-    let mut pending: VecDeque<Action> = initial.into();
-    let mut log = Vec::new();
-    while let Some(action) = pending.pop_front() {
-        if let Action::SendRound {
-            participant,
-            round,
-            state,
-            config,
-        } = &action
-        {
-            now += 10;
-            let mut update = client_update(state, *round, *participant);
+    let respond =
+        |state: &GlobalState, round, participant: ParticipantId, config: &TrainingConfig| {
+            let mut update = client_update(state, round, participant);
             if config.evaluate {
-                let mut r = report(state, *participant);
+                let mut r = report(state, participant);
                 if corrupt_test {
                     r.test.sums[3] *= 100.0 * (f64::from(participant.0[31]) + 1.0);
                 }
                 update.evaluation = Some(r);
             }
-            pending.extend(coordinator.handle(now, received(*participant, update)));
-        }
-        log.push(action);
-    }
-    log
+            update
+        };
+    answer_everything_with(coordinator, now, initial, respond).0
 }
 
 fn evaluated(actions: &[Action]) -> Vec<FederatedMetrics> {
