@@ -131,6 +131,7 @@ fn coordinator_round(clients: usize, parameters: usize) -> Result<(), BenchError
     let config = CoordinatorConfig {
         // The protocol alone: no evaluation round, no held-out data.
         evaluation: mpcl_coordinator::evaluation::EvaluationConfig::disabled(),
+        start_at_label_prior: false,
         rounds: 1,
         clients_per_round: Some(clients),
         min_clients_to_aggregate: clients,

@@ -200,6 +200,7 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
     let config = CoordinatorConfig {
         // The protocol alone: no evaluation round, no held-out data.
         evaluation: mpcl_coordinator::evaluation::EvaluationConfig::disabled(),
+        start_at_label_prior: false,
         name: "bench-flower".into(),
         seed: 5,
         rounds: ROUNDS,
@@ -374,7 +375,7 @@ mod tests {
             share_memories: true,
             compression: Default::default(),
             evaluate: false,
-            evaluation_only: false,
+            kind: mpcl_protocol::messages::RoundKind::Training,
         };
         let update = Perturbation::new(2)
             .train_round([0; 16], 3, &state, &config)

@@ -100,6 +100,7 @@ async fn run(
     let mut config = CoordinatorConfig {
         // The protocol alone: no evaluation round, no held-out data.
         evaluation: mpcl_coordinator::evaluation::EvaluationConfig::disabled(),
+        start_at_label_prior: false,
         name: "bench".into(),
         seed: 5,
         rounds,

@@ -10,7 +10,6 @@
 use mpcl_model::data::split::{SplitError, subject_dependent};
 use mpcl_model::data::{Dataset, Standardizer};
 use mpcl_model::metrics::metric_sums;
-use mpcl_model::model_file::label_prior_from_cooccurrence;
 use mpcl_model::{Device, MpclModel, TensorDataset};
 use mpcl_protocol::messages::GlobalState;
 use mpcl_protocol::metrics::{EvaluationReport, MetricSums};
@@ -69,7 +68,7 @@ impl EvaluationParts {
     /// parts, and of the label prior the state's co-occurrence statistics imply on the same
     /// samples.
     pub fn report(&self, model: &MpclModel, state: &GlobalState) -> EvaluationReport {
-        let prior = label_prior_from_cooccurrence(&state.cooccurrence);
+        let prior = state.cooccurrence.label_prior();
         let sums = |data: &Option<TensorDataset>| {
             let Some(data) = data else {
                 return (MetricSums::default(), MetricSums::default());
@@ -175,7 +174,7 @@ mod tests {
             report.validation.samples as usize,
             split.validation.samples.len()
         );
-        let prior = label_prior_from_cooccurrence(&state.cooccurrence);
+        let prior = state.cooccurrence.label_prior();
         let direct_prior = evaluate(
             split
                 .test

@@ -8,7 +8,9 @@ use mpcl_protocol::codec::{CodecError, MessageLimits};
 use mpcl_protocol::compression::{
     CompressedUpdate, CompressionError, ErrorFeedback, compress_prototype_sums,
 };
-use mpcl_protocol::messages::{ClientUpdate, GlobalState, LocalMetrics, RunId, TrainingConfig};
+use mpcl_protocol::messages::{
+    ClientUpdate, GlobalState, LocalMetrics, RoundKind, RunId, TrainingConfig,
+};
 use mpcl_protocol::metrics::EvaluationReport;
 use mpcl_protocol::signing::{SignedUpdate, encode_update_payload};
 use mpcl_protocol::{CooccurrenceStatistics, NodeIdentity};
@@ -84,6 +86,8 @@ pub struct Participant {
     data: TensorDataset,
     standardizer: Standardizer,
     own_cooccurrence: CooccurrenceStatistics,
+    /// The label mass of each emotion over the training samples (the opening round's answer).
+    label_sums: Vec<f32>,
     settings: ParticipantSettings,
     /// Quantisation residual carried to the next round (lossy compression only).
     feedback: ErrorFeedback,
@@ -130,14 +134,19 @@ impl Participant {
         let standardizer = Standardizer::fit(dataset);
         let data = TensorDataset::new(dataset, &standardizer, model.device());
         let mut own_cooccurrence = CooccurrenceStatistics::zeros(dataset.schema.emotion_count());
+        let mut label_sums = vec![0.0f32; dataset.schema.emotion_count()];
         for sample in &dataset.samples {
             own_cooccurrence.add_label(&sample.label);
+            for (sum, value) in label_sums.iter_mut().zip(&sample.label) {
+                *sum += value;
+            }
         }
         Ok(Self {
             model,
             data,
             standardizer,
             own_cooccurrence,
+            label_sums,
             settings,
             feedback: ErrorFeedback::new(),
             evaluation: None,
@@ -190,8 +199,12 @@ impl Participant {
             (Some(parts), true) => Some(parts.report(&self.model, state)),
             _ => None,
         };
-        if config.evaluation_only {
-            return Ok(self.evaluation_only_update(run_id, round, state, evaluation, started));
+        match config.kind {
+            RoundKind::Training => {}
+            RoundKind::LabelPrior => return Ok(self.label_prior_update(run_id, round, state)),
+            RoundKind::Evaluation => {
+                return Ok(self.evaluation_only_update(run_id, round, state, evaluation, started));
+            }
         }
         if state.cooccurrence.count == 0.0 {
             // The first round has no global co-occurrence memory yet: use the local one.
@@ -270,8 +283,41 @@ impl Participant {
         evaluation: Option<EvaluationReport>,
         started: Instant,
     ) -> TrainedUpdate {
+        let mut update = self.untrained_update(
+            run_id,
+            round,
+            state,
+            CooccurrenceStatistics::zeros(state.cooccurrence.emotions),
+        );
+        update.metrics.seconds = started.elapsed().as_secs_f64();
+        update.evaluation = evaluation;
+        TrainedUpdate {
+            update,
+            compressed: None,
+        }
+    }
+
+    /// The update of the opening label-prior round: a zero delta and the label sums of the
+    /// local training data, nothing else (not how emotions co-occur, no prototypes).
+    fn label_prior_update(&self, run_id: RunId, round: u64, state: &GlobalState) -> TrainedUpdate {
+        let statistics =
+            CooccurrenceStatistics::of_label_sums(&self.label_sums, self.data.len() as f64);
+        TrainedUpdate {
+            update: self.untrained_update(run_id, round, state, statistics),
+            compressed: None,
+        }
+    }
+
+    /// An update that trained nothing: a zero delta, no prototype statistics.
+    fn untrained_update(
+        &self,
+        run_id: RunId,
+        round: u64,
+        state: &GlobalState,
+        cooccurrence: CooccurrenceStatistics,
+    ) -> ClientUpdate {
         let zero = vec![0.0; state.parameters.value_count()];
-        let update = ClientUpdate {
+        ClientUpdate {
             run_id,
             round,
             delta: state
@@ -279,17 +325,10 @@ impl Participant {
                 .with_flat(&zero)
                 .expect("a flat vector of the state's own length"),
             prototypes: Vec::new(),
-            cooccurrence: CooccurrenceStatistics::zeros(state.cooccurrence.emotions),
+            cooccurrence,
             sample_count: self.data.len() as u64,
-            metrics: LocalMetrics {
-                seconds: started.elapsed().as_secs_f64(),
-                ..LocalMetrics::default()
-            },
-            evaluation,
-        };
-        TrainedUpdate {
-            update,
-            compressed: None,
+            metrics: LocalMetrics::default(),
+            evaluation: None,
         }
     }
 

@@ -9,7 +9,7 @@
 
 use mpcl_model::data::{DatasetError, Standardizer};
 use mpcl_model::metrics::{DistributionMetrics, evaluate};
-use mpcl_model::model_file::{InputStandardisation, Provenance, label_prior_from_cooccurrence};
+use mpcl_model::model_file::{InputStandardisation, Provenance};
 use mpcl_model::personalize::{PersonalizeOptions, PersonalizeReport, PersonalizeScope};
 use mpcl_model::{Device, ModelConfig, ModelError, ModelFile, MpclModel, TensorDataset};
 use mpcl_protocol::CooccurrenceStatistics;
@@ -105,7 +105,7 @@ pub fn personalize_locally(
                 .map(|(l, p)| (l.as_slice(), p.as_slice())),
         )
     };
-    let prior = label_prior_from_cooccurrence(&state.cooccurrence);
+    let prior = state.cooccurrence.label_prior();
     Ok(PersonalOutcome {
         global_test: metrics_of(&global_predictions),
         personal_test: metrics_of(&personal_predictions),

@@ -224,6 +224,11 @@ impl RoundAggregator {
         self.accepted
     }
 
+    /// The exact sum of the accepted co-occurrence statistics, rounded to `f32` once.
+    pub fn cooccurrence_total(&self) -> CooccurrenceStatistics {
+        self.cooccurrence.total()
+    }
+
     /// Sum of the accumulated updates' sample counts.
     pub fn total_samples(&self) -> u64 {
         self.total_samples

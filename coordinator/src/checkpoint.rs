@@ -13,7 +13,7 @@
 //! | bytes | content |
 //! |---|---|
 //! | 8 | magic `MPCLCKPT` |
-//! | 4 | format version (currently 3; version 2 had no federated evaluation, version 1 no privacy ledger and no per-round privacy summary) |
+//! | 4 | format version (currently 4; version 3 had no label-prior round, version 2 no federated evaluation, version 1 no privacy ledger and no per-round privacy summary) |
 //! | 8 | payload length |
 //! | 32 | SHA-256 of the payload |
 //! | n | payload: the [`Checkpoint`] encoded with bincode 2 (serde, standard config) |
@@ -46,7 +46,7 @@ use crate::round::RoundSummary;
 /// Magic bytes opening every checkpoint file.
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"MPCLCKPT";
 /// The checkpoint format version this build writes and reads.
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 3;
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 4;
 const HEADER_LEN: usize = 8 + 4 + 8 + 32;
 /// Most memory (2^34 bytes) decoding a checkpoint may claim, however large it is.
 const MAX_CHECKPOINT_CLAIM_BITS: u32 = 34;
@@ -72,6 +72,8 @@ pub struct Checkpoint {
     pub evaluations: Vec<FederatedMetrics>,
     /// Whether the final evaluation round has run.
     pub final_evaluated: bool,
+    /// Whether the opening label-prior round has set the head (or the run has none).
+    pub label_prior_applied: bool,
 }
 
 impl Checkpoint {
@@ -110,7 +112,7 @@ pub enum CheckpointFormatError {
 
 fn version_advice(found: u32, supported: u32) -> &'static str {
     if found < supported {
-        " (written by an older mpcl, before federated evaluation was checkpointed): finish that run with the build that started it, or start a new run"
+        " (written by an older mpcl, before the label-prior round was checkpointed): finish that run with the build that started it, or start a new run"
     } else {
         " (written by a newer mpcl): use that build"
     }
@@ -424,6 +426,7 @@ mod tests {
             privacy_ledger: None,
             evaluations: Vec::new(),
             final_evaluated: false,
+            label_prior_applied: true,
         }
     }
 

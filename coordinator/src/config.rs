@@ -12,6 +12,7 @@
 //! clients_per_round = 10
 //! min_clients_to_aggregate = 8
 //! round_deadline_secs = 600
+//! start_at_label_prior = true                     # round 0 sets the head at the label prior
 //!
 //! [training]
 //! local_epochs = 2
@@ -102,6 +103,12 @@ pub struct CoordinatorConfig {
     /// Seconds a round waits for its sampled clients before aggregating what arrived
     /// (default 600).
     pub round_deadline_secs: u64,
+    /// Open the run with a label-prior round (round 0, default on): every connected
+    /// participant sends only the label sums of its training data (under secure aggregation,
+    /// masked), and the head's logit offsets become `ln` of the summed prior, so that round 1
+    /// trains from a model that already predicts the label prior of all training data (the
+    /// simulations' arms start there too). Off, the head starts as the initial state has it.
+    pub start_at_label_prior: bool,
     /// How clients train locally.
     pub training: TrainingSettings,
     /// How updates are combined.
@@ -126,6 +133,7 @@ impl Default for CoordinatorConfig {
             min_clients_to_aggregate: 2,
             min_available_clients: None,
             round_deadline_secs: 600,
+            start_at_label_prior: true,
             training: TrainingSettings::default(),
             aggregation: AggregationConfig::default(),
             limits: UpdateLimits::default(),

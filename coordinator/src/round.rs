@@ -91,8 +91,11 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
-use mpcl_protocol::messages::{ClientUpdate, GlobalState, RunId, TrainingConfig};
+use mpcl_protocol::messages::{
+    ClientUpdate, GlobalState, LABEL_PRIOR_LOGITS, RoundKind, RunId, TrainingConfig,
+};
 use mpcl_protocol::secure_aggregation::SummedUpdate;
+use mpcl_protocol::vector::F32Vec;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -274,6 +277,13 @@ pub enum Action {
         required: usize,
         added: Vec<ParticipantId>,
     },
+    /// The opening round set the head at `prior`, the label prior of `samples` training samples
+    /// of `participants` participants; the new global state is [`Coordinator::global_state`].
+    LabelPriorSet {
+        participants: usize,
+        samples: u64,
+        prior: Vec<f32>,
+    },
     /// A round was aggregated; the new global state is [`Coordinator::global_state`].
     Aggregated {
         round: u64,
@@ -418,8 +428,9 @@ struct OpenRound {
     evaluators: BTreeSet<ParticipantId>,
     /// The exact totals of their reports.
     evaluation: EvaluationTotals,
-    /// The final evaluation round: nothing is aggregated.
-    evaluation_only: bool,
+    /// Training, the opening label-prior round or the final evaluation round (the last two
+    /// change no trained parameter and cost no privacy budget).
+    kind: RoundKind,
 }
 
 impl OpenRound {
@@ -465,6 +476,9 @@ pub struct Coordinator {
     evaluations: Vec<FederatedMetrics>,
     /// Whether the final evaluation round has been run (or there is none to run).
     final_evaluated: bool,
+    /// Whether the opening round has set the head at the aggregated label prior (or there is
+    /// none to run: `start_at_label_prior` is off).
+    label_prior_applied: bool,
 }
 
 /// Where the coordinator's differential-privacy noise comes from.
@@ -500,8 +514,12 @@ impl Coordinator {
     ) -> Result<Self, CoordinatorError> {
         config.validate()?;
         check_global_state(&initial)?;
+        if config.start_at_label_prior {
+            check_label_prior_logits(&initial)?;
+        }
         let config_toml = config.to_toml_string()?;
         let ledger = new_ledger(&config)?;
+        let config_start_at_label_prior = config.start_at_label_prior;
         Ok(Self {
             config,
             config_toml,
@@ -518,6 +536,7 @@ impl Coordinator {
             stop: None,
             evaluations: Vec::new(),
             final_evaluated: false,
+            label_prior_applied: !config_start_at_label_prior,
         })
     }
 
@@ -527,6 +546,10 @@ impl Coordinator {
     pub fn resume(checkpoint: Checkpoint) -> Result<Self, CoordinatorError> {
         let config = checkpoint.config()?;
         check_global_state(&checkpoint.global)?;
+        let label_prior_applied = checkpoint.label_prior_applied || !config.start_at_label_prior;
+        if !label_prior_applied {
+            check_label_prior_logits(&checkpoint.global)?;
+        }
         let parameters = checkpoint.global.parameters.value_count();
         if let Some(state) = &checkpoint.fedadam
             && (state.m.len() != parameters || state.v.len() != parameters)
@@ -610,6 +633,7 @@ impl Coordinator {
             stop: None,
             evaluations: checkpoint.evaluations,
             final_evaluated: checkpoint.final_evaluated,
+            label_prior_applied,
         })
     }
 
@@ -676,6 +700,7 @@ impl Coordinator {
             privacy_ledger: self.ledger.clone(),
             evaluations: self.evaluations.clone(),
             final_evaluated: self.final_evaluated,
+            label_prior_applied: self.label_prior_applied,
         }
     }
 
@@ -755,7 +780,17 @@ impl Coordinator {
     pub fn current_round(&self) -> u64 {
         match &self.phase {
             Phase::Collecting(open) => open.round,
-            _ => self.completed_rounds + 1,
+            _ => self.next_round(),
+        }
+    }
+
+    /// The number of the round to start next: 0 while the opening label-prior round is to
+    /// run, then `completed_rounds + 1`.
+    fn next_round(&self) -> u64 {
+        if self.label_prior_applied {
+            self.completed_rounds + 1
+        } else {
+            0
         }
     }
 
@@ -831,13 +866,8 @@ impl Coordinator {
                     });
                     if !already_sent {
                         let evaluate = open.evaluators.contains(&participant);
-                        let evaluation_only = open.evaluation_only;
-                        actions.push(self.send_round(
-                            participant,
-                            round,
-                            evaluate,
-                            evaluation_only,
-                        ));
+                        let kind = open.kind;
+                        actions.push(self.send_round(participant, round, evaluate, kind));
                     }
                     return;
                 }
@@ -855,11 +885,11 @@ impl Coordinator {
         participant: ParticipantId,
         round: u64,
         evaluate: bool,
-        evaluation_only: bool,
+        kind: RoundKind,
     ) -> Action {
         let mut config = training_config(&self.config, round, &participant);
         config.evaluate = evaluate;
-        config.evaluation_only = evaluation_only;
+        config.kind = kind;
         Action::SendRound {
             participant,
             round,
@@ -888,15 +918,23 @@ impl Coordinator {
         {
             return;
         }
-        let round = self.completed_rounds + 1;
-        let evaluation_only = self.final_evaluation_pending();
-        // The final evaluation asks everyone connected; it trains nothing.
-        let cohort = if evaluation_only {
-            self.connected.len()
+        let round = self.next_round();
+        let kind = if !self.label_prior_applied {
+            RoundKind::LabelPrior
+        } else if self.final_evaluation_pending() {
+            RoundKind::Evaluation
         } else {
-            self.config.cohort_size(self.connected.len())
+            RoundKind::Training
         };
-        if let (Some(ledger), false) = (&self.ledger, evaluation_only) {
+        // The label-prior and final evaluation rounds ask everyone connected; they train
+        // nothing.
+        let training = kind == RoundKind::Training;
+        let cohort = if training {
+            self.config.cohort_size(self.connected.len())
+        } else {
+            self.connected.len()
+        };
+        if let (Some(ledger), true) = (&self.ledger, training) {
             let rate = sampling_rate(cohort, self.connected.len());
             if let Err(LedgerError::BudgetExhausted(refused)) = ledger.peek_round(rate) {
                 self.stop_for_budget(refused, actions);
@@ -907,15 +945,16 @@ impl Coordinator {
         let mut rng = sampling_rng(self.config.seed, round, self.restarts, 0);
         let sampled: BTreeSet<ParticipantId> =
             sample(&mut rng, &candidates, cohort).into_iter().collect();
-        let evaluators = if self.evaluates_model_after(self.completed_rounds) {
-            evaluators(&self.config.evaluation, self.config.seed, round, &sampled)
-        } else {
-            BTreeSet::new()
-        };
+        let evaluators =
+            if kind != RoundKind::LabelPrior && self.evaluates_model_after(self.completed_rounds) {
+                evaluators(&self.config.evaluation, self.config.seed, round, &sampled)
+            } else {
+                BTreeSet::new()
+            };
         let deadline_at = now.saturating_add(self.config.round_deadline_ms());
         for participant in &sampled {
             let evaluate = evaluators.contains(participant);
-            actions.push(self.send_round(*participant, round, evaluate, evaluation_only));
+            actions.push(self.send_round(*participant, round, evaluate, kind));
         }
         actions.push(Action::SetDeadline {
             round,
@@ -924,7 +963,7 @@ impl Coordinator {
         self.phase = Phase::Collecting(Box::new(OpenRound {
             evaluators,
             evaluation: EvaluationTotals::default(),
-            evaluation_only,
+            kind,
             round,
             sampled,
             responded: BTreeSet::new(),
@@ -1236,12 +1275,12 @@ impl Coordinator {
             added: added.clone(),
         });
         let evaluates = open.evaluates();
-        let evaluation_only = open.evaluation_only;
+        let kind = open.kind;
         if evaluates {
             open.evaluators.extend(added.iter().copied());
         }
         for participant in added {
-            actions.push(self.send_round(participant, round, evaluates, evaluation_only));
+            actions.push(self.send_round(participant, round, evaluates, kind));
         }
         actions.push(Action::SetDeadline { round, at_ms });
     }
@@ -1264,7 +1303,11 @@ impl Coordinator {
         } else {
             None
         };
-        if open.evaluation_only {
+        if open.kind == RoundKind::LabelPrior {
+            self.apply_label_prior(now, open, actions);
+            return;
+        }
+        if open.kind == RoundKind::Evaluation {
             self.final_evaluated = true;
             if let Some(metrics) = evaluated {
                 self.record_evaluation(metrics, actions);
@@ -1387,6 +1430,42 @@ impl Coordinator {
                 return;
             }
         }
+        self.maybe_start_round(now, actions);
+    }
+
+    /// Ends the opening round: the head's logit offsets become `ln` of the label prior the
+    /// participants' label sums give (floored at 1e-6, as the model's own prior start), then
+    /// round 1 starts. Nothing else of the state changes: the co-occurrence memory is still the
+    /// initial one (round 1's statistics set it), and no privacy budget is spent, since no
+    /// trained parameter is released.
+    fn apply_label_prior(&mut self, now: Millis, open: OpenRound, actions: &mut Vec<Action>) {
+        let sums = open.aggregator.cooccurrence_total();
+        if sums.count <= 0.0 {
+            let error = "the label-prior round summed no labelled sample".to_string();
+            self.fail_round(now, open.round, error, actions);
+            return;
+        }
+        let prior = sums.label_prior();
+        let logits: Vec<f32> = prior.iter().map(|p| p.max(1e-6).ln()).collect();
+        let mut state = (*self.global).clone();
+        let tensor = state
+            .parameters
+            .tensors
+            .iter_mut()
+            .find(|t| t.name == LABEL_PRIOR_LOGITS)
+            .expect("Coordinator::new checked the label-prior logits");
+        tensor.values = F32Vec(logits);
+        self.global = Arc::new(state);
+        self.label_prior_applied = true;
+        self.restarts = 0;
+        actions.push(Action::LabelPriorSet {
+            participants: open.aggregator.accepted(),
+            samples: sums.count.round() as u64,
+            prior,
+        });
+        actions.push(Action::Persist {
+            checkpoint: Box::new(self.checkpoint()),
+        });
         self.maybe_start_round(now, actions);
     }
 
@@ -1528,7 +1607,7 @@ pub fn training_config(
         seed: training_seed(config.seed, round, participant),
         compression: t.compression,
         evaluate: false,
-        evaluation_only: false,
+        kind: RoundKind::Training,
     }
 }
 
@@ -1544,6 +1623,22 @@ pub fn training_seed(seed: u64, round: u64, participant: &ParticipantId) -> u64 
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     u64::from_le_bytes(first)
+}
+
+/// The state has the tensor the opening round sets ([`LABEL_PRIOR_LOGITS`]), one value per
+/// emotion.
+fn check_label_prior_logits(state: &GlobalState) -> Result<(), CoordinatorError> {
+    let emotions = state.cooccurrence.emotions;
+    match state.parameters.get(LABEL_PRIOR_LOGITS) {
+        Some(tensor) if tensor.values.len() == emotions => Ok(()),
+        Some(tensor) => Err(CoordinatorError::InvalidState(format!(
+            "`start_at_label_prior` needs the parameter `{LABEL_PRIOR_LOGITS}` to hold one value per emotion ({emotions}), it holds {}",
+            tensor.values.len()
+        ))),
+        None => Err(CoordinatorError::InvalidState(format!(
+            "`start_at_label_prior` needs a parameter named `{LABEL_PRIOR_LOGITS}` (the head's logit offsets) and the initial state has none; set `start_at_label_prior = false`"
+        ))),
+    }
 }
 
 fn check_global_state(state: &GlobalState) -> Result<(), CoordinatorError> {

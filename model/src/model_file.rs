@@ -425,27 +425,3 @@ pub fn local_run_id(config_text: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
-
-/// The label prior implied by co-occurrence statistics: row `i` of the summed outer products
-/// `l l^T` sums to `l_i` (labels sum to one), so the row sums over the count are the mean label,
-/// which a federation knows without any client revealing its own distribution.
-pub fn label_prior_from_cooccurrence(
-    statistics: &mpcl_protocol::CooccurrenceStatistics,
-) -> Vec<f32> {
-    let c = statistics.emotions;
-    if statistics.count <= 0.0 || c == 0 {
-        return vec![1.0 / c.max(1) as f32; c];
-    }
-    let rows: Vec<f64> = (0..c)
-        .map(|i| {
-            statistics.sum.0[i * c..(i + 1) * c]
-                .iter()
-                .map(|v| f64::from(*v))
-                .sum::<f64>()
-        })
-        .collect();
-    let total: f64 = rows.iter().sum();
-    rows.iter()
-        .map(|r| (r / total.max(f64::MIN_POSITIVE)) as f32)
-        .collect()
-}

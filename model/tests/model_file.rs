@@ -6,7 +6,6 @@ use anyhow::Result;
 use mpcl_model::data::{Dataset, Modality, ModalityGroup, Sample, Schema, Standardizer};
 use mpcl_model::model_file::{
     InputStandardisation, MODEL_FORMAT_VERSION, ModelFormatError, Provenance, SchemaMismatch,
-    label_prior_from_cooccurrence,
 };
 use mpcl_model::{Device, ModelConfig, ModelFile, ModelFileError, MpclModel, TrainOptions, train};
 use mpcl_protocol::CooccurrenceStatistics;
@@ -205,7 +204,7 @@ fn the_label_prior_follows_from_cooccurrence_statistics() {
     for sample in &data.samples {
         statistics.add_label(&sample.label);
     }
-    let derived = label_prior_from_cooccurrence(&statistics);
+    let derived = statistics.label_prior();
     for (a, b) in derived.iter().zip(data.label_prior()) {
         assert!((a - b).abs() < 1e-6, "{derived:?}");
     }

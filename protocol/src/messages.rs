@@ -111,11 +111,35 @@ pub struct TrainingConfig {
     /// extra round trip and travels signed, compressed and (under secure aggregation) masked
     /// with it.
     pub evaluate: bool,
+    /// What the round asks for: training, the opening label-prior round, or the final
+    /// evaluation.
+    pub kind: RoundKind,
+}
+
+/// The kinds of round a run is made of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoundKind {
+    /// Train from the received state and send the delta and the memory statistics.
+    #[default]
+    Training,
+    /// The opening round (numbered 0): train nothing; send a zero delta and only the label sums
+    /// of the local training data ([`CooccurrenceStatistics::of_label_sums`]). The coordinator
+    /// sets the head at the aggregated label prior ([`LABEL_PRIOR_LOGITS`]), so that the run
+    /// starts from a model that predicts the label prior of all training data, as the
+    /// simulations' centralized arm does.
+    LabelPrior,
     /// The run's final evaluation round: evaluate the received (last) global model and do not
     /// train; the update carries a zero delta and no statistics, and the coordinator keeps only
     /// the evaluation.
-    pub evaluation_only: bool,
+    Evaluation,
 }
+
+/// The name of the parameter tensor that holds the head's per-emotion logit offsets: with the
+/// head's weights at zero (an initial model "at a prior"), the model predicts
+/// `softmax(LABEL_PRIOR_LOGITS)` whatever its input, so the coordinator's opening round sets it to
+/// `ln(label prior)`. A contract between the model (which names its tensors) and the coordinator
+/// (which never sees the model): the model crate tests that its head bias has this name.
+pub const LABEL_PRIOR_LOGITS: &str = "head.emotion_bias";
 
 /// Metrics a client reports about its local training (never used for aggregation).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -435,7 +459,7 @@ mod tests {
             share_memories: true,
             compression: Compression::Int8,
             evaluate: false,
-            evaluation_only: false,
+            kind: RoundKind::Training,
         }
     }
 

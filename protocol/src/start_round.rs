@@ -135,7 +135,7 @@ mod tests {
             share_memories: true,
             compression: Compression::default(),
             evaluate: false,
-            evaluation_only: false,
+            kind: crate::messages::RoundKind::Training,
         }
     }
 

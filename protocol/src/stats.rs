@@ -151,6 +151,40 @@ impl CooccurrenceStatistics {
         self.count += 1.0;
     }
 
+    /// Statistics that carry only label sums (`sums[c]` = the label mass of emotion `c` over
+    /// `count` samples), as the diagonal of `sum`: what the opening label-prior round sends. Its
+    /// [`label_prior`](Self::label_prior) is that of full statistics over the same labels, and
+    /// it tells nothing about how emotions co-occur.
+    pub fn of_label_sums(sums: &[f32], count: f64) -> Self {
+        let mut statistics = Self::zeros(sums.len());
+        for (c, value) in sums.iter().enumerate() {
+            statistics.sum.0[c * sums.len() + c] = *value;
+        }
+        statistics.count = count;
+        statistics
+    }
+
+    /// The label prior the statistics imply: row `c` of `sum` totals the label mass of emotion
+    /// `c` (every label sums to 1), normalised to sum to 1; uniform when they hold no sample.
+    pub fn label_prior(&self) -> Vec<f32> {
+        let c = self.emotions;
+        if self.count <= 0.0 || c == 0 {
+            return vec![1.0 / c.max(1) as f32; c];
+        }
+        let rows: Vec<f64> = (0..c)
+            .map(|i| {
+                self.sum.0[i * c..(i + 1) * c]
+                    .iter()
+                    .map(|v| f64::from(*v))
+                    .sum::<f64>()
+            })
+            .collect();
+        let total: f64 = rows.iter().sum();
+        rows.iter()
+            .map(|r| (r / total.max(f64::MIN_POSITIVE)) as f32)
+            .collect()
+    }
+
     /// Checks lengths and values.
     pub fn validate(&self) -> Result<(), StatisticsError> {
         check_len(

@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use mpcl_coordinator::checkpoint::{Checkpoint, CheckpointError, previous_path, read_checkpoint};
 use mpcl_model::data::Schema;
-use mpcl_model::model_file::{InputStandardisation, Provenance, label_prior_from_cooccurrence};
+use mpcl_model::model_file::{InputStandardisation, Provenance};
 use mpcl_model::{Device, ModelConfig, ModelError, ModelFile};
 use thiserror::Error;
 
@@ -136,7 +136,7 @@ pub fn export_model(
     let file = ModelFile {
         schema: schema.clone(),
         config: config.clone(),
-        label_prior: label_prior_from_cooccurrence(&checkpoint.global.cooccurrence),
+        label_prior: checkpoint.global.cooccurrence.label_prior(),
         state: checkpoint.global,
         standardisation: InputStandardisation::per_subject_only(schema),
         provenance: Provenance {

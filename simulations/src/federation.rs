@@ -407,6 +407,7 @@ impl InProcessFederation {
                     | Action::RoundFailed { .. }
                     | Action::Stopped { .. }
                     | Action::Evaluated { .. }
+                    | Action::LabelPriorSet { .. }
                     | Action::PersistBest { .. }
                     | Action::Persist { .. } => {}
                 }

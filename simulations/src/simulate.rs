@@ -974,6 +974,9 @@ pub fn coordinator_config(
         // On only where every participant has a validation and a test part of its own (see
         // `ArmData::federated_evaluation_parts`).
         evaluation: EvaluationConfig::disabled(),
+        // Every arm's initial state already has its head at the pooled training label prior
+        // (the same prior a label-prior round would sum from the clients).
+        start_at_label_prior: false,
         ..CoordinatorConfig::default()
     };
     coordinator.training = config.training.clone();

@@ -114,11 +114,18 @@ pub fn model_config(run: &RunFile) -> anyhow::Result<ModelConfig> {
     serde_json::from_str(&run.model_config_json).context("invalid [model] section in the run file")
 }
 
-/// The run's initial model on the CPU, seeded with the run seed.
+/// The run's initial model on the CPU, seeded with the run seed. With `start_at_label_prior`
+/// its head starts at a (uniform) prior, zero weights, so that the opening round's logit offsets
+/// alone make it predict the participants' label prior.
 pub fn initial_model(run: &RunFile, schema: &Schema) -> anyhow::Result<MpclModel> {
     let config = model_config(run)?;
-    MpclModel::new(schema, &config, &Device::flex(), run.coordinator.seed)
-        .context("the [model] section does not fit the schema")
+    let mut model = MpclModel::new(schema, &config, &Device::flex(), run.coordinator.seed)
+        .context("the [model] section does not fit the schema")?;
+    if run.coordinator.start_at_label_prior {
+        let emotions = schema.emotion_count();
+        model.start_at_prior(&vec![1.0 / emotions as f32; emotions]);
+    }
+    Ok(model)
 }
 
 impl CoordinatorArgs {

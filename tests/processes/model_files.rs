@@ -199,6 +199,7 @@ fn a_federation_exports_a_model_that_evaluates_and_predicts() -> anyhow::Result<
 fn an_evaluating_federation_ends_with_a_final_table_and_a_best_model() -> anyhow::Result<()> {
     let spec = RunSpec {
         evaluation: true,
+        label_prior: true,
         ..RunSpec::all(3, 3)
     };
     let run = RunDir::new(&["a", "b", "c"], &spec)?;
@@ -247,6 +248,17 @@ fn an_evaluating_federation_ends_with_a_final_table_and_a_best_model() -> anyhow
     let rounds: Vec<u64> = checkpoint.evaluations.iter().map(|m| m.round).collect();
     assert_eq!(rounds, vec![0, 1, 2, 3]);
     assert!(checkpoint.final_evaluated);
+    // Round 0 set the head at the participants' label prior before round 1 (and is no line of
+    // rounds.jsonl).
+    assert!(checkpoint.label_prior_applied);
+    assert_eq!(
+        coordinator
+            .log_lines(&["round 0: the head starts at the label prior"])
+            .len(),
+        1,
+        "{}",
+        coordinator.log_text()
+    );
     let best = mpcl_coordinator::evaluation::best_round(&checkpoint.evaluations).unwrap();
 
     let table = std::fs::read_to_string(out.join("final.md"))?;

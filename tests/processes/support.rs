@@ -53,6 +53,10 @@ pub struct RunSpec {
     /// Federated evaluation (`[evaluation] enabled`): off in the protocol and fault tests, which
     /// count rounds and messages of training alone.
     pub evaluation: bool,
+    /// The opening label-prior round (`start_at_label_prior`): off here for the same reason
+    /// (and because `check_run` replays the training rounds from the initial model); it has
+    /// tests of its own.
+    pub label_prior: bool,
 }
 
 impl RunSpec {
@@ -66,6 +70,7 @@ impl RunSpec {
             deadline_secs: 60,
             finish_grace_secs: 3,
             evaluation: false,
+            label_prior: false,
         }
     }
 
@@ -78,6 +83,7 @@ clients_per_round = {per_round}
 min_clients_to_aggregate = {min}
 min_available_clients = {available}
 round_deadline_secs = {deadline}
+start_at_label_prior = {label_prior}
 schema = "synthetic"
 
 [training]
@@ -107,6 +113,7 @@ finish_grace_secs = {grace}
             deadline = self.deadline_secs,
             grace = self.finish_grace_secs,
             evaluation = self.evaluation,
+            label_prior = self.label_prior,
         )
     }
 }

@@ -124,12 +124,23 @@ impl Federation {
             .global_state()
     }
 
-    /// The global model `state` on every held-out sample (each subject's features standardised
-    /// with that subject's own training statistics, as its client would), and the label-prior
-    /// baseline (the mean training label of all clients) on the same samples.
-    pub fn evaluate(&self, state: &GlobalState) -> (DistributionMetrics, DistributionMetrics) {
-        let mut labels: Vec<Vec<f32>> = Vec::new();
-        let mut predictions: Vec<Vec<f32>> = Vec::new();
+    /// The mean training label of all clients (the pooled label prior).
+    pub fn training_label_prior(&self) -> Vec<f32> {
+        let mut prior = vec![0.0f64; self.schema.emotion_count()];
+        let mut n = 0.0;
+        for sample in self.train.iter().flat_map(|d| &d.samples) {
+            for (p, v) in prior.iter_mut().zip(&sample.label) {
+                *p += f64::from(*v);
+            }
+            n += 1.0;
+        }
+        prior.iter().map(|p| (p / n) as f32).collect()
+    }
+
+    /// The global model `state`'s predictions on each client's held-out samples, in order
+    /// (standardised with that client's own training statistics).
+    pub fn predict(&self, state: &GlobalState) -> Vec<Vec<f32>> {
+        let mut predictions = Vec::new();
         for (train, test) in self.train.iter().zip(&self.test) {
             let mut participant = Participant::new(
                 train,
@@ -139,18 +150,21 @@ impl Federation {
             )
             .expect("participant");
             predictions.extend(participant.predict_with(state, test).expect("predict"));
-            labels.extend(test.samples.iter().map(|s| s.label.clone()));
         }
-        let emotions = self.schema.emotion_count();
-        let mut prior = vec![0.0f64; emotions];
-        let mut n = 0.0;
-        for sample in self.train.iter().flat_map(|d| &d.samples) {
-            for (p, v) in prior.iter_mut().zip(&sample.label) {
-                *p += f64::from(*v);
-            }
-            n += 1.0;
-        }
-        let prior: Vec<f32> = prior.iter().map(|p| (p / n) as f32).collect();
+        predictions
+    }
+
+    /// The global model `state` on every held-out sample (each subject's features standardised
+    /// with that subject's own training statistics, as its client would), and the label-prior
+    /// baseline (the mean training label of all clients) on the same samples.
+    pub fn evaluate(&self, state: &GlobalState) -> (DistributionMetrics, DistributionMetrics) {
+        let predictions = self.predict(state);
+        let labels: Vec<Vec<f32>> = self
+            .test
+            .iter()
+            .flat_map(|test| test.samples.iter().map(|s| s.label.clone()))
+            .collect();
+        let prior = self.training_label_prior();
         let model = evaluate(
             labels
                 .iter()
@@ -168,6 +182,7 @@ impl Federation {
 pub fn run_config(rounds: u64, clients: usize) -> CoordinatorConfig {
     let mut config = CoordinatorConfig {
         evaluation: mpcl_coordinator::evaluation::EvaluationConfig::disabled(),
+        start_at_label_prior: false,
         name: "e2e".into(),
         seed: 7,
         rounds,

@@ -9,10 +9,11 @@ use mpcl_client::NodeOutcome;
 use mpcl_coordinator::Coordinator;
 use mpcl_coordinator::round_log::read_round_log;
 use mpcl_coordinator::server::ROUND_LOG_FILE;
-use mpcl_protocol::messages::{ClientUpdate, GlobalState};
+use mpcl_model::{Device, ModelConfig, MpclModel};
+use mpcl_protocol::messages::{ClientUpdate, GlobalState, RoundKind};
 use mpcl_tests::{
     Federation, Keys, accepted_updates, drain, expected_state, join, rounds_started, run_config,
-    start_nodes, start_server,
+    secure_run_config, start_nodes, start_server,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -221,6 +222,73 @@ async fn a_client_that_stalls_mid_round_is_outwaited_by_the_deadline() -> anyhow
             "round {} waited for the deadline",
             record.round
         );
+    }
+    Ok(())
+}
+
+/// Round 0 over QUIC, plain and under secure aggregation: every participant sends its label
+/// sums, and round 1 starts from a model that predicts the pooled training label prior of all
+/// participants (to 1e-5) whatever the input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_zero_starts_the_model_at_the_participants_label_prior() -> anyhow::Result<()> {
+    let federation = Federation::synthetic(3);
+    let prior = federation.training_label_prior();
+    for secure in [false, true] {
+        let keys = Keys::new(&["alice", "bob", "carol"]);
+        let out = tempfile::tempdir()?;
+        let mut config = if secure {
+            secure_run_config(1, 3)
+        } else {
+            run_config(1, 3)
+        };
+        config.start_at_label_prior = true;
+        let mut model =
+            MpclModel::new(&federation.schema, &ModelConfig::tiny(), &Device::flex(), 3)?;
+        let emotions = federation.schema.emotion_count();
+        model.start_at_prior(&vec![1.0 / emotions as f32; emotions]);
+        let coordinator = Coordinator::new(config, [4; 16], model.global_state())?;
+        let server = start_server(
+            coordinator,
+            &keys,
+            &federation.schema,
+            out.path(),
+            "127.0.0.1:0".parse()?,
+        )?;
+        let shutdown = CancellationToken::new();
+        let nodes = start_nodes(
+            server.addr,
+            &keys,
+            &keys.participants,
+            &federation.train,
+            &shutdown,
+        );
+        let mut started = Vec::new();
+        for mut node in nodes {
+            let outcome = join(node.task, Duration::from_secs(120), "node").await??;
+            assert_eq!(outcome, NodeOutcome::Finished { rounds: 1 });
+            started.push(rounds_started(&drain(&mut node.events)));
+        }
+        let outcome = join(server.task, Duration::from_secs(30), "coordinator").await??;
+        assert_eq!(
+            outcome.completed_rounds, 1,
+            "round 0 is not a training round"
+        );
+
+        for rounds in &started {
+            assert_eq!(rounds[&0].1.kind, RoundKind::LabelPrior);
+            assert_eq!(rounds[&1].1.kind, RoundKind::Training);
+        }
+        let after_round_zero = &started[0][&1].0;
+        let predictions = federation.predict(after_round_zero);
+        assert!(!predictions.is_empty());
+        for prediction in &predictions {
+            for (p, q) in prediction.iter().zip(&prior) {
+                ensure!(
+                    (p - q).abs() < 1e-5,
+                    "secure {secure}: predicted {prediction:?}, pooled training prior {prior:?}"
+                );
+            }
+        }
     }
     Ok(())
 }

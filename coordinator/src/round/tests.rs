@@ -10,6 +10,7 @@ use crate::config::AggregationRule;
 use crate::test_support::{RUN, global};
 
 mod evaluation;
+mod label_prior;
 mod privacy;
 
 /// A training-only run (federated evaluation has its own tests in `evaluation`).
@@ -22,6 +23,7 @@ fn config(rounds: u64, per_round: usize, min: usize, available: usize) -> Coordi
         min_available_clients: Some(available),
         round_deadline_secs: 60,
         evaluation: EvaluationConfig::disabled(),
+        start_at_label_prior: false,
         ..CoordinatorConfig::default()
     }
 }

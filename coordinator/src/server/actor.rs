@@ -697,6 +697,21 @@ impl Actor {
                     self.deadline = None;
                     self.end_session(&format!("round {round} was aggregated"));
                 }
+                Action::LabelPriorSet {
+                    participants,
+                    samples,
+                    prior,
+                } => {
+                    let prior: Vec<String> = prior.iter().map(|p| format!("{p:.4}")).collect();
+                    info!(
+                        participants,
+                        samples,
+                        prior = %prior.join(","),
+                        "round 0: the head starts at the label prior of the participants' training data"
+                    );
+                    self.deadline = None;
+                    self.end_session("round 0 set the label prior");
+                }
                 Action::RoundFailed { round, error } => {
                     error!(round, %error, "aggregation failed; the round starts again");
                     self.deadline = None;

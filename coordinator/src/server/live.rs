@@ -324,6 +324,7 @@ mod tests {
             rounds: 2,
             clients_per_round: Some(2),
             min_clients_to_aggregate: 2,
+            start_at_label_prior: false,
             ..CoordinatorConfig::default()
         };
         let mut coordinator = Coordinator::new(config, RUN, global()).unwrap();

@@ -325,3 +325,25 @@ fn a_head_at_the_prior_predicts_the_prior() {
         assert_close(row, &prior, "untrained prediction");
     }
 }
+
+#[test]
+fn the_coordinators_label_prior_logits_are_the_head_bias() {
+    // The coordinator's opening round writes ln(prior) into the tensor the protocol names; on
+    // a network whose head starts at a prior, that alone makes it predict the new prior.
+    let mut built = build(&config());
+    built.network.set_head_prior(&[1.0 / 3.0; 3]);
+    let prior = [0.5f32, 0.3, 0.2];
+    let mut parameters = crate::parameters::flatten_parameters(&built.network);
+    let logits = parameters
+        .tensors
+        .iter_mut()
+        .find(|t| t.name == mpcl_protocol::messages::LABEL_PRIOR_LOGITS)
+        .expect("the head bias has the name the protocol gives it");
+    assert_eq!(logits.values.len(), 3);
+    logits.values = mpcl_protocol::F32Vec(prior.iter().map(|p| p.ln()).collect());
+    let network = crate::parameters::load_parameters(built.network.clone(), &parameters).unwrap();
+    let output = network.forward(&built.inputs, &built.memories, &config());
+    for row in values(&output.log_probs.exp()).chunks(3) {
+        assert_close(row, &prior, "prediction after the label-prior round");
+    }
+}

@@ -94,6 +94,7 @@ fn run_config(clients: usize, rounds: u64) -> CoordinatorConfig {
     let mut config = CoordinatorConfig {
         // The protocol alone: no evaluation round, no held-out data.
         evaluation: mpcl_coordinator::evaluation::EvaluationConfig::disabled(),
+        start_at_label_prior: false,
         name: "load-test".into(),
         seed: SEED,
         rounds,

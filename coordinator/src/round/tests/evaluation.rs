@@ -72,9 +72,11 @@ fn every_model_is_evaluated_by_the_next_round_and_the_last_by_a_final_round() {
     let rounds: Vec<(u64, bool, bool)> = log
         .iter()
         .filter_map(|a| match a {
-            Action::SendRound { round, config, .. } => {
-                Some((*round, config.evaluate, config.evaluation_only))
-            }
+            Action::SendRound { round, config, .. } => Some((
+                *round,
+                config.evaluate,
+                config.kind == mpcl_protocol::messages::RoundKind::Evaluation,
+            )),
             _ => None,
         })
         .collect();
@@ -215,7 +217,7 @@ fn a_resumed_run_keeps_its_evaluations_and_still_runs_the_final_evaluation() {
     assert!(!resumed.is_finished());
     let started = connect_all(&mut resumed, 0, 2);
     assert!(started.iter().any(
-        |a| matches!(a, Action::SendRound { round: 3, config, .. } if config.evaluation_only)
+        |a| matches!(a, Action::SendRound { round: 3, config, .. } if config.kind == mpcl_protocol::messages::RoundKind::Evaluation)
     ));
     let log = answer_evaluating(&mut resumed, 0, started, false);
     assert!(matches!(log.last(), Some(Action::Finished { rounds: 2 })));
