@@ -165,15 +165,15 @@ def main():
     parser.add_argument("--commit", default=COMMIT, help=f"commit to read (default {COMMIT})")
     args = parser.parse_args()
 
+    manip = read_table(args.git_dir, args.commit, "Datasets/Manipulation_Check_Data.csv")
+    mouse = read_table(args.git_dir, args.commit, "Datasets/Aggregated_Mouse_Data.csv")
+
     if os.path.isdir(args.out_dir):
-        # Replace only this script's outputs; README.md and NOTICE.md stay.
+        # Replace only this script's outputs; README.md, NOTICE.md and LICENSE stay.
         for f in sorted(os.listdir(args.out_dir)):
             if f.endswith(".csv") or f == "schema.toml":
                 os.remove(os.path.join(args.out_dir, f))
     os.makedirs(args.out_dir, exist_ok=True)
-
-    manip = read_table(args.git_dir, args.commit, "Datasets/Manipulation_Check_Data.csv")
-    mouse = read_table(args.git_dir, args.commit, "Datasets/Aggregated_Mouse_Data.csv")
 
     participants = sorted({pid[:-3] for pid in manip} & {pid[:-3] for pid in mouse})
     only_manip = sorted({pid[:-3] for pid in manip} - {pid[:-3] for pid in mouse})

@@ -10,12 +10,16 @@
 //! inside the masked sum in [`EvaluationReport::to_values`]'s layout and the coordinator gets
 //! only the unmasked total, which [`EvaluationTotals::from_summed_values`] reads.
 
+use std::collections::BTreeMap;
+
 use mpcl_protocol::messages::EvaluationSplit;
 use mpcl_protocol::metrics::{DistributionMetrics, EvaluationReport, EvaluationReportError};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::exact_sum::{ExactSum, ExactSumError};
+use crate::prior_comparison::PriorComparison;
+use crate::round::ParticipantId;
 
 /// The `[evaluation]` settings of a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -127,11 +131,17 @@ pub enum EvaluationError {
     Range(#[from] ExactSumError),
 }
 
+/// Position of KL in [`DistributionMetrics::values`] order.
+const KL: usize = 3;
+
 /// The exact running total of one round's reports.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EvaluationTotals {
     sum: ExactSum,
     reports: usize,
+    /// Each participant's test `(sum of KL(model) - KL(prior), samples)`, by participant id,
+    /// for the interval over participants; empty when the reports arrived summed.
+    test_differences: BTreeMap<ParticipantId, (f64, usize)>,
 }
 
 impl Default for EvaluationTotals {
@@ -139,17 +149,29 @@ impl Default for EvaluationTotals {
         Self {
             sum: ExactSum::zeros(EvaluationReport::LEN),
             reports: 0,
+            test_differences: BTreeMap::new(),
         }
     }
 }
 
 impl EvaluationTotals {
-    /// Adds one participant's report (checked: finite, non-negative, whole counts).
-    pub fn add(&mut self, report: &EvaluationReport) -> Result<(), EvaluationError> {
+    /// Adds `participant`'s report (checked: finite, non-negative, whole counts).
+    pub fn add(
+        &mut self,
+        participant: ParticipantId,
+        report: &EvaluationReport,
+    ) -> Result<(), EvaluationError> {
         let values = report.to_values();
         EvaluationReport::from_values(&values)?;
         self.sum.add(values.iter().copied())?;
         self.reports += 1;
+        self.test_differences.insert(
+            participant,
+            (
+                report.test.sums[KL] - report.prior_test.sums[KL],
+                report.test.samples as usize,
+            ),
+        );
         Ok(())
     }
 
@@ -167,9 +189,16 @@ impl EvaluationTotals {
         self.reports
     }
 
-    /// The round's federated metrics.
+    /// The round's federated metrics. The interval over participants needs each one's own
+    /// report, so under secure aggregation (totals only) there is none, nor with fewer than two
+    /// participants; the bootstrap is seeded by the round and resamples in participant order,
+    /// so it does not depend on the order in which reports arrived.
     pub fn finish(&self, round: u64) -> Result<FederatedMetrics, EvaluationError> {
         let total = EvaluationReport::from_values(&self.sum.to_f64())?;
+        let groups: Vec<(f64, usize)> = self.test_differences.values().copied().collect();
+        let prior_comparison = (groups.iter().filter(|g| g.1 > 0).count() >= 2)
+            .then(|| PriorComparison::from_groups(&groups, round))
+            .flatten();
         Ok(FederatedMetrics {
             round,
             clients: self.reports,
@@ -177,6 +206,7 @@ impl EvaluationTotals {
             test: total.test.means(),
             prior_validation: total.prior_validation.means(),
             prior_test: total.prior_test.means(),
+            prior_comparison,
         })
     }
 }
@@ -192,6 +222,10 @@ pub struct FederatedMetrics {
     /// The label prior on the same validation and test samples.
     pub prior_validation: DistributionMetrics,
     pub prior_test: DistributionMetrics,
+    /// Test KL minus the prior's, with a 95% bootstrap interval over participants; `None` when
+    /// the coordinator saw only totals (secure aggregation) or fewer than two participants.
+    #[serde(default)]
+    pub prior_comparison: Option<PriorComparison>,
 }
 
 /// The best round: the lowest validation KL (the earliest among equals; rounds evaluated on no
@@ -207,22 +241,40 @@ pub fn best_round(history: &[FederatedMetrics]) -> Option<u64> {
         .map(|(round, _)| round)
 }
 
+/// One row of the final table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinalRow {
+    /// What the row is (`global model, last round (20)`, `label prior`).
+    pub name: String,
+    /// Its metrics on the evaluating participants' test parts.
+    pub test: DistributionMetrics,
+    /// Its test KL against the label prior on the same samples, with the interval over
+    /// participants (`None` for the prior itself, and see [`FederatedMetrics::prior_comparison`]).
+    pub prior_comparison: Option<PriorComparison>,
+}
+
 /// The rows of the final table: the global model at the last round and at the best round, and
 /// the label prior, each on the test parts (`None` when nothing was evaluated).
-pub fn final_rows(history: &[FederatedMetrics]) -> Option<Vec<(String, DistributionMetrics)>> {
+pub fn final_rows(history: &[FederatedMetrics]) -> Option<Vec<FinalRow>> {
     let last = history.iter().max_by_key(|m| m.round)?;
     let best_round = best_round(history)?;
     let best = history.iter().find(|m| m.round == best_round)?;
     Some(vec![
-        (
-            format!("global model, last round ({})", last.round),
-            last.test,
-        ),
-        (
-            format!("global model, best round ({best_round}, by validation KL)"),
-            best.test,
-        ),
-        ("label prior".to_string(), last.prior_test),
+        FinalRow {
+            name: format!("global model, last round ({})", last.round),
+            test: last.test,
+            prior_comparison: last.prior_comparison,
+        },
+        FinalRow {
+            name: format!("global model, best round ({best_round}, by validation KL)"),
+            test: best.test,
+            prior_comparison: best.prior_comparison,
+        },
+        FinalRow {
+            name: "label prior".to_string(),
+            test: last.prior_test,
+            prior_comparison: None,
+        },
     ])
 }
 
@@ -230,6 +282,10 @@ pub fn final_rows(history: &[FederatedMetrics]) -> Option<Vec<(String, Distribut
 mod tests {
     use super::*;
     use mpcl_protocol::metrics::MetricSums;
+
+    fn id(index: u64) -> ParticipantId {
+        ParticipantId::from_index(index)
+    }
 
     fn sums(kl: f64, samples: u64) -> MetricSums {
         MetricSums {
@@ -249,7 +305,9 @@ mod tests {
 
     fn round(number: u64, validation_kl: f64, test_kl: f64) -> FederatedMetrics {
         let mut totals = EvaluationTotals::default();
-        totals.add(&report(validation_kl, test_kl, 4)).unwrap();
+        totals
+            .add(id(0), &report(validation_kl, test_kl, 4))
+            .unwrap();
         totals.finish(number).unwrap()
     }
 
@@ -257,11 +315,11 @@ mod tests {
     fn totals_are_sample_weighted_and_order_independent() {
         let (a, b) = (report(0.2, 0.3, 2), report(0.5, 0.6, 6));
         let mut ab = EvaluationTotals::default();
-        ab.add(&a).unwrap();
-        ab.add(&b).unwrap();
+        ab.add(id(0), &a).unwrap();
+        ab.add(id(1), &b).unwrap();
         let mut ba = EvaluationTotals::default();
-        ba.add(&b).unwrap();
-        ba.add(&a).unwrap();
+        ba.add(id(1), &b).unwrap();
+        ba.add(id(0), &a).unwrap();
         let (m_ab, m_ba) = (ab.finish(3).unwrap(), ba.finish(3).unwrap());
         assert_eq!(m_ab, m_ba);
         assert_eq!(m_ab.clients, 2);
@@ -279,7 +337,7 @@ mod tests {
         assert!((m_secure.validation.kl - m_ab.validation.kl).abs() < 1e-15);
         let mut bad = report(0.2, 0.3, 2);
         bad.test.sums[0] = f64::INFINITY;
-        assert!(ab.add(&bad).is_err());
+        assert!(ab.add(id(2), &bad).is_err());
         assert_eq!(ab.reports(), 2, "a refused report adds nothing");
     }
 
@@ -295,11 +353,15 @@ mod tests {
         }
         assert_eq!(best_round(&corrupted), Some(2));
         let rows = final_rows(&history).unwrap();
-        assert_eq!(rows[0].0, "global model, last round (3)");
-        assert_eq!(rows[0].1, history[2].test);
-        assert_eq!(rows[1].0, "global model, best round (2, by validation KL)");
-        assert_eq!(rows[1].1, history[1].test);
-        assert_eq!(rows[2].1, history[2].prior_test);
+        assert_eq!(rows[0].name, "global model, last round (3)");
+        assert_eq!(rows[0].test, history[2].test);
+        assert_eq!(
+            rows[1].name,
+            "global model, best round (2, by validation KL)"
+        );
+        assert_eq!(rows[1].test, history[1].test);
+        assert_eq!(rows[2].test, history[2].prior_test);
+        assert_eq!(rows[2].prior_comparison, None);
         assert_eq!(final_rows(&[]), None);
     }
 

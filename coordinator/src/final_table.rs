@@ -3,15 +3,17 @@
 //! lowest federated validation KL, never chosen on test), beside the label prior, each on every
 //! evaluating participant's test part.
 //!
-//! The coordinator sees only totals (under secure aggregation it could not see more), so the
-//! table gives means over all evaluated samples, not a spread over participants or a bootstrap
-//! interval; `mpcl simulate`, which holds every prediction, reports those.
+//! Each metric is the mean over all evaluated samples. A model row also gives its test KL minus
+//! the label prior's with a 95% bootstrap interval over participants (resampling people, whose
+//! samples are not independent) and says in words whether it beats the prior. That interval
+//! needs each participant's own report: under secure aggregation the coordinator sees only the
+//! summed reports, so the table gives the point difference and says that no interval exists.
 
 use std::fmt::Write as _;
 
 use mpcl_protocol::metrics::DistributionMetrics;
 
-use crate::evaluation::{FederatedMetrics, final_rows};
+use crate::evaluation::{FederatedMetrics, FinalRow, final_rows};
 
 /// Output file of the Markdown table.
 pub const FINAL_MARKDOWN_FILE: &str = "final.md";
@@ -39,44 +41,69 @@ pub fn final_markdown(run_name: &str, history: &[FederatedMetrics]) -> Option<St
     );
     let _ = writeln!(
         out,
-        "| model | chebyshev ↓ | clark ↓ | canberra ↓ | kl ↓ | cosine ↑ | intersection ↑ | samples |"
+        "| model | chebyshev ↓ | clark ↓ | canberra ↓ | kl ↓ | cosine ↑ | intersection ↑ | samples | KL − prior [95% CI over participants] |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
-    for (name, m) in &rows {
-        let _ = write!(out, "| {name} |");
-        for value in m.values() {
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        let _ = write!(out, "| {} |", row.name);
+        for value in row.test.values() {
             let _ = write!(out, " {value:.4} |");
         }
-        let _ = writeln!(out, " {} |", m.samples);
+        let interval = row
+            .prior_comparison
+            .map_or_else(|| "—".to_string(), |c| c.interval_text());
+        let _ = writeln!(out, " {} | {interval} |", row.test.samples);
     }
-    let prior = &rows[2].1;
+    let prior = &rows[2].test;
     let _ = writeln!(out);
-    for (name, m) in &rows[..2] {
-        let difference = m.kl - prior.kl;
-        let verdict = if difference < 0.0 {
-            "lower (better) than"
-        } else {
-            "not lower than"
-        };
-        let _ = writeln!(
-            out,
-            "- {name}: KL {difference:+.4} against the label prior, {verdict} the prior."
-        );
+    for row in &rows[..2] {
+        let _ = writeln!(out, "- {}: {}", row.name, verdict(row, prior));
     }
     Some(out)
 }
 
-/// The final table as CSV: one row per model, the six metrics and the sample count.
+/// A model row's comparison with the label prior, in words.
+fn verdict(row: &FinalRow, prior: &DistributionMetrics) -> String {
+    match row.prior_comparison {
+        Some(c) => format!(
+            "KL {} against the label prior (95% bootstrap interval over {} participants): {}.",
+            c.interval_text(),
+            c.subjects,
+            c.verdict()
+        ),
+        None => {
+            let difference = row.test.kl - prior.kl;
+            let lower = if difference < 0.0 {
+                "lower (better) than"
+            } else {
+                "not lower than"
+            };
+            format!(
+                "KL {difference:+.4} against the label prior, {lower} the prior; no interval, because the coordinator saw only summed reports (secure aggregation) or fewer than two participants, so this is not evidence either way."
+            )
+        }
+    }
+}
+
+/// The final table as CSV: one row per model, the six metrics, the sample count and the KL
+/// difference to the prior with its interval (empty where there is none).
 pub fn final_csv(history: &[FederatedMetrics]) -> Option<String> {
     let rows = final_rows(history)?;
-    let mut out = format!("model,{},samples\n", METRIC_NAMES.join(","));
-    for (name, m) in &rows {
+    let mut out = format!(
+        "model,{},samples,kl_minus_prior,kl_minus_prior_low,kl_minus_prior_high\n",
+        METRIC_NAMES.join(",")
+    );
+    for row in &rows {
+        let interval = row.prior_comparison.map_or_else(
+            || ",,".to_string(),
+            |c| format!("{},{},{}", c.difference, c.low, c.high),
+        );
         let _ = writeln!(
             out,
-            "\"{}\",{},{}",
-            name.replace('"', "\"\""),
-            csv_values(m),
-            m.samples
+            "\"{}\",{},{},{interval}",
+            row.name.replace('"', "\"\""),
+            csv_values(&row.test),
+            row.test.samples
         );
     }
     Some(out)
@@ -93,6 +120,7 @@ fn csv_values(m: &DistributionMetrics) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prior_comparison::PriorComparison;
 
     fn metrics(round: u64, validation_kl: f64, test_kl: f64) -> FederatedMetrics {
         let m = |kl: f64| DistributionMetrics {
@@ -107,34 +135,47 @@ mod tests {
             test: m(test_kl),
             prior_validation: m(0.9),
             prior_test: m(0.8),
+            prior_comparison: None,
         }
     }
 
     #[test]
     fn the_table_shows_last_best_and_prior_and_says_which_beats_the_prior() {
-        let history = [
+        let mut history = [
             metrics(0, 1.0, 1.1),
             metrics(1, 0.5, 0.7),
             metrics(2, 0.6, 0.9),
         ];
+        // Round 1 was evaluated in plain (with an interval), round 2 under secure aggregation.
+        history[1].prior_comparison = Some(PriorComparison {
+            difference: -0.1,
+            low: -0.15,
+            high: -0.05,
+            subjects: 3,
+        });
         let md = final_markdown("demo", &history).unwrap();
         assert!(md.contains("| global model, last round (2) |"), "{md}");
         assert!(md.contains("| global model, best round (1, by validation KL) |"));
         assert!(md.contains("| label prior |"));
         assert!(md.contains(
-            "best round (1, by validation KL): KL -0.1000 against the label prior, lower"
+            "best round (1, by validation KL): KL -0.1000 [-0.1500, -0.0500] against the label prior (95% bootstrap interval over 3 participants): beats the label prior."
+        ), "{md}");
+        assert!(md.contains("| 12 | -0.1000 [-0.1500, -0.0500] |"), "{md}");
+        assert!(md.contains(
+            "last round (2): KL +0.1000 against the label prior, not lower than the prior; no interval"
         ));
-        assert!(md.contains("last round (2): KL +0.1000 against the label prior, not lower"));
         let csv = final_csv(&history).unwrap();
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 4);
         assert_eq!(
             lines[0],
-            "model,chebyshev,clark,canberra,kl,cosine,intersection,samples"
+            "model,chebyshev,clark,canberra,kl,cosine,intersection,samples,kl_minus_prior,kl_minus_prior_low,kl_minus_prior_high"
         );
         assert!(
             lines[2].starts_with("\"global model, best round (1, by validation KL)\",0,0,0,0.7,")
         );
+        assert!(lines[2].ends_with(",12,-0.1,-0.15,-0.05"), "{}", lines[2]);
+        assert!(lines[1].ends_with(",12,,,"), "{}", lines[1]);
         assert_eq!(final_markdown("demo", &[]), None);
     }
 }

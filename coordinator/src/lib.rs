@@ -12,6 +12,7 @@ pub mod config;
 pub mod evaluation;
 pub mod exact_sum;
 pub mod final_table;
+pub mod prior_comparison;
 pub mod privacy;
 pub mod round;
 pub mod round_log;

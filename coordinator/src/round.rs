@@ -1185,7 +1185,7 @@ impl Coordinator {
             Ok(()) => {
                 if let (Some(report), true) = (&update.evaluation, asked) {
                     open.evaluation
-                        .add(report)
+                        .add(participant, report)
                         .expect("validate_update checked the report");
                 }
                 open.contributors.push(ContributorSummary {

@@ -4,7 +4,7 @@
 use mpcl_model::metrics::{DistributionMetrics, METRIC_NAMES, evaluate};
 use serde::{Deserialize, Serialize};
 
-use crate::uncertainty::PriorComparison;
+use mpcl_coordinator::prior_comparison::PriorComparison;
 
 /// Named rows of metrics.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

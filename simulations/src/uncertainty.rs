@@ -1,52 +1,13 @@
-//! How sure a table can be that an arm beats the label prior: the mean per-sample KL difference
-//! to the prior, with a 95% bootstrap interval over *subjects* (samples of one subject are not
-//! independent, so subjects are what is resampled), and the verdict in words.
+//! An arm's predictions against the label prior's, grouped by subject for the bootstrap of
+//! [`PriorComparison`] (the rule every final table shares).
 
 use std::collections::BTreeMap;
 
+use mpcl_coordinator::prior_comparison::PriorComparison;
 use mpcl_model::metrics::pair_metrics;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
-
-/// Resamples of the bootstrap.
-pub const BOOTSTRAP_RESAMPLES: usize = 2000;
 
 /// Position of KL in [`pair_metrics`]'s array.
 const KL: usize = 3;
-
-/// An arm's KL minus the label prior's KL on the same samples.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PriorComparison {
-    /// Mean over every sample of `KL(arm) - KL(prior)` (negative: the arm is better).
-    pub difference: f64,
-    /// 2.5th percentile of the bootstrap over subjects.
-    pub low: f64,
-    /// 97.5th percentile.
-    pub high: f64,
-    pub subjects: usize,
-}
-
-impl PriorComparison {
-    /// The verdict in words.
-    pub fn verdict(&self) -> &'static str {
-        if self.high < 0.0 {
-            "beats the label prior"
-        } else if self.low > 0.0 {
-            "worse than the label prior"
-        } else {
-            "not distinguishable from the label prior"
-        }
-    }
-
-    /// `-0.0123 [-0.0200, -0.0050]`.
-    pub fn interval_text(&self) -> String {
-        format!(
-            "{:+.4} [{:+.4}, {:+.4}]",
-            self.difference, self.low, self.high
-        )
-    }
-}
 
 /// Compares `predictions` with `prior` (one prediction per sample each) on `labels`, resampling
 /// the subjects of `subjects` (one per sample). `None` for no samples.
@@ -69,28 +30,7 @@ pub fn compare_to_prior(
         entry.1 += 1;
     }
     let groups: Vec<(f64, usize)> = per_subject.into_values().collect();
-    let mean = |sum: f64, count: usize| sum / count.max(1) as f64;
-    let (total, count) = groups
-        .iter()
-        .fold((0.0, 0), |(s, n), (gs, gn)| (s + gs, n + gn));
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut means: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
-        .map(|_| {
-            let (s, n) = (0..groups.len()).fold((0.0, 0), |(s, n), _| {
-                let (gs, gn) = groups[rng.random_range(0..groups.len())];
-                (s + gs, n + gn)
-            });
-            mean(s, n)
-        })
-        .collect();
-    means.sort_by(f64::total_cmp);
-    let at = |q: f64| means[((means.len() - 1) as f64 * q).round() as usize];
-    Some(PriorComparison {
-        difference: mean(total, count),
-        low: at(0.025),
-        high: at(0.975),
-        subjects: groups.len(),
-    })
+    PriorComparison::from_groups(&groups, seed)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use mpcl_coordinator::TrainingSettings;
 use mpcl_simulations::ablate::{AblationConfig, Variant, markdown, run_ablation};
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::output_dir::{Staging, ablation_outputs};
+use mpcl_simulations::selection::SelectionSettings;
 use mpcl_simulations::simulate::{Arm, SimulationConfig};
 
 /// Run the full MPCL network and each ablation (one component bypassed) on identical splits,
@@ -46,6 +47,11 @@ pub struct AblateArgs {
     /// Learning rate.
     #[arg(long, default_value_t = TrainingSettings::default().learning_rate)]
     learning_rate: f64,
+    /// Part of each partition's training data held out to choose each variant's reported round,
+    /// as for `mpcl simulate` (0 reports the last round: needed where a subject has too few
+    /// trials to spare one, such as two blocks per subject).
+    #[arg(long, default_value_t = SelectionSettings::default().validation_fraction)]
+    validation_fraction: f64,
     /// Use a seeded sample of this many subjects.
     #[arg(long)]
     subjects: Option<usize>,
@@ -80,6 +86,10 @@ impl AblateArgs {
                     ..TrainingSettings::default()
                 },
                 seed: self.seed,
+                selection: SelectionSettings {
+                    validation_fraction: self.validation_fraction,
+                    ..SelectionSettings::default()
+                },
                 ..SimulationConfig::default()
             },
             arm: self.arm,

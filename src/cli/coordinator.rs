@@ -309,10 +309,18 @@ fn round_line(round: &mpcl_coordinator::server::AggregatedRound, total: u64) -> 
 
 /// The stdout line of one evaluated global model.
 fn evaluation_line(m: &FederatedMetrics) -> String {
-    format!(
+    let mut line = format!(
         "model after round {} evaluated by {} participant(s): validation KL {:.4}, test KL {:.4} (label prior {:.4}) on {} test samples",
         m.round, m.clients, m.validation.kl, m.test.kl, m.prior_test.kl, m.test.samples
-    )
+    );
+    if let Some(c) = &m.prior_comparison {
+        line.push_str(&format!(
+            "; KL − prior {} over participants: {}",
+            c.interval_text(),
+            c.verdict()
+        ));
+    }
+    line
 }
 
 fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -249,7 +249,9 @@ fn under_secure_aggregation_the_reports_arrive_only_as_a_total() {
     for participant in &cohort {
         let mut update = client_update(&g, 1, *participant);
         update.evaluation = Some(report(&g, *participant));
-        plain.add(update.evaluation.as_ref().unwrap()).unwrap();
+        plain
+            .add(*participant, update.evaluation.as_ref().unwrap())
+            .unwrap();
         let input = plan
             .prepare_input(&update, &mut crate::privacy::seeded_noise_rng(0))
             .unwrap();
@@ -272,4 +274,7 @@ fn under_secure_aggregation_the_reports_arrive_only_as_a_total() {
         assert!((a - b).abs() < 1e-4, "{a} vs {b}");
     }
     assert!((secure.validation.kl - exact.validation.kl).abs() < 1e-4);
+    // Only totals under secure aggregation: no interval over participants can be made.
+    assert!(exact.prior_comparison.is_some());
+    assert_eq!(secure.prior_comparison, None);
 }
