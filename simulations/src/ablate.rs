@@ -324,9 +324,14 @@ pub fn markdown(config: &AblationConfig, result: &AblationResult) -> String {
     } else {
         "one seed; ± is the sd over folds where there are several".to_string()
     };
+    let selection = if base.selection.validation_fraction > 0.0 {
+        "every model chosen on validation KL"
+    } else {
+        "no validation part: every model is its last round"
+    };
     format!(
-        "Ablation on {}, {}, arm `{}`, {} rounds x {} local epochs, {spread}; every model \
-         chosen on validation KL; {:.1} s\n\n{}",
+        "Ablation on {}, {}, arm `{}`, {} rounds x {} local epochs, {spread}; {selection}; \
+         {:.1} s\n\n{}",
         base.dataset,
         base.protocol,
         config.arm.name(),

@@ -18,7 +18,7 @@ use mpcl_simulations::simulate::{Arm, SimulationConfig};
 /// Variants: full, no-memory-fusion (token mean instead of associative memory fusion),
 /// one-scale, no-cross-modal (memory keys from the slots only), no-prototypes,
 /// no-distillation, no-cooccurrence-retrieval (O = V), no-z-path. Every model is the round
-/// chosen on validation KL, never on test data.
+/// chosen on validation KL, never on test data (the last round with --validation-fraction 0).
 #[derive(Debug, Args)]
 pub struct AblateArgs {
     /// Dataset: `synthetic` (seeded, in DMER's layout: EEG, GSR and PPG physiological, a face

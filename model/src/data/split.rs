@@ -51,6 +51,12 @@ pub enum SplitError {
         "dataset `{0}`: no subject has at least 2 trials, so a subject-dependent split is impossible"
     )]
     TooFewTrials(String),
+    /// After the test trials are taken, no subject has two training trials, so no validation
+    /// trial can be held out without emptying a subject's training part.
+    #[error(
+        "dataset `{0}`: after the test split no subject has 2 training trials, so no validation trial can be held out (a validation fraction of 0 reports the last round instead)"
+    )]
+    NoValidationTrial(String),
     /// Fewer subjects than the protocol needs.
     #[error("dataset `{dataset}` has {subjects} subject(s); {protocol} needs at least {needed}")]
     TooFewSubjects {
@@ -352,7 +358,10 @@ pub fn validation_trials(
     fraction: f64,
     seed: u64,
 ) -> Result<(Vec<usize>, Vec<usize>), SplitError> {
-    let inner = subject_dependent(&dataset.subset(train), fraction, seed)?;
+    let inner = subject_dependent(&dataset.subset(train), fraction, seed).map_err(|e| match e {
+        SplitError::TooFewTrials(name) => SplitError::NoValidationTrial(name),
+        other => other,
+    })?;
     Ok((
         inner.train.iter().map(|&i| train[i]).collect(),
         inner.test.iter().map(|&i| train[i]).collect(),
@@ -477,6 +486,12 @@ mod tests {
             subject_dependent(&dataset(&[1, 1, 1], 5), 0.5, 1),
             Err(SplitError::TooFewTrials(_))
         ));
+        // Two trials per subject: one goes to test, and the one left cannot be split again.
+        let two = dataset(&[2, 2], 1);
+        let split = subject_dependent(&two, 0.25, 1).unwrap();
+        let error = validation_trials(&two, &split.train, 0.2, 1).unwrap_err();
+        assert!(matches!(error, SplitError::NoValidationTrial(_)), "{error}");
+        assert!(error.to_string().contains("validation fraction of 0"));
     }
 
     #[test]
