@@ -42,9 +42,12 @@
 //! [`FederatedMetrics`] ([`Action::Evaluated`]). A model with a new lowest validation KL is
 //! handed out once more as [`Action::PersistBest`], so the driver keeps the best global state
 //! beside the latest; test metrics never take part in that choice. After the last training
-//! round one **evaluation-only round** (numbered `rounds + 1`; [`TrainingConfig::evaluation_only`])
-//! asks every connected participant to evaluate the final model; its updates change nothing, it
-//! does not count against the privacy budget, and [`Action::Finished`] follows it.
+//! round one **evaluation-only round** (numbered `rounds + 1`; [`RoundKind::Evaluation`]) asks
+//! every connected participant to evaluate the final model; its updates change nothing, it does not
+//! count against the privacy budget, and [`Action::Finished`] follows it. Symmetrically, with
+//! `start_at_label_prior` a **round 0** ([`RoundKind::LabelPrior`]) first collects every connected
+//! participant's training label sums and sets the head's logit offsets to the summed prior
+//! ([`Action::LabelPriorSet`]), so round 1 trains from a model that predicts it.
 //!
 //! A participant that disconnects mid-round simply stops counting as pending (its already
 //! accepted update still counts); if it reconnects and asks for work while the round it was

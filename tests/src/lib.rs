@@ -356,6 +356,45 @@ pub fn start_nodes(
         .collect()
 }
 
+/// Runs `coordinator` on loopback with one node per participant of `keys`, each training on
+/// `federation`'s data at the same position, until every node has finished `rounds` training
+/// rounds and the server has stopped. Returns each node's events, in participant order, and
+/// the server's outcome.
+pub async fn run_federation(
+    coordinator: Coordinator,
+    keys: &Keys,
+    federation: &Federation,
+    out_dir: &Path,
+    rounds: u64,
+) -> anyhow::Result<(Vec<Vec<NodeEvent>>, ServerOutcome)> {
+    let server = start_server(
+        coordinator,
+        keys,
+        &federation.schema,
+        out_dir,
+        "127.0.0.1:0".parse()?,
+    )?;
+    let shutdown = CancellationToken::new();
+    let nodes = start_nodes(
+        server.addr,
+        keys,
+        &keys.participants,
+        &federation.train,
+        &shutdown,
+    );
+    let mut events = Vec::new();
+    for mut node in nodes {
+        let outcome = join(node.task, Duration::from_secs(120), "node").await??;
+        anyhow::ensure!(
+            outcome == NodeOutcome::Finished { rounds },
+            "a node ended with {outcome:?}, not after {rounds} rounds"
+        );
+        events.push(drain(&mut node.events));
+    }
+    let outcome = join(server.task, Duration::from_secs(30), "coordinator").await??;
+    Ok((events, outcome))
+}
+
 /// Everything a node reported, once it has stopped.
 pub fn drain(events: &mut UnboundedReceiver<NodeEvent>) -> Vec<NodeEvent> {
     let mut all = Vec::new();

@@ -3,19 +3,12 @@
 //! decompresses them on receipt and aggregates exactly what the nodes meant to send (their
 //! decompressed deltas, which they report in their events). Uploads shrink accordingly.
 
-use std::time::Duration;
-
 use anyhow::Context;
-use mpcl_client::NodeOutcome;
 use mpcl_coordinator::Coordinator;
 use mpcl_coordinator::round_log::read_round_log;
 use mpcl_coordinator::server::ROUND_LOG_FILE;
 use mpcl_protocol::Compression;
-use mpcl_tests::{
-    Federation, Keys, accepted_updates, drain, join, rounds_started, run_config, start_nodes,
-    start_server,
-};
-use tokio_util::sync::CancellationToken;
+use mpcl_tests::{Federation, Keys, accepted_updates, rounds_started, run_config, run_federation};
 
 const ROUNDS: u64 = 2;
 
@@ -29,28 +22,8 @@ async fn int8_updates_are_decompressed_and_aggregated_over_quic() -> anyhow::Res
     let initial = federation.initial_state(config.seed);
     let parameters = initial.parameters.value_count();
     let coordinator = Coordinator::new(config, [4; 16], initial)?;
-    let server = start_server(
-        coordinator,
-        &keys,
-        &federation.schema,
-        out.path(),
-        "127.0.0.1:0".parse()?,
-    )?;
-    let shutdown = CancellationToken::new();
-    let nodes = start_nodes(
-        server.addr,
-        &keys,
-        &keys.participants,
-        &federation.train,
-        &shutdown,
-    );
-    let mut events = Vec::new();
-    for mut node in nodes {
-        let outcome = join(node.task, Duration::from_secs(120), "node").await??;
-        assert_eq!(outcome, NodeOutcome::Finished { rounds: ROUNDS });
-        events.push(drain(&mut node.events));
-    }
-    let outcome = join(server.task, Duration::from_secs(30), "coordinator").await??;
+    let (events, outcome) =
+        run_federation(coordinator, &keys, &federation, out.path(), ROUNDS).await?;
     assert!(outcome.finished);
 
     let started: Vec<_> = events.iter().map(|e| rounds_started(e)).collect();

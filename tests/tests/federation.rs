@@ -12,8 +12,8 @@ use mpcl_coordinator::server::ROUND_LOG_FILE;
 use mpcl_model::{Device, ModelConfig, MpclModel};
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, RoundKind};
 use mpcl_tests::{
-    Federation, Keys, accepted_updates, drain, expected_state, join, rounds_started, run_config,
-    secure_run_config, start_nodes, start_server,
+    Federation, Keys, accepted_updates, expected_state, join, rounds_started, run_config,
+    run_federation, secure_run_config, start_nodes, start_server,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -41,30 +41,8 @@ async fn three_clients_improve_the_global_model_and_aggregate_exactly() -> anyho
     let blend = config.aggregation.prototype_blend;
     let initial = federation.initial_state(config.seed);
     let coordinator = Coordinator::new(config, [3; 16], initial.clone())?;
-    let server = start_server(
-        coordinator,
-        &keys,
-        &federation.schema,
-        out.path(),
-        "127.0.0.1:0".parse()?,
-    )?;
-
-    let shutdown = CancellationToken::new();
-    let nodes = start_nodes(
-        server.addr,
-        &keys,
-        &keys.participants,
-        &federation.train,
-        &shutdown,
-    );
-
-    let mut events = Vec::new();
-    for mut node in nodes {
-        let outcome = join(node.task, Duration::from_secs(120), "node").await??;
-        assert_eq!(outcome, NodeOutcome::Finished { rounds: ROUNDS });
-        events.push(drain(&mut node.events));
-    }
-    let outcome = join(server.task, Duration::from_secs(30), "coordinator").await??;
+    let (events, outcome) =
+        run_federation(coordinator, &keys, &federation, out.path(), ROUNDS).await?;
     assert!(outcome.finished);
     assert_eq!(outcome.completed_rounds, ROUNDS);
     let run_seconds = started.elapsed().as_secs_f64();
@@ -247,28 +225,9 @@ async fn round_zero_starts_the_model_at_the_participants_label_prior() -> anyhow
         let emotions = federation.schema.emotion_count();
         model.start_at_prior(&vec![1.0 / emotions as f32; emotions]);
         let coordinator = Coordinator::new(config, [4; 16], model.global_state())?;
-        let server = start_server(
-            coordinator,
-            &keys,
-            &federation.schema,
-            out.path(),
-            "127.0.0.1:0".parse()?,
-        )?;
-        let shutdown = CancellationToken::new();
-        let nodes = start_nodes(
-            server.addr,
-            &keys,
-            &keys.participants,
-            &federation.train,
-            &shutdown,
-        );
-        let mut started = Vec::new();
-        for mut node in nodes {
-            let outcome = join(node.task, Duration::from_secs(120), "node").await??;
-            assert_eq!(outcome, NodeOutcome::Finished { rounds: 1 });
-            started.push(rounds_started(&drain(&mut node.events)));
-        }
-        let outcome = join(server.task, Duration::from_secs(30), "coordinator").await??;
+        let (events, outcome) =
+            run_federation(coordinator, &keys, &federation, out.path(), 1).await?;
+        let started: Vec<_> = events.iter().map(|e| rounds_started(e)).collect();
         assert_eq!(
             outcome.completed_rounds, 1,
             "round 0 is not a training round"
