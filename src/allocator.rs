@@ -2,10 +2,10 @@
 //!
 //! Training allocates and frees tensors of a few hundred KiB to a few MiB on every step. glibc's
 //! malloc serves each of those with its own `mmap` (above `M_MMAP_THRESHOLD`) and unmaps it when
-//! freed, so the next step faults every page back in: about 160,000 page faults and a sixth of
-//! the CPU time in `mpcl bench --only throughput`. Raising the mmap and trim thresholds keeps
-//! freed buffers in the heap for reuse: 17x fewer faults, system time from about 0.45 s to
-//! 0.03 s, the same peak memory (NOTES.md, session 5). mimalloc did less (system time 0.19 s)
+//! freed, so the next step faults every page back in: about 175,000 page faults and 0.5 s of
+//! system time (about a seventh of the CPU) in `mpcl bench --only throughput`. Raising the mmap
+//! and trim thresholds keeps freed buffers in the heap for reuse: 17x fewer faults, system time
+//! about 0.04 s, the same peak memory (NOTES.md, session 5). mimalloc did less (system time 0.19 s)
 //! and doubled the peak memory. Other platforms keep their allocator's defaults.
 
 /// Largest allocation still served from the heap rather than by its own `mmap`.

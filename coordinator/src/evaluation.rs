@@ -131,9 +131,6 @@ pub enum EvaluationError {
     Range(#[from] ExactSumError),
 }
 
-/// Position of KL in [`DistributionMetrics::values`] order.
-const KL: usize = 3;
-
 /// The exact running total of one round's reports.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EvaluationTotals {
@@ -168,7 +165,8 @@ impl EvaluationTotals {
         self.test_differences.insert(
             participant,
             (
-                report.test.sums[KL] - report.prior_test.sums[KL],
+                report.test.sums[DistributionMetrics::KL]
+                    - report.prior_test.sums[DistributionMetrics::KL],
                 report.test.samples as usize,
             ),
         );
@@ -195,10 +193,17 @@ impl EvaluationTotals {
     /// so it does not depend on the order in which reports arrived.
     pub fn finish(&self, round: u64) -> Result<FederatedMetrics, EvaluationError> {
         let total = EvaluationReport::from_values(&self.sum.to_f64())?;
-        let groups: Vec<(f64, usize)> = self.test_differences.values().copied().collect();
-        let prior_comparison = (groups.iter().filter(|g| g.1 > 0).count() >= 2)
-            .then(|| PriorComparison::from_groups(&groups, round))
-            .flatten();
+        let groups: Vec<(f64, usize)> = self
+            .test_differences
+            .values()
+            .copied()
+            .filter(|&(_, samples)| samples > 0)
+            .collect();
+        let prior_comparison = if groups.len() >= 2 {
+            PriorComparison::from_groups(&groups, round)
+        } else {
+            None
+        };
         Ok(FederatedMetrics {
             round,
             clients: self.reports,

@@ -30,6 +30,10 @@ pub struct DistributionMetrics {
 }
 
 impl DistributionMetrics {
+    /// Position of KL in table order: in [`Self::values`], [`MetricSums::sums`] and
+    /// `mpcl_model::metrics::pair_metrics`.
+    pub const KL: usize = 3;
+
     /// The six values in table order.
     pub fn values(&self) -> [f64; 6] {
         [

@@ -4,10 +4,7 @@
 use std::collections::BTreeMap;
 
 use mpcl_coordinator::prior_comparison::PriorComparison;
-use mpcl_model::metrics::pair_metrics;
-
-/// Position of KL in [`pair_metrics`]'s array.
-const KL: usize = 3;
+use mpcl_model::metrics::{DistributionMetrics, pair_metrics};
 
 /// Compares `predictions` with `prior` (one prediction per sample each) on `labels`, resampling
 /// the subjects of `subjects` (one per sample). `None` for no samples.
@@ -24,7 +21,8 @@ pub fn compare_to_prior(
     // Per subject: sum of differences and sample count.
     let mut per_subject: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
     for (((label, p), q), subject) in labels.iter().zip(predictions).zip(prior).zip(subjects) {
-        let difference = pair_metrics(label, p)[KL] - pair_metrics(label, q)[KL];
+        let kl = |prediction: &[f32]| pair_metrics(label, prediction)[DistributionMetrics::KL];
+        let difference = kl(p) - kl(q);
         let entry = per_subject.entry(subject).or_default();
         entry.0 += difference;
         entry.1 += 1;
