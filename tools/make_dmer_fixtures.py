@@ -2,7 +2,7 @@
 """Write small DMER-layout MAT v5 files with scipy, so that the Rust reader is tested on files an
 independent tool wrote (never only on files its own code wrote).
 
-Usage: python tools/make_dmer_fixtures.py [OUT_DIR]   (default: model/tests/fixtures)
+Usage: python tools/make_dmer_fixtures.py [OUT_DIR]   (default: data/tests/fixtures)
 Needs: numpy, scipy (pip install numpy scipy).
 
 Writes

@@ -3,10 +3,10 @@
 same inputs, written as JSON for the Rust tests to compare against.
 
 Usage: python tools/make_feature_references.py [OUT]
-       (default: model/tests/fixtures/features/reference.json)
+       (default: data/tests/fixtures/features/reference.json)
 Needs: numpy, scipy (pip install numpy scipy).
 
-Definitions (as documented in model/src/data/features.rs):
+Definitions (as documented in data/src/features.rs):
 - Differential entropy per band: band-pass by zeroing every FFT bin with |f| outside [lo, hi),
   inverse FFT, DE = 0.5 ln(2 pi e var) of the result (variance floored at 1e-12). Here the
   band-passed signal is built explicitly with numpy's ifft; the Rust side uses Parseval instead.

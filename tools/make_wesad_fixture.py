@@ -3,7 +3,7 @@
 Rust reader is tested on files an independent tool wrote, plus `expected.json` with numbers
 computed here by numpy from the very text written (window counts, labels, a few features).
 
-Usage: python tools/make_wesad_fixture.py [OUT_DIR]   (default: model/tests/fixtures/wesad)
+Usage: python tools/make_wesad_fixture.py [OUT_DIR]   (default: data/tests/fixtures/wesad)
 Needs: numpy (pip install numpy).
 
 Layout written (as in WESAD; `S97` is a made-up subject):

@@ -4,7 +4,7 @@
 //! for the wire; download bytes are the round's global state and training config.
 
 use mpcl_coordinator::TrainingSettings;
-use mpcl_model::ModelConfig;
+use mpcl_data::ModelConfig;
 use mpcl_protocol::Compression;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::simulate::{Arm, SimulationConfig, run_simulation};

@@ -10,7 +10,7 @@ use std::process::Command;
 use mpcl_coordinator::{
     Action, Coordinator, CoordinatorConfig, Event, ParticipantId, TrainingSettings,
 };
-use mpcl_model::ModelConfig;
+use mpcl_data::ModelConfig;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::simulate::{Arm, SimulationConfig, run_simulation};
 use mpcl_simulations::synthetic::SyntheticConfig;

@@ -24,7 +24,8 @@ use mpcl_client::{
 };
 use mpcl_coordinator::server::{NetworkSettings, Server, ServerSetup};
 use mpcl_coordinator::{Coordinator, CoordinatorConfig, RoundRecord};
-use mpcl_model::{Device, ModelConfig, MpclModel};
+use mpcl_data::ModelConfig;
+use mpcl_model::{Device, MpclModel};
 use mpcl_protocol::identity::Participant as Enrolled;
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, LocalMetrics, RunId, TrainingConfig};
 use mpcl_protocol::{
@@ -236,8 +237,8 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
             )
             .map_err(|e| BenchError::setup("identity", e))?,
             enrolment,
-            model_config_json: serde_json::to_string(&model).expect("serialisable"),
-            schema_json: serde_json::to_string(&data.schema).expect("serialisable"),
+            model_config: model.clone(),
+            schema: data.schema.clone(),
             network: NetworkSettings {
                 finish_grace_secs: 1.0,
                 ..NetworkSettings::default()

@@ -25,7 +25,8 @@ pub mod twin;
 
 use std::path::{Path, PathBuf};
 
-use mpcl_model::{DeviceChoice, ModelConfig};
+use mpcl_data::ModelConfig;
+use mpcl_model::DeviceChoice;
 use mpcl_protocol::Compression;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;

@@ -13,7 +13,8 @@ use std::time::Duration;
 use mpcl_client::{Node, NodeConfig, NodeEvent, SessionConfig, UpdateOutcome};
 use mpcl_coordinator::server::{NetworkSettings, Server, ServerSetup};
 use mpcl_coordinator::{Coordinator, CoordinatorConfig, RoundRecord};
-use mpcl_model::{Device, ModelConfig, MpclModel};
+use mpcl_data::ModelConfig;
+use mpcl_model::{Device, MpclModel};
 use mpcl_protocol::identity::Participant as Enrolled;
 use mpcl_protocol::{Compression, Enrolment, NodeIdentity, SigningKey};
 use mpcl_simulations::synthetic::{SyntheticConfig, generate};
@@ -130,8 +131,8 @@ async fn run(
         )
         .map_err(|e| BenchError::setup("identity", e))?,
         enrolment,
-        model_config_json: serde_json::to_string(&model).expect("serialisable"),
-        schema_json: serde_json::to_string(&data.schema).expect("serialisable"),
+        model_config: model.clone(),
+        schema: data.schema.clone(),
         network: NetworkSettings {
             poll_interval_ms,
             finish_grace_secs: 1.0,

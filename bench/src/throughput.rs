@@ -5,8 +5,9 @@
 //! process's CPU time over the epoch (every thread: burn's own worker threads count), the
 //! figure the PyTorch twin of the network reports too ([`crate::twin`]).
 
-use mpcl_model::data::Standardizer;
-use mpcl_model::{DeviceChoice, ModelConfig, MpclModel, TensorDataset, TrainOptions, train};
+use mpcl_data::ModelConfig;
+use mpcl_data::Standardizer;
+use mpcl_model::{DeviceChoice, MpclModel, TensorDataset, TrainOptions, train};
 use mpcl_simulations::synthetic::{SyntheticConfig, generate};
 use serde::{Deserialize, Serialize};
 

@@ -7,8 +7,8 @@
 //! The validation part is carved from the training trials and serves only to choose the best
 //! round; the test part is never trained on and never chooses anything.
 
-use mpcl_model::data::split::{SplitError, subject_dependent};
-use mpcl_model::data::{Dataset, Standardizer};
+use mpcl_data::split::{SplitError, subject_dependent};
+use mpcl_data::{Dataset, Standardizer};
 use mpcl_model::metrics::metric_sums;
 use mpcl_model::{Device, MpclModel, TensorDataset};
 use mpcl_protocol::messages::GlobalState;
@@ -99,8 +99,8 @@ impl EvaluationParts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mpcl_model::ModelConfig;
-    use mpcl_model::data::{Modality, ModalityGroup, Sample, Schema};
+    use mpcl_data::ModelConfig;
+    use mpcl_data::{Modality, ModalityGroup, Sample, Schema};
     use mpcl_model::metrics::evaluate;
 
     fn dataset() -> Dataset {

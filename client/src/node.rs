@@ -35,10 +35,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mpcl_model::data::{Dataset, Schema, Standardizer};
+use mpcl_data::ModelConfig;
+use mpcl_data::{Dataset, Schema, Standardizer};
+use mpcl_model::Device;
 use mpcl_model::metrics::DistributionMetrics;
 use mpcl_model::personalize::PersonalizeScope;
-use mpcl_model::{Device, ModelConfig};
 use mpcl_protocol::codec::CodecError;
 use mpcl_protocol::messages::EvaluationSplit;
 use mpcl_protocol::messages::{
@@ -232,7 +233,7 @@ pub struct Node {
     dataset: Arc<Dataset>,
     device: Device,
     /// The local trainer and the model config it was built for.
-    participant: Option<(String, Box<dyn LocalTrainer>)>,
+    participant: Option<(ModelConfig, Box<dyn LocalTrainer>)>,
     /// The trainer was given ([`Node::with_trainer`]), not built from the run's model config.
     given_trainer: bool,
     pending: Option<Pending>,
@@ -404,7 +405,8 @@ impl Node {
     /// Trains with `trainer` instead of the MPCL model the run's config describes (benchmarks
     /// that measure the framework with a stand-in for training).
     pub fn with_trainer(mut self, trainer: Box<dyn LocalTrainer>) -> Self {
-        self.participant = Some((String::new(), trainer));
+        // The config beside a given trainer is never compared: `prepare` keeps it as it is.
+        self.participant = Some((ModelConfig::default(), trainer));
         self.given_trainer = true;
         self
     }
@@ -558,8 +560,8 @@ impl Node {
         if self.given_trainer {
             return Ok(());
         }
-        if let Some((json, _)) = &self.participant
-            && *json == welcome.model_config_json
+        if let Some((built_for, _)) = &self.participant
+            && *built_for == welcome.model_config
         {
             return Ok(());
         }
@@ -590,7 +592,7 @@ impl Node {
             samples = participant.sample_count(),
             "local model built from the run's model config"
         );
-        self.participant = Some((welcome.model_config_json.clone(), Box::new(participant)));
+        self.participant = Some((welcome.model_config.clone(), Box::new(participant)));
         Ok(())
     }
 
@@ -974,9 +976,7 @@ impl From<SessionError> for SessionFailure {
 
 /// The run's model config, after checking that the run's schema is the local data's.
 pub fn check_compatible(welcome: &Welcome, local: &Schema) -> Result<ModelConfig, NodeError> {
-    let schema: Schema = serde_json::from_str(&welcome.schema_json).map_err(|e| {
-        NodeError::Incompatible(format!("unreadable schema from the coordinator: {e}"))
-    })?;
+    let schema = &welcome.schema;
     if schema.emotions != local.emotions {
         return Err(NodeError::Incompatible(format!(
             "the run's emotions are [{}], the local data's are [{}]",
@@ -999,17 +999,15 @@ pub fn check_compatible(welcome: &Welcome, local: &Schema) -> Result<ModelConfig
         };
         return Err(NodeError::Incompatible(format!(
             "the run's modalities are [{}], the local data's are [{}]",
-            describe(&schema),
+            describe(schema),
             describe(local)
         )));
     }
-    let config: ModelConfig = serde_json::from_str(&welcome.model_config_json).map_err(|e| {
-        NodeError::Incompatible(format!("unusable model config from the coordinator: {e}"))
-    })?;
-    config
+    welcome
+        .model_config
         .validate(local)
         .map_err(|e| NodeError::Incompatible(format!("model config: {e}")))?;
-    Ok(config)
+    Ok(welcome.model_config.clone())
 }
 
 /// Asks the coordinator where the run stands (`mpcl status`).
@@ -1050,7 +1048,7 @@ async fn sleep_until_or_forever(at: Option<tokio::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mpcl_model::data::{Modality, ModalityGroup};
+    use mpcl_data::{Modality, ModalityGroup};
 
     fn schema(emotions: &[&str], width: usize) -> Schema {
         Schema {
@@ -1059,7 +1057,7 @@ mod tests {
         }
     }
 
-    fn welcome(schema: &Schema, model: &str) -> Welcome {
+    fn welcome(schema: &Schema, model: ModelConfig) -> Welcome {
         Welcome {
             run_id: [0; 16],
             protocol_version: mpcl_protocol::PROTOCOL_VERSION,
@@ -1067,8 +1065,8 @@ mod tests {
             max_message_bytes: 1 << 20,
             total_rounds: 1,
             current_round: 0,
-            model_config_json: model.into(),
-            schema_json: serde_json::to_string(schema).unwrap(),
+            model_config: model,
+            schema: schema.clone(),
             evaluation: None,
         }
     }
@@ -1076,7 +1074,17 @@ mod tests {
     #[test]
     fn a_matching_schema_gives_the_model_config() {
         let local = schema(&["joy", "fear"], 3);
-        let config = check_compatible(&welcome(&local, r#"{"width": 8}"#), &local).unwrap();
+        let config = check_compatible(
+            &welcome(
+                &local,
+                ModelConfig {
+                    width: 8,
+                    ..ModelConfig::default()
+                },
+            ),
+            &local,
+        )
+        .unwrap();
         assert_eq!(config.width, 8);
         assert_eq!(config.memory_slots, ModelConfig::default().memory_slots);
     }
@@ -1084,22 +1092,34 @@ mod tests {
     #[test]
     fn other_emotions_or_modalities_are_incompatible_and_named() {
         let local = schema(&["joy", "fear"], 3);
-        let error = check_compatible(&welcome(&schema(&["joy", "anger"], 3), "{}"), &local)
-            .unwrap_err()
-            .to_string();
+        let error = check_compatible(
+            &welcome(&schema(&["joy", "anger"], 3), ModelConfig::default()),
+            &local,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("anger") && error.contains("fear"), "{error}");
-        let error = check_compatible(&welcome(&schema(&["joy", "fear"], 4), "{}"), &local)
-            .unwrap_err()
-            .to_string();
+        let error = check_compatible(
+            &welcome(&schema(&["joy", "fear"], 4), ModelConfig::default()),
+            &local,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("2x4") && error.contains("2x3"), "{error}");
     }
 
     #[test]
-    fn an_unknown_model_field_is_incompatible() {
+    fn a_model_config_that_does_not_fit_is_incompatible_and_named() {
+        // An unknown `[model]` field is refused when the run file is read (run_file.rs); what
+        // reaches a client can still not fit its data.
         let local = schema(&["joy", "fear"], 3);
-        let error = check_compatible(&welcome(&local, r#"{"widht": 8}"#), &local)
+        let model = ModelConfig {
+            emotions: 5,
+            ..ModelConfig::default()
+        };
+        let error = check_compatible(&welcome(&local, model), &local)
             .unwrap_err()
             .to_string();
-        assert!(error.contains("widht"), "{error}");
+        assert!(error.contains("5 emotions"), "{error}");
     }
 }

@@ -2,8 +2,9 @@
 
 use std::time::Instant;
 
-use mpcl_model::data::{Dataset, Standardizer};
-use mpcl_model::{Device, ModelConfig, ModelError, MpclModel, TensorDataset, TrainOptions, train};
+use mpcl_data::ModelConfig;
+use mpcl_data::{Dataset, Standardizer};
+use mpcl_model::{Device, ModelError, MpclModel, TensorDataset, TrainOptions, train};
 use mpcl_protocol::codec::{CodecError, MessageLimits};
 use mpcl_protocol::compression::{
     CompressedUpdate, CompressionError, ErrorFeedback, compress_prototype_sums,
@@ -40,7 +41,7 @@ impl Default for ParticipantSettings {
 #[derive(Debug, Error)]
 pub enum ParticipantError {
     #[error("local data: {0}")]
-    Data(#[from] mpcl_model::data::DatasetError),
+    Data(#[from] mpcl_data::DatasetError),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("the global state's parameters do not fit the local model: {0}")]

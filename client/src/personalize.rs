@@ -7,13 +7,15 @@
 //! `mpcl simulate`'s "federated + personalized" arm calls the same function for every client,
 //! so the simulation measures exactly what a participant would do.
 
-use mpcl_model::data::{DatasetError, Standardizer};
+use mpcl_data::ModelConfig;
+use mpcl_data::{DatasetError, Standardizer};
 use mpcl_model::metrics::{DistributionMetrics, evaluate};
-use mpcl_model::model_file::{InputStandardisation, Provenance};
 use mpcl_model::personalize::{PersonalizeOptions, PersonalizeReport, PersonalizeScope};
-use mpcl_model::{Device, ModelConfig, ModelError, ModelFile, MpclModel, TensorDataset};
+use mpcl_model::{Device, ModelError, MpclModel, TensorDataset};
 use mpcl_protocol::CooccurrenceStatistics;
+use mpcl_protocol::ModelFile;
 use mpcl_protocol::messages::{GlobalState, TrainingConfig};
+use mpcl_protocol::model_file::{InputStandardisation, Provenance};
 use thiserror::Error;
 
 use crate::evaluation::LocalSplit;
@@ -130,8 +132,7 @@ impl PersonalOutcome {
     /// model's on its test part.
     pub fn model_file(&self, split: &LocalSplit, run_id: &str, round: u64) -> ModelFile {
         let report = &self.report;
-        ModelFile::from_model(
-            &self.model,
+        self.model.to_file(
             InputStandardisation::per_subject_only(&split.train.schema),
             split.train.label_prior(),
             Provenance {
@@ -166,7 +167,7 @@ impl PersonalOutcome {
 mod tests {
     use super::*;
     use crate::evaluation::split_for_evaluation;
-    use mpcl_model::data::{Dataset, Modality, ModalityGroup, Sample, Schema};
+    use mpcl_data::{Dataset, Modality, ModalityGroup, Sample, Schema};
 
     /// One participant who rates emotion `a` higher than the federation's prior says, whatever
     /// the features: what personalization is for.
@@ -240,7 +241,7 @@ mod tests {
         assert_eq!(file.provenance.metrics, Some(outcome.personal_test));
         assert_eq!(file.label_prior, split.train.label_prior());
         let decoded = ModelFile::decode(&file.encode().unwrap()).unwrap();
-        let reloaded = decoded.to_model(&device).unwrap();
+        let reloaded = MpclModel::from_file(&decoded, &device).unwrap();
         assert_eq!(reloaded.predict(&test), outcome.personal_predictions);
     }
 

@@ -284,7 +284,7 @@ impl Session {
             }
         };
         let welcome = match reply {
-            CoordinatorMessage::Welcome(welcome) => welcome,
+            CoordinatorMessage::Welcome(welcome) => *welcome,
             CoordinatorMessage::Error { reason } => {
                 connection.close(0u32.into(), b"refused");
                 return Err(SessionError::Rejected { reason });

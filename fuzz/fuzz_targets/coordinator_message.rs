@@ -2,11 +2,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use mpcl_coordinator::CoordinatorConfig;
+use mpcl_coordinator::round::{ParticipantId, training_config};
 use mpcl_fuzz::{RUN, global, patch};
 use mpcl_protocol::MessageLimits;
 use mpcl_protocol::codec::{decode_message, encode_message};
-use mpcl_coordinator::CoordinatorConfig;
-use mpcl_coordinator::round::{ParticipantId, training_config};
 use mpcl_protocol::messages::CoordinatorMessage;
 
 fuzz_target!(|data: &[u8]| {

@@ -7,8 +7,8 @@ use libfuzzer_sys::fuzz_target;
 use mpcl_coordinator::config::UpdateLimits;
 use mpcl_coordinator::{AggregationConfig, RoundAggregator, validate_update};
 use mpcl_fuzz::{RUN, alice, global, patch, update};
-use mpcl_protocol::signing::encode_update_payload;
 use mpcl_protocol::identity::Participant;
+use mpcl_protocol::signing::encode_update_payload;
 use mpcl_protocol::{Enrolment, MessageLimits, SignedUpdate, UpdateVerifier};
 
 fuzz_target!(|data: &[u8]| {

@@ -3,11 +3,15 @@
 //! async frame reader over an in-memory slice.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use mpcl_coordinator::{Checkpoint, CoordinatorConfig};
+use mpcl_data::{Dataset, Modality, ModalityGroup, ModelConfig, Sample, Schema, Standardizer};
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, LocalMetrics, PrototypeBank, RunId};
+use mpcl_protocol::metrics::DistributionMetrics;
+use mpcl_protocol::model_file::{InputStandardisation, ModelFile, Provenance};
 use mpcl_protocol::{
     CooccurrenceStatistics, F32Vec, NamedTensor, NodeIdentity, ParameterSet, PrototypeStatistics,
     SigningKey,
@@ -110,6 +114,7 @@ pub fn update(round: u64) -> ClientUpdate {
             train_kl: 0.5,
             seconds: 1.0,
         },
+        evaluation: None,
     }
 }
 
@@ -127,5 +132,71 @@ pub fn checkpoint() -> Checkpoint {
         fedadam: None,
         history: Vec::new(),
         privacy_ledger: None,
+        evaluations: Vec::new(),
+        final_evaluated: false,
+        label_prior_applied: true,
+    }
+}
+
+/// An empty folder of this process's own for file-based readers (study folders, snapshots),
+/// emptied on every call.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mpcl-fuzz-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("the temporary folder is writable");
+    dir
+}
+
+/// The schema of [`dataset`]: two emotions, one modality of each group.
+pub fn schema() -> Schema {
+    Schema {
+        emotions: vec!["joy".into(), "fear".into()],
+        modalities: vec![
+            Modality::new("eda", ModalityGroup::Physiological, 2, 1),
+            Modality::new("face", ModalityGroup::Behavioral, 1, 2),
+        ],
+    }
+}
+
+/// A four-sample dataset of two subjects over [`schema`].
+pub fn dataset() -> Dataset {
+    let samples = (0..4u32)
+        .map(|i| Sample {
+            features: vec![vec![i as f32, 0.5], vec![-1.0, i as f32 * 0.25]],
+            label: if i % 2 == 0 {
+                vec![0.75, 0.25]
+            } else {
+                vec![0.0, 1.0]
+            },
+            subject: if i < 2 { "s1".into() } else { "s2".into() },
+            trial: i,
+            time: 0,
+            stimulus: (i == 3).then(|| "clip".to_string()),
+        })
+        .collect();
+    Dataset {
+        name: "fuzz".into(),
+        schema: schema(),
+        samples,
+    }
+}
+
+/// A model file over [`global`] and [`schema`].
+pub fn model_file() -> ModelFile {
+    ModelFile {
+        schema: schema(),
+        config: ModelConfig::tiny(),
+        state: global(),
+        standardisation: InputStandardisation::per_subject_then(Standardizer::identity(&schema())),
+        label_prior: vec![0.375, 0.625],
+        provenance: Provenance {
+            source: "fuzz".into(),
+            run_id: "00".into(),
+            round: 1,
+            metrics: Some(DistributionMetrics::default()),
+            metrics_on: "nothing".into(),
+            split: None,
+            mpcl_version: "0.0.0".into(),
+        },
     }
 }

@@ -1,13 +1,12 @@
 //! The MPCL network (multi-scale associative memory fusion, emotion-specific prototype memory
 //! banks, prototype relation distillation, co-occurrence memory retrieval, hierarchical head),
 //! its losses and metrics, the local training loop, the conversion of parameters and memories to
-//! the plain vectors the federation exchanges, and the dataset schema with its readers.
+//! the plain vectors the federation exchanges, and the model file. The dataset schema, its readers
+//! and the [`mpcl_data::ModelConfig`] live in `mpcl-data`, which needs no tensor library.
 //!
 //! Everything numeric is written against burn's run-time `Device`, so the same code trains on the
 //! CPU (`flex`) and, with the `wgpu` feature, on a GPU.
 
-pub mod config;
-pub mod data;
 pub mod device;
 #[cfg(feature = "wgpu")]
 mod gpu_probe;
@@ -23,11 +22,9 @@ pub mod train;
 
 /// The device type, re-exported so that other crates need not depend on burn.
 pub use burn::tensor::Device;
-pub use config::{ConfigError, ModelConfig};
 pub use device::{DeviceChoice, DeviceError, SelectedDevice};
 pub use metrics::DistributionMetrics;
 pub use model::{ModelError, MpclModel};
-pub use model_file::{ModelFile, ModelFileError};
 pub use personalize::{PersonalizeOptions, PersonalizeReport, PersonalizeScope, personalize};
 pub use tensors::TensorDataset;
 pub use train::{TrainOptions, TrainReport, train, train_observed};

@@ -6,8 +6,8 @@
 use burn::tensor::Tensor;
 use burn::tensor::activation::log_softmax;
 
-use crate::config::ModelConfig;
 use crate::network::{ForwardOutput, Memories};
+use mpcl_data::ModelConfig;
 
 /// Floor for probabilities inside logarithms.
 const LOG_EPSILON: f64 = 1e-12;

@@ -8,12 +8,12 @@ use thiserror::Error;
 use mpcl_protocol::messages::{GlobalState, PrototypeBank as WireBank};
 use mpcl_protocol::{CooccurrenceStatistics, F32Vec, ParameterSet, PrototypeStatistics};
 
-use crate::config::{ConfigError, ModelConfig};
-use crate::data::{DatasetError, ModalityGroup, Schema};
 use crate::metrics::{DistributionMetrics, evaluate};
 use crate::network::{BankStatistics, Memories, MpclNetwork, PrototypeBank};
 use crate::parameters::{ParameterLoadError, flatten_parameters, load_parameters};
 use crate::tensors::TensorDataset;
+use mpcl_data::{ConfigError, ModelConfig};
+use mpcl_data::{DatasetError, ModalityGroup, Schema};
 
 /// Serialises seeded initialisation (see `MpclModel::new`).
 static INITIALISATION: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -192,9 +192,9 @@ pub fn personalize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ModelConfig;
-    use crate::data::{Dataset, Modality, ModalityGroup, Sample, Schema, Standardizer};
     use burn::tensor::Device;
+    use mpcl_data::ModelConfig;
+    use mpcl_data::{Dataset, Modality, ModalityGroup, Sample, Schema, Standardizer};
 
     /// One subject whose ratings lean towards emotion 0 whatever the features say: what a head
     /// can learn and a model started at another prior does not know.

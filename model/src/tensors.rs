@@ -3,7 +3,7 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::data::{Dataset, Standardizer};
+use mpcl_data::{Dataset, Standardizer};
 
 /// Standardised, tokenised samples on a device.
 #[derive(Clone, Debug)]

@@ -2,10 +2,11 @@
 //! deltas, prototype and co-occurrence statistics out of a model and merged across sources.
 
 use anyhow::Result;
-use mpcl_model::data::{Dataset, Modality, ModalityGroup, Sample, Schema, Standardizer};
+use mpcl_data::ModelConfig;
+use mpcl_data::{Dataset, Modality, ModalityGroup, Sample, Schema, Standardizer};
 use mpcl_model::loss::mpcl_loss;
 use mpcl_model::network::BankStatistics;
-use mpcl_model::{Device, ModelConfig, MpclModel, TensorDataset, TrainOptions, train};
+use mpcl_model::{Device, MpclModel, TensorDataset, TrainOptions, train};
 use mpcl_protocol::{CooccurrenceStatistics, PrototypeStatistics};
 
 fn schema(groups: &[ModalityGroup]) -> Schema {

@@ -3,12 +3,14 @@
 //! the problem.
 
 use anyhow::Result;
-use mpcl_model::data::{Dataset, Modality, ModalityGroup, Sample, Schema, Standardizer};
-use mpcl_model::model_file::{
+use mpcl_data::ModelConfig;
+use mpcl_data::{Dataset, Modality, ModalityGroup, Sample, Schema, Standardizer};
+use mpcl_model::{Device, MpclModel, TensorDataset, TrainOptions, train};
+use mpcl_protocol::CooccurrenceStatistics;
+use mpcl_protocol::model_file::{
     InputStandardisation, MODEL_FORMAT_VERSION, ModelFormatError, Provenance, SchemaMismatch,
 };
-use mpcl_model::{Device, ModelConfig, ModelFile, ModelFileError, MpclModel, TrainOptions, train};
-use mpcl_protocol::CooccurrenceStatistics;
+use mpcl_protocol::{ModelFile, ModelFileError};
 
 fn schema() -> Schema {
     Schema {
@@ -56,10 +58,10 @@ fn trained_file() -> Result<(ModelFile, Dataset)> {
     let data = dataset(&schema, 16);
     let mut model = MpclModel::new(&schema, &ModelConfig::tiny(), &Device::flex(), 3)?;
     let rows: Vec<usize> = (0..data.samples.len()).collect();
-    let per_subject = mpcl_model::data::standardize::standardize_per_subject(&data, &rows);
+    let per_subject = mpcl_data::standardize::standardize_per_subject(&data, &rows);
     let pooled = Standardizer::fit(&per_subject);
     let standardisation = InputStandardisation::per_subject_then(pooled);
-    let tensors = standardisation.tensors(&data, &rows, model.device());
+    let tensors = TensorDataset::standardised(&data, &standardisation, &rows, model.device());
     train(
         &mut model,
         &tensors,
@@ -71,8 +73,7 @@ fn trained_file() -> Result<(ModelFile, Dataset)> {
         None,
     );
     let metrics = model.evaluate(&tensors);
-    let file = ModelFile::from_model(
-        &model,
+    let file = model.to_file(
         standardisation,
         data.label_prior(),
         Provenance {
@@ -96,9 +97,9 @@ fn a_saved_model_predicts_exactly_as_the_trained_one() -> Result<()> {
     file.write(&path)?;
     let back = ModelFile::read(&path)?;
     assert_eq!(back, file);
-    let model = back.to_model(&Device::flex())?;
+    let model = MpclModel::from_file(&back, &Device::flex())?;
     let rows: Vec<usize> = (0..data.samples.len()).collect();
-    let tensors = back.standardisation.tensors(&data, &rows, model.device());
+    let tensors = TensorDataset::standardised(&data, &back.standardisation, &rows, model.device());
     // Bit for bit: the stored metrics are the trained model's.
     assert_eq!(Some(model.evaluate(&tensors)), file.provenance.metrics);
     // Only the target is left in the folder (no temporary file).

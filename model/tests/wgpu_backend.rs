@@ -7,10 +7,9 @@
 #![cfg(feature = "wgpu")]
 
 use anyhow::Result;
-use mpcl_model::data::{Dataset, Modality, ModalityGroup, Sample, Schema, Standardizer};
-use mpcl_model::{
-    Device, DeviceChoice, ModelConfig, MpclModel, TensorDataset, TrainOptions, train,
-};
+use mpcl_data::ModelConfig;
+use mpcl_data::{Dataset, Modality, ModalityGroup, Sample, Schema, Standardizer};
+use mpcl_model::{Device, DeviceChoice, MpclModel, TensorDataset, TrainOptions, train};
 
 fn dataset() -> Dataset {
     let schema = Schema {

@@ -1,5 +1,6 @@
 //! The language nodes of an mpcl run speak: parameter vectors and statistics as plain data,
-//! the messages built from them, their encoding and size limits, identities and signatures.
+//! the messages built from them, their encoding and size limits, identities and signatures, and
+//! the model file every job writes.
 //!
 //! Nothing here knows about burn or sockets, so every other crate (the model, the coordinator,
 //! the client, the simulations) can share these types without pulling in either.
@@ -11,6 +12,7 @@
 //! | [`compression`] | the encoder delta in f16 or 8-bit form, error feedback |
 //! | [`framing`] | length-prefixed frames over async streams (quinn streams included) |
 //! | [`identity`] | ed25519 key files, participant ids, the enrolment file |
+//! | [`model_file`] | the trained model as one versioned, checksummed file |
 //! | [`signing`] | signed updates, their verification, the replay guard |
 //! | [`start_round`] | `StartRound` payloads sharing one encoding of the round's global state |
 //! | [`tls`] | rustls configs that authenticate by enrolled / pinned ed25519 keys |
@@ -22,6 +24,7 @@ pub mod framing;
 pub mod identity;
 pub mod messages;
 pub mod metrics;
+pub mod model_file;
 pub mod params;
 pub mod secure_aggregation;
 pub mod signing;
@@ -40,6 +43,7 @@ pub use messages::{
     ClientMessage, ClientUpdate, CoordinatorMessage, GlobalState, LocalMetrics, PrototypeBank,
     RejectReason, RoundPhase, RunId, StatusReport, TrainingConfig, WaitReason, Welcome,
 };
+pub use model_file::{ModelFile, ModelFileError};
 pub use params::{NamedTensor, ParameterSet, ParameterSetError};
 pub use signing::{
     ReplayError, ReplayGuard, SignedUpdate, UpdateError, UpdateVerifier, VerifiedUpdate,

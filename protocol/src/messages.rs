@@ -46,6 +46,7 @@
 //! its model with [`MessageLimits::for_model`](crate::codec::MessageLimits::for_model). A client
 //! should cap the announced value with its own limit for the model it expects.
 
+use mpcl_data::{ModelConfig, Schema};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::PROTOCOL_VERSION;
@@ -224,8 +225,9 @@ impl ClientMessage {
 /// What the coordinator sends, always in reply to one [`ClientMessage`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum CoordinatorMessage {
-    /// Reply to `Hello`: the client is admitted to the run.
-    Welcome(Welcome),
+    /// Reply to `Hello`: the client is admitted to the run. Boxed: it carries the schema and
+    /// model config, and is sent once per connection.
+    Welcome(Box<Welcome>),
     /// Reply to `RequestWork`: train on this state and send an update for `round`.
     StartRound {
         run_id: RunId,
@@ -297,14 +299,13 @@ pub struct Welcome {
     pub total_rounds: u64,
     /// The round in progress or last started (0 before the first).
     pub current_round: u64,
-    /// The model configuration the global state was built with, as JSON (an
-    /// `mpcl_model::ModelConfig`): the client builds its network from it. JSON text keeps this
-    /// crate free of the model crate and lets a client report exactly which field it cannot use.
-    pub model_config_json: String,
-    /// The run's dataset schema as JSON (an `mpcl_model::data::Schema`: the emotion names, in
-    /// label order, and the modalities with their token layout). A client checks that its local
-    /// data has exactly this schema before training.
-    pub schema_json: String,
+    /// The model configuration the global state was built with: the client builds its network
+    /// from it (and checks it against the schema before it does).
+    pub model_config: ModelConfig,
+    /// The run's dataset schema (the emotion names, in label order, and the modalities with
+    /// their token layout). A client checks that its local data has exactly this schema before
+    /// training.
+    pub schema: Schema,
     /// How a participant splits its data for federated evaluation (`None`: the run does not
     /// evaluate, and a participant trains on all of its data).
     pub evaluation: Option<EvaluationSplit>,
@@ -514,17 +515,28 @@ mod tests {
             assert_eq!(&round_trip(message, &limits), message, "{}", message.kind());
         }
         let coordinator = vec![
-            CoordinatorMessage::Welcome(Welcome {
+            CoordinatorMessage::Welcome(Box::new(Welcome {
                 run_id: [1; 16],
                 protocol_version: PROTOCOL_VERSION,
                 participant_id: "alice".into(),
                 max_message_bytes: limits.max_message_bytes as u64,
                 total_rounds: 50,
                 current_round: 0,
-                model_config_json: r#"{"width":16}"#.into(),
-                schema_json: r#"{"emotions":["a","b"],"modalities":[]}"#.into(),
+                model_config: ModelConfig {
+                    width: 16,
+                    ..ModelConfig::default()
+                },
+                schema: Schema {
+                    emotions: vec!["a".into(), "b".into()],
+                    modalities: vec![mpcl_data::Modality::new(
+                        "eeg",
+                        mpcl_data::ModalityGroup::Physiological,
+                        2,
+                        3,
+                    )],
+                },
                 evaluation: None,
-            }),
+            })),
             CoordinatorMessage::StartRound {
                 run_id: [1; 16],
                 round: 1,

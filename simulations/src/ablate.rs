@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use mpcl_model::ModelConfig;
-use mpcl_model::data::Dataset;
+use mpcl_data::Dataset;
+use mpcl_data::ModelConfig;
 use mpcl_model::metrics::DistributionMetrics;
 use serde::{Deserialize, Serialize};
 

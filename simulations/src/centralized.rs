@@ -2,7 +2,7 @@
 //! reference arm of a simulation) builds from its data besides the network: the co-occurrence
 //! memory of the training labels.
 
-use mpcl_model::data::Dataset;
+use mpcl_data::Dataset;
 use mpcl_protocol::CooccurrenceStatistics;
 
 /// Co-occurrence statistics of a dataset's labels.

@@ -1,7 +1,7 @@
-//! Where an experiment's data comes from: a dataset spec understood by the model crate's
+//! Where an experiment's data comes from: a dataset spec understood by `mpcl-data`'s
 //! readers (`larwood2019`, `dmer:DIR`, `wesad:DIR`, ...) or `synthetic`, generated here.
 
-use mpcl_model::data::{self, Dataset, LoadReport, ReadError};
+use mpcl_data::{Dataset, LoadReport, ReadError};
 use thiserror::Error;
 
 use crate::synthetic::{SyntheticConfig, generate};
@@ -14,13 +14,16 @@ pub enum LoadError {
     #[error("dataset `{spec}` is unusable: {source}")]
     Invalid {
         spec: String,
-        source: data::DatasetError,
+        source: mpcl_data::DatasetError,
     },
 }
 
 /// The dataset specs accepted everywhere a dataset is named.
 pub fn dataset_specs() -> String {
-    format!("`synthetic` (seeded, generated), {}", data::DATASET_SPECS)
+    format!(
+        "`synthetic` (seeded, generated), {}",
+        mpcl_data::DATASET_SPECS
+    )
 }
 
 /// Loads `spec`, generating it with `synthetic` when the spec is `synthetic`.
@@ -37,5 +40,5 @@ pub fn load_dataset(
         })?;
         return Ok((dataset, report));
     }
-    Ok(data::open(spec)?)
+    Ok(mpcl_data::open(spec)?)
 }

@@ -10,8 +10,8 @@
 
 use std::str::FromStr;
 
-use mpcl_model::data::Dataset;
-use mpcl_model::data::split::{self, SplitError};
+use mpcl_data::Dataset;
+use mpcl_data::split::{self, SplitError};
 use serde::{Deserialize, Serialize};
 
 /// How to split a dataset for evaluation.

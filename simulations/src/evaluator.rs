@@ -1,8 +1,9 @@
 //! Evaluating a global state on the test samples of a partition: every test sample, every time.
 
-use mpcl_model::data::{Dataset, Standardizer};
+use mpcl_data::ModelConfig;
+use mpcl_data::{Dataset, Standardizer};
 use mpcl_model::metrics::{DistributionMetrics, evaluate};
-use mpcl_model::{Device, ModelConfig, ModelError, MpclModel, TensorDataset};
+use mpcl_model::{Device, ModelError, MpclModel, TensorDataset};
 use mpcl_protocol::messages::GlobalState;
 
 /// Holds the test samples on the device and a model to load states into.

@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use mpcl_coordinator::checkpoint::{Checkpoint, CheckpointError, previous_path, read_checkpoint};
-use mpcl_model::data::Schema;
-use mpcl_model::model_file::{InputStandardisation, Provenance};
-use mpcl_model::{Device, ModelConfig, ModelError, ModelFile};
+use mpcl_data::ModelConfig;
+use mpcl_data::Schema;
+use mpcl_model::{Device, ModelError, MpclModel};
+use mpcl_protocol::ModelFile;
+use mpcl_protocol::model_file::{InputStandardisation, Provenance};
 use thiserror::Error;
 
 pub use mpcl_coordinator::server::{BEST_CHECKPOINT_FILE, CHECKPOINT_FILE};
@@ -160,7 +162,7 @@ pub fn export_model(
         },
     };
     // The state must fit the run's model (names, shapes, finite values) before it is written.
-    file.to_model(&Device::flex())
+    MpclModel::from_file(&file, &Device::flex())
         .map_err(|source| ExportError::Model { path, source })?;
     Ok(file)
 }

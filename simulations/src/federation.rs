@@ -27,8 +27,9 @@ use mpcl_coordinator::{
     Action, Coordinator, CoordinatorConfig, CoordinatorError, Event, ParticipantId, RoundPrivacy,
     StopReason,
 };
-use mpcl_model::data::Dataset;
-use mpcl_model::{Device, ModelConfig};
+use mpcl_data::Dataset;
+use mpcl_data::ModelConfig;
+use mpcl_model::Device;
 use mpcl_protocol::SigningKey;
 use mpcl_protocol::codec::{MessageLimits, VERSION_PREFIX_BYTES, encode_message};
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, RunId, TrainingConfig};

@@ -2,8 +2,9 @@
 //! data) and each client of the local-only arm (its own data alone). Rounds are `local_epochs`
 //! epochs, so every arm sees the data the same number of times as the federated arms.
 
-use mpcl_model::data::{Dataset, Standardizer};
-use mpcl_model::{Device, ModelConfig, ModelError, MpclModel, TensorDataset, TrainOptions, train};
+use mpcl_data::ModelConfig;
+use mpcl_data::{Dataset, Standardizer};
+use mpcl_model::{Device, ModelError, MpclModel, TensorDataset, TrainOptions, train};
 use mpcl_protocol::messages::GlobalState;
 
 use crate::centralized::cooccurrence_of;

@@ -7,7 +7,7 @@
 //!   participant id is that key's public half in both modes, so cohort sampling and the
 //!   per-participant training seeds agree;
 //! - each client process reads its training split from a bit-exact snapshot
-//!   ([`mpcl_model::data::snapshot`]) written here;
+//!   ([`mpcl_data::snapshot`]) written here;
 //! - the run id is [`run_id_from_seed`], and aggregation does not depend on the order in which
 //!   updates arrive ([`mpcl_coordinator::exact_sum`]).
 //!
@@ -24,9 +24,10 @@ use mpcl_client::ParticipantSettings;
 use mpcl_coordinator::evaluation::FederatedMetrics;
 use mpcl_coordinator::server::{NetworkSettings, Server, ServerError, ServerSetup};
 use mpcl_coordinator::{Coordinator, CoordinatorConfig, CoordinatorError};
-use mpcl_model::data::Dataset;
-use mpcl_model::data::snapshot::write_snapshot;
-use mpcl_model::{DeviceChoice, ModelConfig};
+use mpcl_data::Dataset;
+use mpcl_data::ModelConfig;
+use mpcl_data::snapshot::write_snapshot;
+use mpcl_model::DeviceChoice;
 use mpcl_protocol::identity::{IdentityError, Participant as Enrolled, public_key_hex};
 use mpcl_protocol::messages::GlobalState;
 use mpcl_protocol::{Enrolment, NodeIdentity};
@@ -59,7 +60,7 @@ pub enum NetworkError {
     #[error("cannot write the dataset snapshot of subject `{subject}`: {source}")]
     Snapshot {
         subject: String,
-        source: Box<mpcl_model::data::ReadError>,
+        source: Box<mpcl_data::ReadError>,
     },
     #[error("participant keys: {0}")]
     Keys(#[from] IdentityError),
@@ -130,8 +131,8 @@ pub fn run_network_federation<E: From<NetworkError>>(
         coordinator,
         identity: prepared.coordinator_identity,
         enrolment: prepared.enrolment,
-        model_config_json: serde_json::to_string(model_config).expect("plain data serialises"),
-        schema_json: serde_json::to_string(&train_set.schema).expect("plain data serialises"),
+        model_config: model_config.clone(),
+        schema: train_set.schema.clone(),
         network: NetworkSettings {
             // Clients waiting between rounds ask again soon: a simulation should not idle.
             poll_interval_ms: 100,

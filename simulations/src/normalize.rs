@@ -4,13 +4,13 @@
 //! recordings. Statistics come from label-free features only: a subject's training samples when
 //! it has any, otherwise (a held-out subject) all of its samples, which needs no label.
 
-use mpcl_model::data::Dataset;
+use mpcl_data::Dataset;
 
 /// A copy of `dataset` with each subject's features standardised with that subject's statistics
 /// (from its samples in `train`, or all its samples when it has none there). The rule lives in
 /// the model crate (`data::standardize::standardize_per_subject`) because model files record it.
 pub fn normalize_per_subject(dataset: &Dataset, train: &[usize]) -> Dataset {
-    mpcl_model::data::standardize::standardize_per_subject(dataset, train)
+    mpcl_data::standardize::standardize_per_subject(dataset, train)
 }
 
 #[cfg(test)]

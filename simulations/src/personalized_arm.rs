@@ -16,7 +16,7 @@
 
 use mpcl_client::evaluation::LocalSplit;
 use mpcl_client::personalize::{PersonalizeError, personalize_locally};
-use mpcl_model::data::{Dataset, Standardizer};
+use mpcl_data::{Dataset, Standardizer};
 use mpcl_model::personalize::PersonalizeOptions;
 use mpcl_model::{Device, ModelError};
 use mpcl_protocol::messages::GlobalState;
@@ -95,7 +95,7 @@ pub fn personalize_partition(
     device: &Device,
 ) -> Result<PartitionOutcome, SimulationError> {
     let (validation, test) = data.held_out.samples.split_at(data.validation_count);
-    let part = |samples: &[mpcl_model::data::Sample]| Dataset {
+    let part = |samples: &[mpcl_data::Sample]| Dataset {
         name: data.held_out.name.clone(),
         schema: data.held_out.schema.clone(),
         samples: samples.to_vec(),

@@ -11,11 +11,12 @@
 
 use std::path::{Path, PathBuf};
 
-use mpcl_model::data::{Dataset, Standardizer};
+use mpcl_data::{Dataset, Standardizer};
 use mpcl_model::metrics::{DistributionMetrics, evaluate};
-use mpcl_model::model_file::{InputStandardisation, Provenance, SplitProvenance};
-use mpcl_model::{Device, ModelError, ModelFile, ModelFileError};
+use mpcl_model::{Device, ModelError, MpclModel, TensorDataset};
 use mpcl_protocol::messages::GlobalState;
+use mpcl_protocol::model_file::{InputStandardisation, Provenance, SplitProvenance};
+use mpcl_protocol::{ModelFile, ModelFileError};
 use thiserror::Error;
 
 use crate::evaluation::{EvaluationProtocol, partitions};
@@ -26,11 +27,17 @@ use crate::report::MetricsTable;
 pub enum SavedModelError {
     #[error(transparent)]
     File(#[from] ModelFileError),
+    #[error("model file {} holds a model that cannot be built: {source}", path.display())]
+    Model {
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
     #[error("cannot split `{data}` for model file {}: {source}", path.display())]
     Split {
         path: PathBuf,
         data: String,
-        source: mpcl_model::data::split::SplitError,
+        source: mpcl_data::split::SplitError,
     },
     #[error("model file {} records protocol `{protocol}`, which this build cannot read: {reason}", path.display())]
     Protocol {
@@ -68,7 +75,7 @@ impl ModelEvaluation {
 pub fn model_file_for(
     state: &GlobalState,
     train_set: &Dataset,
-    config: &mpcl_model::ModelConfig,
+    config: &mpcl_data::ModelConfig,
     provenance: Provenance,
 ) -> ModelFile {
     ModelFile {
@@ -102,16 +109,11 @@ pub fn split_provenance(
     }
 }
 
-fn model_on(
-    file: &ModelFile,
-    path: &Path,
-    device: &Device,
-) -> Result<mpcl_model::MpclModel, ModelFileError> {
-    file.to_model(device)
-        .map_err(|source: ModelError| ModelFileError::Model {
-            path: path.to_path_buf(),
-            source,
-        })
+fn model_on(file: &ModelFile, path: &Path, device: &Device) -> Result<MpclModel, SavedModelError> {
+    MpclModel::from_file(file, device).map_err(|source| SavedModelError::Model {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn check_schema(
@@ -199,9 +201,8 @@ pub fn evaluate_saved(
     let mut labels: Vec<&[f32]> = Vec::new();
     let mut predictions: Vec<Vec<f32>> = Vec::new();
     for (fit_rows, rows) in &groups {
-        let tensors = file
-            .standardisation
-            .tensors(&data, fit_rows, model.device());
+        let tensors =
+            TensorDataset::standardised(&data, &file.standardisation, fit_rows, model.device());
         predictions.extend(model.predict_rows(&tensors, rows));
         labels.extend(rows.iter().map(|&i| data.samples[i].label.as_slice()));
     }
@@ -232,7 +233,7 @@ pub fn predict_saved(
     check_schema(file, path, dataset, data_spec)?;
     let model = model_on(file, path, device)?;
     let all: Vec<usize> = (0..dataset.samples.len()).collect();
-    let tensors = file.standardisation.tensors(dataset, &all, model.device());
+    let tensors = TensorDataset::standardised(dataset, &file.standardisation, &all, model.device());
     Ok(model.predict(&tensors))
 }
 

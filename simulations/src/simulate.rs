@@ -28,12 +28,11 @@ use std::time::Instant;
 
 use mpcl_client::ParticipantSettings;
 use mpcl_coordinator::{AggregationConfig, CoordinatorConfig, PrivacyConfig, TrainingSettings};
-use mpcl_model::data::Dataset;
+use mpcl_data::Dataset;
+use mpcl_data::ModelConfig;
 use mpcl_model::metrics::{DistributionMetrics, evaluate};
 use mpcl_model::personalize::{DEFAULT_PERSONALIZE_EPOCHS, PersonalizeScope};
-use mpcl_model::{
-    Device, DeviceChoice, DeviceError, ModelConfig, ModelError, MpclModel, TrainOptions,
-};
+use mpcl_model::{Device, DeviceChoice, DeviceError, ModelError, MpclModel, TrainOptions};
 use mpcl_protocol::messages::GlobalState;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -153,7 +152,7 @@ pub enum SimulationError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("cannot split dataset: {0}")]
-    Split(#[from] mpcl_model::data::split::SplitError),
+    Split(#[from] mpcl_data::split::SplitError),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
@@ -172,7 +171,7 @@ pub enum SimulationError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    ModelFile(Box<mpcl_model::ModelFileError>),
+    ModelFile(Box<mpcl_protocol::ModelFileError>),
     #[error("simulation config: {0}")]
     Config(String),
     /// An arm's validation KL did not improve for this many rounds; caught where the arm runs,
@@ -443,8 +442,7 @@ pub fn run_simulation_on(
                                 bytes: (u64, u64),
                                 seconds: f64,
                                 epsilon: Option<f64>| {
-                let metrics_of = |samples: &[mpcl_model::data::Sample],
-                                  predictions: &[Vec<f32>]| {
+                let metrics_of = |samples: &[mpcl_data::Sample], predictions: &[Vec<f32>]| {
                     evaluate(
                         samples
                             .iter()

@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
-use mpcl_model::data::Dataset;
+use mpcl_data::Dataset;
 use mpcl_model::metrics::evaluate;
-use mpcl_model::model_file::{MODEL_EXTENSION, Provenance, local_run_id};
 use mpcl_protocol::messages::GlobalState;
+use mpcl_protocol::model_file::{MODEL_EXTENSION, Provenance, local_run_id};
 
 use crate::evaluation::Partition;
 use crate::saved_model::{model_file_for, split_provenance};

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use mpcl_model::data::Dataset;
+use mpcl_data::Dataset;
 
 /// The stimulus prior's prediction for every sample of `test`, from `train`; `None` when a
 /// sample of either lacks a stimulus id.

@@ -23,7 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Gamma, Normal};
 use serde::{Deserialize, Serialize};
 
-use mpcl_model::data::{Dataset, Modality, ModalityGroup, Sample, Schema, dmer};
+use mpcl_data::{Dataset, Modality, ModalityGroup, Sample, Schema, dmer};
 
 /// Knobs of the generator.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

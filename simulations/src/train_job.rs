@@ -7,13 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use mpcl_model::data::Standardizer;
+use mpcl_data::ModelConfig;
+use mpcl_data::Standardizer;
 use mpcl_model::metrics::{DistributionMetrics, evaluate};
-use mpcl_model::model_file::{MODEL_EXTENSION, Provenance, local_run_id};
 use mpcl_model::{
-    DeviceChoice, DeviceError, ModelConfig, ModelError, MpclModel, TensorDataset, TrainOptions,
-    train_observed,
+    DeviceChoice, DeviceError, ModelError, MpclModel, TensorDataset, TrainOptions, train_observed,
 };
+use mpcl_protocol::model_file::{MODEL_EXTENSION, Provenance, local_run_id};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -64,13 +64,13 @@ pub enum JobError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("cannot split dataset: {0}")]
-    Split(#[from] mpcl_model::data::split::SplitError),
+    Split(#[from] mpcl_data::split::SplitError),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
     Device(#[from] DeviceError),
     #[error(transparent)]
-    ModelFile(Box<mpcl_model::ModelFileError>),
+    ModelFile(Box<mpcl_protocol::ModelFileError>),
     #[error("cannot write `{path}`: {source}")]
     Write {
         path: PathBuf,

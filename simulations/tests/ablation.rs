@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use mpcl_coordinator::TrainingSettings;
-use mpcl_model::ModelConfig;
+use mpcl_data::ModelConfig;
 use mpcl_simulations::ablate::{AblationConfig, Variant, run_ablation};
 use mpcl_simulations::simulate::{Arm, SimulationConfig};
 use mpcl_simulations::synthetic::SyntheticConfig;

@@ -2,11 +2,12 @@
 //! prior on held-out trials), it is deterministic, and every ablation switch changes the loss.
 
 use anyhow::Result;
+use mpcl_data::ModelConfig;
+use mpcl_data::{Dataset, Standardizer};
 use mpcl_model::Device;
-use mpcl_model::data::{Dataset, Standardizer};
 use mpcl_model::loss::mpcl_loss;
 use mpcl_model::metrics::label_prior_metrics;
-use mpcl_model::{ModelConfig, MpclModel, TensorDataset, TrainOptions, train};
+use mpcl_model::{MpclModel, TensorDataset, TrainOptions, train};
 use mpcl_protocol::CooccurrenceStatistics;
 use mpcl_simulations::synthetic::{SyntheticConfig, generate};
 

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use mpcl_coordinator::TrainingSettings;
-use mpcl_model::ModelConfig;
+use mpcl_data::ModelConfig;
 use mpcl_protocol::Compression;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::simulate::{Arm, SimulationConfig, SimulationResult, run_simulation};

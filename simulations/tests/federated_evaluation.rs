@@ -4,9 +4,10 @@
 
 use anyhow::Result;
 use mpcl_coordinator::TrainingSettings;
-use mpcl_model::data::Standardizer;
+use mpcl_data::ModelConfig;
+use mpcl_data::Standardizer;
 use mpcl_model::metrics::metric_sums;
-use mpcl_model::{ModelConfig, MpclModel, TensorDataset};
+use mpcl_model::{MpclModel, TensorDataset};
 use mpcl_protocol::metrics::MetricSums;
 use mpcl_simulations::evaluation::{EvaluationProtocol, partitions};
 use mpcl_simulations::normalize::normalize_per_subject;

@@ -4,7 +4,9 @@
 
 use anyhow::Result;
 use mpcl_coordinator::TrainingSettings;
-use mpcl_model::{Device, ModelConfig, ModelFile, TrainOptions};
+use mpcl_data::ModelConfig;
+use mpcl_model::{Device, TrainOptions};
+use mpcl_protocol::ModelFile;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::saved_model::{evaluate_saved, predict_saved};
 use mpcl_simulations::simulate::{Arm, SimulationConfig, run_simulation};

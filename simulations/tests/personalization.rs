@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use anyhow::Result;
 use mpcl_coordinator::TrainingSettings;
-use mpcl_model::ModelConfig;
+use mpcl_data::ModelConfig;
 use mpcl_model::metrics::evaluate;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::simulate::{Arm, SimulationConfig, SimulationResult, run_simulation};

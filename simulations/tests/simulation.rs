@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use mpcl_coordinator::TrainingSettings;
-use mpcl_model::ModelConfig;
+use mpcl_data::ModelConfig;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::simulate::{Arm, SimulationConfig, SimulationResult, run_simulation};
 use mpcl_simulations::synthetic::SyntheticConfig;

@@ -5,8 +5,8 @@
 
 use anyhow::Result;
 use mpcl_coordinator::TrainingSettings;
-use mpcl_model::ModelConfig;
-use mpcl_model::data::study::write_study_dir;
+use mpcl_data::ModelConfig;
+use mpcl_data::study::write_study_dir;
 use mpcl_simulations::simulate::{Arm, SimulationConfig, run_simulation};
 use mpcl_simulations::synthetic::{SyntheticConfig, generate};
 

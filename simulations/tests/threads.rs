@@ -4,7 +4,8 @@
 use anyhow::Result;
 use mpcl_client::ParticipantSettings;
 use mpcl_coordinator::TrainingSettings;
-use mpcl_model::{DeviceChoice, ModelConfig, MpclModel};
+use mpcl_data::ModelConfig;
+use mpcl_model::{DeviceChoice, MpclModel};
 use mpcl_protocol::Compression;
 use mpcl_protocol::messages::GlobalState;
 use mpcl_simulations::evaluation::EvaluationProtocol;

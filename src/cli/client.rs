@@ -15,8 +15,8 @@ use mpcl_client::session::SessionError;
 use mpcl_client::{
     Node, NodeConfig, NodeError, NodeEvent, NodeOutcome, ParticipantSettings, SessionConfig,
 };
+use mpcl_data::Dataset;
 use mpcl_model::DeviceChoice;
-use mpcl_model::data::Dataset;
 use mpcl_model::metrics::DistributionMetrics;
 use mpcl_model::personalize::PersonalizeScope;
 use mpcl_protocol::identity::read_public_key_file;
@@ -232,9 +232,9 @@ pub fn load_local_data(spec: &str, subject: Option<&str>) -> anyhow::Result<Data
         };
         only_subject(&all, id)
     } else if let Some(path) = spec.strip_prefix("snapshot:") {
-        mpcl_model::data::snapshot::read_snapshot(std::path::Path::new(path))?
+        mpcl_data::snapshot::read_snapshot(std::path::Path::new(path))?
     } else {
-        mpcl_model::data::open(spec)
+        mpcl_data::open(spec)
             .with_context(|| format!("cannot open the local data `{spec}`"))?
             .0
     };

@@ -15,8 +15,8 @@ use mpcl_coordinator::server::{
     CHECKPOINT_FILE, ROUND_LOG_FILE, RunFile, Server, ServerSetup, checkpoint_path, new_run_id,
     resume_coordinator,
 };
-use mpcl_model::data::Schema;
-use mpcl_model::{Device, ModelConfig, MpclModel};
+use mpcl_data::Schema;
+use mpcl_model::{Device, MpclModel};
 use mpcl_protocol::{Enrolment, NodeIdentity};
 use tokio_util::sync::CancellationToken;
 
@@ -99,27 +99,21 @@ pub fn resolve_schema(spec: &str) -> anyhow::Result<Schema> {
     }
     // A study folder: only its schema.toml is read (it may hold no CSV yet).
     let study = spec.strip_prefix("study:").unwrap_or(spec);
-    if mpcl_model::data::study::is_study_dir(Path::new(study)) {
-        let schema = mpcl_model::data::study::read_schema_file(Path::new(study))
+    if mpcl_data::study::is_study_dir(Path::new(study)) {
+        let schema = mpcl_data::study::read_schema_file(Path::new(study))
             .with_context(|| format!("cannot read the schema of study folder `{study}`"))?;
         return Ok(schema.schema);
     }
-    let (dataset, _) = mpcl_model::data::open(spec)
+    let (dataset, _) = mpcl_data::open(spec)
         .with_context(|| format!("cannot open dataset `{spec}` to read its schema"))?;
     Ok(dataset.schema)
-}
-
-/// The model config of a run file, with every default filled in.
-pub fn model_config(run: &RunFile) -> anyhow::Result<ModelConfig> {
-    serde_json::from_str(&run.model_config_json).context("invalid [model] section in the run file")
 }
 
 /// The run's initial model on the CPU, seeded with the run seed. With `start_at_label_prior`
 /// its head starts at a (uniform) prior, zero weights, so that the opening round's logit offsets
 /// alone make it predict the participants' label prior.
 pub fn initial_model(run: &RunFile, schema: &Schema) -> anyhow::Result<MpclModel> {
-    let config = model_config(run)?;
-    let mut model = MpclModel::new(schema, &config, &Device::flex(), run.coordinator.seed)
+    let mut model = MpclModel::new(schema, &run.model, &Device::flex(), run.coordinator.seed)
         .context("the [model] section does not fit the schema")?;
     if run.coordinator.start_at_label_prior {
         let emotions = schema.emotion_count();
@@ -164,7 +158,7 @@ impl CoordinatorArgs {
                 let given = RunFile::load(path)?;
                 let same = given.coordinator == run.coordinator
                     && given.schema == run.schema
-                    && given.model_config_json == run.model_config_json
+                    && given.model == run.model
                     && given.network == run.network;
                 if !same {
                     bail!(
@@ -208,8 +202,8 @@ impl CoordinatorArgs {
             coordinator,
             identity,
             enrolment,
-            model_config_json: serde_json::to_string(&model_config(&run)?)?,
-            schema_json: serde_json::to_string(&schema)?,
+            model_config: run.model.clone(),
+            schema,
             network: run.network.clone(),
             listen: self.listen,
             out_dir: self.out.clone(),
@@ -360,7 +354,7 @@ mod tests {
     #[test]
     fn a_study_folder_with_only_a_schema_gives_the_schema() -> anyhow::Result<()> {
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("model/tests/fixtures/study/valid/schema.toml");
+            .join("data/tests/fixtures/study/valid/schema.toml");
         let dir = tempfile::tempdir()?;
         std::fs::copy(&fixture, dir.path().join("schema.toml"))?;
         let spec = format!("study:{}", dir.path().display());

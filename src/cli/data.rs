@@ -1,5 +1,5 @@
 //! `mpcl data ...`: look at datasets before training on them, check a study folder of one's own,
-//! and write any dataset as such a folder. The work is done by `mpcl_model::data` (`open` picks
+//! and write any dataset as such a folder. The work is done by `mpcl_data` (`open` picks
 //! the reader, `inspect::summarize` writes the text, `study` validates and writes study folders);
 //! this file only parses arguments and prints.
 
@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use mpcl_model::data::inspect;
-use mpcl_model::data::study::{self, Requirements};
+use mpcl_data::inspect;
+use mpcl_data::study::{self, Requirements};
 use mpcl_simulations::dataset::load_dataset;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::synthetic::SyntheticConfig;
@@ -122,7 +122,7 @@ enum DataCommand {
 }
 
 /// Any dataset a command names, `synthetic` (the seeded generator's default) included.
-fn load(spec: &str) -> anyhow::Result<(mpcl_model::data::Dataset, mpcl_model::data::LoadReport)> {
+fn load(spec: &str) -> anyhow::Result<(mpcl_data::Dataset, mpcl_data::LoadReport)> {
     Ok(load_dataset(spec, &SyntheticConfig::default())?)
 }
 
@@ -226,7 +226,7 @@ mod tests {
 
     fn fixture(name: &str) -> String {
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("model/tests/fixtures/study")
+            .join("data/tests/fixtures/study")
             .join(name)
             .display()
             .to_string()

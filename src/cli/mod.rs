@@ -145,10 +145,10 @@ pub fn init_tracing(default_filter: &str, format: LogFormat) {
 
 /// The model config: `None` gives the defaults; text starting with `{` is inline JSON; anything
 /// else is the path of a JSON file. Either holds any subset of `ModelConfig`'s fields.
-fn load_model_config(spec: Option<&str>) -> anyhow::Result<mpcl_model::ModelConfig> {
+fn load_model_config(spec: Option<&str>) -> anyhow::Result<mpcl_data::ModelConfig> {
     use anyhow::Context;
     let Some(spec) = spec else {
-        return Ok(mpcl_model::ModelConfig::default());
+        return Ok(mpcl_data::ModelConfig::default());
     };
     if spec.trim_start().starts_with('{') {
         return serde_json::from_str(spec)

@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use mpcl_coordinator::server::RunFile;
-use mpcl_model::{DeviceChoice, ModelFile};
+use mpcl_model::DeviceChoice;
+use mpcl_protocol::ModelFile;
 use mpcl_simulations::dataset::load_dataset;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::export::{RoundChoice, export_model};
 use mpcl_simulations::saved_model::{evaluate_saved, predict_saved, write_predictions};
 use mpcl_simulations::synthetic::SyntheticConfig;
 
-use super::coordinator::{SAVED_CONFIG_FILE, model_config, resolve_schema};
+use super::coordinator::{SAVED_CONFIG_FILE, resolve_schema};
 
 /// Write a model file from a coordinator's output folder.
 ///
@@ -42,8 +43,7 @@ impl ExportArgs {
             )
         })?;
         let schema = resolve_schema(&run.schema)?;
-        let config = model_config(&run)?;
-        let file = export_model(&self.from, &schema, &config, self.round)?;
+        let file = export_model(&self.from, &schema, &run.model, self.round)?;
         file.write(&self.out)?;
         println!(
             "wrote {} (run {}, round {})",

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use anyhow::ensure;
-use mpcl_model::ModelFile;
+use mpcl_protocol::ModelFile;
 
 use crate::support::{MPCL, PATIENCE, RunDir, RunSpec};
 

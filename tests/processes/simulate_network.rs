@@ -5,7 +5,7 @@ use mpcl_coordinator::TrainingSettings;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use mpcl_model::ModelConfig;
+use mpcl_data::ModelConfig;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::network::NetworkOptions;
 use mpcl_simulations::simulate::{

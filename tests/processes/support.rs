@@ -24,8 +24,8 @@ use mpcl_coordinator::round::training_config;
 use mpcl_coordinator::round_log::{RoundRecord, read_round_log};
 use mpcl_coordinator::server::{CHECKPOINT_FILE, ROUND_LOG_FILE, RunFile};
 use mpcl_coordinator::{Checkpoint, ContributionPolicy, ParticipantId, RoundAggregator};
-use mpcl_model::data::Dataset;
-use mpcl_model::{Device, ModelConfig, MpclModel};
+use mpcl_data::Dataset;
+use mpcl_model::{Device, MpclModel};
 use mpcl_protocol::identity::read_public_key_file;
 use mpcl_protocol::messages::GlobalState;
 use mpcl_simulations::synthetic::{SyntheticConfig, generate, synthetic_schema};
@@ -553,9 +553,9 @@ fn replay(run: &RunDir, records: &[RoundRecord]) -> anyhow::Result<GlobalState> 
         "the replay knows only the synthetic schema"
     );
     let schema = synthetic_schema(SyntheticConfig::default().face_width);
-    let model_config: ModelConfig = serde_json::from_str(&run_file.model_config_json)?;
+    let model_config = &run_file.model;
     let device = Device::flex();
-    let mut state = MpclModel::new(&schema, &model_config, &device, config.seed)?.global_state();
+    let mut state = MpclModel::new(&schema, model_config, &device, config.seed)?.global_state();
     let run_id = mpcl_coordinator::read_checkpoint(run.checkpoint())?.run_id;
 
     let all = generate(&SyntheticConfig::default());
@@ -579,7 +579,7 @@ fn replay(run: &RunDir, records: &[RoundRecord]) -> anyhow::Result<GlobalState> 
                     let data = synthetic_subject(&all, index_of[id]);
                     entry.insert(Participant::new(
                         &data,
-                        &model_config,
+                        model_config,
                         &device,
                         ParticipantSettings::default(),
                     )?)

@@ -15,9 +15,10 @@ use anyhow::Context;
 use mpcl_client::{Node, NodeConfig, NodeEvent, NodeOutcome, Participant, SessionConfig};
 use mpcl_coordinator::server::{NetworkSettings, Server, ServerOutcome, ServerSetup};
 use mpcl_coordinator::{Coordinator, CoordinatorConfig};
-use mpcl_model::data::{Dataset, Schema, split};
+use mpcl_data::ModelConfig;
+use mpcl_data::{Dataset, Schema, split};
 use mpcl_model::metrics::{DistributionMetrics, evaluate, label_prior_metrics};
-use mpcl_model::{Device, ModelConfig, MpclModel};
+use mpcl_model::{Device, MpclModel};
 use mpcl_protocol::identity::Participant as Enrolled;
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, TrainingConfig};
 use mpcl_protocol::{Enrolment, NodeIdentity, SigningKey};
@@ -250,8 +251,8 @@ pub fn start_server_with(
         coordinator,
         identity: keys.coordinator_identity(),
         enrolment: keys.enrolment.clone(),
-        model_config_json: serde_json::to_string(&ModelConfig::tiny())?,
-        schema_json: serde_json::to_string(schema)?,
+        model_config: ModelConfig::tiny(),
+        schema: schema.clone(),
         network,
         listen,
         out_dir: out_dir.to_path_buf(),

@@ -11,7 +11,7 @@ use mpcl_client::NodeOutcome;
 use mpcl_coordinator::Coordinator;
 use mpcl_coordinator::server::{ROUND_LOG_FILE, Server, ServerSetup};
 use mpcl_dashboard::{Dashboard, Sources, WarningLog};
-use mpcl_model::ModelConfig;
+use mpcl_data::ModelConfig;
 use mpcl_tests::{Federation, Keys, join, run_config, start_nodes, test_network};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -91,8 +91,8 @@ async fn the_dashboard_needs_its_token_and_follows_the_run() -> anyhow::Result<(
         coordinator,
         identity: keys.coordinator_identity(),
         enrolment: keys.enrolment.clone(),
-        model_config_json: serde_json::to_string(&ModelConfig::tiny())?,
-        schema_json: serde_json::to_string(&federation.schema)?,
+        model_config: ModelConfig::tiny(),
+        schema: federation.schema.clone(),
         network: test_network(),
         listen: "127.0.0.1:0".parse()?,
         out_dir: out.path().to_path_buf(),

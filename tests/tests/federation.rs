@@ -9,7 +9,8 @@ use mpcl_client::NodeOutcome;
 use mpcl_coordinator::Coordinator;
 use mpcl_coordinator::round_log::read_round_log;
 use mpcl_coordinator::server::ROUND_LOG_FILE;
-use mpcl_model::{Device, ModelConfig, MpclModel};
+use mpcl_data::ModelConfig;
+use mpcl_model::{Device, MpclModel};
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, RoundKind};
 use mpcl_tests::{
     Federation, Keys, accepted_updates, expected_state, join, rounds_started, run_config,

@@ -13,7 +13,7 @@ use mpcl_coordinator::evaluation::EvaluationConfig;
 use mpcl_coordinator::round_log::read_round_log;
 use mpcl_coordinator::server::ROUND_LOG_FILE;
 use mpcl_coordinator::{Coordinator, CoordinatorConfig, PrivacyLedger};
-use mpcl_model::data::Standardizer;
+use mpcl_data::Standardizer;
 use mpcl_protocol::codec::{MessageLimits, decode_message};
 use mpcl_protocol::messages::{ClientMessage, ClientUpdate, GlobalState};
 use mpcl_protocol::metrics::EvaluationReport;
@@ -367,7 +367,7 @@ struct Patterns {
 }
 
 impl Patterns {
-    fn of(data: &mpcl_model::data::Dataset) -> Self {
+    fn of(data: &mpcl_data::Dataset) -> Self {
         let standardizer = Standardizer::fit(data);
         let mut single = HashSet::new();
         let mut pairs = HashSet::new();

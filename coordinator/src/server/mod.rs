@@ -28,6 +28,7 @@ pub mod live;
 pub mod run_file;
 mod secure_relay;
 
+use mpcl_data::{ModelConfig, Schema};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -141,10 +142,10 @@ pub struct ServerSetup {
     pub identity: NodeIdentity,
     /// Who may connect.
     pub enrolment: Enrolment,
-    /// `ModelConfig` as JSON, sent in `Welcome`.
-    pub model_config_json: String,
-    /// The dataset schema as JSON, sent in `Welcome`.
-    pub schema_json: String,
+    /// The network's configuration, sent in `Welcome`.
+    pub model_config: ModelConfig,
+    /// The dataset schema, sent in `Welcome`.
+    pub schema: Schema,
     /// Transport settings.
     pub network: NetworkSettings,
     /// Address to listen on (port 0 picks a free port; see [`Server::local_addr`]).
@@ -191,8 +192,8 @@ struct Shared {
     total_rounds: u64,
     limits: MessageLimits,
     verifier: UpdateVerifier,
-    model_config_json: String,
-    schema_json: String,
+    model_config: ModelConfig,
+    schema: Schema,
     /// How participants split their data for federated evaluation (sent in `Welcome`).
     evaluation: Option<EvaluationSplit>,
     uploads: Semaphore,
@@ -212,17 +213,17 @@ impl Shared {
         max_message_bytes: usize,
         current_round: u64,
     ) -> CoordinatorMessage {
-        CoordinatorMessage::Welcome(Welcome {
+        CoordinatorMessage::Welcome(Box::new(Welcome {
             run_id: self.run_id,
             protocol_version: PROTOCOL_VERSION,
             participant_id: participant_id.to_string(),
             max_message_bytes: max_message_bytes as u64,
             total_rounds: self.total_rounds,
             current_round,
-            model_config_json: self.model_config_json.clone(),
-            schema_json: self.schema_json.clone(),
+            model_config: self.model_config.clone(),
+            schema: self.schema.clone(),
             evaluation: self.evaluation,
-        })
+        }))
     }
 }
 
@@ -386,8 +387,8 @@ impl Server {
             run_id,
             total_rounds: coordinator.config().rounds,
             limits,
-            model_config_json: setup.model_config_json,
-            schema_json: setup.schema_json,
+            model_config: setup.model_config,
+            schema: setup.schema,
             evaluation: coordinator.config().evaluation.split(),
             uploads: Semaphore::new(network.max_concurrent_uploads),
             request_timeout: network.request_timeout(),

@@ -19,8 +19,8 @@
 //! local_epochs = 2
 //! learning_rate = 0.005
 //!
-//! # The network's sizes and loss weights (`mpcl_model::ModelConfig`; missing fields keep their
-//! # defaults). Sent to clients in `Welcome` as JSON.
+//! # The network's sizes and loss weights (`mpcl_data::ModelConfig`; missing fields keep their
+//! # defaults). Sent to clients in `Welcome`.
 //! [model]
 //! width = 16
 //! prototypes_per_emotion = 2
@@ -32,13 +32,14 @@
 //! idle_timeout_secs = 60
 //! ```
 //!
-//! The coordinator crate does not depend on the model crate (it stays free of burn), so the
-//! `[model]` table is kept as JSON text and the schema as its spec; the command line turns them
-//! into a model and an initial global state.
+//! The `[model]` table is read into a [`ModelConfig`] here (`mpcl-data` needs no tensor library,
+//! so the coordinator stays free of burn); the schema is kept as its spec, which the command line
+//! resolves, and turns both into a model and an initial global state.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mpcl_data::ModelConfig;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -214,8 +215,8 @@ pub struct RunFile {
     pub coordinator: CoordinatorConfig,
     /// The schema spec (`schema = ...`; default `synthetic`).
     pub schema: String,
-    /// The `[model]` table as JSON (`{}` when absent: every field at its default).
-    pub model_config_json: String,
+    /// The `[model]` table (every field at its default when absent).
+    pub model: ModelConfig,
     /// The `[network]` table.
     pub network: NetworkSettings,
     /// The file's text, as read (what is saved next to the results).
@@ -255,10 +256,11 @@ impl RunFile {
                 ));
             }
         };
-        let model_config_json = match table.remove("model") {
-            None => "{}".to_string(),
-            Some(toml::Value::Table(model)) => serde_json::to_string(&model)
-                .map_err(|e| section("[model]", format!("cannot convert to JSON: {e}")))?,
+        let model = match table.remove("model") {
+            None => ModelConfig::default(),
+            Some(toml::Value::Table(model)) => toml::Value::Table(model)
+                .try_into::<ModelConfig>()
+                .map_err(|e| section("[model]", e.message().to_string()))?,
             Some(other) => {
                 return Err(section(
                     "[model]",
@@ -289,7 +291,7 @@ impl RunFile {
         Ok(Self {
             coordinator,
             schema,
-            model_config_json,
+            model,
             network,
             text: text.to_string(),
         })
@@ -329,9 +331,13 @@ keep_alive_secs = 2
         assert_eq!(file.coordinator.rounds, 3);
         assert_eq!(file.coordinator.training.local_epochs, 2);
         assert_eq!(file.schema, "larwood2019");
-        let model: serde_json::Value = serde_json::from_str(&file.model_config_json).unwrap();
-        assert_eq!(model["width"], 16);
-        assert_eq!(model["scales"], serde_json::json!([1, 2]));
+        assert_eq!(file.model.width, 16);
+        assert_eq!(file.model.scales, vec![1, 2]);
+        assert_eq!(
+            file.model.memory_slots,
+            ModelConfig::default().memory_slots,
+            "a field left out keeps its default"
+        );
         assert_eq!(file.network.keep_alive_secs, 2.0);
         assert_eq!(file.network.idle_timeout_secs, 60.0);
     }
@@ -340,7 +346,7 @@ keep_alive_secs = 2
     fn defaults_when_sections_are_missing() {
         let file = parse("rounds = 1\n").unwrap();
         assert_eq!(file.schema, "synthetic");
-        assert_eq!(file.model_config_json, "{}");
+        assert_eq!(file.model, ModelConfig::default());
         assert_eq!(file.network, NetworkSettings::default());
     }
 
@@ -352,6 +358,11 @@ keep_alive_secs = 2
         assert!(err.to_string().contains("keepalive"), "{err}");
         let err = parse("schema = 3\n").unwrap_err();
         assert!(err.to_string().contains("schema"), "{err}");
+        let err = parse("[model]\nwidht = 3\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("[model]") && text.contains("widht"), "{text}");
+        let err = parse("[model]\nwidth = \"wide\"\n").unwrap_err();
+        assert!(err.to_string().contains("[model]"), "{err}");
     }
 
     #[test]

@@ -5,10 +5,10 @@ use burn::tensor::{Distribution, Tensor};
 
 use super::fusion::token_mean;
 use super::*;
-use crate::config::ModelConfig;
-use crate::data::{Modality, ModalityGroup, Schema};
 use crate::loss::mpcl_loss;
 use crate::network::prototypes::tensor_to_vec;
+use mpcl_data::ModelConfig;
+use mpcl_data::{Modality, ModalityGroup, Schema};
 
 /// Two physiological modalities (so the cross-modal keys matter) and one behavioral one.
 fn schema() -> Schema {

@@ -8,8 +8,8 @@ use mpcl_protocol::CooccurrenceStatistics;
 
 use super::NetworkLayout;
 use super::prototypes::PrototypeBank;
-use crate::config::ModelConfig;
-use crate::data::ModalityGroup;
+use mpcl_data::ModalityGroup;
+use mpcl_data::ModelConfig;
 
 /// Prototype banks and co-occurrence memory.
 #[derive(Clone, Debug)]

@@ -21,11 +21,11 @@ use burn::tensor::{Device, Tensor};
 pub use memories::Memories;
 pub use prototypes::{BankStatistics, PrototypeBank};
 
-use crate::config::ModelConfig;
-use crate::data::{ModalityGroup, Schema};
 use emotions::{DistributionHead, EmotionRetrieval};
 use encoder::ModalityEncoder;
 use fusion::GroupFusion;
+use mpcl_data::ModelConfig;
+use mpcl_data::{ModalityGroup, Schema};
 
 /// Which modalities feed which group, fixed when the network is built.
 #[derive(Clone, Debug)]

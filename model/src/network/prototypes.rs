@@ -10,7 +10,7 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use mpcl_protocol::{F32Vec, PrototypeStatistics};
 
-use crate::data::ModalityGroup;
+use mpcl_data::ModalityGroup;
 
 /// Smallest norm used when normalising vectors for cosine similarity.
 const NORM_EPSILON: f32 = 1e-6;

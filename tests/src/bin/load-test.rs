@@ -25,7 +25,8 @@ use mpcl_client::{Node, NodeConfig, NodeEvent, NodeOutcome, SessionConfig};
 use mpcl_coordinator::round_log::read_round_log;
 use mpcl_coordinator::server::{NetworkSettings, ROUND_LOG_FILE, Server, ServerSetup};
 use mpcl_coordinator::{Coordinator, CoordinatorConfig};
-use mpcl_model::{Device, ModelConfig, MpclModel};
+use mpcl_data::ModelConfig;
+use mpcl_model::{Device, MpclModel};
 use mpcl_protocol::identity::Participant as Enrolled;
 use mpcl_protocol::{Enrolment, NodeIdentity, SigningKey};
 use mpcl_simulations::synthetic::synthetic_schema;
@@ -139,8 +140,8 @@ fn coordinator_role(args: Args) -> anyhow::Result<()> {
             coordinator: Coordinator::new(config, [9; 16], state)?,
             identity: coordinator_identity(),
             enrolment: enrolment(args.clients)?,
-            model_config_json: serde_json::to_string(&ModelConfig::tiny())?,
-            schema_json: serde_json::to_string(&schema)?,
+            model_config: ModelConfig::tiny(),
+            schema: schema.clone(),
             network: NetworkSettings {
                 keep_alive_secs: 2.0,
                 idle_timeout_secs: 60.0,

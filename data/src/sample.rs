@@ -207,7 +207,7 @@ impl Dataset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{Modality, ModalityGroup};
+    use crate::{Modality, ModalityGroup};
 
     fn dataset(label: Vec<f32>, features: Vec<f32>) -> Dataset {
         Dataset {

@@ -3,11 +3,17 @@
 //! sample came from). Readers for concrete datasets live in submodules and all produce this form,
 //! together with a [`LoadReport`] of what they left out and why; [`open`] picks the reader from a
 //! short dataset spec such as `larwood2019`, `dmer:/data/DMER` or a user's own study folder.
+//!
+//! The crate also holds the [`ModelConfig`], the network's sizes and loss weights, because the
+//! coordinator, which never builds a network, sends it to every participant with the schema.
+//! Nothing here needs a tensor library: the coordinator, the wire messages and the fuzz targets
+//! use these types without building burn.
 
 pub mod dmer;
 pub mod features;
 pub mod inspect;
 pub mod larwood;
+mod model_config;
 mod read_error;
 mod report;
 mod sample;
@@ -20,6 +26,7 @@ pub mod wesad;
 
 use std::path::{Path, PathBuf};
 
+pub use model_config::{ConfigError, ModelConfig};
 pub use read_error::ReadError;
 pub use report::{LoadReport, Skipped};
 pub use sample::{Dataset, DatasetError, LABEL_SUM_TOLERANCE, Sample, label_problem};
@@ -28,11 +35,11 @@ pub use standardize::Standardizer;
 
 /// Where the bundled Larwood (2019) dataset lives in this repository.
 pub fn bundled_larwood_dir() -> PathBuf {
-    // The model crate sits one level below the repository root.
-    let model_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    model_dir
+    // The data crate sits one level below the repository root.
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir
         .parent()
-        .unwrap_or(model_dir)
+        .unwrap_or(crate_dir)
         .join("datasets")
         .join("larwood2019")
 }

@@ -1,8 +1,8 @@
 //! `write_study_dir` (`mpcl data convert`): the bundled Larwood dataset written as a study folder
 //! and read back gives the dataset the built-in reader gives.
 
-use mpcl_model::data::study::{Requirements, read_study_dir, validate_study_dir, write_study_dir};
-use mpcl_model::data::{larwood, open};
+use mpcl_data::study::{Requirements, read_study_dir, validate_study_dir, write_study_dir};
+use mpcl_data::{larwood, open};
 
 #[test]
 fn the_converted_bundled_larwood_folder_reads_back_as_the_same_dataset() -> anyhow::Result<()> {

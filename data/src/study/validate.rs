@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::problem::{Collector, Problem};
 use super::scan::scan;
-use crate::data::Modality;
+use crate::Modality;
 
 /// What the evaluation protocol needs from the folder.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -115,7 +115,7 @@ pub fn read_snapshot(path: &Path) -> Result<Dataset, ReadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{Modality, ModalityGroup};
+    use crate::{Modality, ModalityGroup};
 
     fn dataset() -> Dataset {
         let schema = Schema {

@@ -1,9 +1,9 @@
 //! The bundled Larwood (2019) dataset read end to end, checked against the figures its README
 //! reports (computed there by the conversion script, independently of this reader).
 
-use mpcl_model::data::inspect::{entropy, summarize};
-use mpcl_model::data::larwood::EMOTIONS;
-use mpcl_model::data::{ModalityGroup, bundled_larwood_dir, open};
+use mpcl_data::inspect::{entropy, summarize};
+use mpcl_data::larwood::EMOTIONS;
+use mpcl_data::{ModalityGroup, bundled_larwood_dir, open};
 
 #[test]
 fn bundled_dataset_has_the_documented_counts_and_label_statistics() -> anyhow::Result<()> {

@@ -117,7 +117,7 @@ pub fn standardize_per_subject(dataset: &Dataset, fit_rows: &[usize]) -> Dataset
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{Modality, ModalityGroup, Sample, Schema};
+    use crate::{Modality, ModalityGroup, Sample, Schema};
 
     #[test]
     fn standardised_training_features_have_zero_mean_unit_variance() {

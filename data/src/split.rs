@@ -399,7 +399,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::data::{Modality, ModalityGroup, Sample, Schema};
+    use crate::{Modality, ModalityGroup, Sample, Schema};
 
     /// `trials[s]` trials for subject s, each with `windows` windows.
     fn dataset(trials: &[u32], windows: u32) -> Dataset {

@@ -12,7 +12,7 @@ use super::schema_file::{
     self, ColumnRole, LabelOutcome, LabelRule, MissingPolicy, SCHEMA_FILE, StudySchema,
     TIME_COLUMN, TRIAL_COLUMN, feature_column,
 };
-use crate::data::{LoadReport, ReadError, Sample, label_problem};
+use crate::{LoadReport, ReadError, Sample, label_problem};
 
 /// What one subject file held.
 #[derive(Clone, Debug)]

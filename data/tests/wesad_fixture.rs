@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use mpcl_model::data::features::STATISTICS_NAMES;
-use mpcl_model::data::wesad::{EMOTIONS, read_wesad_dir};
-use mpcl_model::data::{ModalityGroup, ReadError};
+use mpcl_data::features::STATISTICS_NAMES;
+use mpcl_data::wesad::{EMOTIONS, read_wesad_dir};
+use mpcl_data::{ModalityGroup, ReadError};
 use serde_json::Value;
 
 fn fixture() -> PathBuf {

@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use mpcl_model::data::split::{k_fold_subjects, leave_one_subject_out, subject_dependent};
-use mpcl_model::data::{Dataset, open};
+use mpcl_data::split::{k_fold_subjects, leave_one_subject_out, subject_dependent};
+use mpcl_data::{Dataset, open};
 
 fn fixture(path: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -23,7 +23,7 @@ fn every_spec_form_opens() -> anyhow::Result<()> {
     assert_eq!(one.subjects(), vec!["1"]);
     let (wesad, _) = open(&format!("wesad:{}", fixture("wesad")))?;
     assert_eq!(wesad.name, "wesad");
-    let bundled = mpcl_model::data::bundled_larwood_dir();
+    let bundled = mpcl_data::bundled_larwood_dir();
     let (larwood, _) = open(&format!("larwood:{}", bundled.display()))?;
     assert_eq!(larwood.samples.len(), 2758);
     Ok(())

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::data::Schema;
+use crate::Schema;
 
 /// A configuration that cannot build a network for the given schema.
 #[derive(Debug, Error, PartialEq)]
@@ -189,7 +189,7 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{Modality, ModalityGroup};
+    use crate::{Modality, ModalityGroup};
 
     fn schema() -> Schema {
         Schema {

@@ -105,7 +105,7 @@ pub fn summarize(dataset: &Dataset, report: &LoadReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{Modality, ModalityGroup, Sample, Schema};
+    use crate::{Modality, ModalityGroup, Sample, Schema};
 
     #[test]
     fn summary_counts_and_describes() {

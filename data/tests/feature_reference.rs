@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use mpcl_model::data::features::{STATISTICS_NAMES, differential_entropy, window_statistics};
+use mpcl_data::features::{STATISTICS_NAMES, differential_entropy, window_statistics};
 use serde_json::Value;
 
 fn numbers(value: &Value) -> Vec<f64> {

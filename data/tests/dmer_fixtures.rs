@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use mpcl_model::data::dmer::{EMOTIONS, read_dmer_dir, read_dmer_file};
-use mpcl_model::data::{ModalityGroup, ReadError};
+use mpcl_data::dmer::{EMOTIONS, read_dmer_dir, read_dmer_file};
+use mpcl_data::{ModalityGroup, ReadError};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

@@ -4,10 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use mpcl_model::data::study::{
-    Problem, Requirements, Severity, read_study_dir, validate_study_dir,
-};
-use mpcl_model::data::{ModalityGroup, ReadError, open};
+use mpcl_data::study::{Problem, Requirements, Severity, read_study_dir, validate_study_dir};
+use mpcl_data::{ModalityGroup, ReadError, open};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

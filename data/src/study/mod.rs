@@ -9,7 +9,7 @@
 //!   p02.csv         columns: trial, time (optional), <modality>_<index>..., one per emotion
 //! ```
 //!
-//! - [`read_study_dir`] reads a folder into a [`Dataset`]; [`open`](crate::data::open) calls it
+//! - [`read_study_dir`] reads a folder into a [`Dataset`]; [`open`](crate::open) calls it
 //!   for `study:DIR` and for any folder holding a `schema.toml`.
 //! - [`validate_study_dir`] checks a folder and lists every problem (`mpcl data validate`).
 //! - [`write_study_dir`] writes any dataset in this form (`mpcl data convert`).
@@ -32,10 +32,10 @@ pub use schema_file::{
 pub use validate::{Requirements, Summary, ValidationReport, validate_study_dir};
 pub use write::{WriteError, schema_toml, write_study_dir};
 
-use crate::data::{Dataset, LoadReport, ReadError};
+use crate::{Dataset, LoadReport, ReadError};
 use problem::Collector;
 
-/// Whether `path` is a folder holding a `schema.toml` (a study folder, for [`crate::data::open`]).
+/// Whether `path` is a folder holding a `schema.toml` (a study folder, for [`crate::open`]).
 pub fn is_study_dir(path: &Path) -> bool {
     path.join(SCHEMA_FILE).is_file()
 }

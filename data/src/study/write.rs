@@ -12,7 +12,7 @@ use super::problem::Collector;
 use super::schema_file::{
     self, SCHEMA_FILE, STIMULUS_COLUMN, TIME_COLUMN, TRIAL_COLUMN, feature_column,
 };
-use crate::data::{Dataset, DatasetError};
+use crate::{Dataset, DatasetError};
 
 /// Why a dataset could not be written as a study folder.
 #[derive(Debug, Error)]
@@ -185,7 +185,7 @@ pub fn write_study_dir(dataset: &Dataset, dir: &Path) -> Result<Vec<PathBuf>, Wr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{Modality, ModalityGroup, Sample, Schema};
+    use crate::{Modality, ModalityGroup, Sample, Schema};
 
     fn dataset(subject: &str, emotion: &str) -> Dataset {
         Dataset {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::problem::{Collector, Problem};
-use crate::data::{Modality, ModalityGroup, ReadError, Schema};
+use crate::{Modality, ModalityGroup, ReadError, Schema};
 
 /// The file name of the schema inside a study folder.
 pub const SCHEMA_FILE: &str = "schema.toml";
