@@ -21,8 +21,6 @@
 //! [`SimulationResult::notes`].
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -41,9 +39,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::dataset::{LoadError, load_dataset};
-use crate::evaluation::{EvaluationProtocol, partitions};
+use crate::evaluation::{EvaluationProtocol, Partition, partitions};
 use crate::evaluator::Evaluator;
-use crate::federation::{FederationError, InProcessFederation, RoundOutcome};
+use crate::federation::{FederationError, InProcessFederation, RoundOutcome, available_threads};
+use crate::in_order::run_in_order;
 use crate::learner::Learner;
 use crate::network::{NetworkError, NetworkOptions, run_network_federation};
 use crate::normalize::normalize_per_subject;
@@ -52,6 +51,7 @@ use crate::personalized_arm::{
 };
 use crate::progress::RoundProgress;
 use crate::report::{ArmSummary, SummaryTable};
+use crate::round_log::RoundLog;
 use crate::selection::{BestRound, SelectionSettings};
 use crate::simulation_models::{ArmModel, write_arm_model};
 use crate::simulation_outputs::write_outputs;
@@ -107,8 +107,9 @@ pub struct SimulationConfig {
     pub personalize_scope: PersonalizeScope,
     pub device: DeviceChoice,
     pub seed: u64,
-    /// Threads training in-process participants at once (all cores when unset); results do
-    /// not depend on it, so it is not part of `config.json`.
+    /// Threads of an in-process run (all cores when unset): (partition, arm) jobs at once, and
+    /// participants at once inside each federated arm. Results do not depend on it, so it is
+    /// not part of `config.json`.
     #[serde(skip)]
     pub threads: Option<usize>,
 }
@@ -357,7 +358,7 @@ pub fn run_simulation_on(
         config.selection.validation_fraction,
         config.seed,
     )?;
-    let mut round_log = match out {
+    let round_log = match out {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|source| SimulationError::Write {
                 path: dir.to_path_buf(),
@@ -365,35 +366,27 @@ pub fn run_simulation_on(
             })?;
             write_json(&dir.join("config.json"), config)?;
             let path = dir.join("rounds.jsonl");
-            Some((
-                BufWriter::new(
-                    File::create(&path).map_err(|source| SimulationError::Write {
-                        path: path.clone(),
-                        source,
-                    })?,
-                ),
-                path,
-            ))
+            Some(
+                RoundLog::create(&path)
+                    .map_err(|source| SimulationError::Write { path, source })?,
+            )
         }
         None => None,
     };
 
-    // The personalized arm has no rounds of its own.
-    let round_arms = config
+    // The personalized arm has no rounds of its own: it runs after the others, from the
+    // federated arm's model.
+    let round_arms: Vec<Arm> = config
         .arms
         .iter()
-        .filter(|a| **a != Arm::Personalized)
-        .count();
+        .copied()
+        .filter(|a| *a != Arm::Personalized)
+        .collect();
     let bar = RoundProgress::new(
         progress,
-        parts.len() * round_arms * config.rounds as usize,
+        parts.len() * round_arms.len() * config.rounds as usize,
         config.rounds,
     );
-    // The personalized arm's outcome per partition, while every partition allows it.
-    let mut personalized: Option<Result<Vec<PartitionOutcome>, _>> = config
-        .arms
-        .contains(&Arm::Personalized)
-        .then(|| Ok(Vec::new()));
     let several_parts = parts.len() > 1;
     let mut labels: Vec<Vec<f32>> = Vec::new();
     let mut subjects: Vec<String> = Vec::new();
@@ -402,176 +395,197 @@ pub fn run_simulation_on(
     let mut partition_sizes: Vec<usize> = Vec::new();
     // The stimulus prior of each test sample, while every partition knows its stimuli.
     let mut stimulus_predictions: Option<Vec<Vec<f32>>> = Some(Vec::new());
+    let mut sets = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let set = PartitionSets::new(&dataset, part, config, device)?;
+        labels.extend(set.test.samples.iter().map(|s| s.label.clone()));
+        subjects.extend(set.test.samples.iter().map(|s| s.subject.clone()));
+        priors.extend(std::iter::repeat_n(
+            set.prior.clone(),
+            set.test.samples.len(),
+        ));
+        partition_sizes.push(set.test.samples.len());
+        stimulus_predictions = stimulus_predictions.and_then(|mut all| {
+            all.extend(stimulus_prior(&set.train, &set.test)?);
+            Some(all)
+        });
+        sets.push(set);
+    }
+
+    // Every (partition, arm) is a job of its own; in-process runs take them on several threads
+    // (the federated arms also train their clients in parallel), network runs one at a time
+    // (each starts a coordinator and client processes of its own).
+    let jobs: Vec<(usize, Arm)> = (0..parts.len())
+        .flat_map(|part| round_arms.iter().map(move |&arm| (part, arm)))
+        .collect();
+    let workers = match mode {
+        ExecutionMode::InProcess => config.threads.unwrap_or_else(available_threads),
+        ExecutionMode::Network(_) => 1,
+    };
+    let outcomes = run_in_order(jobs.len(), workers, |job| {
+        let (part_index, arm) = jobs[job];
+        let (part, set) = (&parts[part_index], &sets[part_index]);
+        let mut on_round = |round: u64,
+                            predictions: &[Vec<f32>],
+                            state: Option<&GlobalState>,
+                            bytes: (u64, u64),
+                            seconds: f64,
+                            epsilon: Option<f64>| {
+            let metrics_of = |samples: &[mpcl_data::Sample], predictions: &[Vec<f32>]| {
+                evaluate(
+                    samples
+                        .iter()
+                        .zip(predictions)
+                        .map(|(s, p)| (s.label.as_slice(), p.as_slice())),
+                )
+            };
+            let (validation_predictions, test_predictions) =
+                predictions.split_at(set.validation_count);
+            let metrics = metrics_of(&set.test.samples, test_predictions);
+            let validation = (set.validation_count > 0).then(|| {
+                metrics_of(
+                    &set.held_out.samples[..set.validation_count],
+                    validation_predictions,
+                )
+            });
+            let record = RoundRecord {
+                arm,
+                partition: part.name.clone(),
+                round,
+                metrics,
+                validation,
+                prototype_cosine: state
+                    .and_then(|s| cross_emotion_cosine(&s.prototypes))
+                    .filter(|_| config.model.use_prototypes),
+                bytes_down: bytes.0,
+                bytes_up: bytes.1,
+                wall_seconds: seconds,
+                epsilon,
+            };
+            let partition = several_parts.then_some(part.name.as_str());
+            bar.round(arm.label(), partition, round, metrics.kl, seconds);
+            if let Some(log) = &round_log {
+                let line = serde_json::to_string(&record).expect("plain data serialises");
+                log.line(job, line)
+                    .map_err(|source| SimulationError::Write {
+                        path: log.path().to_path_buf(),
+                        source,
+                    })?;
+            }
+            Ok::<_, SimulationError>(validation)
+        };
+        let federation = match mode {
+            ExecutionMode::InProcess => FederationMode::InProcess,
+            ExecutionMode::Network(options) => FederationMode::Network {
+                options,
+                work_dir: network_dir
+                    .as_deref()
+                    .expect("set in network mode")
+                    .join(format!("{}-{part_index}", arm.name())),
+            },
+        };
+        let mut evaluator = Evaluator::new(&set.held_out, &set.train, &config.model, device)?;
+        let outcome = run_arm(
+            arm,
+            &federation,
+            config,
+            &ArmData {
+                train: &set.train,
+                held_out: &set.held_out,
+                validation_count: set.validation_count,
+                prior: &set.prior,
+            },
+            &set.initial,
+            device,
+            &mut evaluator,
+            &mut on_round,
+        )?;
+        if let Some(log) = &round_log {
+            log.finished(job).map_err(|source| SimulationError::Write {
+                path: log.path().to_path_buf(),
+                source,
+            })?;
+        }
+        Ok::<_, SimulationError>(outcome)
+    })?;
+
     let mut traces: BTreeMap<Arm, Vec<ArmTrace>> = BTreeMap::new();
     let mut final_states: BTreeMap<Arm, Vec<GlobalState>> = BTreeMap::new();
     let mut federated_evaluations: BTreeMap<Arm, Vec<Vec<FederatedMetrics>>> = BTreeMap::new();
     let mut notes: Vec<String> = Vec::new();
-    for (part_index, part) in parts.iter().enumerate() {
-        let normalized = normalize_per_subject(&dataset, &part.train);
-        let train_set = normalized.subset(&part.train);
-        let test_set = normalized.subset(&part.test);
-        // Validation samples first, then test samples: every arm predicts both each round.
-        let held_out_rows: Vec<usize> = part.validation.iter().chain(&part.test).copied().collect();
-        let held_out = normalized.subset(&held_out_rows);
-        let validation_count = part.validation.len();
-        let prior = train_set.label_prior();
-        labels.extend(test_set.samples.iter().map(|s| s.label.clone()));
-        subjects.extend(test_set.samples.iter().map(|s| s.subject.clone()));
-        priors.extend(std::iter::repeat_n(prior.clone(), test_set.samples.len()));
-        partition_sizes.push(test_set.samples.len());
-        stimulus_predictions = stimulus_predictions.and_then(|mut all| {
-            all.extend(stimulus_prior(&train_set, &test_set)?);
-            Some(all)
-        });
-        // Every arm starts from the same weights, its head at the training label prior.
-        let initial = {
-            let mut model = MpclModel::new(&dataset.schema, &config.model, device, config.seed)?;
-            model.start_at_prior(&prior);
-            model.global_state()
-        };
-        let mut evaluator = Evaluator::new(&held_out, &train_set, &config.model, device)?;
-        // The federated arm's selected state and test predictions, for the personalized arm.
-        let mut federated: Option<(GlobalState, Vec<Vec<f32>>)> = None;
-        for &arm in &config.arms {
-            if arm == Arm::Personalized {
-                continue; // after the other arms, from the federated arm's model
-            }
-            let mut on_round = |round: u64,
-                                predictions: &[Vec<f32>],
-                                state: Option<&GlobalState>,
-                                bytes: (u64, u64),
-                                seconds: f64,
-                                epsilon: Option<f64>| {
-                let metrics_of = |samples: &[mpcl_data::Sample], predictions: &[Vec<f32>]| {
-                    evaluate(
-                        samples
-                            .iter()
-                            .zip(predictions)
-                            .map(|(s, p)| (s.label.as_slice(), p.as_slice())),
-                    )
-                };
-                let (validation_predictions, test_predictions) =
-                    predictions.split_at(validation_count);
-                let metrics = metrics_of(&test_set.samples, test_predictions);
-                let validation = (validation_count > 0).then(|| {
-                    metrics_of(
-                        &held_out.samples[..validation_count],
-                        validation_predictions,
-                    )
-                });
-                let record = RoundRecord {
-                    arm,
-                    partition: part.name.clone(),
-                    round,
-                    metrics,
-                    validation,
-                    prototype_cosine: state
-                        .and_then(|s| cross_emotion_cosine(&s.prototypes))
-                        .filter(|_| config.model.use_prototypes),
-                    bytes_down: bytes.0,
-                    bytes_up: bytes.1,
-                    wall_seconds: seconds,
-                    epsilon,
-                };
-                let partition = several_parts.then_some(part.name.as_str());
-                bar.round(arm.label(), partition, round, metrics.kl, seconds);
-                if let Some((writer, path)) = round_log.as_mut() {
-                    let line = serde_json::to_string(&record).expect("plain data serialises");
-                    writeln!(writer, "{line}")
-                        .and_then(|()| writer.flush())
-                        .map_err(|source| SimulationError::Write {
-                            path: path.clone(),
-                            source,
-                        })?;
-                }
-                Ok::<_, SimulationError>(validation)
-            };
-            let federation = match mode {
-                ExecutionMode::InProcess => FederationMode::InProcess,
-                ExecutionMode::Network(options) => FederationMode::Network {
-                    options,
-                    work_dir: network_dir
-                        .as_deref()
-                        .expect("set in network mode")
-                        .join(format!("{}-{part_index}", arm.name())),
-                },
-            };
-            let (mut trace, state, stopped) = run_arm(
-                arm,
-                &federation,
-                config,
-                &ArmData {
-                    train: &train_set,
-                    held_out: &held_out,
-                    validation_count,
-                    prior: &prior,
-                },
-                &initial,
-                device,
-                &mut evaluator,
-                &mut on_round,
-            )?;
-            if let Some(reason) = stopped {
-                notes.push(format!("{} ({}): {reason}", arm.label(), part.name));
-            }
-            // The model file holds the validation-selected round's state.
-            if let (Some(dir), Some(state)) = (out, trace.best_state.as_ref().or(state.as_ref())) {
-                let model = ArmModel {
-                    arm,
-                    mode: mode.name(),
-                    partition: (part_index, parts.len(), part),
-                    dataset: &dataset,
-                    train_set: &train_set,
-                    test_set: &test_set,
-                    state,
-                    rounds: trace.best.round().unwrap_or(0),
-                    last_predictions: trace.selected().map(Vec::as_slice),
-                };
-                write_arm_model(dir, config, &model)?;
-            }
-            if matches!(arm, Arm::Federated | Arm::FedavgEncoder) {
-                federated_evaluations
-                    .entry(arm)
-                    .or_default()
-                    .push(std::mem::take(&mut trace.federated));
-            }
-            if arm == Arm::Federated
-                && let (Some(state), Some(predictions)) = (
-                    trace.best_state.as_ref().or(state.as_ref()),
-                    trace.selected(),
-                )
-            {
-                federated = Some((state.clone(), predictions.clone()));
-            }
-            traces.entry(arm).or_default().push(trace);
-            if let Some(state) = state {
-                final_states.entry(arm).or_default().push(state);
-            }
+    // Per partition, the federated arm's selected state and test predictions, for the
+    // personalized arm.
+    let mut federated: Vec<Option<(GlobalState, Vec<Vec<f32>>)>> = vec![None; parts.len()];
+    for (&(part_index, arm), (mut trace, state, stopped)) in jobs.iter().zip(outcomes) {
+        let (part, set) = (&parts[part_index], &sets[part_index]);
+        if let Some(reason) = stopped {
+            notes.push(format!("{} ({}): {reason}", arm.label(), part.name));
         }
-        if let Some(Ok(outcomes)) = personalized.as_mut() {
-            let validation_fraction = config.selection.validation_fraction;
-            match (
-                omitted(&train_set, &test_set, validation_fraction),
-                &federated,
-            ) {
-                (Some(reason), _) => personalized = Some(Err(reason.to_string())),
-                (None, None) => {
-                    personalized =
-                        Some(Err("omitted: the federated arm chose no model".to_string()))
-                }
-                (None, Some((state, predictions))) => {
-                    outcomes.push(personalize_partition(
-                        &PartitionData {
-                            train: &train_set,
-                            held_out: &held_out,
-                            validation_count,
-                            state,
-                            federated_predictions: predictions,
-                        },
-                        config,
-                        device,
-                    )?);
-                }
+        // The model file holds the validation-selected round's state.
+        if let (Some(dir), Some(state)) = (out, trace.best_state.as_ref().or(state.as_ref())) {
+            let model = ArmModel {
+                arm,
+                mode: mode.name(),
+                partition: (part_index, parts.len(), part),
+                dataset: &dataset,
+                train_set: &set.train,
+                test_set: &set.test,
+                state,
+                rounds: trace.best.round().unwrap_or(0),
+                last_predictions: trace.selected().map(Vec::as_slice),
+            };
+            write_arm_model(dir, config, &model)?;
+        }
+        if matches!(arm, Arm::Federated | Arm::FedavgEncoder) {
+            federated_evaluations
+                .entry(arm)
+                .or_default()
+                .push(std::mem::take(&mut trace.federated));
+        }
+        if arm == Arm::Federated
+            && let (Some(state), Some(predictions)) = (
+                trace.best_state.as_ref().or(state.as_ref()),
+                trace.selected(),
+            )
+        {
+            federated[part_index] = Some((state.clone(), predictions.clone()));
+        }
+        traces.entry(arm).or_default().push(trace);
+        if let Some(state) = state {
+            final_states.entry(arm).or_default().push(state);
+        }
+    }
+
+    // The personalized arm's outcome per partition, while every partition allows it.
+    let mut personalized: Option<Result<Vec<PartitionOutcome>, String>> = config
+        .arms
+        .contains(&Arm::Personalized)
+        .then(|| Ok(Vec::new()));
+    for (set, federated) in sets.iter().zip(&federated) {
+        let Some(Ok(outcomes)) = personalized.as_mut() else {
+            break;
+        };
+        let validation_fraction = config.selection.validation_fraction;
+        match (
+            omitted(&set.train, &set.test, validation_fraction),
+            federated,
+        ) {
+            (Some(reason), _) => personalized = Some(Err(reason.to_string())),
+            (None, None) => {
+                personalized = Some(Err("omitted: the federated arm chose no model".to_string()))
+            }
+            (None, Some((state, predictions))) => {
+                outcomes.push(personalize_partition(
+                    &PartitionData {
+                        train: &set.train,
+                        held_out: &set.held_out,
+                        validation_count: set.validation_count,
+                        state,
+                        federated_predictions: predictions,
+                    },
+                    config,
+                    device,
+                )?);
             }
         }
     }
@@ -654,6 +668,44 @@ pub fn run_simulation_on(
         write_outputs(dir, &result)?;
     }
     Ok(result)
+}
+
+/// One partition's data as every arm sees it.
+struct PartitionSets {
+    /// The training side, standardised per subject with its own statistics.
+    train: Dataset,
+    test: Dataset,
+    /// Validation samples first, then test samples: every arm predicts both each round.
+    held_out: Dataset,
+    validation_count: usize,
+    /// The label prior of `train`.
+    prior: Vec<f32>,
+    /// The weights every arm starts from, its head at the training label prior.
+    initial: GlobalState,
+}
+
+impl PartitionSets {
+    fn new(
+        dataset: &Dataset,
+        part: &Partition,
+        config: &SimulationConfig,
+        device: &Device,
+    ) -> Result<Self, SimulationError> {
+        let normalized = normalize_per_subject(dataset, &part.train);
+        let train = normalized.subset(&part.train);
+        let held_out_rows: Vec<usize> = part.validation.iter().chain(&part.test).copied().collect();
+        let prior = train.label_prior();
+        let mut model = MpclModel::new(&dataset.schema, &config.model, device, config.seed)?;
+        model.start_at_prior(&prior);
+        Ok(Self {
+            test: normalized.subset(&part.test),
+            held_out: normalized.subset(&held_out_rows),
+            validation_count: part.validation.len(),
+            initial: model.global_state(),
+            prior,
+            train,
+        })
+    }
 }
 
 /// What each arm chose: the test predictions of each partition's validation-selected round,

@@ -153,8 +153,9 @@ pub struct SimulateArgs {
     /// subject on 127.0.0.1 (same numbers, slower).
     #[arg(long)]
     network: bool,
-    /// Threads training the in-process federation's participants at once (default: every
-    /// core); the results are the same for any number.
+    /// Threads of an in-process run (default: every core): arms and folds run at the same
+    /// time, and each federated arm trains that many participants at once. The results and
+    /// every output file are the same for any number (network runs take one arm at a time).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     threads: Option<u64>,
     /// Output folder.

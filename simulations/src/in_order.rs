@@ -1,0 +1,94 @@
+//! Independent jobs on several threads, their results in job order.
+//!
+//! A simulation's arms and partitions do not depend on each other (each starts from the same
+//! initial weights and sees only its own data), so they may run at the same time; whatever
+//! reads their results reads them in the order a one-thread run produces them, which keeps
+//! every output identical whatever the number of threads.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Runs `job(0)`, ..., `job(count - 1)` on up to `workers` threads (at least one; one runs them
+/// in order on the calling thread) and returns their results in job order. After a job fails no
+/// new job starts; the error returned is that of the first failed job in job order (jobs are
+/// started in order, so every job before it ran).
+pub fn run_in_order<T, E>(
+    count: usize,
+    workers: usize,
+    job: impl Fn(usize) -> Result<T, E> + Sync,
+) -> Result<Vec<T>, E>
+where
+    T: Send,
+    E: Send,
+{
+    let workers = workers.clamp(1, count.max(1));
+    if workers == 1 {
+        return (0..count).map(job).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<Result<T, E>>>> = Mutex::new((0..count).map(|_| None).collect());
+    let work = || {
+        loop {
+            if failed.load(Ordering::Relaxed) {
+                return;
+            }
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            if index >= count {
+                return;
+            }
+            let result = job(index);
+            if result.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            results.lock().unwrap_or_else(|e| e.into_inner())[index] = Some(result);
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(work);
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut done = Vec::with_capacity(count);
+    for result in results {
+        match result {
+            Some(Ok(value)) => done.push(value),
+            Some(Err(error)) => return Err(error),
+            // Only after a failure, and only behind it: the failure was returned above.
+            None => unreachable!("a job was skipped without an earlier job failing"),
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_come_in_job_order_whatever_the_workers() {
+        for workers in [1, 2, 3, 8] {
+            let squares = run_in_order(10, workers, |i| {
+                // Later jobs finish first.
+                std::thread::sleep(std::time::Duration::from_millis((10 - i as u64) * 2));
+                Ok::<_, ()>(i * i)
+            })
+            .unwrap();
+            assert_eq!(
+                squares,
+                (0..10).map(|i| i * i).collect::<Vec<_>>(),
+                "{workers}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_first_failure_in_job_order_is_returned() {
+        for workers in [1, 2, 4] {
+            let error =
+                run_in_order(6, workers, |i| if i >= 3 { Err(i) } else { Ok(i) }).unwrap_err();
+            assert_eq!(error, 3, "{workers}");
+        }
+    }
+}
