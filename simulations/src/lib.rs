@@ -18,6 +18,7 @@ pub mod normalize;
 pub mod output_dir;
 pub mod personalized_arm;
 pub mod plots;
+mod pooling;
 pub mod progress;
 pub mod report;
 mod round_log;

@@ -28,7 +28,7 @@ use mpcl_client::ParticipantSettings;
 use mpcl_coordinator::{AggregationConfig, CoordinatorConfig, PrivacyConfig, TrainingSettings};
 use mpcl_data::Dataset;
 use mpcl_data::ModelConfig;
-use mpcl_model::metrics::{DistributionMetrics, evaluate};
+use mpcl_model::metrics::evaluate;
 use mpcl_model::personalize::{DEFAULT_PERSONALIZE_EPOCHS, PersonalizeScope};
 use mpcl_model::{Device, DeviceChoice, DeviceError, ModelError, MpclModel, TrainOptions};
 use mpcl_protocol::messages::GlobalState;
@@ -49,10 +49,11 @@ use crate::normalize::normalize_per_subject;
 use crate::personalized_arm::{
     PartitionData, PartitionOutcome, epochs_note, omitted, personalize_partition,
 };
+use crate::pooling::{ArmTrace, Selected, per_subject_metrics, pool_rounds};
 use crate::progress::RoundProgress;
 use crate::report::{ArmSummary, SummaryTable};
 use crate::round_log::RoundLog;
-use crate::selection::{BestRound, SelectionSettings};
+use crate::selection::SelectionSettings;
 use crate::simulation_models::{ArmModel, write_arm_model};
 use crate::simulation_outputs::write_outputs;
 pub use crate::simulation_result::{
@@ -64,6 +65,9 @@ use crate::train_job::write_json;
 use crate::uncertainty::compare_to_prior;
 use mpcl_coordinator::evaluation::{EvaluationConfig, FederatedMetrics};
 use mpcl_model::network::prototypes::cross_emotion_cosine;
+
+/// See [`crate::pooling::RoundObserver`].
+type RoundObserver<'a> = crate::pooling::RoundObserver<'a, SimulationError>;
 
 /// The name of the stimulus-prior reference row (shown when the data knows its stimuli).
 pub const STIMULUS_PRIOR: &str = "stimulus prior (no signal)";
@@ -179,77 +183,6 @@ pub enum SimulationError {
     /// which then reports its best round.
     #[error("validation KL did not improve for {0} rounds")]
     PatienceExhausted(u64),
-}
-
-/// Called after each round of an arm with (round, predictions on the partition's validation
-/// samples followed by its test samples, (bytes down, bytes up), seconds, epsilon); returns the
-/// validation metrics (`None` without validation samples).
-type RoundObserver<'a> = dyn FnMut(
-        u64,
-        &[Vec<f32>],
-        Option<&GlobalState>,
-        (u64, u64),
-        f64,
-        Option<f64>,
-    ) -> Result<Option<DistributionMetrics>, SimulationError>
-    + 'a;
-
-/// Predictions of one arm on one partition's test samples after each round, and the round
-/// chosen on validation KL.
-#[derive(Default)]
-struct ArmTrace {
-    /// Validation samples at the front of every prediction list the observer gets.
-    validation_count: usize,
-    /// Test predictions, one list per round.
-    predictions: Vec<Vec<Vec<f32>>>,
-    bytes: Vec<(u64, u64)>,
-    epsilons: Vec<Option<f64>>,
-    best: BestRound,
-    /// The state of the round chosen on validation (arms with a model).
-    best_state: Option<GlobalState>,
-    /// The coordinator's federated evaluation of each global model (federated arms): what
-    /// the participants reported on their own validation and test samples.
-    federated: Vec<FederatedMetrics>,
-}
-
-impl ArmTrace {
-    fn new(validation_count: usize) -> Self {
-        Self {
-            validation_count,
-            ..Self::default()
-        }
-    }
-
-    /// Reports a round to `on_round`, keeps its test predictions and follows validation KL.
-    /// Returns whether `patience` rounds passed without improvement (the arm may stop).
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &mut self,
-        on_round: &mut RoundObserver<'_>,
-        round: u64,
-        mut predictions: Vec<Vec<f32>>,
-        state: Option<&GlobalState>,
-        bytes: (u64, u64),
-        seconds: f64,
-        epsilon: Option<f64>,
-        patience: u64,
-    ) -> Result<bool, SimulationError> {
-        let validation = on_round(round, &predictions, state, bytes, seconds, epsilon)?;
-        if self.best.observe(round, validation.map(|m| m.kl)) {
-            self.best_state = state.cloned();
-        }
-        self.predictions
-            .push(predictions.split_off(self.validation_count));
-        self.bytes.push(bytes);
-        self.epsilons.push(epsilon);
-        Ok(self.best.should_stop(patience))
-    }
-
-    /// Test predictions of the round chosen on validation.
-    fn selected(&self) -> Option<&Vec<Vec<f32>>> {
-        let round = self.best.round()?;
-        self.predictions.get(round as usize - 1)
-    }
 }
 
 impl From<NetworkError> for SimulationError {
@@ -412,16 +345,21 @@ pub fn run_simulation_on(
         sets.push(set);
     }
 
-    // Every (partition, arm) is a job of its own; in-process runs take them on several threads
-    // (the federated arms also train their clients in parallel), network runs one at a time
-    // (each starts a coordinator and client processes of its own).
+    // Every (partition, arm) is a job of its own; in-process runs take them on several threads,
+    // network runs one at a time (each starts a coordinator and client processes of its own).
+    // The threads left over when there are fewer jobs than threads train a federated arm's
+    // clients in parallel, so that no more threads run than asked for. (Training threads of
+    // one process share burn-autodiff's one graph registry and its lock, which limits what
+    // threads gain: NOTES.md, session 6.)
     let jobs: Vec<(usize, Arm)> = (0..parts.len())
         .flat_map(|part| round_arms.iter().map(move |&arm| (part, arm)))
         .collect();
+    let threads = config.threads.unwrap_or_else(available_threads).max(1);
     let workers = match mode {
-        ExecutionMode::InProcess => config.threads.unwrap_or_else(available_threads),
+        ExecutionMode::InProcess => threads.min(jobs.len()).max(1),
         ExecutionMode::Network(_) => 1,
     };
+    let threads_per_federation = (threads / workers).max(1);
     let outcomes = run_in_order(jobs.len(), workers, |job| {
         let (part_index, arm) = jobs[job];
         let (part, set) = (&parts[part_index], &sets[part_index]);
@@ -475,7 +413,9 @@ pub fn run_simulation_on(
             Ok::<_, SimulationError>(validation)
         };
         let federation = match mode {
-            ExecutionMode::InProcess => FederationMode::InProcess,
+            ExecutionMode::InProcess => FederationMode::InProcess {
+                threads: threads_per_federation,
+            },
             ExecutionMode::Network(options) => FederationMode::Network {
                 options,
                 work_dir: network_dir
@@ -708,43 +648,6 @@ impl PartitionSets {
     }
 }
 
-/// What each arm chose: the test predictions of each partition's validation-selected round,
-/// concatenated over partitions in test-sample order, and those rounds.
-struct Selected {
-    predictions: BTreeMap<Arm, Vec<Vec<f32>>>,
-    rounds: BTreeMap<Arm, Vec<u64>>,
-    states: BTreeMap<Arm, Vec<GlobalState>>,
-}
-
-impl Selected {
-    fn of(traces: &BTreeMap<Arm, Vec<ArmTrace>>, labels: &[Vec<f32>]) -> Self {
-        let mut selected = Self {
-            predictions: BTreeMap::new(),
-            rounds: BTreeMap::new(),
-            states: BTreeMap::new(),
-        };
-        for (&arm, parts) in traces {
-            let predictions: Vec<Vec<f32>> = parts
-                .iter()
-                .flat_map(|t| t.selected().into_iter().flatten().cloned())
-                .collect();
-            if predictions.len() != labels.len() {
-                continue;
-            }
-            selected.predictions.insert(arm, predictions);
-            selected
-                .rounds
-                .insert(arm, parts.iter().filter_map(|t| t.best.round()).collect());
-            let states: Vec<GlobalState> =
-                parts.iter().filter_map(|t| t.best_state.clone()).collect();
-            if !states.is_empty() {
-                selected.states.insert(arm, states);
-            }
-        }
-        selected
-    }
-}
-
 /// The samples an arm trains and is scored on in one partition.
 struct ArmData<'a> {
     train: &'a Dataset,
@@ -776,7 +679,8 @@ impl ArmData<'_> {
 
 /// How one federated arm runs (see [`ExecutionMode`]).
 enum FederationMode<'a> {
-    InProcess,
+    /// In this process, training up to `threads` participants at once.
+    InProcess { threads: usize },
     Network {
         options: &'a NetworkOptions,
         work_dir: PathBuf,
@@ -842,7 +746,7 @@ fn run_arm(
             coordinator.evaluation.enabled = parts.is_some();
             let mut federated = Vec::new();
             let run = match federation_mode {
-                FederationMode::InProcess => {
+                FederationMode::InProcess { threads } => {
                     let mut federation = InProcessFederation::new(
                         data.train,
                         parts,
@@ -855,9 +759,7 @@ fn run_arm(
                     if config.deterministic_noise_for_tests {
                         federation.use_deterministic_noise_for_tests();
                     }
-                    if let Some(threads) = config.threads {
-                        federation.set_threads(threads);
-                    }
+                    federation.set_threads(*threads);
                     let run = federation
                         .run(&mut observe)
                         .map(|state| (state, federation.stop_reason().map(ToString::to_string)));
@@ -1047,72 +949,4 @@ fn sample_subjects(dataset: &Dataset, count: Option<usize>, seed: u64) -> Datase
         .filter(|&i| chosen.contains(&dataset.samples[i].subject))
         .collect();
     dataset.subset(&rows)
-}
-
-fn pool_rounds(
-    traces: &BTreeMap<Arm, Vec<ArmTrace>>,
-    labels: &[Vec<f32>],
-    rounds: u64,
-) -> Vec<PooledRound> {
-    let mut pooled = Vec::new();
-    for (&arm, parts) in traces {
-        for round in 0..rounds as usize {
-            let predictions: Vec<&Vec<f32>> = parts
-                .iter()
-                .flat_map(|t| t.predictions.get(round).into_iter().flatten())
-                .collect();
-            if predictions.len() != labels.len() {
-                continue;
-            }
-            let metrics = evaluate(
-                labels
-                    .iter()
-                    .zip(&predictions)
-                    .map(|(l, p)| (l.as_slice(), p.as_slice())),
-            );
-            let (down, up) = parts
-                .iter()
-                .filter_map(|t| t.bytes.get(round))
-                .fold((0, 0), |(d, u), (bd, bu)| (d + bd, u + bu));
-            let epsilon = parts
-                .iter()
-                .filter_map(|t| t.epsilons.get(round).copied().flatten())
-                .reduce(f64::max);
-            pooled.push(PooledRound {
-                arm,
-                round: round as u64 + 1,
-                metrics,
-                bytes_down: down,
-                bytes_up: up,
-                epsilon,
-            });
-        }
-    }
-    pooled
-}
-
-/// Each subject's metrics under each arm's validation-selected model.
-fn per_subject_metrics(
-    selection: &Selected,
-    labels: &[Vec<f32>],
-    subjects: &[String],
-) -> Vec<SubjectMetrics> {
-    let mut out = Vec::new();
-    for (&arm, last) in &selection.predictions {
-        let mut by_subject: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, subject) in subjects.iter().enumerate() {
-            by_subject.entry(subject).or_default().push(i);
-        }
-        for (subject, rows) in by_subject {
-            out.push(SubjectMetrics {
-                arm,
-                subject: subject.to_string(),
-                metrics: evaluate(
-                    rows.iter()
-                        .map(|&i| (labels[i].as_slice(), last[i].as_slice())),
-                ),
-            });
-        }
-    }
-    out
 }
