@@ -2,6 +2,7 @@
 //! trainer, a client or a simulation holds. Conversions to and from the federation's plain data
 //! (`GlobalState`, statistics) live here so that no other crate needs to know burn.
 
+use burn::module::Module;
 use burn::tensor::Device;
 use thiserror::Error;
 
@@ -204,10 +205,10 @@ impl MpclModel {
     /// Predicted distributions for the samples at `rows`, in that order.
     pub fn predict_rows(&self, data: &TensorDataset, rows: &[usize]) -> Vec<Vec<f32>> {
         let emotions = self.schema.emotion_count();
+        let (network, memories) = self.inference();
         let mut predictions = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(PREDICT_BATCH) {
-            let (inputs, _) = data.batch(chunk);
-            let output = self.network.forward(&inputs, &self.memories, &self.config);
+            let output = network.forward(&inference_inputs(data, chunk), &memories, &self.config);
             let probs = crate::network::prototypes::tensor_to_vec(output.log_probs.detach().exp());
             predictions.extend(probs.chunks(emotions).map(|p| p.to_vec()));
         }
@@ -225,6 +226,18 @@ impl MpclModel {
         )
     }
 
+    /// The network and memories on the inner backend, for passes that never go backward.
+    ///
+    /// burn-autodiff registers every operation on a tensor that requires a gradient in one
+    /// process-wide graph registry, behind one lock, and sweeps (clones) that registry on every
+    /// backward pass. A forward pass that never goes backward (predictions, memory statistics)
+    /// would leave its graph there until a later sweep: with many participants' models in one
+    /// process the registry grows and every training step pays for it. On the inner backend the
+    /// same operations run with the same kernels, so the numbers are the same bit for bit.
+    fn inference(&self) -> (MpclNetwork, Memories) {
+        (self.network.valid(), self.memories.without_autodiff())
+    }
+
     /// Prototype statistics (S, W) per group of `data` under the current encoder and banks,
     /// and the co-occurrence statistics of its labels: the memory part of a client's update.
     pub fn memory_statistics(
@@ -235,16 +248,19 @@ impl MpclModel {
         for label in data.host_labels() {
             cooccurrence.add_label(label);
         }
+        let inner_device = self.device.clone().without_autodiff();
         let mut totals: Vec<(ModalityGroup, BankStatistics)> = self
             .memories
             .banks
             .iter()
-            .map(|b| (b.group, BankStatistics::zeros(b.dims(), &self.device)))
+            .map(|b| (b.group, BankStatistics::zeros(b.dims(), &inner_device)))
             .collect();
+        let (network, memories) = self.inference();
         let indices: Vec<usize> = (0..data.len()).collect();
         for chunk in indices.chunks(PREDICT_BATCH) {
-            let (inputs, labels) = data.batch(chunk);
-            let output = self.network.forward(&inputs, &self.memories, &self.config);
+            let (_, labels) = data.batch(chunk);
+            let labels = labels.without_autodiff();
+            let output = network.forward(&inference_inputs(data, chunk), &memories, &self.config);
             for group in &output.groups {
                 let (Some(assignment), Some((_, total))) = (
                     &group.assignment,
@@ -265,4 +281,10 @@ impl MpclModel {
             .collect();
         (prototypes, cooccurrence)
     }
+}
+
+/// The inputs of the samples at `rows` on the inner backend (see [`MpclModel::inference`]).
+fn inference_inputs(data: &TensorDataset, rows: &[usize]) -> Vec<burn::tensor::Tensor<3>> {
+    let (inputs, _) = data.batch(rows);
+    inputs.into_iter().map(|t| t.without_autodiff()).collect()
 }

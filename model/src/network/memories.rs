@@ -104,4 +104,22 @@ impl Memories {
     pub fn log_memory(&self) -> &Tensor<2> {
         &self.log_memory
     }
+
+    /// The same memories on the inner backend (see [`crate::MpclModel::predict_rows`]).
+    pub fn without_autodiff(&self) -> Self {
+        Self {
+            banks: self
+                .banks
+                .iter()
+                .map(|b| PrototypeBank {
+                    group: b.group,
+                    values: b.values.clone().without_autodiff(),
+                })
+                .collect(),
+            cooccurrence: self.cooccurrence.clone(),
+            memory: self.memory.clone().without_autodiff(),
+            log_memory: self.log_memory.clone().without_autodiff(),
+            epsilon: self.epsilon,
+        }
+    }
 }
