@@ -988,12 +988,7 @@ pub fn check_compatible(welcome: &Welcome, local: &Schema) -> Result<ModelConfig
         let describe = |s: &Schema| {
             s.modalities
                 .iter()
-                .map(|m| {
-                    format!(
-                        "{} ({}, {}x{})",
-                        m.name, m.group, m.token_count, m.token_width
-                    )
-                })
+                .map(|m| m.describe())
                 .collect::<Vec<_>>()
                 .join(", ")
         };

@@ -33,8 +33,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use mpcl_protocol::messages::{GlobalState, RunId};
+use mpcl_protocol::sealed_file::{self, SealError};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::aggregation::FedAdamState;
@@ -47,7 +47,6 @@ use crate::round::RoundSummary;
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"MPCLCKPT";
 /// The checkpoint format version this build writes and reads.
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 4;
-const HEADER_LEN: usize = 8 + 4 + 8 + 32;
 /// Most memory (2^34 bytes) decoding a checkpoint may claim, however large it is.
 const MAX_CHECKPOINT_CLAIM_BITS: u32 = 34;
 
@@ -168,59 +167,28 @@ impl CheckpointError {
 pub fn encode_checkpoint(checkpoint: &Checkpoint) -> Result<Vec<u8>, CheckpointFormatError> {
     let payload = bincode::serde::encode_to_vec(checkpoint, bincode::config::standard())
         .map_err(|e| CheckpointFormatError::Encode(e.to_string()))?;
-    let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
-    bytes.extend_from_slice(&CHECKPOINT_MAGIC);
-    bytes.extend_from_slice(&CHECKPOINT_FORMAT_VERSION.to_le_bytes());
-    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&Sha256::digest(&payload));
-    bytes.extend_from_slice(&payload);
-    Ok(bytes)
+    Ok(sealed_file::seal(
+        CHECKPOINT_MAGIC,
+        CHECKPOINT_FORMAT_VERSION,
+        &payload,
+    ))
 }
 
 /// Checks header and checksum; returns the payload.
 fn verified_payload(bytes: &[u8]) -> Result<&[u8], CheckpointFormatError> {
-    if bytes.len() < CHECKPOINT_MAGIC.len() {
-        return if CHECKPOINT_MAGIC.starts_with(bytes) {
-            Err(CheckpointFormatError::Truncated {
-                expected: HEADER_LEN as u64,
-                found: bytes.len() as u64,
-            })
-        } else {
-            Err(CheckpointFormatError::BadMagic)
-        };
-    }
-    if bytes[..8] != CHECKPOINT_MAGIC {
-        return Err(CheckpointFormatError::BadMagic);
-    }
-    if bytes.len() < HEADER_LEN {
-        return Err(CheckpointFormatError::Truncated {
-            expected: HEADER_LEN as u64,
-            found: bytes.len() as u64,
-        });
-    }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or([0; 4]));
-    if version != CHECKPOINT_FORMAT_VERSION {
-        return Err(CheckpointFormatError::UnsupportedVersion {
-            found: version,
-            supported: CHECKPOINT_FORMAT_VERSION,
-        });
-    }
-    let payload_len = u64::from_le_bytes(bytes[12..20].try_into().unwrap_or([0; 8]));
-    let expected = (HEADER_LEN as u64).saturating_add(payload_len);
-    let found = bytes.len() as u64;
-    if found < expected {
-        return Err(CheckpointFormatError::Truncated { expected, found });
-    }
-    if found > expected {
-        return Err(CheckpointFormatError::TrailingBytes {
-            extra: found - expected,
-        });
-    }
-    let payload = &bytes[HEADER_LEN..];
-    if Sha256::digest(payload).as_slice() != &bytes[20..52] {
-        return Err(CheckpointFormatError::ChecksumMismatch);
-    }
-    Ok(payload)
+    sealed_file::unseal(bytes, CHECKPOINT_MAGIC, CHECKPOINT_FORMAT_VERSION).map_err(|error| {
+        match error {
+            SealError::BadMagic => CheckpointFormatError::BadMagic,
+            SealError::UnsupportedVersion { found, supported } => {
+                CheckpointFormatError::UnsupportedVersion { found, supported }
+            }
+            SealError::Truncated { expected, found } => {
+                CheckpointFormatError::Truncated { expected, found }
+            }
+            SealError::TrailingBytes { extra } => CheckpointFormatError::TrailingBytes { extra },
+            SealError::ChecksumMismatch => CheckpointFormatError::ChecksumMismatch,
+        }
+    })
 }
 
 /// Verifies and decodes checkpoint bytes.
@@ -394,6 +362,7 @@ fn sync_directory(_dir: &Path) -> Result<(), CheckpointError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     /// Regression (fuzzing, `checkpoint`): a payload under a valid checksum whose first field
     /// claims 2^60 bytes. Before the bounded decode this aborted the process (capacity

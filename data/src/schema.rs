@@ -71,6 +71,14 @@ impl Modality {
     pub fn width(&self) -> usize {
         self.token_count * self.token_width
     }
+
+    /// The modality in words, for messages that compare layouts: `eeg (physiological, 4x5)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({}, {}x{})",
+            self.name, self.group, self.token_count, self.token_width
+        )
+    }
 }
 
 /// Problems with a schema itself.

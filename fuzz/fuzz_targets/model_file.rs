@@ -4,11 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mpcl_fuzz::{model_file, patch};
+use mpcl_fuzz::{model_file, patch, reseal};
 use mpcl_protocol::ModelFile;
-use sha2::{Digest, Sha256};
-
-const HEADER: usize = 8 + 4 + 8 + 32;
 
 fuzz_target!(|data: &[u8]| {
     let Some((mode, rest)) = data.split_first() else {
@@ -18,14 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let bytes = match mode % 3 {
         0 => rest.to_vec(),
         1 => patch(valid, rest),
-        _ => {
-            let payload = patch(valid[HEADER..].to_vec(), rest);
-            let mut bytes = valid[..12].to_vec();
-            bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-            bytes.extend_from_slice(&Sha256::digest(&payload));
-            bytes.extend_from_slice(&payload);
-            bytes
-        }
+        _ => reseal(&valid, rest),
     };
     if let Ok(file) = ModelFile::decode(&bytes) {
         let encoded = file.encode().expect("a decoded file encodes");

@@ -56,6 +56,15 @@ pub fn patch(mut bytes: Vec<u8>, data: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// A valid sealed file (checkpoint or model file) whose payload `data` patches (see [`patch`]),
+/// under a recomputed length and checksum: a bug or a format change, not disk damage.
+pub fn reseal(valid: &[u8], data: &[u8]) -> Vec<u8> {
+    use mpcl_protocol::sealed_file::{HEADER_LEN, seal};
+    let magic: [u8; 8] = valid[..8].try_into().expect("a sealed file has a magic");
+    let version = u32::from_le_bytes(valid[8..12].try_into().expect("and a version"));
+    seal(magic, version, &patch(valid[HEADER_LEN..].to_vec(), data))
+}
+
 /// A fixed participant identity ("alice").
 pub fn alice() -> NodeIdentity {
     NodeIdentity::from_signing_key(Some("alice"), SigningKey::from_bytes(&[1; 32]))

@@ -38,6 +38,7 @@ use thiserror::Error;
 
 use crate::messages::GlobalState;
 use crate::metrics::DistributionMetrics;
+use crate::sealed_file::{self, SealError};
 
 /// Magic bytes opening every model file.
 pub const MODEL_MAGIC: [u8; 8] = *b"MPCLMODL";
@@ -47,7 +48,6 @@ pub const MODEL_FORMAT_VERSION: u32 = 1;
 pub const MODEL_EXTENSION: &str = "mpcl";
 /// The coordinator checkpoint's magic, recognised to give a helpful error.
 const CHECKPOINT_MAGIC: [u8; 8] = *b"MPCLCKPT";
-const HEADER_LEN: usize = 8 + 4 + 8 + 32;
 /// Most memory (2^34 bytes) decoding a model file may claim, however large it is.
 const MAX_CLAIM_BITS: u32 = 34;
 
@@ -221,17 +221,8 @@ impl ModelFile {
                 data: schema.emotions.clone(),
             });
         }
-        let describe = |s: &Schema| -> Vec<String> {
-            s.modalities
-                .iter()
-                .map(|m| {
-                    format!(
-                        "{} ({}, {}x{})",
-                        m.name, m.group, m.token_count, m.token_width
-                    )
-                })
-                .collect()
-        };
+        let describe =
+            |s: &Schema| -> Vec<String> { s.modalities.iter().map(|m| m.describe()).collect() };
         let (model, data) = (describe(&self.schema), describe(schema));
         if model != data {
             return Err(SchemaMismatch::Modalities { model, data });
@@ -243,13 +234,11 @@ impl ModelFile {
     pub fn encode(&self) -> Result<Vec<u8>, ModelFormatError> {
         let payload = bincode::serde::encode_to_vec(self, bincode::config::standard())
             .map_err(|e| ModelFormatError::Encode(e.to_string()))?;
-        let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
-        bytes.extend_from_slice(&MODEL_MAGIC);
-        bytes.extend_from_slice(&MODEL_FORMAT_VERSION.to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&Sha256::digest(&payload));
-        bytes.extend_from_slice(&payload);
-        Ok(bytes)
+        Ok(sealed_file::seal(
+            MODEL_MAGIC,
+            MODEL_FORMAT_VERSION,
+            &payload,
+        ))
     }
 
     /// Verifies and decodes a file's bytes.
@@ -335,43 +324,18 @@ impl ModelFile {
 
 /// Checks header and checksum; returns the payload.
 fn verified_payload(bytes: &[u8]) -> Result<&[u8], ModelFormatError> {
-    let magic_len = MODEL_MAGIC.len().min(bytes.len());
-    if bytes[..magic_len] != MODEL_MAGIC[..magic_len] {
-        return Err(if bytes.starts_with(&CHECKPOINT_MAGIC) {
-            ModelFormatError::Checkpoint
-        } else {
-            ModelFormatError::BadMagic
-        });
+    if bytes.starts_with(&CHECKPOINT_MAGIC) {
+        return Err(ModelFormatError::Checkpoint);
     }
-    if bytes.len() < HEADER_LEN {
-        return Err(ModelFormatError::Truncated {
-            expected: HEADER_LEN as u64,
-            found: bytes.len() as u64,
-        });
-    }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or([0; 4]));
-    if version != MODEL_FORMAT_VERSION {
-        return Err(ModelFormatError::UnsupportedVersion {
-            found: version,
-            supported: MODEL_FORMAT_VERSION,
-        });
-    }
-    let payload_len = u64::from_le_bytes(bytes[12..20].try_into().unwrap_or([0; 8]));
-    let expected = (HEADER_LEN as u64).saturating_add(payload_len);
-    let found = bytes.len() as u64;
-    if found < expected {
-        return Err(ModelFormatError::Truncated { expected, found });
-    }
-    if found > expected {
-        return Err(ModelFormatError::TrailingBytes {
-            extra: found - expected,
-        });
-    }
-    let payload = &bytes[HEADER_LEN..];
-    if Sha256::digest(payload).as_slice() != &bytes[20..52] {
-        return Err(ModelFormatError::ChecksumMismatch);
-    }
-    Ok(payload)
+    sealed_file::unseal(bytes, MODEL_MAGIC, MODEL_FORMAT_VERSION).map_err(|error| match error {
+        SealError::BadMagic => ModelFormatError::BadMagic,
+        SealError::UnsupportedVersion { found, supported } => {
+            ModelFormatError::UnsupportedVersion { found, supported }
+        }
+        SealError::Truncated { expected, found } => ModelFormatError::Truncated { expected, found },
+        SealError::TrailingBytes { extra } => ModelFormatError::TrailingBytes { extra },
+        SealError::ChecksumMismatch => ModelFormatError::ChecksumMismatch,
+    })
 }
 
 /// A run id for a local job: the first 16 bytes of the SHA-256 of its config text, in hex, so
