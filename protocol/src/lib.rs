@@ -13,6 +13,7 @@
 //! | [`framing`] | length-prefixed frames over async streams (quinn streams included) |
 //! | [`identity`] | ed25519 key files, participant ids, the enrolment file |
 //! | [`model_file`] | the trained model as one versioned, checksummed file |
+//! | [`reject`] | the one reason an update was not counted, logged and sent as it is |
 //! | [`sealed_file`] | the magic, version, length and checksum framing of mpcl's files |
 //! | [`signing`] | signed updates, their verification, the replay guard |
 //! | [`start_round`] | `StartRound` payloads sharing one encoding of the round's global state |
@@ -27,6 +28,7 @@ pub mod messages;
 pub mod metrics;
 pub mod model_file;
 pub mod params;
+pub mod reject;
 pub mod sealed_file;
 pub mod secure_aggregation;
 pub mod signing;

@@ -340,50 +340,7 @@ pub enum WaitReason {
     Other(String),
 }
 
-/// Why an update was not counted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum RejectReason {
-    /// The update is for another run.
-    #[error("update belongs to another run")]
-    WrongRun,
-    /// The update is for a round that has already closed.
-    #[error("round is over (current round is {current})")]
-    StaleRound { current: u64 },
-    /// The update is for a round that has not started.
-    #[error("round has not started (current round is {current})")]
-    FutureRound { current: u64 },
-    /// An update from this participant for this round was already accepted.
-    #[error("an update for this round was already accepted from this participant")]
-    Duplicate,
-    /// This participant was not sampled for the round.
-    #[error("participant was not selected for this round")]
-    NotSelected,
-    /// The round's deadline passed before the update arrived.
-    #[error("the round's deadline has passed")]
-    DeadlinePassed,
-    /// The signer is not enrolled.
-    #[error("participant is not enrolled")]
-    UnknownParticipant,
-    /// The update is signed by someone other than the participant on this connection.
-    #[error("update is signed by another participant than the one connected")]
-    SenderMismatch,
-    /// The signature does not verify.
-    #[error("signature does not verify")]
-    BadSignature,
-    /// The payload could not be decoded or is inconsistent with its envelope.
-    #[error("malformed update: {0}")]
-    Malformed(String),
-    /// The update decodes but its values are unusable (NaN, wrong layout, out of range).
-    #[error("invalid update: {0}")]
-    Invalid(String),
-    /// No round is collecting updates right now (for example the coordinator restarted and
-    /// waits for participants); ask for work again.
-    #[error("round {round} is not collecting updates (ask for work again)")]
-    RoundNotOpen { round: u64 },
-    /// The run has completed all its rounds.
-    #[error("the run is finished")]
-    RunFinished,
-}
+pub use crate::reject::RejectReason;
 
 /// Phase of the coordinator's round state machine, as reported in [`StatusReport`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -555,7 +512,7 @@ mod tests {
             CoordinatorMessage::UpdateAccepted { round: 1 },
             CoordinatorMessage::UpdateRejected {
                 round: 1,
-                reason: RejectReason::Invalid("NaN in `encoder.weight`".into()),
+                reason: RejectReason::NonFinite("encoder delta `encoder.weight`".into()),
             },
             CoordinatorMessage::Finished { rounds: 50 },
             CoordinatorMessage::Status(StatusReport {

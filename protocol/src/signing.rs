@@ -296,7 +296,12 @@ impl UpdateError {
             Self::UnknownParticipant { .. } => RejectReason::UnknownParticipant,
             Self::SenderMismatch { .. } => RejectReason::SenderMismatch,
             Self::BadSignature { .. } => RejectReason::BadSignature,
-            Self::WrongRun { .. } => RejectReason::WrongRun,
+            Self::WrongRun {
+                expected, found, ..
+            } => RejectReason::WrongRun {
+                expected: *expected,
+                found: *found,
+            },
             Self::Payload { source, .. } => RejectReason::Malformed(source.to_string()),
             Self::EnvelopeMismatch { .. } => RejectReason::Malformed(self.to_string()),
         }
@@ -480,12 +485,19 @@ impl ReplayError {
     /// The reason to send back in `UpdateRejected`.
     pub fn reject_reason(&self) -> RejectReason {
         match self {
-            Self::StaleRound { current, .. } => RejectReason::StaleRound { current: *current },
-            Self::FutureRound { current, .. } => RejectReason::FutureRound { current: *current },
-            Self::Duplicate { .. } => RejectReason::Duplicate,
-            Self::RoundWentBackwards { current, .. } => {
-                RejectReason::StaleRound { current: *current }
-            }
+            Self::StaleRound { round, current, .. } => RejectReason::StaleRound {
+                round: *round,
+                current: *current,
+            },
+            Self::FutureRound { round, current, .. } => RejectReason::FutureRound {
+                round: *round,
+                current: *current,
+            },
+            Self::Duplicate { round, .. } => RejectReason::Duplicate { round: *round },
+            Self::RoundWentBackwards { current, requested } => RejectReason::StaleRound {
+                round: *requested,
+                current: *current,
+            },
         }
     }
 }
@@ -768,7 +780,10 @@ mod tests {
             .unwrap_err();
         assert!(matches!(error, UpdateError::WrongRun { .. }));
         assert!(error.to_string().contains(&hex::encode([8u8; 16])));
-        assert_eq!(error.reject_reason(), RejectReason::WrongRun);
+        assert!(matches!(
+            error.reject_reason(),
+            RejectReason::WrongRun { .. }
+        ));
     }
 
     #[test]
@@ -812,7 +827,10 @@ mod tests {
         // The old round's update replayed is now stale.
         assert_eq!(
             guard.check("alice", 3).unwrap_err().reject_reason(),
-            RejectReason::StaleRound { current: 4 }
+            RejectReason::StaleRound {
+                round: 3,
+                current: 4
+            }
         );
         assert!(guard.advance_to(2).is_err());
         // Survives a checkpoint.

@@ -220,7 +220,9 @@ async fn bad_clients_are_refused_with_logged_reasons_while_rounds_complete() -> 
     let signed = SignedUpdate::sign(&poisoned, &mallory_identity, &limits)?;
     let reply = mallory.request(&ClientMessage::Update(signed)).await?;
     match rejected(&reply) {
-        Some(RejectReason::Invalid(reason)) => ensure!(reason.contains("non-finite"), "{reason}"),
+        Some(reason @ RejectReason::NonFinite(_)) => {
+            ensure!(reason.to_string().contains("non-finite"), "{reason}")
+        }
         _ => bail!("NaN update answered with {reply:?}"),
     }
 
@@ -261,7 +263,10 @@ async fn bad_clients_are_refused_with_logged_reasons_while_rounds_complete() -> 
     let reply = alice.request(&ClientMessage::Update(alice_signed)).await?;
     assert_eq!(
         rejected(&reply),
-        Some(&RejectReason::StaleRound { current: 2 }),
+        Some(&RejectReason::StaleRound {
+            round: 1,
+            current: 2
+        }),
         "{reply:?}"
     );
     alice.close().await;
@@ -274,7 +279,7 @@ async fn bad_clients_are_refused_with_logged_reasons_while_rounds_complete() -> 
     let reply = mallory.request(&ClientMessage::Update(valid)).await?;
     match rejected(&reply) {
         // Refused as a duplicate while round 2 is open, as stale once the honest clients closed it.
-        Some(RejectReason::Duplicate) | Some(RejectReason::StaleRound { .. }) => {}
+        Some(RejectReason::Duplicate { round: 2 }) | Some(RejectReason::StaleRound { .. }) => {}
         _ => bail!("replayed update answered with {reply:?}"),
     }
 

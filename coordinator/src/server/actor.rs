@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use mpcl_protocol::MessageLimits;
 use mpcl_protocol::messages::{
-    ClientUpdate, CoordinatorMessage, GlobalState, RejectReason as WireReject, RoundPhase,
-    StatusReport, WaitReason as WireWait,
+    ClientUpdate, CoordinatorMessage, GlobalState, RoundPhase, StatusReport, WaitReason as WireWait,
 };
 use mpcl_protocol::secure_aggregation::SecAggUpload;
 use mpcl_protocol::start_round::{EncodedState, SplicedPayload, encode_start_round};
@@ -39,7 +38,6 @@ use crate::evaluation::FederatedMetrics;
 use crate::final_table::{FINAL_CSV_FILE, FINAL_MARKDOWN_FILE, final_csv, final_markdown};
 use crate::round::{Action, Coordinator, Event, Millis, ParticipantId, RoundSummary, WaitReason};
 use crate::round_log::{RoundLog, RoundRecord, RoundTraffic};
-use crate::validate::RejectReason;
 
 use super::live::{Connections, LivePublisher};
 use super::secure_relay::{RelayOutput, SecureRelay};
@@ -623,7 +621,7 @@ impl Actor {
                     if Some(participant) == requester && answer.is_none() {
                         answer = Some(WorkReply::Message(CoordinatorMessage::UpdateRejected {
                             round,
-                            reason: wire_reject(&reason),
+                            reason,
                         }));
                     }
                 }
@@ -1027,75 +1025,5 @@ async fn sleep_until_opt(at: Option<Instant>) {
 fn no_answer(request: &str) -> CoordinatorMessage {
     CoordinatorMessage::Error {
         reason: format!("internal error: the coordinator produced no answer to {request}"),
-    }
-}
-
-/// The wire form of a state-machine rejection.
-pub(crate) fn wire_reject(reason: &RejectReason) -> WireReject {
-    match reason {
-        RejectReason::WrongRun { .. } => WireReject::WrongRun,
-        RejectReason::StaleRound { current, .. } => WireReject::StaleRound { current: *current },
-        RejectReason::FutureRound { current, .. } => WireReject::FutureRound { current: *current },
-        RejectReason::RoundNotOpen { round } => WireReject::RoundNotOpen { round: *round },
-        RejectReason::RunFinished => WireReject::RunFinished,
-        RejectReason::Duplicate { .. } => WireReject::Duplicate,
-        RejectReason::NotSampled { .. } => WireReject::NotSelected,
-        RejectReason::LayoutMismatch(_)
-        | RejectReason::NonFinite(_)
-        | RejectReason::Oversized { .. }
-        | RejectReason::ZeroSamples
-        | RejectReason::InvalidStatistics(_)
-        | RejectReason::InvalidEvaluation(_)
-        | RejectReason::SecureAggregationRequired => WireReject::Invalid(reason.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_rejection_has_a_wire_reason() {
-        let cases = [
-            (
-                RejectReason::StaleRound {
-                    round: 1,
-                    current: 3,
-                },
-                WireReject::StaleRound { current: 3 },
-            ),
-            (
-                RejectReason::FutureRound {
-                    round: 4,
-                    current: 3,
-                },
-                WireReject::FutureRound { current: 3 },
-            ),
-            (
-                RejectReason::RoundNotOpen { round: 2 },
-                WireReject::RoundNotOpen { round: 2 },
-            ),
-            (RejectReason::RunFinished, WireReject::RunFinished),
-            (RejectReason::Duplicate { round: 2 }, WireReject::Duplicate),
-            (
-                RejectReason::NotSampled { round: 2 },
-                WireReject::NotSelected,
-            ),
-            (
-                RejectReason::WrongRun {
-                    expected: [1; 16],
-                    found: [2; 16],
-                },
-                WireReject::WrongRun,
-            ),
-        ];
-        for (reason, wire) in cases {
-            assert_eq!(wire_reject(&reason), wire);
-        }
-        let nan = RejectReason::NonFinite("encoder delta `w`".into());
-        match wire_reject(&nan) {
-            WireReject::Invalid(text) => assert!(text.contains("non-finite"), "{text}"),
-            other => panic!("{other:?}"),
-        }
     }
 }
