@@ -13,7 +13,8 @@ use mpcl_protocol::messages::{
     ClientUpdate, GlobalState, LocalMetrics, RoundKind, RunId, TrainingConfig,
 };
 use mpcl_protocol::metrics::EvaluationReport;
-use mpcl_protocol::signing::{SignedUpdate, encode_update_payload};
+use mpcl_protocol::signing::SignedUpdate;
+use mpcl_protocol::update_payload::encode_update_payload;
 use mpcl_protocol::{CooccurrenceStatistics, NodeIdentity};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;

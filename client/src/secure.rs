@@ -13,16 +13,16 @@
 //! coordinator that invents participants could collect shares from them; and it trusts the
 //! coordinator's setup to ask for enough noise (it checks only that the setup is consistent).
 
-use mpcl_coordinator::SecureRoundPlan;
-use mpcl_coordinator::privacy::{PreparedInput, SecureSetupError, os_noise_rng};
 use mpcl_protocol::NodeIdentity;
 use mpcl_protocol::messages::{
     ClientMessage, ClientUpdate, CoordinatorMessage, GlobalState, RunId,
 };
+use mpcl_protocol::privacy_noise::os_noise_rng;
 use mpcl_protocol::secure_aggregation::{
     ClientOptions, EncryptedShare, KeyAdvertisement, SecAggClient, SecAggError, SecAggStep,
     SecAggUpload, SecureRoundSetup, SurvivorList, UnmaskRequest,
 };
+use mpcl_protocol::secure_aggregation::{PreparedInput, SecureRoundPlan, SecureSetupError};
 use thiserror::Error;
 
 /// Why this node takes no further part in a round's session.

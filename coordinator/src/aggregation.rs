@@ -45,7 +45,9 @@ use thiserror::Error;
 
 use crate::config::{AggregationConfig, AggregationRule};
 use crate::exact_sum::{ExactSum, ExactSumError};
-use crate::privacy::{PrivacyConfig, add_gaussian_noise, clip_update};
+pub use mpcl_protocol::privacy_noise::ContributionPolicy;
+
+use crate::privacy::{add_gaussian_noise, clip_update};
 
 /// Errors from accumulating or finishing a round. Updates are validated before they get here
 /// ([`crate::validate::validate_update`]), so these indicate a caller mistake, never bad client
@@ -74,38 +76,6 @@ pub enum AggregationError {
     /// A value is beyond what the exact running sums hold.
     #[error(transparent)]
     Range(#[from] ExactSumError),
-}
-
-/// How each accepted update's delta enters the sum.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct ContributionPolicy {
-    /// Scale each delta down to this L2 norm when it is longer (no clipping when `None`).
-    pub clip_norm: Option<f64>,
-    /// Weight every update 1 instead of its sample count. Differential privacy needs this: the
-    /// noise is calibrated to the sensitivity of the sum to one client, which is `clip_norm`
-    /// only if no client enters with a weight above 1 (with sample-count weights a client
-    /// claiming many samples would move the mean by far more than the noise hides).
-    pub uniform_weights: bool,
-}
-
-impl ContributionPolicy {
-    /// The policy a run's privacy settings ask for: clip when `clip_norm` is set, uniform
-    /// weights when differential-privacy noise is added.
-    pub fn from_privacy(privacy: &PrivacyConfig) -> Self {
-        Self {
-            clip_norm: privacy.clip_norm,
-            uniform_weights: privacy.differential_privacy(),
-        }
-    }
-
-    /// The weight an update with `sample_count` samples gets.
-    pub fn weight(&self, sample_count: u64) -> u64 {
-        if self.uniform_weights {
-            1
-        } else {
-            sample_count
-        }
-    }
 }
 
 /// FedAdam's server-side moments, kept across rounds (and in checkpoints).

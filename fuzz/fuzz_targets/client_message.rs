@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mpcl_fuzz::{RUN, alice};
+use mpcl_fuzz::alice;
 use mpcl_protocol::codec::decode_message;
 use mpcl_protocol::identity::Participant;
 use mpcl_protocol::messages::ClientMessage;
@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
             public_key: alice.public_key(),
         }])
         .expect("valid enrolment");
-        let verifier = UpdateVerifier::new(enrolment, RUN, limits);
+        let verifier = UpdateVerifier::new(enrolment, limits);
         let _ = verifier.verify(&signed, Some(&alice.public_key()));
     }
 });

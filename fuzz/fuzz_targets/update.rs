@@ -8,7 +8,7 @@ use mpcl_coordinator::config::UpdateLimits;
 use mpcl_coordinator::{AggregationConfig, RoundAggregator, validate_update};
 use mpcl_fuzz::{RUN, alice, global, patch, update};
 use mpcl_protocol::identity::Participant;
-use mpcl_protocol::signing::encode_update_payload;
+use mpcl_protocol::update_payload::encode_update_payload;
 use mpcl_protocol::{Enrolment, MessageLimits, SignedUpdate, UpdateVerifier};
 
 fuzz_target!(|data: &[u8]| {
@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         public_key: alice.public_key(),
     }])
     .expect("valid enrolment");
-    let verifier = UpdateVerifier::new(enrolment, RUN, limits);
+    let verifier = UpdateVerifier::new(enrolment, limits);
     let Ok(verified) = verifier.verify(&signed, Some(&alice.public_key())) else {
         return;
     };

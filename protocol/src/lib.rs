@@ -28,6 +28,8 @@ pub mod messages;
 pub mod metrics;
 pub mod model_file;
 pub mod params;
+pub mod participant_id;
+pub mod privacy_noise;
 pub mod reject;
 pub mod sealed_file;
 pub mod secure_aggregation;
@@ -35,6 +37,7 @@ pub mod signing;
 pub mod start_round;
 pub mod stats;
 pub mod tls;
+pub mod update_payload;
 pub mod vector;
 
 pub use codec::{ALPN, CodecError, HARD_MAX_MESSAGE_BYTES, MessageLimits, PROTOCOL_VERSION};
@@ -49,9 +52,8 @@ pub use messages::{
 };
 pub use model_file::{ModelFile, ModelFileError};
 pub use params::{NamedTensor, ParameterSet, ParameterSetError};
-pub use signing::{
-    ReplayError, ReplayGuard, SignedUpdate, UpdateError, UpdateVerifier, VerifiedUpdate,
-};
+pub use participant_id::ParticipantId;
+pub use signing::{SignedUpdate, UpdateError, UpdateVerifier, VerifiedUpdate};
 pub use stats::{CooccurrenceStatistics, PrototypeStatistics, StatisticsError};
 pub use tls::{TLS_SERVER_NAME, TlsError, client_config, server_config};
 pub use vector::F32Vec;

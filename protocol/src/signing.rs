@@ -7,8 +7,8 @@
 //!
 //! # What is signed
 //!
-//! The update is encoded once with [`encode_update_payload`] into `payload` (its encoder delta
-//! dense, or compressed as the run's `compression` says); the
+//! The update is encoded once with [`encode_update_payload`] ([`crate::update_payload`]) into
+//! `payload` (its encoder delta dense, or compressed as the run's `compression` says); the
 //! signature (ed25519, verified with `verify_strict`) covers
 //!
 //! ```text
@@ -22,18 +22,17 @@
 //! # What the coordinator does with an incoming update
 //!
 //! 1. [`UpdateVerifier::verify`]: the signer is enrolled (and, when given, is the participant
-//!    on the connection), the signature verifies, the run id is this run's, the payload decodes
-//!    within the size limit and agrees with the envelope's run id and round.
-//! 2. [`ReplayGuard::check`]: the round is the current one and this participant has not had an
-//!    update accepted in it yet.
-//! 3. The coordinator's own checks on the values (finite, right layout).
-//! 4. [`ReplayGuard::record`], then count the update.
+//!    on the connection), the signature verifies, the payload decodes within the size limit
+//!    ([`crate::update_payload`], which also decompresses) and agrees with the envelope's run id
+//!    and round.
+//! 2. The round state machine (`mpcl_coordinator::Coordinator`) does the rest, for network and
+//!    in-process updates alike: the run is this run, the round is the open one, the participant was sampled and has
+//!    not answered it yet, the values are usable. Its open round is the replay memory, and its
+//!    checkpoint holds the rounds already aggregated, so a replay stays a replay after a restart.
 //!
 //! Checking the signature first means an unauthenticated message can never mark a participant as
-//! "already submitted"; recording only after acceptance lets a participant whose update was
-//! rejected for its values send a corrected one.
+//! "already answered".
 
-use std::collections::BTreeSet;
 use std::fmt;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -41,15 +40,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::codec::{self, CodecError, MessageLimits};
-use crate::compression::{
-    CompressedDelta, CompressedUpdate, CompressedValues, Compression, DeltaLayout,
-};
+use crate::codec::{CodecError, MessageLimits};
+use crate::compression::{CompressedUpdate, Compression, DeltaLayout};
 use crate::identity::{Enrolment, NodeIdentity, fingerprint};
 use crate::messages::{ClientUpdate, RejectReason, RunId};
-use crate::params::ParameterSet;
-use crate::stats::PrototypeStatistics;
-use crate::vector::F32Vec;
+use crate::update_payload::{self, encode_update_payload};
 
 /// Domain-separation tag at the start of every signed update message.
 pub const UPDATE_SIGNATURE_DOMAIN: &[u8] = b"mpcl/update-signature/v1\0";
@@ -92,79 +87,6 @@ pub fn signed_message(run_id: &RunId, round: u64, payload: &[u8]) -> Vec<u8> {
     message.extend_from_slice(&round.to_le_bytes());
     message.extend_from_slice(&digest);
     message
-}
-
-/// What a signed update's payload decodes to: the update with its numbers dense, or compressed
-/// ([`crate::compression`]): then the update's own `delta` is empty and its prototype
-/// statistics have empty `sum`s, which travel in `delta` and `prototype_sums` (one per group,
-/// in order).
-#[derive(Deserialize)]
-enum UpdatePayload {
-    Dense(ClientUpdate),
-    Compressed {
-        update: ClientUpdate,
-        delta: CompressedDelta,
-        prototype_sums: Vec<CompressedValues>,
-    },
-}
-
-/// The encoding side of [`UpdatePayload`], borrowing (bincode writes a reference exactly like
-/// the value, so both sides agree byte for byte).
-#[derive(Serialize)]
-#[serde(rename = "UpdatePayload")]
-enum UpdatePayloadRef<'a> {
-    Dense(&'a ClientUpdate),
-    Compressed {
-        update: &'a ClientUpdate,
-        delta: &'a CompressedDelta,
-        prototype_sums: &'a [CompressedValues],
-    },
-}
-
-/// The payload bytes of `update`: dense, or, when `compressed` is given, with the update's
-/// delta and prototype sums left out and `compressed` carried instead (what
-/// [`SignedUpdate::sign_compressed`] signs; simulations use it to count upload bytes).
-pub fn encode_update_payload(
-    update: &ClientUpdate,
-    compressed: Option<&CompressedUpdate>,
-    limits: &MessageLimits,
-) -> Result<Vec<u8>, CodecError> {
-    let Some(compressed) = compressed else {
-        return codec::encode_message(&UpdatePayloadRef::Dense(update), limits);
-    };
-    if compressed.prototype_sums.len() != update.prototypes.len() {
-        return Err(CodecError::Malformed(format!(
-            "{} compressed prototype sums for {} groups",
-            compressed.prototype_sums.len(),
-            update.prototypes.len()
-        )));
-    }
-    // The dense numbers stay home; the rest is small.
-    let shell = ClientUpdate {
-        run_id: update.run_id,
-        round: update.round,
-        delta: ParameterSet::default(),
-        prototypes: update
-            .prototypes
-            .iter()
-            .map(|stats| PrototypeStatistics {
-                sum: F32Vec::default(),
-                ..stats.clone()
-            })
-            .collect(),
-        cooccurrence: update.cooccurrence.clone(),
-        sample_count: update.sample_count,
-        metrics: update.metrics.clone(),
-        evaluation: update.evaluation,
-    };
-    codec::encode_message(
-        &UpdatePayloadRef::Compressed {
-            update: &shell,
-            delta: &compressed.delta,
-            prototype_sums: &compressed.prototype_sums,
-        },
-        limits,
-    )
 }
 
 impl SignedUpdate {
@@ -259,17 +181,6 @@ pub enum UpdateError {
     /// The signature is malformed or does not verify under the participant's key.
     #[error("bad signature on update from `{participant_id}`")]
     BadSignature { participant_id: String },
-    /// A genuine signature, but for another run.
-    #[error(
-        "update from `{participant_id}` is for run {}, this run is {}",
-        hex::encode(found),
-        hex::encode(expected)
-    )]
-    WrongRun {
-        participant_id: String,
-        expected: RunId,
-        found: RunId,
-    },
     /// The signed payload does not decode.
     #[error("update from `{participant_id}` does not decode: {source}")]
     Payload {
@@ -296,23 +207,16 @@ impl UpdateError {
             Self::UnknownParticipant { .. } => RejectReason::UnknownParticipant,
             Self::SenderMismatch { .. } => RejectReason::SenderMismatch,
             Self::BadSignature { .. } => RejectReason::BadSignature,
-            Self::WrongRun {
-                expected, found, ..
-            } => RejectReason::WrongRun {
-                expected: *expected,
-                found: *found,
-            },
             Self::Payload { source, .. } => RejectReason::Malformed(source.to_string()),
             Self::EnvelopeMismatch { .. } => RejectReason::Malformed(self.to_string()),
         }
     }
 }
 
-/// Verifies incoming updates for one run.
+/// Verifies incoming updates: who signed them and what their payload holds.
 #[derive(Clone, Debug)]
 pub struct UpdateVerifier {
     enrolment: Enrolment,
-    run_id: RunId,
     limits: MessageLimits,
     /// The encoder's layout, needed to decompress compressed deltas (which carry only its
     /// digest); without it compressed updates are refused.
@@ -320,11 +224,10 @@ pub struct UpdateVerifier {
 }
 
 impl UpdateVerifier {
-    /// A verifier for `run_id` accepting signers from `enrolment` and payloads up to `limits`.
-    pub fn new(enrolment: Enrolment, run_id: RunId, limits: MessageLimits) -> Self {
+    /// A verifier accepting signers from `enrolment` and payloads up to `limits`.
+    pub fn new(enrolment: Enrolment, limits: MessageLimits) -> Self {
         Self {
             enrolment,
-            run_id,
             limits,
             layout: None,
         }
@@ -341,16 +244,11 @@ impl UpdateVerifier {
         &self.enrolment
     }
 
-    /// The run being verified for.
-    pub fn run_id(&self) -> &RunId {
-        &self.run_id
-    }
-
     /// Checks, in order: the signer is enrolled; when `connection_key` is given (the key read
     /// from the TLS connection the update came over), it is the signer's key; the signature;
-    /// the run id; the payload decodes; the payload's run id and round match the envelope's.
-    /// It does not check the round against the coordinator's (see [`ReplayGuard`]) or the
-    /// values themselves.
+    /// the payload decodes; the payload's run id and round match the envelope's.
+    /// It does not check the round against the coordinator's open one or the values
+    /// themselves: the round state machine does.
     pub fn verify(
         &self,
         signed: &SignedUpdate,
@@ -372,61 +270,15 @@ impl UpdateVerifier {
             });
         }
         signed.verify_signature(&participant.public_key)?;
-        if signed.run_id != self.run_id {
-            return Err(UpdateError::WrongRun {
-                participant_id,
-                expected: self.run_id,
-                found: signed.run_id,
-            });
-        }
-        let payload: UpdatePayload =
-            codec::decode_message(&signed.payload, &self.limits).map_err(|source| {
-                UpdateError::Payload {
-                    participant_id: participant_id.clone(),
-                    source,
-                }
-            })?;
-        let (update, compression) = match payload {
-            UpdatePayload::Dense(update) => (update, Compression::None),
-            UpdatePayload::Compressed {
-                mut update,
-                delta,
-                prototype_sums,
-            } => {
-                let malformed = |message: String| UpdateError::Payload {
-                    participant_id: participant_id.clone(),
-                    source: CodecError::Malformed(message),
-                };
-                let layout = self.layout.as_ref().ok_or_else(|| {
-                    malformed("this coordinator does not accept compressed updates".into())
-                })?;
-                if !update.delta.tensors.is_empty()
-                    || update.prototypes.iter().any(|p| !p.sum.is_empty())
-                    || prototype_sums.len() != update.prototypes.len()
-                {
-                    return Err(malformed(
-                        "a compressed update must carry its delta and prototype sums only in compressed form, one sum per group".into(),
-                    ));
-                }
-                // Decompressed here, on receipt: validation and aggregation see dense numbers.
-                update.delta = delta
-                    .decompress(layout)
-                    .map_err(|e| malformed(e.to_string()))?;
-                for (stats, sum) in update.prototypes.iter_mut().zip(&prototype_sums) {
-                    let expected = stats
-                        .emotions
-                        .checked_mul(stats.prototypes)
-                        .and_then(|n| n.checked_mul(stats.width))
-                        .ok_or_else(|| {
-                            malformed(format!("prototype shape of `{}` overflows", stats.group))
-                        })?;
-                    stats.sum = F32Vec(sum.decode(expected).map_err(|e| {
-                        malformed(format!("prototype sums of `{}`: {e}", stats.group))
-                    })?);
-                }
-                (update, delta.compression())
-            }
-        };
+        let (update, compression) = update_payload::decode_update_payload(
+            &signed.payload,
+            &self.limits,
+            self.layout.as_ref(),
+        )
+        .map_err(|source| UpdateError::Payload {
+            participant_id: participant_id.clone(),
+            source,
+        })?;
         if update.run_id != signed.run_id {
             return Err(UpdateError::EnvelopeMismatch {
                 participant_id,
@@ -452,135 +304,11 @@ impl UpdateVerifier {
     }
 }
 
-/// Why an update was refused as a replay.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum ReplayError {
-    /// The update is for a round that is already over.
-    #[error(
-        "update from `{participant_id}` is for round {round}, which is over (current {current})"
-    )]
-    StaleRound {
-        participant_id: String,
-        round: u64,
-        current: u64,
-    },
-    /// The update is for a round that has not started.
-    #[error(
-        "update from `{participant_id}` is for round {round}, which has not started (current {current})"
-    )]
-    FutureRound {
-        participant_id: String,
-        round: u64,
-        current: u64,
-    },
-    /// This participant already had an update accepted in this round.
-    #[error("duplicate update from `{participant_id}` for round {round}")]
-    Duplicate { participant_id: String, round: u64 },
-    /// The coordinator tried to move the guard to an earlier round.
-    #[error("cannot move the replay guard back from round {current} to round {requested}")]
-    RoundWentBackwards { current: u64, requested: u64 },
-}
-
-impl ReplayError {
-    /// The reason to send back in `UpdateRejected`.
-    pub fn reject_reason(&self) -> RejectReason {
-        match self {
-            Self::StaleRound { round, current, .. } => RejectReason::StaleRound {
-                round: *round,
-                current: *current,
-            },
-            Self::FutureRound { round, current, .. } => RejectReason::FutureRound {
-                round: *round,
-                current: *current,
-            },
-            Self::Duplicate { round, .. } => RejectReason::Duplicate { round: *round },
-            Self::RoundWentBackwards { current, requested } => RejectReason::StaleRound {
-                round: *requested,
-                current: *current,
-            },
-        }
-    }
-}
-
-/// Remembers which participants had an update accepted in the current round. Serializable so the
-/// coordinator can keep it in its checkpoint: after a restart a replayed update stays a replay.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplayGuard {
-    current_round: u64,
-    accepted: BTreeSet<String>,
-}
-
-impl ReplayGuard {
-    /// A guard whose current round is `round`, with nothing accepted yet.
-    pub fn new(round: u64) -> Self {
-        Self {
-            current_round: round,
-            accepted: BTreeSet::new(),
-        }
-    }
-
-    /// The round updates are accepted for.
-    pub fn current_round(&self) -> u64 {
-        self.current_round
-    }
-
-    /// Participants with an accepted update in the current round.
-    pub fn accepted(&self) -> impl Iterator<Item = &str> {
-        self.accepted.iter().map(String::as_str)
-    }
-
-    /// Moves to `round` (forgetting who submitted in the previous one). Moving to the current
-    /// round is a no-op; moving back is an error.
-    pub fn advance_to(&mut self, round: u64) -> Result<(), ReplayError> {
-        if round < self.current_round {
-            return Err(ReplayError::RoundWentBackwards {
-                current: self.current_round,
-                requested: round,
-            });
-        }
-        if round > self.current_round {
-            self.current_round = round;
-            self.accepted.clear();
-        }
-        Ok(())
-    }
-
-    /// Whether an update from `participant_id` for `round` may be accepted now.
-    pub fn check(&self, participant_id: &str, round: u64) -> Result<(), ReplayError> {
-        if round < self.current_round {
-            return Err(ReplayError::StaleRound {
-                participant_id: participant_id.to_string(),
-                round,
-                current: self.current_round,
-            });
-        }
-        if round > self.current_round {
-            return Err(ReplayError::FutureRound {
-                participant_id: participant_id.to_string(),
-                round,
-                current: self.current_round,
-            });
-        }
-        if self.accepted.contains(participant_id) {
-            return Err(ReplayError::Duplicate {
-                participant_id: participant_id.to_string(),
-                round,
-            });
-        }
-        Ok(())
-    }
-
-    /// [`ReplayGuard::check`], then remembers the update as accepted.
-    pub fn record(&mut self, participant_id: &str, round: u64) -> Result<(), ReplayError> {
-        self.check(participant_id, round)?;
-        self.accepted.insert(participant_id.to_string());
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec;
+    use crate::compression::CompressedDelta;
     use crate::compression::compress_prototype_sums;
     use crate::identity::Participant;
     use crate::messages::LocalMetrics;
@@ -627,7 +355,7 @@ mod tests {
             },
         ])
         .unwrap();
-        let verifier = UpdateVerifier::new(enrolment, RUN, MessageLimits::CONTROL)
+        let verifier = UpdateVerifier::new(enrolment, MessageLimits::CONTROL)
             .with_delta_layout(DeltaLayout::of(&update(RUN, 1).delta));
         (alice, bob, verifier)
     }
@@ -773,17 +501,12 @@ mod tests {
     }
 
     #[test]
-    fn update_for_another_run_is_refused() {
+    fn another_runs_update_is_left_to_the_state_machine() {
+        // The signature covers the run id, so it verifies; the round state machine, which every
+        // update reaches in both modes, refuses it with `WrongRun` (one check, one place).
         let (alice, _, verifier) = setup();
-        let error = verifier
-            .verify(&signed(&alice, [8; 16], 1), None)
-            .unwrap_err();
-        assert!(matches!(error, UpdateError::WrongRun { .. }));
-        assert!(error.to_string().contains(&hex::encode([8u8; 16])));
-        assert!(matches!(
-            error.reject_reason(),
-            RejectReason::WrongRun { .. }
-        ));
+        let verified = verifier.verify(&signed(&alice, [8; 16], 1), None).unwrap();
+        assert_eq!(verified.update.run_id, [8; 16]);
     }
 
     #[test]
@@ -800,43 +523,5 @@ mod tests {
         let error = verifier.verify(&garbage, None).unwrap_err();
         assert!(matches!(error, UpdateError::Payload { .. }), "{error}");
         assert!(matches!(error.reject_reason(), RejectReason::Malformed(_)));
-    }
-
-    #[test]
-    fn replay_guard_refuses_stale_future_and_duplicate_updates() {
-        let mut guard = ReplayGuard::new(3);
-        guard.record("alice", 3).unwrap();
-        assert_eq!(
-            guard.check("alice", 3),
-            Err(ReplayError::Duplicate {
-                participant_id: "alice".into(),
-                round: 3
-            })
-        );
-        assert!(guard.check("bob", 3).is_ok());
-        assert!(matches!(
-            guard.check("bob", 2),
-            Err(ReplayError::StaleRound { current: 3, .. })
-        ));
-        assert!(matches!(
-            guard.check("bob", 4),
-            Err(ReplayError::FutureRound { current: 3, .. })
-        ));
-        guard.advance_to(4).unwrap();
-        assert!(guard.record("alice", 4).is_ok());
-        // The old round's update replayed is now stale.
-        assert_eq!(
-            guard.check("alice", 3).unwrap_err().reject_reason(),
-            RejectReason::StaleRound {
-                round: 3,
-                current: 4
-            }
-        );
-        assert!(guard.advance_to(2).is_err());
-        // Survives a checkpoint.
-        let bytes = codec::encode_message(&guard, &MessageLimits::CONTROL).unwrap();
-        let restored: ReplayGuard = codec::decode_message(&bytes, &MessageLimits::CONTROL).unwrap();
-        assert_eq!(restored, guard);
-        assert!(restored.check("alice", 4).is_err());
     }
 }

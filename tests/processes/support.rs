@@ -23,7 +23,7 @@ use mpcl_client::{Participant, ParticipantSettings};
 use mpcl_coordinator::round::training_config;
 use mpcl_coordinator::round_log::{RoundRecord, read_round_log};
 use mpcl_coordinator::server::{CHECKPOINT_FILE, ROUND_LOG_FILE, RunFile};
-use mpcl_coordinator::{Checkpoint, ContributionPolicy, ParticipantId, RoundAggregator};
+use mpcl_coordinator::{Checkpoint, ParticipantId, RoundAggregator};
 use mpcl_data::Dataset;
 use mpcl_model::{Device, MpclModel};
 use mpcl_protocol::identity::read_public_key_file;
@@ -570,7 +570,7 @@ fn replay(run: &RunDir, records: &[RoundRecord]) -> anyhow::Result<GlobalState> 
         let mut aggregator = RoundAggregator::with_policy(
             &state,
             &config.aggregation.rule,
-            ContributionPolicy::from_privacy(&config.privacy),
+            config.privacy.contribution_policy(),
         );
         for id in &record.participants {
             let participant = match participants.entry(*id) {

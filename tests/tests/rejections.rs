@@ -215,6 +215,17 @@ async fn bad_clients_are_refused_with_logged_reasons_while_rounds_complete() -> 
         Some(&RejectReason::BadSignature),
         "{reply:?}"
     );
+    let other_run =
+        SignedUpdate::sign(&zero_update([8; 16], 1, &state), &mallory_identity, &limits)?;
+    let reply = mallory.request(&ClientMessage::Update(other_run)).await?;
+    assert_eq!(
+        rejected(&reply),
+        Some(&RejectReason::WrongRun {
+            expected: run_id,
+            found: [8; 16]
+        }),
+        "{reply:?}"
+    );
     let mut poisoned = zero_update(run_id, 1, &state);
     poisoned.delta.tensors[0].values.0[0] = f32::NAN;
     let signed = SignedUpdate::sign(&poisoned, &mallory_identity, &limits)?;

@@ -23,6 +23,7 @@
 
 use std::fmt;
 
+use mpcl_protocol::privacy_noise::ContributionPolicy;
 use mpcl_protocol::secure_aggregation::{MAX_PARTICIPANTS, Quantizer, SecAggParams};
 use serde::{Deserialize, Serialize};
 
@@ -107,6 +108,15 @@ impl PrivacyConfig {
     /// Whether differential-privacy noise is added (and so accounted).
     pub fn differential_privacy(&self) -> bool {
         self.noise_multiplier > 0.0
+    }
+
+    /// The policy these settings ask for: clip when `clip_norm` is set, uniform weights when
+    /// differential-privacy noise is added.
+    pub fn contribution_policy(&self) -> ContributionPolicy {
+        ContributionPolicy {
+            clip_norm: self.clip_norm,
+            uniform_weights: self.differential_privacy(),
+        }
     }
 
     /// The quantiser for a secure-aggregation cohort of `cohort` clients.

@@ -31,14 +31,16 @@
 
 pub mod config;
 pub mod ledger;
-pub mod noise;
 pub mod rdp;
 pub mod secure_round;
 
 pub use config::{PrivacyConfig, Threshold};
 pub use ledger::{BudgetExhausted, LedgerError, PrivacyLedger, PrivacySpent};
+/// The clipping and noise mechanics, in the protocol crate since participants add their noise
+/// shares themselves under secure aggregation.
+pub use mpcl_protocol::privacy_noise as noise;
+pub use mpcl_protocol::secure_aggregation::{PreparedInput, SecureRoundPlan, SecureSetupError};
 pub use noise::{
     ClipOutcome, add_central_noise, add_distributed_noise, add_gaussian_noise, central_noise_std,
     clip_update, distributed_noise_std, os_noise_rng, seeded_noise_rng,
 };
-pub use secure_round::{PreparedInput, SecureRoundPlan, SecureSetupError};

@@ -720,6 +720,23 @@ fn a_resumed_coordinator_continues_exactly_like_an_uninterrupted_one() {
     let path = dir.path().join("checkpoint.bin");
     crate::checkpoint::write_checkpoint(&path, &checkpoint).unwrap();
     let loaded = crate::checkpoint::read_latest_checkpoint(&path).unwrap();
+    // The checkpoint is the replay memory: an update of an aggregated round stays stale.
+    let mut replayed = Coordinator::resume(loaded.checkpoint.clone()).unwrap();
+    connect_all(&mut replayed, resumed_at, 4);
+    let actions = replayed.handle(
+        resumed_at,
+        received(id(0), client_update(&global(), 2, id(0))),
+    );
+    assert_eq!(
+        rejections(&actions),
+        vec![(
+            id(0),
+            RejectReason::StaleRound {
+                round: 2,
+                current: 3
+            }
+        )]
+    );
     let mut resumed = Coordinator::resume(loaded.checkpoint).unwrap();
     assert_eq!(resumed.completed_rounds(), 2);
     assert_eq!(resumed.current_round(), 3);

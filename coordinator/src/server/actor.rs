@@ -20,12 +20,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use mpcl_protocol::MessageLimits;
+use mpcl_protocol::RunId;
 use mpcl_protocol::messages::{
     ClientUpdate, CoordinatorMessage, GlobalState, RoundPhase, StatusReport, WaitReason as WireWait,
 };
 use mpcl_protocol::secure_aggregation::SecAggUpload;
 use mpcl_protocol::start_round::{EncodedState, SplicedPayload, encode_start_round};
-use mpcl_protocol::{ReplayGuard, RunId};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -135,7 +135,6 @@ pub(crate) struct ActorOutcome {
 pub(crate) struct Actor {
     coordinator: Coordinator,
     run_id: RunId,
-    replay: ReplayGuard,
     names: HashMap<ParticipantId, String>,
     /// Open connections per admitted participant (status queries included).
     connections: BTreeMap<ParticipantId, usize>,
@@ -197,12 +196,10 @@ impl Actor {
         secure_step_timeout_ms: u64,
     ) -> Self {
         let run_id = coordinator.run_id();
-        let replay = ReplayGuard::new(coordinator.current_round());
         let finished_at = coordinator.is_finished().then(Instant::now);
         Self {
             coordinator,
             run_id,
-            replay,
             names: HashMap::new(),
             connections: BTreeMap::new(),
             active: BTreeSet::new(),
@@ -400,14 +397,6 @@ impl Actor {
                 reply,
             } => {
                 self.activate(participant);
-                let name = self.name(&participant);
-                let round = update.round;
-                if let Err(replay) = self.replay.check(&name, round) {
-                    let reason = replay.reject_reason();
-                    warn!(participant = %name, round, reason = %replay, "rejected update (replay guard)");
-                    let _ = reply.send(CoordinatorMessage::UpdateRejected { round, reason });
-                    return Ok(());
-                }
                 let actions = self.coordinator.handle(
                     self.now(),
                     Event::UpdateReceived {
@@ -598,11 +587,6 @@ impl Actor {
                 }
                 Action::Accept { participant, round } => {
                     let name = self.name(&participant);
-                    if let Err(error) = self.replay.record(&name, round) {
-                        // The state machine accepted what the guard had cleared a moment ago;
-                        // a disagreement would be a bug worth seeing.
-                        error!(participant = %name, round, %error, "replay guard disagrees with the state machine");
-                    }
                     self.last_accepted.insert(participant, round);
                     info!(participant = %name, round, "accepted update");
                     if Some(participant) == requester && answer.is_none() {
@@ -753,10 +737,6 @@ impl Actor {
                     self.finished_at = Some(Instant::now());
                 }
             }
-        }
-        let current = self.coordinator.current_round();
-        if let Err(error) = self.replay.advance_to(current) {
-            error!(%error, "replay guard out of step with the state machine");
         }
         Ok(answer)
     }

@@ -11,8 +11,8 @@
 //!   than [`MessageLimits::CONTROL`] (an update) must first get one of
 //!   [`NetworkSettings::max_concurrent_uploads`] permits, so that concurrent uploads cannot
 //!   exhaust memory. Updates are verified ([`UpdateVerifier`]: enrolled signer, same key as the
-//!   connection, signature, run, payload) before the state machine sees them; the actor then
-//!   applies the [`ReplayGuard`](mpcl_protocol::ReplayGuard).
+//!   connection, signature, run, payload) before the state machine sees them; the state machine
+//!   alone decides whether the round, the participant and the values are acceptable.
 //! - **State.** One actor task ([`actor`]) owns the [`Coordinator`]; nothing holds it across a
 //!   network await. It writes checkpoints atomically ([`crate::checkpoint::write_checkpoint`])
 //!   and appends the round log before the clients hear about the next round.
@@ -381,7 +381,7 @@ impl Server {
         let (sender, commands) = mpsc::channel(256);
         let shared = Arc::new(Shared {
             // The layout lets the verifier decompress compressed deltas on receipt.
-            verifier: UpdateVerifier::new(setup.enrolment.clone(), run_id, limits)
+            verifier: UpdateVerifier::new(setup.enrolment.clone(), limits)
                 .with_delta_layout(DeltaLayout::of(&coordinator.global_state().parameters)),
             enrolment: setup.enrolment.clone(),
             run_id,

@@ -73,6 +73,7 @@ pub mod layout;
 mod masking;
 mod messages;
 pub mod quantize;
+pub mod round_plan;
 mod server;
 mod shamir;
 mod wire;
@@ -95,6 +96,7 @@ pub use messages::{
     SurvivorSignature, U32Vec, UnmaskRequest, UnmaskResponse,
 };
 pub use quantize::{QuantizationError, Quantizer, ValueKind};
+pub use round_plan::{PreparedInput, SecureRoundPlan, SecureSetupError};
 pub use server::{SecAggServer, SecureSum, ServerStage};
 pub use wire::{SecAggStep, SecAggUpload, SecureRoundSetup};
 

@@ -31,15 +31,9 @@ fn cohort(n: u8) -> Cohort {
         secure_aggregation: true,
         ..PrivacyConfig::default()
     };
-    let plan = SecureRoundPlan::new(
-        &privacy,
-        RUN,
-        1,
-        keys.keys().copied().collect(),
-        &global(),
-        false,
-    )
-    .unwrap();
+    let plan = privacy
+        .secure_round_plan(RUN, 1, keys.keys().copied().collect(), &global(), false)
+        .unwrap();
     Cohort { keys, plan }
 }
 

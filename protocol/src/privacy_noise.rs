@@ -1,4 +1,5 @@
-//! Client-level differential privacy mechanics: clip each client's delta to an L2 norm bound
+//! Client-level differential privacy mechanics, shared by the coordinator (plain mode) and the
+//! participants (their noise shares under secure aggregation): clip each client's delta to an L2 norm bound
 //! `C`, then add Gaussian noise calibrated to `C` to the **sum** of the clipped deltas (DP-FedAvg,
 //! McMahan et al. 2018).
 //!
@@ -20,7 +21,7 @@
 //!
 //! Anyone who sees the released model (or, with distributed noise, the coordinator that sees the
 //! sum) learning much about whether one client took part, as quantified by the accountant
-//! ([`super::ledger`]).
+//! (the coordinator's privacy ledger).
 //!
 //! # What it does not protect against
 //!
@@ -35,10 +36,34 @@
 //! * Statistics outside the delta: prototype and co-occurrence statistics and local metrics are
 //!   not noised here (prototype statistics are withheld below a minimum mass instead).
 
-use mpcl_protocol::ParameterSet;
+use crate::params::ParameterSet;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rand_distr::{Distribution, Normal};
+
+/// How each accepted update's delta enters the sum: the coordinator applies it to every update
+/// in plain mode, each participant to its own under secure aggregation.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ContributionPolicy {
+    /// Scale each delta down to this L2 norm when it is longer (no clipping when `None`).
+    pub clip_norm: Option<f64>,
+    /// Weight every update 1 instead of its sample count. Differential privacy needs this: the
+    /// noise is calibrated to the sensitivity of the sum to one client, which is `clip_norm`
+    /// only if no client enters with a weight above 1 (with sample-count weights a client
+    /// claiming many samples would move the mean by far more than the noise hides).
+    pub uniform_weights: bool,
+}
+
+impl ContributionPolicy {
+    /// The weight an update with `sample_count` samples gets.
+    pub fn weight(&self, sample_count: u64) -> u64 {
+        if self.uniform_weights {
+            1
+        } else {
+            sample_count
+        }
+    }
+}
 
 /// What clipping did to one delta.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -147,7 +172,8 @@ pub fn seeded_noise_rng(seed: u64) -> ChaCha20Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mpcl_protocol::{F32Vec, NamedTensor};
+    use crate::params::NamedTensor;
+    use crate::vector::F32Vec;
 
     fn delta(values: Vec<f32>) -> ParameterSet {
         ParameterSet {
