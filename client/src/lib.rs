@@ -3,20 +3,26 @@
 //! federation needs (encoder delta, prototype and co-occurrence statistics, sample count), and
 //! nothing else. The same code runs inside `mpcl client` and inside in-process simulations.
 //!
-//! [`session`] is the QUIC connection to the coordinator (pinned key, `Hello` admission, one
-//! request per stream); [`node`] is the loop around it (ask for work, train, sign, upload,
+//! [`machine`] is the participant's side of the protocol as a pure state machine (what to send,
+//! train and wait for), driven by both the QUIC node and the in-process federation; [`session`]
+//! is the QUIC connection to the coordinator (pinned key, `Hello` admission, one request per
+//! stream); [`node`] is the async layer that drives the machine over it (train, sign, upload,
 //! reconnect with backoff).
 
 pub mod evaluation;
+pub mod events;
 pub mod faults;
+pub mod machine;
 pub mod node;
 pub mod participant;
 pub mod personalize;
 pub mod secure;
 pub mod session;
 
+pub use events::{NodeEvent, UpdateOutcome};
 pub use faults::FaultInjection;
-pub use node::{Node, NodeConfig, NodeError, NodeEvent, NodeOutcome, UpdateOutcome};
+pub use machine::{ClientMachine, HandedRound, Output, ProtocolError};
+pub use node::{Node, NodeConfig, NodeError, NodeOutcome};
 pub use participant::{
     LocalTrainer, Participant, ParticipantError, ParticipantSettings, TrainedUpdate,
 };

@@ -1,36 +1,28 @@
 //! The participant node: connects to the coordinator, asks for work, trains on its private data
-//! when sampled, signs and uploads the update, and keeps at it until the run is over.
+//! when sampled, signs and uploads the update, and keeps at it until the run is over. What to
+//! send and when is the protocol machine's ([`crate::machine`]); this is the thin async layer
+//! around it that carries its requests over QUIC, trains on a blocking thread, sleeps, injects
+//! the test faults and reconnects.
 //!
 //! ```text
 //! connect + Hello ──► Welcome (model config, schema: checked against the local data)
-//!   loop: RequestWork ─► StartRound  ─► train (blocking thread) ─► sign ─► Update ─► ack
-//!                     └► Wait        ─► sleep retry_after_ms
-//!                     └► Finished    ─► Goodbye, exit
+//!   machine: RequestWork ─► StartRound ─► train ─► sign ─► Update ─► ack ─► RequestWork ...
 //! ```
 //!
 //! The coordinator long-polls `RequestWork`: with nothing to hand out it holds the request and
 //! answers `StartRound` the moment a round opens for this node (or `Wait { retry_after_ms: 0 }`
 //! after its `network.long_poll_secs`, and the node asks again at once), so the request timeout
 //! ([`SessionConfig::request_timeout`], 10 minutes by default) must exceed the long poll (20 s by
-//! default); the QUIC keep-alive keeps the connection up meanwhile.
-//!
-//! Under secure aggregation (`StartRound` carries a session setup) the update is never uploaded:
-//!
-//! ```text
-//! StartRound(setup) ─► advertise keys ─► share keys ─► train ─► clip, noise share, quantise,
-//!   mask ─► masked input ─► sign survivor list ─► reveal shares for unmasking ─► done
-//! ```
-//!
-//! each step one request answered when the coordinator closes the step ([`crate::secure`]). A
-//! session that fails or leaves this node out only costs the round: the node asks for work again.
+//! default); the QUIC keep-alive keeps the connection up meanwhile. Under secure aggregation each
+//! step is one request answered when the coordinator closes the step ([`crate::secure`]).
 //!
 //! When the connection is lost (the coordinator restarts, the network drops), the node
-//! reconnects with capped exponential backoff and starts again with `Hello`. An update trained
-//! but not acknowledged is kept: if the (resumed) coordinator hands out the same round from the
-//! same global state with the same seed, the update is sent again without retraining. Errors that
-//! reconnecting cannot fix (this key is not enrolled, the server is not the pinned coordinator,
-//! the run's schema does not fit the local data, local training fails) end the node.
+//! reconnects with capped exponential backoff and starts again with `Hello`; the machine keeps
+//! an update trained but not acknowledged for the resumed round. Errors that reconnecting cannot
+//! fix (this key is not enrolled, the server is not the pinned coordinator, the run's schema
+//! does not fit the local data, local training fails) end the node.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,30 +30,28 @@ use std::time::Duration;
 use mpcl_data::ModelConfig;
 use mpcl_data::{Dataset, Schema, Standardizer};
 use mpcl_model::Device;
-use mpcl_model::metrics::DistributionMetrics;
 use mpcl_model::personalize::PersonalizeScope;
 use mpcl_protocol::codec::CodecError;
 use mpcl_protocol::messages::EvaluationSplit;
-use mpcl_protocol::messages::{
-    ClientMessage, ClientUpdate, CoordinatorMessage, GlobalState, RejectReason, RunId,
-    TrainingConfig, Welcome,
-};
+use mpcl_protocol::messages::{ClientMessage, CoordinatorMessage, Welcome};
+use mpcl_protocol::privacy_noise::NoiseSource;
+use mpcl_protocol::secure_aggregation::SecAggUpload;
 use mpcl_protocol::{RoundPhase, StatusReport};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::evaluation::{LocalSplit, split_for_evaluation};
+use crate::events::NodeEvent;
 use crate::faults::{FaultInjection, send_half_then_disconnect};
+use crate::machine::{ClientMachine, HandedRound, Output, ProtocolError};
 use crate::participant::{
     LocalTrainer, Participant, ParticipantError, ParticipantSettings, TrainedUpdate,
 };
 use crate::personalize::{options_from_training, personalize_locally};
-use crate::secure::{SecureParticipation, SecureRoundError};
 use crate::session::{Session, SessionConfig, SessionError};
-use mpcl_protocol::secure_aggregation::SecureRoundSetup;
 
 /// How a node behaves.
 #[derive(Clone, Debug)]
@@ -113,59 +103,6 @@ impl NodeConfig {
     }
 }
 
-/// The coordinator's answer to an uploaded update.
-#[derive(Clone, Debug, PartialEq)]
-pub enum UpdateOutcome {
-    /// Counted for its round.
-    Accepted,
-    /// Not counted, for this reason.
-    Rejected(RejectReason),
-}
-
-/// What a node did, for observers (tests, progress displays).
-#[derive(Clone, Debug)]
-pub enum NodeEvent {
-    /// The coordinator admitted the node.
-    Admitted { welcome: Welcome },
-    /// The node was sampled for a round and starts from `state`.
-    RoundStarted {
-        round: u64,
-        state: Arc<GlobalState>,
-        config: TrainingConfig,
-    },
-    /// An update was uploaded and answered.
-    UpdateSent {
-        round: u64,
-        update: Arc<ClientUpdate>,
-        outcome: UpdateOutcome,
-    },
-    /// Secure aggregation: the masked form of `update` is in round `round`'s survivor list, so
-    /// it is in the sum if the session completes (the update itself was never sent).
-    MaskedInputSent {
-        round: u64,
-        update: Arc<ClientUpdate>,
-    },
-    /// Secure aggregation: the round's session completed with `contributors` inputs in the sum.
-    SecureRoundDone { round: u64, contributors: u32 },
-    /// Secure aggregation: this node takes no further part in the round's session, and why.
-    SecureRoundAbandoned { round: u64, reason: String },
-    /// The connection was lost; the node reconnects.
-    Disconnected { reason: String },
-    /// The run is over.
-    Finished { rounds: u64 },
-    /// After the run: the last global model personalized on the local data (see
-    /// [`PersonalizationRequest`]), scored on the local test part beside the global model.
-    Personalized {
-        global_test: DistributionMetrics,
-        personal_test: DistributionMetrics,
-        prior_test: DistributionMetrics,
-        /// The epoch kept (0: the global model itself was best on validation).
-        chosen_epoch: usize,
-        /// Where the personal model was written.
-        model_file: Option<PathBuf>,
-    },
-}
-
 /// How a node stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeOutcome {
@@ -212,15 +149,6 @@ pub enum NodeError {
     Internal(String),
 }
 
-/// A trained update not yet acknowledged, and what it was trained from.
-struct Pending {
-    run_id: RunId,
-    round: u64,
-    state: Arc<GlobalState>,
-    config: TrainingConfig,
-    update: Arc<TrainedUpdate>,
-}
-
 /// Why a session ended.
 enum SessionEnd {
     Finished(u64),
@@ -236,8 +164,8 @@ pub struct Node {
     participant: Option<(ModelConfig, Box<dyn LocalTrainer>)>,
     /// The trainer was given ([`Node::with_trainer`]), not built from the run's model config.
     given_trainer: bool,
-    pending: Option<Pending>,
-    last_completed_round: Option<u64>,
+    /// The protocol: what to send, train and wait for (kept across reconnections).
+    machine: ClientMachine,
     events: Option<UnboundedSender<NodeEvent>>,
     /// Whether the injected mid-upload drop already happened (it happens once).
     dropped_mid_upload: bool,
@@ -250,9 +178,6 @@ pub struct Node {
     split: Option<Arc<LocalSplit>>,
     /// The run's model configuration, once admitted.
     model_config: Option<ModelConfig>,
-    /// The last round this node was handed: its run, number, state and settings (the final
-    /// evaluation round's state is the run's last global model).
-    last_round: Option<(RunId, u64, Arc<GlobalState>, TrainingConfig)>,
 }
 
 impl Node {
@@ -261,21 +186,23 @@ impl Node {
         dataset
             .validate()
             .map_err(|e| NodeError::Incompatible(format!("local data: {e}")))?;
+        let machine = ClientMachine::new(
+            Arc::clone(&config.session.identity),
+            NoiseSource::OperatingSystem,
+        );
         Ok(Self {
             config,
             dataset: Arc::new(dataset),
             device,
             participant: None,
             given_trainer: false,
-            pending: None,
-            last_completed_round: None,
+            machine,
             events: None,
             dropped_mid_upload: false,
             vanished_after_masked_input: false,
             given_evaluation: None,
             split: None,
             model_config: None,
-            last_round: None,
         })
     }
 
@@ -346,10 +273,10 @@ impl Node {
             return Ok(());
         };
         let fail = |m: String| NodeError::Personalization(m);
-        let (Some(split), Some(model_config), Some((run_id, round, state, training))) = (
+        let (Some(split), Some(model_config), Some(last)) = (
             self.split.clone(),
             self.model_config.clone(),
-            self.last_round.clone(),
+            self.machine.last_round().cloned(),
         ) else {
             return Err(fail(
                 "the node took part in no round, so it has no global model to personalize".into(),
@@ -361,7 +288,7 @@ impl Node {
             ));
         }
         let device = self.device.clone();
-        let options = options_from_training(request.epochs, request.scope, &training);
+        let options = options_from_training(request.epochs, request.scope, &last.config);
         let outcome = tokio::task::spawn_blocking(move || {
             let standardizer = Standardizer::fit(&split.train);
             personalize_locally(
@@ -369,7 +296,7 @@ impl Node {
                 &standardizer,
                 &model_config,
                 &device,
-                &state,
+                &last.state,
                 &options,
             )
             .map(|outcome| (outcome, split))
@@ -377,10 +304,10 @@ impl Node {
         .await
         .map_err(|e| NodeError::Internal(format!("personalization panicked: {e}")))?;
         let (outcome, split) = outcome.map_err(|e| fail(e.to_string()))?;
-        let run_hex: String = run_id.iter().map(|b| format!("{b:02x}")).collect();
+        let run_hex: String = last.run_id.iter().map(|b| format!("{b:02x}")).collect();
         if let Some(path) = &request.model_file {
             outcome
-                .model_file(&split, &run_hex, round)
+                .model_file(&split, &run_hex, last.round)
                 .write(path)
                 .map_err(|e| fail(e.to_string()))?;
         }
@@ -533,7 +460,10 @@ impl Node {
         self.emit(NodeEvent::Admitted {
             welcome: welcome.clone(),
         });
-        let result = match self.work(&session, &welcome, shutdown).await {
+        let result = self.work(&session, &welcome, shutdown).await;
+        // Whatever the machine awaited went with the session; a pending update stays.
+        self.machine.session_lost();
+        let result = match result {
             // The coordinator closed the connection because the run is over (this node missed
             // the `Finished` answer, for example while it slept).
             Err(SessionFailure::Lost(SessionError::RunOver)) => {
@@ -596,308 +526,139 @@ impl Node {
         Ok(())
     }
 
+    /// Drives the protocol machine over `session` until the run is over or the session fails.
     async fn work(
         &mut self,
         session: &Session,
         welcome: &Welcome,
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, SessionFailure> {
-        loop {
+        let mut outputs: VecDeque<Output> = self.machine.start_session(welcome.run_id).into();
+        while let Some(output) = outputs.pop_front() {
             if shutdown.is_cancelled() {
                 return Ok(SessionEnd::Cancelled);
             }
-            let request = ClientMessage::RequestWork {
-                last_completed_round: self.last_completed_round,
-            };
-            let reply = tokio::select! {
-                () = shutdown.cancelled() => return Ok(SessionEnd::Cancelled),
-                reply = session.request(&request) => reply?,
-            };
-            match reply {
-                CoordinatorMessage::StartRound {
-                    run_id,
-                    round,
-                    state,
-                    config,
-                    deadline_ms,
-                    secure_aggregation,
+            let next = match output {
+                Output::Request {
+                    message,
+                    round_deadline,
                 } => {
-                    if run_id != welcome.run_id {
-                        return Err(SessionFailure::Lost(SessionError::Coordinator {
-                            reason: "StartRound names another run than Welcome".into(),
-                        }));
-                    }
-                    info!(round, deadline_ms, seed = config.seed, "sampled for round");
-                    let state = Arc::new(state);
-                    self.last_round = Some((run_id, round, Arc::clone(&state), config.clone()));
-                    self.emit(NodeEvent::RoundStarted {
-                        round,
-                        state: Arc::clone(&state),
-                        config: config.clone(),
-                    });
-                    if let Some(setup) = secure_aggregation {
-                        let started = SecureStart {
-                            run_id,
-                            round,
-                            state,
-                            config,
-                            deadline: Duration::from_millis(deadline_ms),
-                            setup: *setup,
-                        };
-                        match self.secure_round(session, started, shutdown).await {
-                            Ok(Some(end)) => return Ok(end),
-                            Ok(None) => continue,
-                            Err(SecureFailure::Session(failure)) => return Err(failure),
-                            Err(SecureFailure::Round(error)) => {
-                                warn!(round, %error, "secure aggregation: this node's part of the round ended");
-                                self.emit(NodeEvent::SecureRoundAbandoned {
-                                    round,
-                                    reason: error.to_string(),
-                                });
-                                continue;
-                            }
-                        }
-                    }
-                    let Some(update) = self
-                        .update_for(run_id, round, &state, &config, shutdown)
-                        .await?
-                    else {
-                        return Ok(SessionEnd::Cancelled);
-                    };
-                    let signed = update
-                        .sign(&self.config.session.identity, &session.limits())
-                        .map_err(|source| {
-                            SessionFailure::Fatal(NodeError::Encode { round, source })
-                        })?;
-                    let upload = ClientMessage::Update(signed);
-                    if let Some(delay) = self.config.faults.delay_before_upload {
-                        warn!(round, ?delay, "injected fault: stalling before the upload");
-                        tokio::select! {
-                            () = shutdown.cancelled() => return Ok(SessionEnd::Cancelled),
-                            () = tokio::time::sleep(delay) => {}
-                        }
-                    }
-                    if self.config.faults.drop_connection_mid_upload && !self.dropped_mid_upload {
-                        self.dropped_mid_upload = true;
-                        let sent = send_half_then_disconnect(session, &upload).await?;
-                        warn!(
-                            round,
-                            bytes = sent,
-                            "injected fault: dropped the connection mid-upload"
-                        );
-                        return Err(SessionFailure::Lost(SessionError::Connection(
-                            quinn::ConnectionError::LocallyClosed,
-                        )));
-                    }
+                    self.inject_vanishing(&message)?;
                     let reply = tokio::select! {
                         () = shutdown.cancelled() => return Ok(SessionEnd::Cancelled),
-                        reply = session.request(&upload) => reply?,
-                    };
-                    let outcome = match reply {
-                        CoordinatorMessage::UpdateAccepted { round: acked } => {
-                            info!(round = acked, "update accepted");
-                            self.last_completed_round = Some(acked);
-                            self.pending = None;
-                            UpdateOutcome::Accepted
-                        }
-                        CoordinatorMessage::UpdateRejected { round, reason } => {
-                            warn!(round, %reason, "update rejected");
-                            // A round that is not open may be handed out again from the same
-                            // state; keep the update for that case only.
-                            if !matches!(reason, RejectReason::RoundNotOpen { .. }) {
-                                self.pending = None;
+                        reply = async {
+                            match round_deadline {
+                                // Answered when the step closes: at the latest shortly before
+                                // the round's deadline.
+                                Some(deadline) => {
+                                    session
+                                        .request_within(&message, deadline + session.request_timeout())
+                                        .await
+                                }
+                                None => session.request(&message).await,
                             }
-                            UpdateOutcome::Rejected(reason)
-                        }
-                        CoordinatorMessage::Error { reason } => {
-                            return Err(SessionFailure::Lost(SessionError::Coordinator { reason }));
-                        }
-                        other => {
-                            return Err(SessionFailure::Lost(SessionError::Unexpected {
-                                request: "Update",
-                                reply: other.kind(),
-                            }));
-                        }
+                        } => reply?,
                     };
-                    self.emit(NodeEvent::UpdateSent {
-                        round,
-                        update: Arc::new(update.update.clone()),
-                        outcome,
-                    });
+                    self.machine.handle_reply(reply)?
                 }
-                CoordinatorMessage::Wait {
-                    retry_after_ms,
-                    reason,
-                } => {
-                    let delay = Duration::from_millis(retry_after_ms).min(self.config.max_wait);
-                    debug!(%reason, ?delay, "waiting");
+                Output::Upload { round, update } => {
+                    let Some(reply) = self.upload(session, round, &update, shutdown).await? else {
+                        return Ok(SessionEnd::Cancelled);
+                    };
+                    self.machine.handle_reply(reply)?
+                }
+                Output::Train(round) => {
+                    let trained = tokio::select! {
+                        () = shutdown.cancelled() => return Ok(SessionEnd::Cancelled),
+                        trained = self.train(round) => trained?,
+                    };
+                    self.machine.trained(trained)?
+                }
+                Output::Wait(delay) => {
+                    let delay = delay.min(self.config.max_wait);
                     tokio::select! {
                         () = shutdown.cancelled() => return Ok(SessionEnd::Cancelled),
                         () = tokio::time::sleep(delay) => {}
                     }
+                    self.machine.wait_over()?
                 }
-                CoordinatorMessage::Finished { rounds } => {
-                    info!(rounds, "the run is finished");
-                    self.emit(NodeEvent::Finished { rounds });
-                    return Ok(SessionEnd::Finished(rounds));
+                Output::Event(event) => {
+                    self.emit(event);
+                    continue;
                 }
-                CoordinatorMessage::Error { reason } => {
-                    return Err(SessionFailure::Lost(SessionError::Coordinator { reason }));
-                }
-                other => {
-                    return Err(SessionFailure::Lost(SessionError::Unexpected {
-                        request: "RequestWork",
-                        reply: other.kind(),
-                    }));
-                }
-            }
+                Output::Finished { rounds } => return Ok(SessionEnd::Finished(rounds)),
+            };
+            outputs.extend(next);
         }
+        Err(SessionFailure::Fatal(NodeError::Internal(
+            "the protocol machine stopped without an answer to wait for".into(),
+        )))
     }
 
-    /// The pending update for this round, state and settings, or a freshly trained one.
-    async fn update_for(
-        &mut self,
-        run_id: RunId,
-        round: u64,
-        state: &Arc<GlobalState>,
-        config: &TrainingConfig,
-        shutdown: &CancellationToken,
-    ) -> Result<Option<Arc<TrainedUpdate>>, SessionFailure> {
-        if let Some(update) = self.reusable(run_id, round, state, config) {
-            info!(round, "re-using the update trained before the reconnection");
-            return Ok(Some(update));
-        }
-        let trained = tokio::select! {
-            () = shutdown.cancelled() => return Ok(None),
-            trained = self.train(run_id, round, Arc::clone(state), config.clone()) => trained?,
-        };
-        self.pending = Some(Pending {
-            run_id,
-            round,
-            state: Arc::clone(state),
-            config: config.clone(),
-            update: Arc::clone(&trained),
-        });
-        Ok(Some(trained))
-    }
-
-    /// One round under secure aggregation (see the module documentation). `Ok(Some(end))` when
-    /// the node was cancelled, `Ok(None)` when it is done with the round.
-    async fn secure_round(
+    /// Signs and uploads `update` (with the injected faults, if any); `None` when cancelled.
+    async fn upload(
         &mut self,
         session: &Session,
-        start: SecureStart,
+        round: u64,
+        update: &TrainedUpdate,
         shutdown: &CancellationToken,
-    ) -> Result<Option<SessionEnd>, SecureFailure> {
-        let SecureStart {
+    ) -> Result<Option<CoordinatorMessage>, SessionFailure> {
+        let signed = update
+            .sign(&self.config.session.identity, &session.limits())
+            .map_err(|source| SessionFailure::Fatal(NodeError::Encode { round, source }))?;
+        let upload = ClientMessage::Update(signed);
+        if let Some(delay) = self.config.faults.delay_before_upload {
+            warn!(round, ?delay, "injected fault: stalling before the upload");
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(None),
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        if self.config.faults.drop_connection_mid_upload && !self.dropped_mid_upload {
+            self.dropped_mid_upload = true;
+            let sent = send_half_then_disconnect(session, &upload).await?;
+            warn!(
+                round,
+                bytes = sent,
+                "injected fault: dropped the connection mid-upload"
+            );
+            return Err(SessionFailure::Lost(SessionError::Connection(
+                quinn::ConnectionError::LocallyClosed,
+            )));
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => Ok(None),
+            reply = session.request(&upload) => Ok(Some(reply?)),
+        }
+    }
+
+    /// The injected vanishing: in the configured secure-aggregation round, drop the connection
+    /// instead of signing the survivor list (once).
+    fn inject_vanishing(&mut self, message: &ClientMessage) -> Result<(), SessionFailure> {
+        if let ClientMessage::SecureAggregation {
+            round,
+            upload: SecAggUpload::Signature(_),
+            ..
+        } = message
+            && self.config.faults.vanish_after_masked_input == Some(*round)
+            && !self.vanished_after_masked_input
+        {
+            self.vanished_after_masked_input = true;
+            return Err(SessionFailure::Vanished(format!(
+                "test fault: vanished after the masked input of round {round}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Trains on a blocking thread (the connection's keep-alives go on meanwhile).
+    async fn train(&mut self, handed: HandedRound) -> Result<Arc<TrainedUpdate>, SessionFailure> {
+        let HandedRound {
             run_id,
             round,
             state,
             config,
-            deadline,
-            setup,
-        } = start;
-        // Answers come when a step closes: at the latest shortly before the round's deadline.
-        let patience = deadline + session.request_timeout();
-        let (mut part, advertise) = SecureParticipation::start(
-            &setup,
-            run_id,
-            round,
-            &state,
-            &self.config.session.identity,
-        )?;
-        info!(
-            round,
-            cohort = setup.params.roster.len(),
-            threshold = setup.params.threshold,
-            "secure aggregation: keys advertised"
-        );
-        macro_rules! exchange {
-            ($message:expr) => {{
-                let reply = tokio::select! {
-                    () = shutdown.cancelled() => return Ok(Some(SessionEnd::Cancelled)),
-                    reply = session.request_within(&$message, patience) => {
-                        reply.map_err(|e| SecureFailure::Session(e.into()))?
-                    }
-                };
-                if let CoordinatorMessage::Error { reason } = reply {
-                    return Err(SecureFailure::Session(SessionFailure::Lost(
-                        SessionError::Coordinator { reason },
-                    )));
-                }
-                part.expect_step(reply)?
-            }};
-        }
-        let step = exchange!(advertise);
-        let shares = part.share_keys(step)?;
-        let step = exchange!(shares);
-        part.receive_shares(step)?;
-        let Some(update) = self
-            .update_for(run_id, round, &state, &config, shutdown)
-            .await
-            .map_err(SecureFailure::Session)?
-        else {
-            return Ok(Some(SessionEnd::Cancelled));
-        };
-        let (masked, prepared) = part.mask(&update.update)?;
-        if let Some(clip) = prepared.clip {
-            debug!(round, norm = clip.norm, clipped = clip.clipped(), "clipped");
-        }
-        let step = exchange!(masked);
-        let survivors = part.survivors(step)?;
-        if part.in_sum(&survivors) {
-            self.emit(NodeEvent::MaskedInputSent {
-                round,
-                update: Arc::new(update.update.clone()),
-            });
-        }
-        if self.config.faults.vanish_after_masked_input == Some(round)
-            && !self.vanished_after_masked_input
-        {
-            self.vanished_after_masked_input = true;
-            return Err(SecureFailure::Session(SessionFailure::Vanished(format!(
-                "test fault: vanished after the masked input of round {round}"
-            ))));
-        }
-        let signature = part.sign(&survivors)?;
-        let step = exchange!(signature);
-        let unmask = part.unmask(step)?;
-        let step = exchange!(unmask);
-        let contributors = part.done(step)?;
-        info!(round, contributors, "secure aggregation: round done");
-        self.last_completed_round = Some(round);
-        self.pending = None;
-        self.emit(NodeEvent::SecureRoundDone {
-            round,
-            contributors,
-        });
-        Ok(None)
-    }
-
-    /// The pending update, if it was trained for exactly this round, state and settings.
-    fn reusable(
-        &self,
-        run_id: RunId,
-        round: u64,
-        state: &GlobalState,
-        config: &TrainingConfig,
-    ) -> Option<Arc<TrainedUpdate>> {
-        let pending = self.pending.as_ref()?;
-        (pending.run_id == run_id
-            && pending.round == round
-            && pending.config == *config
-            && *pending.state == *state)
-            .then(|| Arc::clone(&pending.update))
-    }
-
-    /// Trains on a blocking thread (the connection's keep-alives go on meanwhile).
-    async fn train(
-        &mut self,
-        run_id: RunId,
-        round: u64,
-        state: Arc<GlobalState>,
-        config: TrainingConfig,
-    ) -> Result<Arc<TrainedUpdate>, SessionFailure> {
+        } = handed;
         let (json, mut participant) = self
             .participant
             .take()
@@ -940,27 +701,20 @@ enum SessionFailure {
     Vanished(String),
 }
 
-/// A round handed out with a secure-aggregation setup.
-struct SecureStart {
-    run_id: RunId,
-    round: u64,
-    state: Arc<GlobalState>,
-    config: TrainingConfig,
-    deadline: Duration,
-    setup: SecureRoundSetup,
-}
-
-/// How a secure-aggregation round ended early.
-enum SecureFailure {
-    /// The session (connection) failed: handled like any other session failure.
-    Session(SessionFailure),
-    /// Only this round's part failed: ask for work again.
-    Round(SecureRoundError),
-}
-
-impl From<SecureRoundError> for SecureFailure {
-    fn from(error: SecureRoundError) -> Self {
-        Self::Round(error)
+impl From<ProtocolError> for SessionFailure {
+    fn from(error: ProtocolError) -> Self {
+        match error {
+            ProtocolError::Coordinator { reason } => {
+                Self::Lost(SessionError::Coordinator { reason })
+            }
+            ProtocolError::Unexpected { request, reply } => {
+                Self::Lost(SessionError::Unexpected { request, reply })
+            }
+            ProtocolError::OtherRun => Self::Lost(SessionError::Coordinator {
+                reason: error.to_string(),
+            }),
+            ProtocolError::OutOfOrder { .. } => Self::Fatal(NodeError::Internal(error.to_string())),
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use mpcl_protocol::NodeIdentity;
 use mpcl_protocol::messages::{
     ClientMessage, ClientUpdate, CoordinatorMessage, GlobalState, RunId,
 };
-use mpcl_protocol::privacy_noise::os_noise_rng;
+use mpcl_protocol::privacy_noise::NoiseSource;
 use mpcl_protocol::secure_aggregation::{
     ClientOptions, EncryptedShare, KeyAdvertisement, SecAggClient, SecAggError, SecAggStep,
     SecAggUpload, SecureRoundSetup, SurvivorList, UnmaskRequest,
@@ -169,12 +169,13 @@ impl SecureParticipation {
         Ok(())
     }
 
-    /// Step 2: clips the trained `update`, adds this node's noise share (from the operating
-    /// system's randomness), quantises and masks it; returns the masked input to send and what
-    /// preparing did.
+    /// Step 2: clips the trained `update`, adds this node's noise share (from `noise`: the
+    /// operating system in a study), quantises and masks it; returns the masked input to send
+    /// and what preparing did.
     pub fn mask(
         &mut self,
         update: &ClientUpdate,
+        noise: NoiseSource,
     ) -> Result<(ClientMessage, PreparedInput), SecureRoundError> {
         let round = self.plan.round;
         let shares = self
@@ -187,7 +188,7 @@ impl SecureParticipation {
             })?;
         let prepared = self
             .plan
-            .prepare_input(update, &mut os_noise_rng())
+            .prepare_input(update, &mut noise.rng(round))
             .map_err(|e| SecureRoundError::Input {
                 round,
                 reason: e.to_string(),

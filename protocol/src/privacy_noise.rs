@@ -159,6 +159,27 @@ pub fn add_distributed_noise<R: Rng + ?Sized>(
     }
 }
 
+/// Where a participant's noise shares come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NoiseSource {
+    /// The operating system: what every real study must use.
+    #[default]
+    OperatingSystem,
+    /// A generator seeded from this seed and the round: reproducible, so anyone who knows the
+    /// seed can remove the noise. Tests and reproducible simulations only.
+    SeededForTests(u64),
+}
+
+impl NoiseSource {
+    /// The generator for round `round`'s noise share.
+    pub fn rng(&self, round: u64) -> ChaCha20Rng {
+        match self {
+            Self::OperatingSystem => os_noise_rng(),
+            Self::SeededForTests(seed) => seeded_noise_rng(seed ^ round.rotate_left(32)),
+        }
+    }
+}
+
 /// A noise generator seeded from the operating system (what production noise must use).
 pub fn os_noise_rng() -> ChaCha20Rng {
     ChaCha20Rng::from_os_rng()
