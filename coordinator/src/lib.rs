@@ -16,6 +16,8 @@ pub mod prior_comparison;
 pub mod privacy;
 pub mod round;
 pub mod round_log;
+pub mod secure_relay;
+pub mod secure_session;
 pub mod server;
 pub mod validate;
 
@@ -41,4 +43,6 @@ pub use round::{
     RoundPrivacy, RoundStatus, RoundSummary, StopReason, WaitReason,
 };
 pub use round_log::{RoundLog, RoundLogError, RoundRecord, RoundTraffic};
+pub use secure_relay::{RelayOutput, SecureRelay};
+pub use secure_session::{HandOut, SecureSessions};
 pub use validate::{RejectReason, validate_update};

@@ -15,27 +15,33 @@
 //! participants and a secure-aggregation server ([`crate::secure`]), and the coordinator gets
 //! only the unmasked sum ([`Event::SecureSumReceived`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use mpcl_client::evaluation::LocalSplit;
-use mpcl_client::{Participant, ParticipantError, ParticipantSettings, TrainedUpdate};
-use mpcl_coordinator::privacy::{os_noise_rng, seeded_noise_rng};
+use mpcl_client::{
+    ClientMachine, HandedRound, Output, Participant, ParticipantError, ParticipantSettings,
+    ProtocolError, TrainedUpdate,
+};
 use mpcl_coordinator::{
-    Action, Coordinator, CoordinatorConfig, CoordinatorError, Event, ParticipantId, RoundPrivacy,
-    StopReason,
+    Action, Coordinator, CoordinatorConfig, CoordinatorError, Event, HandOut, ParticipantId,
+    RelayOutput, RoundPrivacy, SecureSessions, StopReason,
 };
 use mpcl_data::Dataset;
 use mpcl_data::ModelConfig;
 use mpcl_model::Device;
-use mpcl_protocol::SigningKey;
 use mpcl_protocol::codec::{MessageLimits, VERSION_PREFIX_BYTES, encode_message};
-use mpcl_protocol::messages::{ClientUpdate, GlobalState, RunId, TrainingConfig};
+use mpcl_protocol::messages::{
+    ClientMessage, ClientUpdate, CoordinatorMessage, GlobalState, RunId, TrainingConfig,
+};
+use mpcl_protocol::privacy_noise::NoiseSource;
+use mpcl_protocol::secure_aggregation::SecAggUpload;
+use mpcl_protocol::{NodeIdentity, SigningKey};
 use thiserror::Error;
 
-use crate::secure::{DropStage, run_secure_round, simulation_signing_key};
+use crate::secure::{DropStage, simulation_signing_key};
 
 /// Errors of an in-process federation.
 #[derive(Debug, Error)]
@@ -55,14 +61,18 @@ pub enum FederationError {
     },
     #[error("the run stalled in round {0}: no participant has work and no round completed")]
     Stalled(u64),
-    #[error(
-        "participant `{subject}` cannot prepare its update for secure aggregation in round {round}: {reason}"
-    )]
-    SecureInput {
+    #[error("participant `{subject}`: {source}")]
+    Protocol {
         subject: String,
-        round: u64,
-        reason: String,
+        source: ProtocolError,
     },
+    #[error("participant `{subject}` sent a {request}, which an in-process run does not carry")]
+    Unexpected {
+        subject: String,
+        request: &'static str,
+    },
+    #[error("cannot open round {round}'s secure-aggregation session: {reason}")]
+    SecureSession { round: u64, reason: String },
     #[error("secure aggregation of round {round} failed {attempts} times in a row: {last}")]
     SecureAggregation {
         round: u64,
@@ -130,12 +140,99 @@ pub fn available_threads() -> usize {
 /// A trained update and the bytes of its signed upload.
 type TrainResult = Result<(TrainedUpdate, u64), FederationError>;
 
-/// A round handed to one participant: what [`Action::SendRound`] carries.
-struct Handout {
-    participant: ParticipantId,
-    round: u64,
-    state: Arc<GlobalState>,
-    config: TrainingConfig,
+/// Step timeout of an in-process secure-aggregation session (virtual milliseconds: every
+/// participant answers at once, so only a vanished one makes a step wait this long).
+const SECURE_STEP_TIMEOUT_MS: u64 = 10_000;
+
+/// What one [`InProcessFederation::run`] keeps while it drives the machines.
+struct Drive {
+    /// Each participant's protocol machine, in subject order.
+    machines: Vec<ClientMachine>,
+    /// What the machines asked for, in order.
+    queue: VecDeque<(usize, Output)>,
+    /// Participants whose `RequestWork` waits for a round.
+    parked: BTreeSet<usize>,
+    /// Participants told to wait (woken when nobody else has anything to do).
+    sleeping: Vec<usize>,
+    /// Trainings asked for since the last batch, in order.
+    to_train: Vec<(usize, HandedRound)>,
+    /// The open round's secure-aggregation session, as the server keeps it.
+    sessions: SecureSessions,
+    secure: bool,
+    failed_sessions: u32,
+    limits: MessageLimits,
+    /// The encoded size of the global state handed out last (the same for a whole round).
+    state_size: Option<(Arc<GlobalState>, u64)>,
+    bytes_down: u64,
+    bytes_up: u64,
+    /// The updates trained this round, in training order.
+    updates: Vec<ClientUpdate>,
+    /// Rounds aggregated and not yet reported.
+    aggregated: Vec<RoundOutcome>,
+    /// The virtual time of the last tick (a deadline that changes nothing is a stall).
+    ticked_at: Option<u64>,
+    finished: bool,
+}
+
+impl Drive {
+    fn new(federation: &InProcessFederation) -> Result<Self, FederationError> {
+        let machines = federation
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(index, client)| {
+                let identity = NodeIdentity::from_signing_key(
+                    Some(&format!("participant-{index}")),
+                    client.signing_key.clone(),
+                )
+                .expect("a valid participant id");
+                let noise = match federation.deterministic_noise {
+                    Some(seed) => {
+                        NoiseSource::SeededForTests(seed ^ (index as u64).wrapping_mul(0x9e37_79b9))
+                    }
+                    None => NoiseSource::OperatingSystem,
+                };
+                ClientMachine::new(Arc::new(identity), noise)
+            })
+            .collect();
+        Ok(Self {
+            machines,
+            queue: VecDeque::new(),
+            parked: BTreeSet::new(),
+            sleeping: Vec::new(),
+            to_train: Vec::new(),
+            sessions: SecureSessions::new(SECURE_STEP_TIMEOUT_MS),
+            secure: federation.coordinator.config().privacy.secure_aggregation,
+            failed_sessions: 0,
+            limits: MessageLimits::new(mpcl_protocol::codec::HARD_MAX_MESSAGE_BYTES).map_err(
+                |e| FederationError::SecureSession {
+                    round: 0,
+                    reason: e.to_string(),
+                },
+            )?,
+            state_size: None,
+            bytes_down: 0,
+            bytes_up: 0,
+            updates: Vec::new(),
+            aggregated: Vec::new(),
+            ticked_at: None,
+            finished: false,
+        })
+    }
+
+    fn queue(&mut self, index: usize, outputs: Vec<Output>) {
+        self.queue
+            .extend(outputs.into_iter().map(|output| (index, output)));
+    }
+}
+
+/// A session nonce that never repeats within a run (the round and a counter would do; the
+/// seed keeps simulations of different runs apart).
+fn session_nonce(seed: u64, round: u64) -> [u8; 16] {
+    let mut nonce = [0u8; 16];
+    nonce[..8].copy_from_slice(&seed.to_le_bytes());
+    nonce[8..].copy_from_slice(&round.to_le_bytes());
+    nonce
 }
 
 impl InProcessFederation {
@@ -236,201 +333,381 @@ impl InProcessFederation {
         &mut self,
         mut on_round: impl FnMut(&RoundOutcome) -> Result<(), E>,
     ) -> Result<GlobalState, E> {
-        let mut pending: Vec<Action> = Vec::new();
-        for client in &self.clients {
-            pending.extend(self.coordinator.handle(
-                self.now,
-                Event::ClientConnected {
-                    participant: client.id,
-                },
-            ));
+        let mut drive = Drive::new(self)?;
+        for index in 0..self.clients.len() {
+            let participant = self.clients[index].id;
+            let actions = self
+                .coordinator
+                .handle(self.now, Event::ClientConnected { participant });
+            self.execute(&mut drive, actions, None)?;
+            let outputs = drive.machines[index].start_session(self.run_id);
+            drive.queue(index, outputs);
         }
-        let limits = MessageLimits::new(mpcl_protocol::codec::HARD_MAX_MESSAGE_BYTES)
-            .expect("the hard cap is a valid limit");
         let mut round_started = Instant::now();
-        let (mut bytes_down, mut bytes_up) = (0u64, 0u64);
-        let mut updates: Vec<ClientUpdate> = Vec::new();
-        let secure = self.coordinator.config().privacy.secure_aggregation;
-        // Under secure aggregation: the cohort's updates of the open round, and failed sessions
-        // in a row.
-        let mut to_mask: BTreeMap<ParticipantId, ClientUpdate> = BTreeMap::new();
-        let mut failed_sessions = 0u32;
-        // The encoded size of the global state handed out last (the same for a whole round).
-        let mut state_size: Option<(Arc<GlobalState>, u64)> = None;
         loop {
-            if pending.is_empty() {
-                // Everyone asks for work; the state machine answers with rounds or waits.
-                for client in &self.clients {
-                    pending.extend(self.coordinator.handle(
-                        self.now,
-                        Event::WorkRequested {
-                            participant: client.id,
-                        },
-                    ));
+            while let Some((index, output)) = drive.queue.pop_front() {
+                self.carry_out(&mut drive, index, output)?;
+                for mut outcome in drive.aggregated.drain(..) {
+                    outcome.seconds = round_started.elapsed().as_secs_f64();
+                    on_round(&outcome)?;
+                    round_started = Instant::now();
                 }
-                if !pending
-                    .iter()
-                    .any(|a| matches!(a, Action::SendRound { .. }))
-                {
-                    if self.coordinator.is_finished() {
-                        return Ok(self.coordinator.global_state().as_ref().clone());
-                    }
-                    // Nothing to train: let the deadline pass (virtual time).
-                    match self.coordinator.next_deadline() {
-                        Some(deadline) => {
-                            self.now = self.now.max(deadline);
-                            pending.extend(self.coordinator.handle(self.now, Event::Tick));
-                            continue;
-                        }
-                        None => {
-                            return Err(
-                                FederationError::Stalled(self.coordinator.current_round()).into()
-                            );
-                        }
+                if drive.finished {
+                    return Ok(self.coordinator.global_state().as_ref().clone());
+                }
+            }
+            if !drive.to_train.is_empty() {
+                // In participant order, as the state machine hands a round out, whichever
+                // order the requests came in.
+                let mut batch = std::mem::take(&mut drive.to_train);
+                batch.sort_by_key(|(index, _)| self.clients[*index].id);
+                let trained = self.train_batch(&batch, &drive.limits);
+                for ((index, _), trained) in batch.iter().zip(trained) {
+                    let (trained, payload_bytes) = trained?;
+                    drive.bytes_up += payload_bytes;
+                    drive.updates.push(trained.update.clone());
+                    let outputs = drive.machines[*index]
+                        .trained(Arc::new(trained))
+                        .map_err(|source| self.protocol_error(*index, source))?;
+                    drive.queue(*index, outputs);
+                }
+                continue;
+            }
+            if self.coordinator.is_finished() {
+                return Ok(self.coordinator.global_state().as_ref().clone());
+            }
+            if !drive.sleeping.is_empty() {
+                for index in std::mem::take(&mut drive.sleeping) {
+                    let outputs = drive.machines[index]
+                        .wait_over()
+                        .map_err(|source| self.protocol_error(index, source))?;
+                    drive.queue(index, outputs);
+                }
+                continue;
+            }
+            // Nobody has anything to do: let the next deadline pass (virtual time).
+            let next = [
+                self.coordinator.next_deadline(),
+                drive.sessions.next_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let Some(deadline) = next.filter(|&at| at > self.now || drive.ticked_at != Some(at))
+            else {
+                return Err(FederationError::Stalled(self.coordinator.current_round()).into());
+            };
+            self.now = self.now.max(deadline);
+            drive.ticked_at = Some(deadline);
+            let actions = self.coordinator.handle(self.now, Event::Tick);
+            self.execute(&mut drive, actions, None)?;
+            let outputs = drive.sessions.tick(self.now);
+            self.relay(&mut drive, outputs)?;
+        }
+    }
+
+    /// Does what participant `index`'s machine asked for.
+    fn carry_out(
+        &mut self,
+        drive: &mut Drive,
+        index: usize,
+        output: Output,
+    ) -> Result<(), FederationError> {
+        let participant = self.clients[index].id;
+        match output {
+            Output::Request {
+                message: ClientMessage::RequestWork { .. },
+                ..
+            } => {
+                let actions = self
+                    .coordinator
+                    .handle(self.now, Event::WorkRequested { participant });
+                match self.execute(drive, actions, Some(index))? {
+                    Some(reply) => self.reply(drive, index, reply)?,
+                    // Nothing to hand out: the request is held until a round opens for it, as
+                    // the server's long poll holds it.
+                    None => {
+                        drive.parked.insert(index);
                     }
                 }
             }
-            let mut actions = std::mem::take(&mut pending).into_iter().peekable();
-            while let Some(action) = actions.next() {
-                match action {
-                    Action::SendRound {
-                        participant,
+            Output::Request {
+                message:
+                    ClientMessage::SecureAggregation {
                         round,
-                        state,
-                        config,
-                    } => {
-                        // This hand-out and the ones right after it (to other participants)
-                        // train together; a participant handed two rounds trains them in turn.
-                        let mut batch = vec![Handout {
+                        nonce,
+                        upload,
+                    },
+                ..
+            } => {
+                let drops_here = matches!(
+                    (self.secure_drops.get(&(round, index)), &upload),
+                    (Some(DropStage::BeforeMasking), SecAggUpload::MaskedInput(_))
+                        | (Some(DropStage::AfterMasking), SecAggUpload::Signature(_))
+                );
+                if drops_here {
+                    // It vanishes, and comes back for the rounds after this one.
+                    self.secure_drops.remove(&(round, index));
+                    drive.machines[index].session_lost();
+                    let outputs = drive.sessions.participant_left(self.now, participant);
+                    self.relay(drive, outputs)?;
+                    let outputs = drive.machines[index].start_session(self.run_id);
+                    drive.queue(index, outputs);
+                    return Ok(());
+                }
+                let outputs = drive
+                    .sessions
+                    .receive(self.now, participant, round, nonce, upload)
+                    .unwrap_or_else(|| {
+                        vec![RelayOutput::Reply {
                             participant,
-                            round,
-                            state,
-                            config,
-                        }];
-                        let mut seen = BTreeSet::from([participant]);
-                        while let Some(Action::SendRound { participant, .. }) = actions.peek() {
-                            if !seen.insert(*participant) {
-                                break;
-                            }
-                            let Some(Action::SendRound {
-                                participant,
+                            message: CoordinatorMessage::SecureAggregationAborted {
                                 round,
-                                state,
-                                config,
-                            }) = actions.next()
-                            else {
-                                unreachable!("peeked a SendRound");
-                            };
-                            batch.push(Handout {
-                                participant,
-                                round,
-                                state,
-                                config,
+                                reason: format!(
+                                    "no secure-aggregation session is open for round {round}"
+                                ),
+                            },
+                        }]
+                    });
+                self.relay(drive, outputs)?;
+            }
+            Output::Request { message, .. } => {
+                return Err(FederationError::Unexpected {
+                    subject: self.clients[index].subject.clone(),
+                    request: message.kind(),
+                });
+            }
+            Output::Upload { update, .. } => {
+                self.now += 1;
+                let actions = self.coordinator.handle(
+                    self.now,
+                    Event::UpdateReceived {
+                        participant,
+                        update: Box::new(update.update.clone()),
+                    },
+                );
+                let reply = self
+                    .execute(drive, actions, Some(index))?
+                    .unwrap_or_else(|| CoordinatorMessage::Error {
+                        reason: "the update got no answer".into(),
+                    });
+                self.reply(drive, index, reply)?;
+            }
+            Output::Train(handed) => drive.to_train.push((index, handed)),
+            Output::Wait(_) => drive.sleeping.push(index),
+            Output::Event(_) | Output::Finished { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Carries out the state machine's `actions`; returns the answer for `requester`'s request,
+    /// if one was produced (`None`: park it). A round sent to a parked participant answers its
+    /// request, as the server's actor does.
+    fn execute(
+        &mut self,
+        drive: &mut Drive,
+        actions: Vec<Action>,
+        requester: Option<usize>,
+    ) -> Result<Option<CoordinatorMessage>, FederationError> {
+        let requester_id = requester.map(|index| self.clients[index].id);
+        let mut answer = None;
+        for action in actions {
+            let ended = drive.sessions.after(&action);
+            self.relay(drive, ended)?;
+            match action {
+                Action::SendRound {
+                    participant,
+                    round,
+                    state,
+                    config,
+                } => {
+                    let index = self.index_of(participant);
+                    let asked = Some(participant) == requester_id && answer.is_none();
+                    if !asked && !drive.parked.contains(&index) {
+                        // It gets the round on its next request.
+                        continue;
+                    }
+                    let Some(message) =
+                        self.start_round(drive, participant, round, &state, config)?
+                    else {
+                        // The session is under way without it: it waits for the next round.
+                        if asked {
+                            drive.parked.insert(index);
+                        }
+                        continue;
+                    };
+                    if asked {
+                        answer = Some(message);
+                    } else {
+                        drive.parked.remove(&index);
+                        self.reply(drive, index, message)?;
+                    }
+                }
+                Action::Accept { participant, round } => {
+                    if Some(participant) == requester_id && answer.is_none() {
+                        answer = Some(CoordinatorMessage::UpdateAccepted { round });
+                    }
+                }
+                Action::Reject {
+                    participant,
+                    round,
+                    reason,
+                } => {
+                    let subject = self.subject_of(participant);
+                    return Err(FederationError::Rejected {
+                        subject,
+                        round,
+                        reason: reason.to_string(),
+                    });
+                }
+                Action::Aggregated { round, summary } => {
+                    drive.failed_sessions = 0;
+                    let mean_train_loss = if drive.secure {
+                        mean(drive.updates.iter().map(|u| u.metrics.train_loss))
+                    } else {
+                        mean(summary.contributors.iter().map(|c| c.train_loss))
+                    };
+                    drive.aggregated.push(RoundOutcome {
+                        round,
+                        state: self.coordinator.global_state().as_ref().clone(),
+                        participants: summary.contributors.len(),
+                        bytes_down: std::mem::take(&mut drive.bytes_down),
+                        bytes_up: std::mem::take(&mut drive.bytes_up),
+                        seconds: 0.0,
+                        mean_train_loss,
+                        updates: std::mem::take(&mut drive.updates),
+                        privacy: summary.privacy.clone(),
+                    });
+                }
+                Action::Finished { .. } => drive.finished = true,
+                Action::SendWait { .. }
+                | Action::SetDeadline { .. }
+                | Action::RoundExtended { .. }
+                | Action::RoundFailed { .. }
+                | Action::Stopped { .. }
+                | Action::Evaluated { .. }
+                | Action::LabelPriorSet { .. }
+                | Action::PersistBest { .. }
+                | Action::Persist { .. } => {}
+            }
+        }
+        Ok(answer)
+    }
+
+    /// The `StartRound` for `participant` (with its secure-aggregation setup under secure
+    /// aggregation; `None` when it cannot join the round's session), its bytes counted.
+    fn start_round(
+        &mut self,
+        drive: &mut Drive,
+        participant: ParticipantId,
+        round: u64,
+        state: &Arc<GlobalState>,
+        config: TrainingConfig,
+    ) -> Result<Option<CoordinatorMessage>, FederationError> {
+        let secure_aggregation = if drive.secure {
+            let seed = self.coordinator.config().seed;
+            let (handed, ended) = drive
+                .sessions
+                .hand_out(&self.coordinator, round, participant, self.now, || {
+                    session_nonce(seed, round)
+                })
+                .map_err(|reason| FederationError::SecureSession { round, reason })?;
+            self.relay(drive, ended)?;
+            match handed {
+                HandOut::Join(setup) => Some(setup),
+                HandOut::CannotJoin { .. } => return Ok(None),
+            }
+        } else {
+            None
+        };
+        // What `StartRound` carries; the state is encoded once a round.
+        let state_bytes = match &drive.state_size {
+            Some((shared, bytes)) if Arc::ptr_eq(shared, state) => *bytes,
+            _ => {
+                let bytes = encoded_size(&**state, &drive.limits);
+                drive.state_size = Some((Arc::clone(state), bytes));
+                bytes
+            }
+        };
+        drive.bytes_down += state_bytes
+            + encoded_size(&config, &drive.limits).saturating_sub(VERSION_PREFIX_BYTES as u64);
+        let deadline_ms = self
+            .coordinator
+            .next_deadline()
+            .map(|at| at.saturating_sub(self.now))
+            .unwrap_or(0);
+        Ok(Some(CoordinatorMessage::StartRound {
+            run_id: self.run_id,
+            round,
+            state: state.as_ref().clone(),
+            config,
+            deadline_ms,
+            secure_aggregation,
+        }))
+    }
+
+    /// Carries the secure relay's replies to the participants and its result to the state
+    /// machine.
+    fn relay(
+        &mut self,
+        drive: &mut Drive,
+        outputs: Vec<RelayOutput>,
+    ) -> Result<(), FederationError> {
+        for output in outputs {
+            match output {
+                RelayOutput::Reply {
+                    participant,
+                    message,
+                } => {
+                    let index = self.index_of(participant);
+                    self.reply(drive, index, message)?;
+                }
+                RelayOutput::Event(event) => {
+                    if let Event::SecureAggregationFailed { round, error } = &event {
+                        drive.failed_sessions += 1;
+                        if drive.failed_sessions >= MAX_SECURE_ATTEMPTS {
+                            return Err(FederationError::SecureAggregation {
+                                round: *round,
+                                attempts: drive.failed_sessions,
+                                last: error.clone(),
                             });
                         }
-                        let trained = self.train_batch(&batch, &limits);
-                        for (handout, trained) in batch.iter().zip(trained) {
-                            let (trained, payload_bytes) = trained?;
-                            // What `StartRound` carries; the state is encoded once a round.
-                            let state_bytes = match &state_size {
-                                Some((state, bytes)) if Arc::ptr_eq(state, &handout.state) => {
-                                    *bytes
-                                }
-                                _ => {
-                                    let bytes = encoded_size(&*handout.state, &limits);
-                                    state_size = Some((Arc::clone(&handout.state), bytes));
-                                    bytes
-                                }
-                            };
-                            bytes_down += state_bytes
-                                + encoded_size(&handout.config, &limits)
-                                    .saturating_sub(VERSION_PREFIX_BYTES as u64);
-                            bytes_up += payload_bytes;
-                            let update = trained.update;
-                            updates.push(update.clone());
-                            self.now += 1;
-                            if secure {
-                                to_mask.insert(handout.participant, update);
-                            } else {
-                                pending.extend(self.coordinator.handle(
-                                    self.now,
-                                    Event::UpdateReceived {
-                                        participant: handout.participant,
-                                        update: Box::new(update),
-                                    },
-                                ));
-                            }
-                        }
                     }
-                    Action::Reject {
-                        participant,
-                        round,
-                        reason,
-                    } => {
-                        let subject = self.subject_of(participant);
-                        return Err(FederationError::Rejected {
-                            subject,
-                            round,
-                            reason: reason.to_string(),
-                        }
-                        .into());
-                    }
-                    Action::Aggregated { round, summary } => {
-                        failed_sessions = 0;
-                        let mean_train_loss = if secure {
-                            mean(updates.iter().map(|u| u.metrics.train_loss))
-                        } else {
-                            mean(summary.contributors.iter().map(|c| c.train_loss))
-                        };
-                        let outcome = RoundOutcome {
-                            round,
-                            state: self.coordinator.global_state().as_ref().clone(),
-                            participants: summary.contributors.len(),
-                            bytes_down,
-                            bytes_up,
-                            seconds: round_started.elapsed().as_secs_f64(),
-                            mean_train_loss,
-                            updates: std::mem::take(&mut updates),
-                            privacy: summary.privacy.clone(),
-                        };
-                        on_round(&outcome)?;
-                        round_started = Instant::now();
-                        bytes_down = 0;
-                        bytes_up = 0;
-                    }
-                    Action::Finished { .. } => {
-                        return Ok(self.coordinator.global_state().as_ref().clone());
-                    }
-                    Action::SendWait { .. }
-                    | Action::Accept { .. }
-                    | Action::SetDeadline { .. }
-                    | Action::RoundExtended { .. }
-                    | Action::RoundFailed { .. }
-                    | Action::Stopped { .. }
-                    | Action::Evaluated { .. }
-                    | Action::LabelPriorSet { .. }
-                    | Action::PersistBest { .. }
-                    | Action::Persist { .. } => {}
+                    self.now += 1;
+                    let actions = self.coordinator.handle(self.now, event);
+                    self.execute(drive, actions, None)?;
                 }
-            }
-            if secure && !to_mask.is_empty() {
-                let cohort = std::mem::take(&mut to_mask);
-                let (event, failed) = self.secure_round(cohort)?;
-                if let Some(error) = failed {
-                    failed_sessions += 1;
-                    if failed_sessions >= MAX_SECURE_ATTEMPTS {
-                        return Err(FederationError::SecureAggregation {
-                            round: self.coordinator.current_round(),
-                            attempts: failed_sessions,
-                            last: error,
-                        }
-                        .into());
-                    }
-                }
-                self.now += 1;
-                pending.extend(self.coordinator.handle(self.now, event));
             }
         }
+        Ok(())
+    }
+
+    /// Feeds `message` to participant `index`'s machine as the answer to its request.
+    fn reply(
+        &self,
+        drive: &mut Drive,
+        index: usize,
+        message: CoordinatorMessage,
+    ) -> Result<(), FederationError> {
+        let outputs = drive.machines[index]
+            .handle_reply(message)
+            .map_err(|source| self.protocol_error(index, source))?;
+        drive.queue(index, outputs);
+        Ok(())
+    }
+
+    fn protocol_error(&self, index: usize, source: ProtocolError) -> FederationError {
+        FederationError::Protocol {
+            subject: self.clients[index].subject.clone(),
+            source,
+        }
+    }
+
+    fn index_of(&self, participant: ParticipantId) -> usize {
+        self.clients
+            .iter()
+            .position(|c| c.id == participant)
+            .expect("the coordinator only knows participants of this federation")
     }
 
     /// Trains the participants of `batch` (distinct ones) on up to `self.threads` threads, each
@@ -438,17 +715,21 @@ impl InProcessFederation {
     /// would upload (the compressed delta when the run compresses: the update's own delta is
     /// then its decompression, what the coordinator reconstructs on receipt), come back in
     /// `batch` order.
-    fn train_batch(&mut self, batch: &[Handout], limits: &MessageLimits) -> Vec<TrainResult> {
+    fn train_batch(
+        &mut self,
+        batch: &[(usize, HandedRound)],
+        limits: &MessageLimits,
+    ) -> Vec<TrainResult> {
         let run_id = self.run_id;
-        let mut by_id: BTreeMap<ParticipantId, &mut VirtualClient> =
-            self.clients.iter_mut().map(|c| (c.id, c)).collect();
-        let jobs: Vec<Mutex<Option<(&Handout, &mut VirtualClient)>>> = batch
+        let mut clients: Vec<Option<&mut VirtualClient>> =
+            self.clients.iter_mut().map(Some).collect();
+        let jobs: Vec<Mutex<Option<(&HandedRound, &mut VirtualClient)>>> = batch
             .iter()
-            .map(|handout| {
-                let client = by_id
-                    .remove(&handout.participant)
-                    .expect("the coordinator only samples connected participants, once a batch");
-                Mutex::new(Some((handout, client)))
+            .map(|(index, handed)| {
+                let client = clients[*index]
+                    .take()
+                    .expect("a participant trains one round at a time");
+                Mutex::new(Some((handed, client)))
             })
             .collect();
         let results: Vec<Mutex<Option<TrainResult>>> =
@@ -460,14 +741,14 @@ impl InProcessFederation {
                 let Some(job) = jobs.get(index) else {
                     break;
                 };
-                let (handout, client) = job
+                let (handed, client) = job
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .take()
                     .expect("each job is taken once");
                 let trained = client
                     .participant
-                    .train_round(run_id, handout.round, &handout.state, &handout.config)
+                    .train_round(run_id, handed.round, &handed.state, &handed.config)
                     .map(|trained| {
                         let bytes = trained.payload_bytes(limits).unwrap_or(0) as u64;
                         (trained, bytes)
@@ -497,63 +778,6 @@ impl InProcessFederation {
                     .expect("every job ran")
             })
             .collect()
-    }
-
-    /// Runs the open round's secure-aggregation session over the cohort's `updates`; returns
-    /// the event for the coordinator and, when the session failed, why.
-    fn secure_round(
-        &mut self,
-        updates: BTreeMap<ParticipantId, ClientUpdate>,
-    ) -> Result<(Event, Option<String>), FederationError> {
-        let plan = self
-            .coordinator
-            .secure_round_plan()?
-            .ok_or_else(|| FederationError::Stalled(self.coordinator.current_round()))?;
-        let round = plan.round;
-        let mut keys = BTreeMap::new();
-        let mut inputs = BTreeMap::new();
-        let mut drops = BTreeMap::new();
-        for (index, client) in self.clients.iter().enumerate() {
-            let Some(update) = updates.get(&client.id) else {
-                continue;
-            };
-            let prepared = match self.deterministic_noise {
-                Some(seed) => {
-                    let mut rng = seeded_noise_rng(
-                        seed ^ round.rotate_left(32) ^ (index as u64).wrapping_mul(0x9e37_79b9),
-                    );
-                    plan.prepare_input(update, &mut rng)
-                }
-                None => plan.prepare_input(update, &mut os_noise_rng()),
-            }
-            .map_err(|e| FederationError::SecureInput {
-                subject: client.subject.clone(),
-                round,
-                reason: e.to_string(),
-            })?;
-            keys.insert(client.id, client.signing_key.clone());
-            inputs.insert(client.id, prepared.words);
-            if let Some(stage) = self.secure_drops.remove(&(round, index)) {
-                drops.insert(client.id, stage);
-            }
-        }
-        Ok(match run_secure_round(&plan, &keys, &inputs, &drops) {
-            Ok(outcome) => (
-                Event::SecureSumReceived {
-                    round,
-                    contributors: outcome.contributors,
-                    sum: Box::new(outcome.sum),
-                },
-                None,
-            ),
-            Err(error) => (
-                Event::SecureAggregationFailed {
-                    round,
-                    error: error.to_string(),
-                },
-                Some(error.to_string()),
-            ),
-        })
     }
 
     fn subject_of(&self, participant: ParticipantId) -> String {

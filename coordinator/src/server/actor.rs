@@ -7,7 +7,8 @@
 //! it, events are totally ordered, nothing is ever held across a network await, and a checkpoint
 //! is durable before any client hears about the round that follows it.
 //!
-//! Under secure aggregation the actor also owns the open round's [`SecureRelay`]: it hands the
+//! Under secure aggregation the actor also owns the open round's session ([`SecureSessions`],
+//! the relay the in-process simulation drives too): it hands the
 //! session's setup out with the round, keeps each client's `SecureAggregation` request waiting
 //! until the relay closes the step, arms the step deadlines, tells the relay who disconnected,
 //! and feeds the sum (or the failure) to the state machine. A round that fails or closes in the
@@ -40,8 +41,9 @@ use crate::round::{Action, Coordinator, Event, Millis, ParticipantId, RoundSumma
 use crate::round_log::{RoundLog, RoundRecord, RoundTraffic};
 
 use super::live::{Connections, LivePublisher};
-use super::secure_relay::{RelayOutput, SecureRelay};
 use super::{AggregatedRound, ServerError};
+use crate::secure_relay::RelayOutput;
+use crate::secure_session::{HandOut, SecureSessions};
 
 /// A request from a connection task.
 pub(crate) enum Command {
@@ -161,10 +163,9 @@ pub(crate) struct Actor {
     /// The read-only view for observers (see `Server::live_status`).
     live: Option<LivePublisher>,
     /// The open round's secure-aggregation session (secure aggregation only).
-    relay: Option<SecureRelay>,
+    secure: SecureSessions,
     /// `SecureAggregation` requests waiting for their step to close.
     secure_replies: HashMap<ParticipantId, oneshot::Sender<CoordinatorMessage>>,
-    secure_step_timeout_ms: u64,
     /// How long a `RequestWork` may stay parked (zero: answer `Wait` at once).
     long_poll: Duration,
     /// Parked `RequestWork`s, one per participant (a newer one replaces an older one).
@@ -217,9 +218,8 @@ impl Actor {
             finished_at,
             observer: None,
             live: None,
-            relay: None,
+            secure: SecureSessions::new(secure_step_timeout_ms),
             secure_replies: HashMap::new(),
-            secure_step_timeout_ms,
             long_poll: polling.long_poll,
             parked: HashMap::new(),
             limits: polling.limits,
@@ -278,9 +278,8 @@ impl Actor {
             }
             let deadline = self.deadline.map(|(_, at)| at);
             let step_deadline = self
-                .relay
-                .as_ref()
-                .and_then(SecureRelay::next_deadline)
+                .secure
+                .next_deadline()
                 .map(|at| self.origin + Duration::from_millis(at));
             let grace_end = self.finished_at.map(|at| at + self.finish_grace);
             let poll_end = self.parked.values().map(|p| p.expires).min();
@@ -305,7 +304,7 @@ impl Actor {
                 }
                 () = sleep_until_opt(step_deadline) => {
                     let now = self.now();
-                    let outputs = self.relay.as_mut().map(|r| r.tick(now)).unwrap_or_default();
+                    let outputs = self.secure.tick(now);
                     self.deliver(outputs).await?;
                 }
                 () = sleep_until_opt(poll_end) => self.end_long_polls(),
@@ -357,11 +356,7 @@ impl Actor {
                         if self.active.remove(&participant) {
                             info!(participant = %name, active = self.active.len(), "participant left");
                             let now = self.now();
-                            let outputs = self
-                                .relay
-                                .as_mut()
-                                .map(|r| r.participant_left(now, participant))
-                                .unwrap_or_default();
+                            let outputs = self.secure.participant_left(now, participant);
                             self.deliver(outputs).await?;
                             let actions = self
                                 .coordinator
@@ -425,7 +420,7 @@ impl Actor {
                 let name = self.name(&participant);
                 let kind = upload.kind();
                 let now = self.now();
-                let Some(relay) = self.relay.as_mut() else {
+                let Some(stage) = self.secure.relay().map(|r| r.stage()) else {
                     warn!(participant = %name, round, step = kind, "secure-aggregation message outside a session");
                     let _ = reply.send(CoordinatorMessage::SecureAggregationAborted {
                         round,
@@ -433,14 +428,17 @@ impl Actor {
                     });
                     return Ok(());
                 };
-                debug!(participant = %name, round, step = kind, stage = relay.stage(), "secure-aggregation message");
+                debug!(participant = %name, round, step = kind, stage, "secure-aggregation message");
                 if let Some(previous) = self.secure_replies.insert(participant, reply) {
                     let _ = previous.send(CoordinatorMessage::SecureAggregationAborted {
                         round,
                         reason: "superseded by a newer request of the same participant".into(),
                     });
                 }
-                let outputs = relay.receive(now, participant, round, nonce, *upload);
+                let outputs = self
+                    .secure
+                    .receive(now, participant, round, nonce, *upload)
+                    .unwrap_or_default();
                 self.deliver(outputs).await?;
             }
         }
@@ -494,47 +492,17 @@ impl Actor {
         }
     }
 
-    /// Ends the secure-aggregation session (if any), answering its waiting clients.
-    fn end_session(&mut self, reason: &str) {
-        if let Some(mut relay) = self.relay.take() {
-            for output in relay.abort(reason) {
-                if let RelayOutput::Reply {
-                    participant,
-                    message,
-                } = output
-                {
-                    self.reply_secure(participant, message);
-                }
+    /// Answers the waiting clients of a session that ended.
+    fn reply_ended(&mut self, outputs: Vec<RelayOutput>) {
+        for output in outputs {
+            if let RelayOutput::Reply {
+                participant,
+                message,
+            } = output
+            {
+                self.reply_secure(participant, message);
             }
         }
-    }
-
-    /// The open round's session, created when its round is first handed out.
-    fn ensure_session(&mut self, round: u64) -> Result<&mut SecureRelay, String> {
-        if self.relay.as_ref().is_some_and(|r| r.round() != round) {
-            self.end_session("a newer round started");
-        }
-        if self.relay.is_none() {
-            let plan = self
-                .coordinator
-                .secure_round_plan()
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("round {round} has no secure-aggregation plan"))?;
-            let now = self.now();
-            let deadline = self.coordinator.next_deadline().unwrap_or(now);
-            let relay = SecureRelay::new(
-                plan,
-                rand::random(),
-                self.secure_step_timeout_ms,
-                now,
-                deadline,
-            )
-            .map_err(|e| e.to_string())?;
-            let cohort: Vec<String> = relay.cohort().iter().map(|p| self.name(p)).collect();
-            info!(round, cohort = %cohort.join(","), "secure-aggregation session opened");
-            self.relay = Some(relay);
-        }
-        Ok(self.relay.as_mut().expect("just created"))
     }
 
     /// Counts the participant as taking part (the state machine learns it from the event that
@@ -558,6 +526,8 @@ impl Actor {
     ) -> Result<Option<WorkReply>, ServerError> {
         let mut answer = None;
         for action in actions {
+            let ended = self.secure.after(&action);
+            self.reply_ended(ended);
             match action {
                 Action::SendRound {
                     participant,
@@ -677,7 +647,6 @@ impl Actor {
                         });
                     }
                     self.deadline = None;
-                    self.end_session(&format!("round {round} was aggregated"));
                 }
                 Action::LabelPriorSet {
                     participants,
@@ -692,12 +661,10 @@ impl Actor {
                         "round 0: the head starts at the label prior of the participants' training data"
                     );
                     self.deadline = None;
-                    self.end_session("round 0 set the label prior");
                 }
                 Action::RoundFailed { round, error } => {
                     error!(round, %error, "aggregation failed; the round starts again");
                     self.deadline = None;
-                    self.end_session(&format!("round {round} failed and starts again: {error}"));
                 }
                 Action::Evaluated { metrics, best } => {
                     info!(
@@ -732,7 +699,6 @@ impl Actor {
                             .reply
                             .send(WorkReply::Message(CoordinatorMessage::Finished { rounds }));
                     }
-                    self.end_session("the run is over");
                     self.deadline = None;
                     self.finished_at = Some(Instant::now());
                 }
@@ -757,19 +723,32 @@ impl Actor {
             .map(|at| at.saturating_sub(self.now()))
             .unwrap_or(0);
         let secure_aggregation = if self.coordinator.config().privacy.secure_aggregation {
-            match self.ensure_session(round) {
-                Ok(relay) => match relay.hand_out(participant) {
-                    Some(setup) => Some(Box::new(setup)),
-                    None => {
-                        debug!(participant = %name, round, stage = relay.stage(), "cannot join the session now");
-                        return WorkReply::Message(CoordinatorMessage::Wait {
-                            retry_after_ms: self.poll_interval_ms,
-                            reason: WireWait::Other(format!(
-                                "round {round}'s secure aggregation is under way without this participant"
-                            )),
-                        });
+            let opening = self.secure.relay().is_none();
+            let now = self.now();
+            match self
+                .secure
+                .hand_out(&self.coordinator, round, participant, now, rand::random)
+            {
+                Ok((handed, ended)) => {
+                    self.reply_ended(ended);
+                    if opening && let Some(relay) = self.secure.relay() {
+                        let cohort: Vec<String> =
+                            relay.cohort().iter().map(|p| self.name(p)).collect();
+                        info!(round, cohort = %cohort.join(","), "secure-aggregation session opened");
                     }
-                },
+                    match handed {
+                        HandOut::Join(setup) => Some(setup),
+                        HandOut::CannotJoin { stage } => {
+                            debug!(participant = %name, round, stage, "cannot join the session now");
+                            return WorkReply::Message(CoordinatorMessage::Wait {
+                                retry_after_ms: self.poll_interval_ms,
+                                reason: WireWait::Other(format!(
+                                    "round {round}'s secure aggregation is under way without this participant"
+                                )),
+                            });
+                        }
+                    }
+                }
                 Err(error) => {
                     error!(round, %error, "cannot open the secure-aggregation session");
                     return WorkReply::Message(CoordinatorMessage::Error {

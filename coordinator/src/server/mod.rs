@@ -26,7 +26,6 @@
 mod actor;
 pub mod live;
 pub mod run_file;
-mod secure_relay;
 
 use mpcl_data::{ModelConfig, Schema};
 use std::net::SocketAddr;

@@ -1,7 +1,8 @@
-//! The coordinator's half of one secure-aggregation session over the network: a pure relay
+//! The coordinator's half of one secure-aggregation session: a pure relay
 //! around [`SecAggServer`] that decides when each step closes and what every waiting client is
-//! told, with no sockets and no clock of its own (the actor passes the time in), so that it is
-//! tested step by step with in-memory clients.
+//! told, with no sockets and no clock of its own (the driver passes the time in), so that the QUIC
+//! server and the in-process simulation run the same relay, and it is tested step by step with
+//! in-memory clients.
 //!
 //! Each client's upload for a step is answered only when the step closes: as soon as every
 //! client still expected has answered, or when the step's deadline passes. Key setup, the
@@ -35,7 +36,7 @@ use crate::round::{Event, Millis, ParticipantId};
 
 /// Something the actor must do for the relay, in order.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum RelayOutput {
+pub enum RelayOutput {
     /// Answer the participant's waiting `SecureAggregation` request with `message`.
     Reply {
         participant: ParticipantId,
@@ -47,7 +48,7 @@ pub(crate) enum RelayOutput {
 
 /// One round's session as the coordinator relays it (see the module documentation).
 #[derive(Debug)]
-pub(crate) struct SecureRelay {
+pub struct SecureRelay {
     plan: SecureRoundPlan,
     setup: SecureRoundSetup,
     server: SecAggServer,
@@ -75,7 +76,7 @@ fn participant(peer: &PeerId) -> ParticipantId {
 impl SecureRelay {
     /// A session for `plan`'s round starting at `now`, with session nonce `nonce`, steps of
     /// `step_timeout_ms` and the round's state-machine deadline at `round_deadline_at`.
-    pub(crate) fn new(
+    pub fn new(
         plan: SecureRoundPlan,
         nonce: [u8; 16],
         step_timeout_ms: u64,
@@ -101,17 +102,17 @@ impl SecureRelay {
     }
 
     /// The session's round.
-    pub(crate) fn round(&self) -> u64 {
+    pub fn round(&self) -> u64 {
         self.plan.round
     }
 
     /// The cohort (sorted).
-    pub(crate) fn cohort(&self) -> &[ParticipantId] {
+    pub fn cohort(&self) -> &[ParticipantId] {
         &self.plan.cohort
     }
 
     /// What the session is doing, in words (for logs).
-    pub(crate) fn stage(&self) -> &'static str {
+    pub fn stage(&self) -> &'static str {
         if self.over {
             "over"
         } else {
@@ -121,7 +122,7 @@ impl SecureRelay {
 
     /// The setup to send `participant` with the round, or `None` when it cannot join (not in
     /// the cohort, left out, already sent it, or key advertisement is over).
-    pub(crate) fn hand_out(&mut self, participant: ParticipantId) -> Option<SecureRoundSetup> {
+    pub fn hand_out(&mut self, participant: ParticipantId) -> Option<SecureRoundSetup> {
         let joinable = !self.over
             && self.server.stage() == ServerStage::Advertisements
             && self.plan.cohort.contains(&participant)
@@ -131,7 +132,7 @@ impl SecureRelay {
     }
 
     /// When the current step closes at the latest (`None` once the session is over).
-    pub(crate) fn next_deadline(&self) -> Option<Millis> {
+    pub fn next_deadline(&self) -> Option<Millis> {
         (!self.over).then_some(self.step_deadline)
     }
 
@@ -145,7 +146,7 @@ impl SecureRelay {
     /// A `SecureAggregation` upload from `participant` (authenticated by the transport) at
     /// `now`. Its answer, and those of every other waiting client when this closes the step,
     /// are in the outputs.
-    pub(crate) fn receive(
+    pub fn receive(
         &mut self,
         now: Millis,
         from: ParticipantId,
@@ -215,7 +216,7 @@ impl SecureRelay {
     }
 
     /// `participant`'s connection closed: nobody waits for it any longer.
-    pub(crate) fn participant_left(
+    pub fn participant_left(
         &mut self,
         now: Millis,
         participant: ParticipantId,
@@ -229,13 +230,13 @@ impl SecureRelay {
     }
 
     /// Time moved on: closes the step when its deadline has passed.
-    pub(crate) fn tick(&mut self, now: Millis) -> Vec<RelayOutput> {
+    pub fn tick(&mut self, now: Millis) -> Vec<RelayOutput> {
         self.close_if_ready(now)
     }
 
     /// Ends the session from outside (the round closed or failed in the state machine): every
     /// waiting client is told `reason`.
-    pub(crate) fn abort(&mut self, reason: &str) -> Vec<RelayOutput> {
+    pub fn abort(&mut self, reason: &str) -> Vec<RelayOutput> {
         if self.over {
             return Vec::new();
         }
