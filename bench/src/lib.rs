@@ -9,6 +9,7 @@
 //! | [`flower`] | round overhead on Flower's workload (trivial trainer, 10 to 200 clients) vs Flower 1.41 |
 //! | [`child`] | coordinator peak memory vs clients; 1,000 simulated clients (child processes) |
 //! | [`bytes`] | bytes per client per round with and without compression, and its effect on KL |
+//! | [`simulation`] | an in-process simulation's wall and CPU time on one thread and on every thread |
 //! | [`throughput`] | local training samples per second (and per CPU-second) per device and batch size |
 //! | [`twin`] | the PyTorch twin's throughput, read from its results when present |
 
@@ -18,6 +19,7 @@ pub mod child;
 pub mod flower;
 pub mod network;
 mod report;
+pub mod simulation;
 pub mod stats;
 mod synthetic_state;
 pub mod throughput;
@@ -28,6 +30,9 @@ use std::path::{Path, PathBuf};
 use mpcl_data::ModelConfig;
 use mpcl_model::DeviceChoice;
 use mpcl_protocol::Compression;
+use mpcl_simulations::job_process::JobProgram;
+use mpcl_simulations::simulate::SimulationConfig;
+use mpcl_simulations::synthetic::SyntheticConfig;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -71,18 +76,21 @@ pub enum Part {
     Memory,
     /// Bytes on the wire with and without compression.
     Bytes,
+    /// An in-process simulation on one thread and on every thread.
+    Simulation,
     /// Local training throughput.
     Throughput,
 }
 
 impl Part {
     /// Every part, in the order they run.
-    pub const ALL: [Part; 6] = [
+    pub const ALL: [Part; 7] = [
         Part::Aggregation,
         Part::Overhead,
         Part::Flower,
         Part::Memory,
         Part::Bytes,
+        Part::Simulation,
         Part::Throughput,
     ];
 }
@@ -180,6 +188,9 @@ pub struct BenchReport {
     pub memory: Vec<MemoryRow>,
     pub bytes_setups: Vec<bytes::BytesSetup>,
     pub bytes: Vec<bytes::BytesRow>,
+    /// An in-process simulation on one thread and on every thread.
+    #[serde(default)]
+    pub simulation: Vec<simulation::SimulationRow>,
     pub throughput: Vec<throughput::ThroughputRow>,
     /// The PyTorch twin's throughput, when its results were found.
     #[serde(default)]
@@ -371,6 +382,77 @@ pub fn run_bench(
         }
     }
 
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut simulation = Vec::new();
+    if runs(Part::Simulation) {
+        progress("an in-process simulation on one thread and on every thread");
+        let (workload, simulated) = if quick {
+            (
+                "synthetic, 4 subjects, tiny model, 2 rounds, every arm",
+                SimulationConfig {
+                    dataset: "synthetic".into(),
+                    synthetic: SyntheticConfig {
+                        subjects: 4,
+                        trials_per_subject: 6,
+                        windows_per_trial: 3,
+                        ..SyntheticConfig::default()
+                    },
+                    model: ModelConfig::tiny(),
+                    rounds: 2,
+                    ..SimulationConfig::default()
+                },
+            )
+        } else {
+            (
+                "the default `mpcl simulate` (Larwood, 87 clients, 20 rounds, every arm)",
+                SimulationConfig::default(),
+            )
+        };
+        let program = config
+            .child
+            .as_ref()
+            .map(|launcher| JobProgram::mpcl(launcher.program.clone()));
+        if program.is_none() {
+            notes.push(
+                "the simulation's jobs ran on threads, not in job processes: no child process launcher".into(),
+            );
+        }
+        let counts: Vec<usize> = if threads > 1 {
+            vec![1, threads]
+        } else {
+            vec![1]
+        };
+        simulation = simulation::measure(
+            workload,
+            &simulated,
+            &counts,
+            program.as_ref(),
+            repeats.min(2),
+        )?;
+        // The quick bench's simulation is too small for its speed-up to mean anything.
+        if let ([one, all], false) = (simulation.as_slice(), quick) {
+            checks.push(Check {
+                name: format!("simulation at least 1.8x faster on {threads} threads than on one"),
+                passed: all.speedup >= 1.8,
+                detail: format!(
+                    "{:.1} s vs {:.1} s ({:.2}x)",
+                    all.wall_seconds, one.wall_seconds, all.speedup
+                ),
+            });
+            let cpu_ratio = all.cpu_seconds / one.cpu_seconds;
+            checks.push(Check {
+                name: format!(
+                    "simulation CPU time on {threads} threads within 10% of one thread's"
+                ),
+                passed: cpu_ratio <= 1.1,
+                detail: format!(
+                    "{:.1} s vs {:.1} s ({cpu_ratio:.2}x)",
+                    all.cpu_seconds, one.cpu_seconds
+                ),
+            });
+        }
+    }
+
     let mut throughput = Vec::new();
     let mut twin = Vec::new();
     if runs(Part::Throughput) {
@@ -421,9 +503,7 @@ pub fn run_bench(
     Ok(BenchReport {
         quick,
         repeats,
-        threads: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        threads,
         build: if cfg!(debug_assertions) {
             "debug".into()
         } else {
@@ -435,6 +515,7 @@ pub fn run_bench(
         memory,
         bytes_setups,
         bytes,
+        simulation,
         throughput,
         twin,
         scale,

@@ -203,6 +203,33 @@ pub fn markdown(r: &BenchReport) -> String {
         }
     }
 
+    if let Some(first) = r.simulation.first() {
+        let _ = writeln!(
+            s,
+            "\n**Simulation on every core**: {} (wall and CPU time, CPU counting the job processes)\n",
+            first.workload
+        );
+        let _ = writeln!(
+            s,
+            "| threads | jobs in | wall | CPU | speed-up |\n|---|---|---|---|---|"
+        );
+        for row in &r.simulation {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.2}x |",
+                row.threads,
+                if row.job_processes {
+                    "child processes"
+                } else {
+                    "this process"
+                },
+                seconds(row.wall_seconds),
+                seconds(row.cpu_seconds),
+                row.speedup
+            );
+        }
+    }
+
     if !r.throughput.is_empty() {
         let _ = writeln!(s, "\n**Local training throughput**\n");
         let _ = writeln!(

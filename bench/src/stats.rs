@@ -39,6 +39,18 @@ pub fn process_cpu_seconds() -> f64 {
     time.tv_sec as f64 + time.tv_nsec as f64 * 1e-9
 }
 
+/// CPU time of this process's children that have ended and been waited for (user plus
+/// system), seconds.
+pub fn children_cpu_seconds() -> f64 {
+    // SAFETY: `getrusage` fills one zero-initialised `rusage` through a valid pointer.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 /// CPU time of this process's live threads whose name starts with `prefix`, seconds, from
 /// `/proc/self/task/*/schedstat` (nanoseconds); `None` where there is no such file.
 pub fn threads_cpu_seconds(prefix: &str) -> Option<f64> {

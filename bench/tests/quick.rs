@@ -19,6 +19,7 @@ fn quick_bench_writes_json_and_markdown() -> anyhow::Result<()> {
         "Bytes per client per round",
         "Local training throughput",
         "Round overhead on Flower's workload",
+        "Simulation on every core",
     ] {
         assert!(md.contains(heading), "missing {heading}:\n{md}");
     }
@@ -51,6 +52,17 @@ fn quick_bench_writes_json_and_markdown() -> anyhow::Result<()> {
                 .is_some_and(|c| c > 0.0)
         );
     }
+    // The simulation on one thread and on every thread, each timed (its jobs on threads:
+    // without a launcher there are no job processes).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(report.simulation.len(), if threads > 1 { 2 } else { 1 });
+    assert_eq!(report.simulation[0].threads, 1);
+    assert!(
+        report
+            .simulation
+            .iter()
+            .all(|s| s.wall_seconds > 0.0 && s.cpu_seconds > 0.0 && !s.job_processes)
+    );
     // Without a child launcher the memory parts are skipped, and the report says so.
     assert!(report.memory.is_empty() && report.scale.is_none());
     assert!(report.notes.iter().any(|n| n.contains("skipped")));

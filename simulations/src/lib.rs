@@ -12,6 +12,7 @@ pub mod evaluator;
 pub mod export;
 pub mod federation;
 mod in_order;
+pub mod job_process;
 pub mod learner;
 pub mod network;
 pub mod normalize;

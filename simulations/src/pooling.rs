@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use mpcl_coordinator::evaluation::FederatedMetrics;
 use mpcl_model::metrics::{DistributionMetrics, evaluate};
 use mpcl_protocol::messages::GlobalState;
+use serde::{Deserialize, Serialize};
 
 use crate::selection::BestRound;
 use crate::simulation_result::{Arm, PooledRound, SubjectMetrics};
@@ -26,8 +27,9 @@ pub(crate) type RoundObserver<'a, E> = dyn FnMut(
     + 'a;
 
 /// Predictions of one arm on one partition's test samples after each round, and the round
-/// chosen on validation KL.
-#[derive(Default)]
+/// chosen on validation KL. Serialisable: a job run in a child process sends it back
+/// ([`crate::job_process`]).
+#[derive(Default, Serialize, Deserialize)]
 pub(crate) struct ArmTrace {
     /// Validation samples at the front of every prediction list the observer gets.
     pub(crate) validation_count: usize,

@@ -42,7 +42,7 @@ impl SelectionSettings {
 }
 
 /// Follows validation KL round by round and remembers the best round.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BestRound {
     best: Option<(u64, f64)>,
     last: u64,

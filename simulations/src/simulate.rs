@@ -43,6 +43,7 @@ use crate::evaluation::{EvaluationProtocol, Partition, partitions};
 use crate::evaluator::Evaluator;
 use crate::federation::{FederationError, InProcessFederation, RoundOutcome, available_threads};
 use crate::in_order::run_in_order;
+use crate::job_process::{JobProcesses, JobProgram, JobSpec};
 use crate::learner::Learner;
 use crate::network::{NetworkError, NetworkOptions, run_network_federation};
 use crate::normalize::normalize_per_subject;
@@ -179,6 +180,9 @@ pub enum SimulationError {
     ModelFile(Box<mpcl_protocol::ModelFileError>),
     #[error("simulation config: {0}")]
     Config(String),
+    /// A job run in a child process failed, or the process did.
+    #[error("{job}: {reason}")]
+    JobProcess { job: String, reason: String },
     /// An arm's validation KL did not improve for this many rounds; caught where the arm runs,
     /// which then reports its best round.
     #[error("validation KL did not improve for {0} rounds")]
@@ -197,6 +201,11 @@ pub enum ExecutionMode {
     /// Virtual participants in this process, no sockets: fast, scales to many clients.
     #[default]
     InProcess,
+    /// As [`Self::InProcess`], but when several (partition, arm) jobs run at once each runs in
+    /// a child process of its own (`PROGRAM simulate-job`, see [`crate::job_process`]): training
+    /// threads of one process share burn-autodiff's process-wide graph registry and slow each
+    /// other down, processes do not. The same numbers and files as in-process.
+    JobProcesses(JobProgram),
     /// The real QUIC coordinator on 127.0.0.1 and one `mpcl client` process per participant
     /// (see [`crate::network`]); the same numbers as in-process.
     Network(NetworkOptions),
@@ -206,7 +215,7 @@ impl ExecutionMode {
     /// `in-process` or `network`.
     pub fn name(&self) -> &'static str {
         match self {
-            Self::InProcess => "in-process",
+            Self::InProcess | Self::JobProcesses(_) => "in-process",
             Self::Network(_) => "network",
         }
     }
@@ -356,90 +365,67 @@ pub fn run_simulation_on(
         .collect();
     let threads = config.threads.unwrap_or_else(available_threads).max(1);
     let workers = match mode {
-        ExecutionMode::InProcess => threads.min(jobs.len()).max(1),
+        ExecutionMode::InProcess | ExecutionMode::JobProcesses(_) => threads.min(jobs.len()).max(1),
         ExecutionMode::Network(_) => 1,
     };
     let threads_per_federation = (threads / workers).max(1);
+    // Jobs in child processes need the (sampled) dataset: one bit-exact snapshot for all.
+    let job_processes = match mode {
+        ExecutionMode::JobProcesses(program) if workers > 1 => {
+            Some(JobProcesses::new(program, &dataset)?)
+        }
+        _ => None,
+    };
     let outcomes = run_in_order(jobs.len(), workers, |job| {
         let (part_index, arm) = jobs[job];
         let (part, set) = (&parts[part_index], &sets[part_index]);
-        let mut on_round = |round: u64,
-                            predictions: &[Vec<f32>],
-                            state: Option<&GlobalState>,
-                            bytes: (u64, u64),
-                            seconds: f64,
-                            epsilon: Option<f64>| {
-            let metrics_of = |samples: &[mpcl_data::Sample], predictions: &[Vec<f32>]| {
-                evaluate(
-                    samples
-                        .iter()
-                        .zip(predictions)
-                        .map(|(s, p)| (s.label.as_slice(), p.as_slice())),
-                )
-            };
-            let (validation_predictions, test_predictions) =
-                predictions.split_at(set.validation_count);
-            let metrics = metrics_of(&set.test.samples, test_predictions);
-            let validation = (set.validation_count > 0).then(|| {
-                metrics_of(
-                    &set.held_out.samples[..set.validation_count],
-                    validation_predictions,
-                )
-            });
-            let record = RoundRecord {
-                arm,
-                partition: part.name.clone(),
-                round,
-                metrics,
-                validation,
-                prototype_cosine: state
-                    .and_then(|s| cross_emotion_cosine(&s.prototypes))
-                    .filter(|_| config.model.use_prototypes),
-                bytes_down: bytes.0,
-                bytes_up: bytes.1,
-                wall_seconds: seconds,
-                epsilon,
-            };
-            let partition = several_parts.then_some(part.name.as_str());
-            bar.round(arm.label(), partition, round, metrics.kl, seconds);
+        let partition = several_parts.then_some(part.name.as_str());
+        let mut on_round = |report: RoundReport| {
+            bar.round(
+                arm.label(),
+                partition,
+                report.round,
+                report.kl,
+                report.wall_seconds,
+            );
             if let Some(log) = &round_log {
-                let line = serde_json::to_string(&record).expect("plain data serialises");
-                log.line(job, line)
+                log.line(job, report.json)
                     .map_err(|source| SimulationError::Write {
                         path: log.path().to_path_buf(),
                         source,
                     })?;
             }
-            Ok::<_, SimulationError>(validation)
+            Ok(())
         };
-        let federation = match mode {
-            ExecutionMode::InProcess => FederationMode::InProcess {
-                threads: threads_per_federation,
-            },
-            ExecutionMode::Network(options) => FederationMode::Network {
-                options,
-                work_dir: network_dir
-                    .as_deref()
-                    .expect("set in network mode")
-                    .join(format!("{}-{part_index}", arm.name())),
-            },
+        let outcome = match &job_processes {
+            Some(processes) => processes.run(
+                &JobSpec {
+                    config: config.clone(),
+                    partition: part_index,
+                    arm,
+                    threads: threads_per_federation,
+                },
+                &format!("{} ({})", arm.label(), part.name),
+                &mut on_round,
+            )?,
+            None => {
+                let federation = match mode {
+                    ExecutionMode::InProcess | ExecutionMode::JobProcesses(_) => {
+                        FederationMode::InProcess {
+                            threads: threads_per_federation,
+                        }
+                    }
+                    ExecutionMode::Network(options) => FederationMode::Network {
+                        options,
+                        work_dir: network_dir
+                            .as_deref()
+                            .expect("set in network mode")
+                            .join(format!("{}-{part_index}", arm.name())),
+                    },
+                };
+                run_job(arm, set, &federation, config, device, &mut on_round)?
+            }
         };
-        let mut evaluator = Evaluator::new(&set.held_out, &set.train, &config.model, device)?;
-        let outcome = run_arm(
-            arm,
-            &federation,
-            config,
-            &ArmData {
-                train: &set.train,
-                held_out: &set.held_out,
-                validation_count: set.validation_count,
-                prior: &set.prior,
-            },
-            &set.initial,
-            device,
-            &mut evaluator,
-            &mut on_round,
-        )?;
         if let Some(log) = &round_log {
             log.finished(job).map_err(|source| SimulationError::Write {
                 path: log.path().to_path_buf(),
@@ -611,7 +597,9 @@ pub fn run_simulation_on(
 }
 
 /// One partition's data as every arm sees it.
-struct PartitionSets {
+pub(crate) struct PartitionSets {
+    /// The partition's name (`all`, `fold-1`, ...).
+    name: String,
     /// The training side, standardised per subject with its own statistics.
     train: Dataset,
     test: Dataset,
@@ -625,7 +613,7 @@ struct PartitionSets {
 }
 
 impl PartitionSets {
-    fn new(
+    pub(crate) fn new(
         dataset: &Dataset,
         part: &Partition,
         config: &SimulationConfig,
@@ -638,6 +626,7 @@ impl PartitionSets {
         let mut model = MpclModel::new(&dataset.schema, &config.model, device, config.seed)?;
         model.start_at_prior(&prior);
         Ok(Self {
+            name: part.name.clone(),
             test: normalized.subset(&part.test),
             held_out: normalized.subset(&held_out_rows),
             validation_count: part.validation.len(),
@@ -678,13 +667,101 @@ impl ArmData<'_> {
 }
 
 /// How one federated arm runs (see [`ExecutionMode`]).
-enum FederationMode<'a> {
+pub(crate) enum FederationMode<'a> {
     /// In this process, training up to `threads` participants at once.
     InProcess { threads: usize },
     Network {
         options: &'a NetworkOptions,
         work_dir: PathBuf,
     },
+}
+
+/// What one (partition, arm) job ends with: the arm's trace, its final state (arms with a
+/// model) and why it stopped early, if it did for a reason the table must mention.
+pub(crate) type JobOutcome = (ArmTrace, Option<GlobalState>, Option<String>);
+
+/// One round of one job, as the progress bar and the round log take it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RoundReport {
+    pub(crate) round: u64,
+    /// Pooled test KL.
+    pub(crate) kl: f64,
+    pub(crate) wall_seconds: f64,
+    /// The round's [`RoundRecord`] as its `rounds.jsonl` line.
+    pub(crate) json: String,
+}
+
+/// Runs `arm` on the partition `set`, handing every round to `on_round`. The same whether the
+/// job runs on a thread of the simulation's process or in a child process of its own
+/// ([`crate::job_process`]).
+pub(crate) fn run_job(
+    arm: Arm,
+    set: &PartitionSets,
+    federation: &FederationMode<'_>,
+    config: &SimulationConfig,
+    device: &Device,
+    on_round: &mut dyn FnMut(RoundReport) -> Result<(), SimulationError>,
+) -> Result<JobOutcome, SimulationError> {
+    let mut observe = |round: u64,
+                       predictions: &[Vec<f32>],
+                       state: Option<&GlobalState>,
+                       bytes: (u64, u64),
+                       seconds: f64,
+                       epsilon: Option<f64>| {
+        let metrics_of = |samples: &[mpcl_data::Sample], predictions: &[Vec<f32>]| {
+            evaluate(
+                samples
+                    .iter()
+                    .zip(predictions)
+                    .map(|(s, p)| (s.label.as_slice(), p.as_slice())),
+            )
+        };
+        let (validation_predictions, test_predictions) = predictions.split_at(set.validation_count);
+        let metrics = metrics_of(&set.test.samples, test_predictions);
+        let validation = (set.validation_count > 0).then(|| {
+            metrics_of(
+                &set.held_out.samples[..set.validation_count],
+                validation_predictions,
+            )
+        });
+        let record = RoundRecord {
+            arm,
+            partition: set.name.clone(),
+            round,
+            metrics,
+            validation,
+            prototype_cosine: state
+                .and_then(|s| cross_emotion_cosine(&s.prototypes))
+                .filter(|_| config.model.use_prototypes),
+            bytes_down: bytes.0,
+            bytes_up: bytes.1,
+            wall_seconds: seconds,
+            epsilon,
+        };
+        on_round(RoundReport {
+            round,
+            kl: metrics.kl,
+            wall_seconds: seconds,
+            json: serde_json::to_string(&record).expect("plain data serialises"),
+        })?;
+        Ok::<_, SimulationError>(validation)
+    };
+    let mut evaluator = Evaluator::new(&set.held_out, &set.train, &config.model, device)?;
+    run_arm(
+        arm,
+        federation,
+        config,
+        &ArmData {
+            train: &set.train,
+            held_out: &set.held_out,
+            validation_count: set.validation_count,
+            prior: &set.prior,
+        },
+        &set.initial,
+        device,
+        &mut evaluator,
+        &mut observe,
+    )
 }
 
 /// Runs one arm on one partition: its trace, its final state (arms with a model) and why it
@@ -699,7 +776,7 @@ fn run_arm(
     device: &Device,
     evaluator: &mut Evaluator,
     on_round: &mut RoundObserver<'_>,
-) -> Result<(ArmTrace, Option<GlobalState>, Option<String>), SimulationError> {
+) -> Result<JobOutcome, SimulationError> {
     let mut trace = ArmTrace::new(data.validation_count);
     let patience = config.selection.patience;
     let training = &config.training;

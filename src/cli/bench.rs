@@ -37,7 +37,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
     /// Run only these parts (comma-separated): aggregation, overhead, flower, memory, bytes,
-    /// throughput. Default: all.
+    /// simulation, throughput. Default: all.
     #[arg(long, value_delimiter = ',', value_parser = parse_part)]
     only: Vec<Part>,
     /// Folder of the PyTorch twin's results (`*.jsonl` from `twin.py bench --out`), printed
@@ -49,7 +49,7 @@ pub struct BenchArgs {
 fn parse_part(name: &str) -> Result<Part, String> {
     serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|_| {
         format!(
-            "unknown bench part `{name}` (aggregation, overhead, flower, memory, bytes, throughput)"
+            "unknown bench part `{name}` (aggregation, overhead, flower, memory, bytes, simulation, throughput)"
         )
     })
 }

@@ -21,7 +21,8 @@ Logs go to stderr; results and per-round progress lines go to stdout.
   --log-format text|json   text (default) or one JSON object per line (for log collectors)
   RUST_LOG=FILTER          which logs to show, e.g. RUST_LOG=debug or
                            RUST_LOG=info,mpcl_coordinator=debug (default: info; `simulate`
-                           shows only warnings of its own coordinators)";
+                           and `ablate` show only warnings of their own coordinators and
+                           virtual participants)";
 
 /// Federated mixed-emotion recognition from physiological and behavioral signals.
 #[derive(Debug, Parser)]
@@ -67,15 +68,21 @@ enum Command {
     /// Internal: one measurement of `mpcl bench` in a process of its own.
     #[command(hide = true)]
     BenchChild(bench::BenchChildArgs),
+    /// Internal: one (partition, arm) job of `mpcl simulate` in a process of its own.
+    #[command(hide = true)]
+    SimulateJob(simulate::SimulateJobArgs),
 }
 
 impl Cli {
     /// The log filter when `RUST_LOG` is unset: `info`, but a simulation's own coordinator
-    /// (`--network`) logs only warnings, so that its progress bar and table stay readable (the
-    /// per-round details are in its round log).
+    /// (`--network`) and its virtual participants (one per subject, each logging every round)
+    /// log only warnings, so that its progress bar and table stay readable (the per-round
+    /// details are in its round log).
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Command::Simulate(_) | Command::Ablate(_) => "info,mpcl_coordinator=warn",
+            Command::Simulate(_) | Command::SimulateJob(_) | Command::Ablate(_) => {
+                "info,mpcl_coordinator=warn,mpcl_client=warn"
+            }
             _ => "info",
         }
     }
@@ -111,6 +118,7 @@ impl Cli {
             Command::Evaluate(args) => args.run(),
             Command::Predict(args) => args.run(),
             Command::BenchChild(args) => args.run(),
+            Command::SimulateJob(args) => args.run(),
         }
     }
 }

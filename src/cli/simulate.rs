@@ -11,6 +11,7 @@ use mpcl_model::DeviceChoice;
 use mpcl_model::personalize::PersonalizeScope;
 use mpcl_protocol::Compression;
 use mpcl_simulations::evaluation::EvaluationProtocol;
+use mpcl_simulations::job_process::{JobProgram, serve_job};
 use mpcl_simulations::network::NetworkOptions;
 use mpcl_simulations::output_dir::{Staging, simulation_outputs};
 use mpcl_simulations::selection::SelectionSettings;
@@ -286,7 +287,10 @@ impl SimulateArgs {
                     .context("cannot find the mpcl executable to start client processes")?,
             })
         } else {
-            ExecutionMode::InProcess
+            ExecutionMode::JobProcesses(JobProgram::mpcl(
+                std::env::current_exe()
+                    .context("cannot find the mpcl executable to start job processes")?,
+            ))
         };
         let staging = Staging::begin(&self.out, self.force, simulation_outputs)?;
         let result = match run_simulation_with(&config, &mode, Some(staging.path()), true) {
@@ -345,6 +349,18 @@ impl SimulateArgs {
             result.wall_seconds,
             out.display()
         );
+        Ok(())
+    }
+}
+
+/// The hidden child of `mpcl simulate`: runs one (partition, arm) job read from stdin and
+/// writes its rounds and outcome to stdout ([`mpcl_simulations::job_process`]).
+#[derive(Debug, Args)]
+pub struct SimulateJobArgs {}
+
+impl SimulateJobArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        serve_job(std::io::stdin().lock(), std::io::stdout().lock())?;
         Ok(())
     }
 }

@@ -12,4 +12,5 @@ mod dashboard;
 mod model_files;
 mod operating;
 mod operations;
+mod simulate_jobs;
 mod simulate_network;
