@@ -48,6 +48,9 @@ pub const FLOWER_OVERHEAD_SECONDS: [(usize, f64); 4] =
 /// Name of the coordinator runtime's threads (its CPU time is theirs).
 pub const COORDINATOR_THREAD: &str = "mpcl-coord";
 
+/// Name of the clients' runtime's threads.
+pub const CLIENT_THREAD: &str = "mpcl-clients";
+
 /// Rounds per run, as in the reference harness.
 pub const ROUNDS: u64 = 5;
 
@@ -71,6 +74,10 @@ pub struct FlowerRow {
     /// Coordinator CPU time (all its threads, the whole run including connection set-up)
     /// divided by clients x rounds, seconds.
     pub coordinator_cpu_per_client_round: Option<f64>,
+    /// The clients' CPU time (every client's threads, the whole run including connection
+    /// set-up) divided by clients x rounds, seconds: the 2 cores serve both sides.
+    #[serde(default)]
+    pub client_cpu_per_client_round: Option<f64>,
     /// Per-round overheads, seconds.
     pub overheads: Vec<f64>,
 }
@@ -254,9 +261,11 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
     let server_task = coordinator_runtime.spawn(server.run(shutdown.clone()));
 
     let client_runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name(CLIENT_THREAD)
         .enable_all()
         .build()
         .map_err(|e| BenchError::setup("tokio runtime", e))?;
+    let client_cpu_before = threads_cpu_seconds(CLIENT_THREAD);
     let slowest = client_runtime.block_on(async {
         let mut nodes = Vec::new();
         for (index, participant) in participants.iter().enumerate() {
@@ -302,10 +311,12 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
             "the server did not finish: {served:?}"
         )));
     }
-    let cpu = match (cpu_before, threads_cpu_seconds(COORDINATOR_THREAD)) {
+    let per_client_round = |before: Option<f64>, after: Option<f64>| match (before, after) {
         (Some(before), Some(after)) => Some((after - before) / (clients as f64 * ROUNDS as f64)),
         _ => None,
     };
+    let cpu = per_client_round(cpu_before, threads_cpu_seconds(COORDINATOR_THREAD));
+    let client_cpu = per_client_round(client_cpu_before, threads_cpu_seconds(CLIENT_THREAD));
     drop(client_runtime);
     drop(coordinator_runtime);
 
@@ -338,6 +349,7 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
             .find(|(n, _)| *n == clients)
             .map(|(_, s)| *s),
         coordinator_cpu_per_client_round: cpu,
+        client_cpu_per_client_round: client_cpu,
         overheads,
     })
 }

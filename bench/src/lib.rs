@@ -7,6 +7,7 @@
 //! | [`aggregation`] | aggregation time per round vs clients and parameters (in-process) |
 //! | [`network`] | system overhead per round over real QUIC on loopback |
 //! | [`flower`] | round overhead on Flower's workload (trivial trainer, 10 to 200 clients) vs Flower 1.41 |
+//! | [`transport_floor`] | what quinn alone takes to move those rounds' bytes (the floor under any QUIC protocol) |
 //! | [`child`] | coordinator peak memory vs clients; 1,000 simulated clients (child processes) |
 //! | [`bytes`] | bytes per client per round with and without compression, and its effect on KL |
 //! | [`simulation`] | an in-process simulation's wall and CPU time on one thread and on every thread |
@@ -23,6 +24,7 @@ pub mod simulation;
 pub mod stats;
 mod synthetic_state;
 pub mod throughput;
+pub mod transport_floor;
 pub mod twin;
 
 use std::path::{Path, PathBuf};
@@ -185,6 +187,9 @@ pub struct BenchReport {
     /// Round overhead on Flower's workload.
     #[serde(default)]
     pub flower: Vec<flower::FlowerRow>,
+    /// What quinn alone takes to move the same rounds' bytes.
+    #[serde(default)]
+    pub transport_floor: Vec<transport_floor::FloorRow>,
     pub memory: Vec<MemoryRow>,
     pub bytes_setups: Vec<bytes::BytesSetup>,
     pub bytes: Vec<bytes::BytesRow>,
@@ -260,11 +265,22 @@ pub fn run_bench(
     };
 
     let mut flower = Vec::new();
+    let mut transport_floor = Vec::new();
     if runs(Part::Flower) {
         progress("round overhead on Flower's workload");
         let clients: &[usize] = if quick { &[4] } else { &[10, 50, 100, 200] };
         for &n in clients {
             flower.push(flower::measure(n)?);
+        }
+        progress("the QUIC floor under those rounds");
+        for row in &flower {
+            let bytes = 4 * row.parameters;
+            transport_floor.push(transport_floor::measure(
+                row.clients,
+                flower::ROUNDS,
+                bytes,
+                bytes,
+            )?);
         }
         for row in &flower {
             if let Some(ratio) = row.ratio() {
@@ -512,6 +528,7 @@ pub fn run_bench(
         aggregation,
         overhead,
         flower,
+        transport_floor,
         memory,
         bytes_setups,
         bytes,

@@ -119,12 +119,12 @@ pub fn markdown(r: &BenchReport) -> String {
         );
         let _ = writeln!(
             s,
-            "| clients | parameters | rounds | round wall | overhead | Flower overhead | mpcl / Flower | coordinator CPU per client-round |\n|---|---|---|---|---|---|---|---|"
+            "| clients | parameters | rounds | round wall | overhead | Flower overhead | mpcl / Flower | coordinator CPU per client-round | client CPU per client-round |\n|---|---|---|---|---|---|---|---|---|"
         );
         for f in &r.flower {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 f.clients,
                 f.parameters,
                 f.rounds,
@@ -139,6 +139,37 @@ pub fn markdown(r: &BenchReport) -> String {
                 f.coordinator_cpu_per_client_round
                     .map(seconds)
                     .unwrap_or_else(|| "-".into()),
+                f.client_cpu_per_client_round
+                    .map(seconds)
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+    }
+
+    if !r.transport_floor.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n**The QUIC floor under those rounds** (quinn alone with mpcl's TLS, one endpoint per client, the same bytes each way per client-round, connections set up before the timed rounds; no encoding, signatures, validation or aggregation; Flower's simulation mode moves no bytes over a network)\n"
+        );
+        let _ = writeln!(
+            s,
+            "| clients | bytes down / up per client | round wall | floor / Flower | CPU per client-round (both sides) |\n|---|---|---|---|---|"
+        );
+        for f in &r.transport_floor {
+            let flower = crate::flower::FLOWER_OVERHEAD_SECONDS
+                .iter()
+                .find(|(n, _)| *n == f.clients)
+                .map(|(_, s)| format!("{:.3}x", f.round_seconds / s))
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                s,
+                "| {} | {} / {} B | {} | {} | {} |",
+                f.clients,
+                f.bytes_down,
+                f.bytes_up,
+                seconds(f.round_seconds),
+                flower,
+                seconds(f.cpu_per_client_round),
             );
         }
     }

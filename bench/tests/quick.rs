@@ -20,6 +20,7 @@ fn quick_bench_writes_json_and_markdown() -> anyhow::Result<()> {
         "Local training throughput",
         "Round overhead on Flower's workload",
         "Simulation on every core",
+        "The QUIC floor under those rounds",
     ] {
         assert!(md.contains(heading), "missing {heading}:\n{md}");
     }
@@ -52,6 +53,14 @@ fn quick_bench_writes_json_and_markdown() -> anyhow::Result<()> {
                 .is_some_and(|c| c > 0.0)
         );
     }
+    // The QUIC floor under each of those rounds, measured.
+    assert_eq!(report.transport_floor.len(), report.flower.len());
+    assert!(
+        report
+            .transport_floor
+            .iter()
+            .all(|f| f.round_seconds > 0.0 && f.cpu_per_client_round > 0.0 && f.bytes_up > 0)
+    );
     // The simulation on one thread and on every thread, each timed (its jobs on threads:
     // without a launcher there are no job processes).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -352,11 +352,19 @@ impl Server {
             QuicServerConfig::try_from(tls).map_err(|e| ServerError::Quic(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config(network)?));
-        let endpoint =
-            quinn::Endpoint::server(config, setup.listen).map_err(|source| ServerError::Bind {
-                addr: setup.listen,
-                source,
-            })?;
+        let bind_error = |source| ServerError::Bind {
+            addr: setup.listen,
+            source,
+        };
+        let socket =
+            udp_socket(setup.listen, network.udp_receive_buffer_bytes).map_err(bind_error)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error)?;
         let local_addr = endpoint.local_addr().map_err(|source| ServerError::Bind {
             addr: setup.listen,
             source,
@@ -505,6 +513,33 @@ impl Server {
             run_id: shared.run_id,
         })
     }
+}
+
+/// The coordinator's UDP socket on `addr`, its receive buffer raised to `receive_buffer` bytes
+/// where the operating system allows (see `[network] udp_receive_buffer_bytes`); a warning
+/// names the limit when it does not.
+pub fn udp_socket(addr: SocketAddr, receive_buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let socket_ref = socket2::SockRef::from(&socket);
+    // Refused or capped by the system: the socket still works, with a smaller buffer.
+    let _ = socket_ref.set_recv_buffer_size(receive_buffer);
+    // Linux reports twice what it grants (the kernel's bookkeeping share).
+    let granted = socket_ref.recv_buffer_size()?;
+    let granted = if cfg!(target_os = "linux") {
+        granted / 2
+    } else {
+        granted
+    };
+    if granted < receive_buffer {
+        tracing::warn!(
+            asked = receive_buffer,
+            granted,
+            "the UDP receive buffer is smaller than asked: many clients uploading at once may \
+             lose packets and stall rounds; raise the system's limit (on Linux: sysctl -w \
+             net.core.rmem_max={receive_buffer})"
+        );
+    }
+    Ok(socket)
 }
 
 fn transport_config(network: &NetworkSettings) -> Result<quinn::TransportConfig, ServerError> {
@@ -1106,6 +1141,25 @@ async fn send_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_udp_socket_asks_for_its_receive_buffer() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let small = udp_socket(addr, 64 << 10).unwrap();
+        let default =
+            udp_socket(addr, NetworkSettings::default().udp_receive_buffer_bytes).unwrap();
+        let size = |socket: &std::net::UdpSocket| {
+            socket2::SockRef::from(socket).recv_buffer_size().unwrap()
+        };
+        // The system may cap the larger request, but never below what the smaller one got.
+        assert!(
+            size(&default) >= size(&small),
+            "{} < {}",
+            size(&default),
+            size(&small)
+        );
+        assert!(small.local_addr().unwrap().port() != 0);
+    }
 
     #[test]
     fn a_run_larger_than_its_enrolment_is_refused_with_the_numbers() {

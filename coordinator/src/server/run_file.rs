@@ -101,6 +101,12 @@ pub struct NetworkSettings {
     /// Per-stream receive window in bytes (default 4 MiB; quinn's default of 1.25 MB limits
     /// uploads over long links).
     pub stream_receive_window: u64,
+    /// Receive buffer of the coordinator's UDP socket in bytes (default 4 MiB). Many clients
+    /// uploading at once arrive as one burst of datagrams; a buffer too small for it drops
+    /// packets, and QUIC's loss recovery stalls each round by tens of milliseconds. The
+    /// operating system caps it (on Linux at `net.core.rmem_max`, often 208 KiB); the
+    /// coordinator warns when it got less than asked.
+    pub udp_receive_buffer_bytes: usize,
     /// Seconds the coordinator keeps answering `Finished` after the last round before it exits
     /// even if clients are still connected (default 10).
     pub finish_grace_secs: f64,
@@ -122,6 +128,7 @@ impl Default for NetworkSettings {
             long_poll_secs: 20.0,
             request_timeout_secs: 300.0,
             stream_receive_window: 4 << 20,
+            udp_receive_buffer_bytes: 4 << 20,
             finish_grace_secs: 10.0,
             secure_step_timeout_secs: 30.0,
         }
@@ -143,6 +150,9 @@ impl NetworkSettings {
         positive("request_timeout_secs", self.request_timeout_secs)?;
         positive("finish_grace_secs", self.finish_grace_secs)?;
         positive("secure_step_timeout_secs", self.secure_step_timeout_secs)?;
+        if self.udp_receive_buffer_bytes == 0 {
+            return Err("`udp_receive_buffer_bytes` is 0, must be positive".into());
+        }
         if self.keep_alive_secs >= self.idle_timeout_secs {
             return Err(format!(
                 "`keep_alive_secs` ({}) must be below `idle_timeout_secs` ({}), or idle \
@@ -371,6 +381,11 @@ keep_alive_secs = 2
         assert!(err.to_string().contains("keep_alive_secs"), "{err}");
         let err = parse("[network]\nmax_concurrent_uploads = 0\n").unwrap_err();
         assert!(err.to_string().contains("max_concurrent_uploads"), "{err}");
+        let err = parse("[network]\nudp_receive_buffer_bytes = 0\n").unwrap_err();
+        assert!(
+            err.to_string().contains("udp_receive_buffer_bytes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,0 +1,198 @@
+//! The floor under any round over QUIC on this machine: quinn alone, with mpcl's TLS
+//! configuration (TLS 1.3, ed25519 certificates both ways) and one endpoint per client as
+//! mpcl's participants have, moving a round's bytes: per client a small request answered by
+//! the global state's bytes, then the update's bytes answered by a small acknowledgement, over
+//! two streams, every client at once. No encoding, signatures, validation or aggregation.
+//!
+//! Flower's figures ([`crate::flower::FLOWER_OVERHEAD_SECONDS`]) come from its simulation mode,
+//! which moves no bytes over any network; when this floor alone is above a tenth of Flower's
+//! overhead, no protocol over QUIC can reach the 1/10 on this machine. The connections
+//! are set up before the timed rounds (mpcl's figures amortise the handshakes over 5 rounds).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mpcl_coordinator::server::{NetworkSettings, udp_socket};
+use mpcl_protocol::{NodeIdentity, SigningKey, TLS_SERVER_NAME, client_config, server_config};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::BenchError;
+use crate::stats::{median, process_cpu_seconds};
+
+/// Bytes of the request and of the acknowledgement.
+const SMALL: usize = 64;
+
+/// One client count.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FloorRow {
+    pub clients: usize,
+    pub rounds: u64,
+    /// Bytes each client receives per round (the global state's size).
+    pub bytes_down: usize,
+    /// Bytes each client sends per round (the update's size).
+    pub bytes_up: usize,
+    /// Median round wall time (every client's two exchanges).
+    pub round_seconds: f64,
+    /// CPU time of the whole process (server and clients) over the rounds, per client-round.
+    pub cpu_per_client_round: f64,
+}
+
+fn setup(what: &str, error: impl std::fmt::Display) -> BenchError {
+    BenchError::setup(&format!("transport floor: {what}"), error)
+}
+
+fn identity(id: &str, seed: u8) -> Result<NodeIdentity, BenchError> {
+    NodeIdentity::from_signing_key(Some(id), SigningKey::from_bytes(&[seed; 32]))
+        .map_err(|e| setup("identity", e))
+}
+
+/// Runs `rounds` rounds of `clients` clients moving `bytes_down` and `bytes_up` bytes each.
+pub fn measure(
+    clients: usize,
+    rounds: u64,
+    bytes_down: usize,
+    bytes_up: usize,
+) -> Result<FloorRow, BenchError> {
+    if clients == 0 || clients > 240 {
+        return Err(setup(
+            "clients",
+            "1 to 240 clients (one key seed byte each)",
+        ));
+    }
+    let server_identity = identity("coordinator", 250)?;
+    let participants: Vec<NodeIdentity> = (0..clients)
+        .map(|i| identity(&format!("p{i}"), i as u8 + 1))
+        .collect::<Result<_, _>>()?;
+    let tls = server_config(
+        &server_identity,
+        participants.iter().map(|p| p.public_key()),
+    )
+    .map_err(|e| setup("server TLS", e))?;
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| setup("server QUIC", e))?;
+    let server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+
+    // The server on its own runtime, as the bench's coordinator.
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| setup("tokio runtime", e))?;
+    let listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+    // The coordinator's socket, with its receive buffer.
+    let receive_buffer = NetworkSettings::default().udp_receive_buffer_bytes;
+    let endpoint = server_runtime
+        .block_on(async {
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server_config),
+                udp_socket(listen, receive_buffer)?,
+                Arc::new(quinn::TokioRuntime),
+            )
+        })
+        .map_err(|e| setup("server endpoint", e))?;
+    let addr = endpoint
+        .local_addr()
+        .map_err(|e| setup("server address", e))?;
+    let down = Arc::new(vec![7u8; bytes_down]);
+    server_runtime.spawn(serve(endpoint.clone(), down));
+
+    let client_runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| setup("tokio runtime", e))?;
+    let result = client_runtime.block_on(async {
+        let mut connections = Vec::with_capacity(clients);
+        for participant in &participants {
+            let tls = client_config(participant, &server_identity.public_key())
+                .map_err(|e| setup("client TLS", e))?;
+            let crypto = QuicClientConfig::try_from(tls).map_err(|e| setup("client QUIC", e))?;
+            let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("valid"))
+                .map_err(|e| setup("client endpoint", e))?;
+            endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+            let connection = endpoint
+                .connect(addr, TLS_SERVER_NAME)
+                .map_err(|e| setup("connect", e))?
+                .await
+                .map_err(|e| setup("handshake", e))?;
+            connections.push((endpoint, connection));
+        }
+        let up = Arc::new(vec![9u8; bytes_up]);
+        let cpu = process_cpu_seconds();
+        let mut walls = Vec::new();
+        for _ in 0..rounds {
+            let started = Instant::now();
+            let exchanges: Vec<_> = connections
+                .iter()
+                .map(|(_, connection)| tokio::spawn(client_round(connection.clone(), up.clone())))
+                .collect();
+            for exchange in exchanges {
+                exchange
+                    .await
+                    .map_err(|e| setup("client task", e))?
+                    .map_err(|e| setup("exchange", e))?;
+            }
+            walls.push(started.elapsed().as_secs_f64());
+        }
+        let cpu = process_cpu_seconds() - cpu;
+        for (endpoint, connection) in &connections {
+            connection.close(0u32.into(), b"done");
+            endpoint.close(0u32.into(), b"done");
+        }
+        Ok::<_, BenchError>((walls, cpu))
+    });
+    endpoint.close(0u32.into(), b"done");
+    let (walls, cpu) = result?;
+    Ok(FloorRow {
+        clients,
+        rounds,
+        bytes_down,
+        bytes_up,
+        round_seconds: median(&walls),
+        cpu_per_client_round: cpu / (clients as f64 * rounds as f64),
+    })
+}
+
+/// One client's round: the request answered by the global state, the update answered by an
+/// acknowledgement.
+async fn client_round(connection: quinn::Connection, up: Arc<Vec<u8>>) -> Result<(), String> {
+    for payload in [&[1u8; SMALL][..], up.as_slice()] {
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(payload).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        recv.read_to_end(usize::MAX)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Answers every stream: a small request with `down`, anything larger with an acknowledgement.
+async fn serve(endpoint: quinn::Endpoint, down: Arc<Vec<u8>>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let down = down.clone();
+        tokio::spawn(async move {
+            let Ok(connection) = incoming.await else {
+                return;
+            };
+            while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+                let down = down.clone();
+                tokio::spawn(async move {
+                    let Ok(request) = recv.read_to_end(usize::MAX).await else {
+                        return;
+                    };
+                    let reply: &[u8] = if request.len() <= SMALL {
+                        &down
+                    } else {
+                        &[2u8; SMALL]
+                    };
+                    if send.write_all(reply).await.is_ok() {
+                        let _ = send.finish();
+                        let _ = send.stopped().await;
+                    }
+                });
+            }
+        });
+    }
+}
