@@ -345,7 +345,12 @@ mod tests {
         .unwrap();
         let set = PartitionSets::new(&dataset, &parts[1], &config, &device).unwrap();
         let mut rounds = Vec::new();
-        let (trace, state, stopped) = run_job(
+        let JobOutcome {
+            trace,
+            state,
+            stopped,
+            ..
+        } = run_job(
             Arm::Federated,
             &set,
             &FederationMode::InProcess { threads: 1 },
@@ -373,7 +378,8 @@ mod tests {
         let JobFrame::Finished(outcome) = &frames[2] else {
             panic!("the outcome expected last");
         };
-        let (served_trace, served_state, served_stopped) = outcome.as_ref();
+        let (served_trace, served_state, served_stopped) =
+            (&outcome.trace, &outcome.state, &outcome.stopped);
         assert_eq!(served_trace.predictions, trace.predictions);
         assert_eq!(served_trace.best.round(), trace.best.round());
         assert!(served_state == &state && state.is_some());

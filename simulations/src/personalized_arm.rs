@@ -20,6 +20,7 @@ use mpcl_data::{Dataset, Standardizer};
 use mpcl_model::personalize::PersonalizeOptions;
 use mpcl_model::{Device, ModelError};
 use mpcl_protocol::messages::GlobalState;
+use serde::{Deserialize, Serialize};
 
 use crate::simulate::{SimulationConfig, SimulationError};
 
@@ -65,7 +66,7 @@ pub struct PartitionData<'a> {
 }
 
 /// The arm on one partition.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PartitionOutcome {
     /// Personalized predictions of the partition's test samples, in order.
     pub predictions: Vec<Vec<f32>>,

@@ -316,8 +316,8 @@ pub fn run_simulation_on(
         None => None,
     };
 
-    // The personalized arm has no rounds of its own: it runs after the others, from the
-    // federated arm's model.
+    // The personalized arm has no rounds of its own: it runs at the end of the federated arm's
+    // job, from that arm's model (see `run_job`).
     let round_arms: Vec<Arm> = config
         .arms
         .iter()
@@ -369,6 +369,9 @@ pub fn run_simulation_on(
         ExecutionMode::Network(_) => 1,
     };
     let threads_per_federation = (threads / workers).max(1);
+    // Workers take the longest jobs first (results still come in job order).
+    let mut start_order: Vec<usize> = (0..jobs.len()).collect();
+    start_order.sort_by_key(|&job| (jobs[job].1.expected_work_rank(), jobs[job].0));
     // Jobs in child processes need the (sampled) dataset: one bit-exact snapshot for all.
     let job_processes = match mode {
         ExecutionMode::JobProcesses(program) if workers > 1 => {
@@ -376,7 +379,7 @@ pub fn run_simulation_on(
         }
         _ => None,
     };
-    let outcomes = run_in_order(jobs.len(), workers, |job| {
+    let outcomes = run_in_order(jobs.len(), workers, &start_order, |job| {
         let (part_index, arm) = jobs[job];
         let (part, set) = (&parts[part_index], &sets[part_index]);
         let partition = several_parts.then_some(part.name.as_str());
@@ -439,10 +442,15 @@ pub fn run_simulation_on(
     let mut final_states: BTreeMap<Arm, Vec<GlobalState>> = BTreeMap::new();
     let mut federated_evaluations: BTreeMap<Arm, Vec<Vec<FederatedMetrics>>> = BTreeMap::new();
     let mut notes: Vec<String> = Vec::new();
-    // Per partition, the federated arm's selected state and test predictions, for the
-    // personalized arm.
-    let mut federated: Vec<Option<(GlobalState, Vec<Vec<f32>>)>> = vec![None; parts.len()];
-    for (&(part_index, arm), (mut trace, state, stopped)) in jobs.iter().zip(outcomes) {
+    // Per partition, the personalized arm's outcome, computed by the federated arm's job.
+    let mut personalized_parts: Vec<Option<PartitionOutcome>> = vec![None; parts.len()];
+    for (&(part_index, arm), outcome) in jobs.iter().zip(outcomes) {
+        let JobOutcome {
+            mut trace,
+            state,
+            stopped,
+            personalized,
+        } = outcome;
         let (part, set) = (&parts[part_index], &sets[part_index]);
         if let Some(reason) = stopped {
             notes.push(format!("{} ({}): {reason}", arm.label(), part.name));
@@ -468,13 +476,8 @@ pub fn run_simulation_on(
                 .or_default()
                 .push(std::mem::take(&mut trace.federated));
         }
-        if arm == Arm::Federated
-            && let (Some(state), Some(predictions)) = (
-                trace.best_state.as_ref().or(state.as_ref()),
-                trace.selected(),
-            )
-        {
-            federated[part_index] = Some((state.clone(), predictions.clone()));
+        if arm == Arm::Federated {
+            personalized_parts[part_index] = personalized;
         }
         traces.entry(arm).or_default().push(trace);
         if let Some(state) = state {
@@ -487,32 +490,19 @@ pub fn run_simulation_on(
         .arms
         .contains(&Arm::Personalized)
         .then(|| Ok(Vec::new()));
-    for (set, federated) in sets.iter().zip(&federated) {
+    for (set, outcome) in sets.iter().zip(personalized_parts) {
         let Some(Ok(outcomes)) = personalized.as_mut() else {
             break;
         };
-        let validation_fraction = config.selection.validation_fraction;
         match (
-            omitted(&set.train, &set.test, validation_fraction),
-            federated,
+            omitted(&set.train, &set.test, config.selection.validation_fraction),
+            outcome,
         ) {
             (Some(reason), _) => personalized = Some(Err(reason.to_string())),
             (None, None) => {
                 personalized = Some(Err("omitted: the federated arm chose no model".to_string()))
             }
-            (None, Some((state, predictions))) => {
-                outcomes.push(personalize_partition(
-                    &PartitionData {
-                        train: &set.train,
-                        held_out: &set.held_out,
-                        validation_count: set.validation_count,
-                        state,
-                        federated_predictions: predictions,
-                    },
-                    config,
-                    device,
-                )?);
-            }
+            (None, Some(outcome)) => outcomes.push(outcome),
         }
     }
     bar.finish();
@@ -676,9 +666,19 @@ pub(crate) enum FederationMode<'a> {
     },
 }
 
-/// What one (partition, arm) job ends with: the arm's trace, its final state (arms with a
-/// model) and why it stopped early, if it did for a reason the table must mention.
-pub(crate) type JobOutcome = (ArmTrace, Option<GlobalState>, Option<String>);
+/// What one (partition, arm) job ends with.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct JobOutcome {
+    pub(crate) trace: ArmTrace,
+    /// The final state (arms with a model).
+    pub(crate) state: Option<GlobalState>,
+    /// Why the arm stopped early, if it did for a reason the table must mention.
+    pub(crate) stopped: Option<String>,
+    /// The personalized arm on this partition, when this is the federated arm of a run with
+    /// that arm, the partition allows it and the federated arm chose a model: it starts from
+    /// this job's model, so it runs at the end of this job, beside the other jobs.
+    pub(crate) personalized: Option<PartitionOutcome>,
+}
 
 /// One round of one job, as the progress bar and the round log take it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -747,7 +747,7 @@ pub(crate) fn run_job(
         Ok::<_, SimulationError>(validation)
     };
     let mut evaluator = Evaluator::new(&set.held_out, &set.train, &config.model, device)?;
-    run_arm(
+    let (trace, state, stopped) = run_arm(
         arm,
         federation,
         config,
@@ -761,7 +761,34 @@ pub(crate) fn run_job(
         device,
         &mut evaluator,
         &mut observe,
-    )
+    )?;
+    let personalizes = arm == Arm::Federated
+        && config.arms.contains(&Arm::Personalized)
+        && omitted(&set.train, &set.test, config.selection.validation_fraction).is_none();
+    let personalized = match (
+        personalizes,
+        trace.best_state.as_ref().or(state.as_ref()),
+        trace.selected(),
+    ) {
+        (true, Some(chosen), Some(predictions)) => Some(personalize_partition(
+            &PartitionData {
+                train: &set.train,
+                held_out: &set.held_out,
+                validation_count: set.validation_count,
+                state: chosen,
+                federated_predictions: predictions,
+            },
+            config,
+            device,
+        )?),
+        _ => None,
+    };
+    Ok(JobOutcome {
+        trace,
+        state,
+        stopped,
+        personalized,
+    })
 }
 
 /// Runs one arm on one partition: its trace, its final state (arms with a model) and why it
@@ -776,7 +803,7 @@ fn run_arm(
     device: &Device,
     evaluator: &mut Evaluator,
     on_round: &mut RoundObserver<'_>,
-) -> Result<JobOutcome, SimulationError> {
+) -> Result<(ArmTrace, Option<GlobalState>, Option<String>), SimulationError> {
     let mut trace = ArmTrace::new(data.validation_count);
     let patience = config.selection.patience;
     let training = &config.training;

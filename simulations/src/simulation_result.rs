@@ -47,6 +47,23 @@ impl Arm {
         }
     }
 
+    /// Arms with rounds from the most work per partition to the least: the federated arm (a
+    /// federation of every client, then the personalized arm from its model), the same
+    /// federation without memory sharing, every client training alone (the same samples as
+    /// pooled, plus a model per client), pooled training, the prior. The order several
+    /// workers start a simulation's jobs in.
+    pub fn expected_work_rank(self) -> u8 {
+        match self {
+            Arm::Federated => 0,
+            Arm::FedavgEncoder => 1,
+            Arm::LocalOnly => 2,
+            Arm::Centralized => 3,
+            Arm::LabelPrior => 4,
+            // Not an arm with rounds: it runs in the federated arm's job.
+            Arm::Personalized => 5,
+        }
+    }
+
     /// The command-line name.
     pub fn name(self) -> &'static str {
         match self {

@@ -56,18 +56,24 @@ fn untimed_log(dir: &Path) -> Result<Vec<serde_json::Value>> {
         .collect()
 }
 
-#[test]
-fn jobs_in_child_processes_write_what_one_thread_writes() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let (serial_dir, parallel_dir) = (dir.path().join("serial"), dir.path().join("jobs"));
+/// Writes `config` on one thread and in job processes on two, and checks that both wrote the
+/// same files; returns the one-thread run's round log.
+fn compare(config: &SimulationConfig, dir: &Path) -> Result<Vec<serde_json::Value>> {
+    let (serial_dir, parallel_dir) = (dir.join("serial"), dir.join("jobs"));
     let serial = run_simulation_with(
-        &small_simulation(1),
+        &SimulationConfig {
+            threads: Some(1),
+            ..config.clone()
+        },
         &ExecutionMode::InProcess,
         Some(&serial_dir),
         false,
     )?;
     let parallel = run_simulation_with(
-        &small_simulation(2),
+        &SimulationConfig {
+            threads: Some(2),
+            ..config.clone()
+        },
         &job_processes(),
         Some(&parallel_dir),
         false,
@@ -75,8 +81,8 @@ fn jobs_in_child_processes_write_what_one_thread_writes() -> Result<()> {
     assert_eq!(parallel.mode, "in-process");
     assert!(serial.final_states == parallel.final_states);
     assert_eq!(serial.selected_predictions, parallel.selected_predictions);
+    assert_eq!(serial.notes, parallel.notes);
     let log = untimed_log(&serial_dir)?;
-    assert_eq!(log.len(), 2 * 3 * 2, "two folds, three arms, two rounds");
     assert_eq!(log, untimed_log(&parallel_dir)?);
     let mut compared = 0;
     for entry in std::fs::read_dir(&serial_dir)? {
@@ -93,6 +99,26 @@ fn jobs_in_child_processes_write_what_one_thread_writes() -> Result<()> {
         compared += 1;
     }
     assert!(compared >= 5, "only {compared} files compared");
+    Ok(log)
+}
+
+#[test]
+fn jobs_in_child_processes_write_what_one_thread_writes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let log = compare(&small_simulation(1), &dir.path().join("folds"))?;
+    assert_eq!(log.len(), 2 * 3 * 2, "two folds, three arms, two rounds");
+    // The personalized arm runs inside the federated arm's job process.
+    let personalized = SimulationConfig {
+        protocol: EvaluationProtocol::SubjectDependent {
+            test_fraction: 0.25,
+        },
+        arms: vec![Arm::Federated, Arm::Personalized, Arm::Centralized],
+        personalize_epochs: 2,
+        ..small_simulation(1)
+    };
+    compare(&personalized, &dir.path().join("personalized"))?;
+    let table = std::fs::read_to_string(dir.path().join("personalized/jobs/final.csv"))?;
+    assert!(table.contains("personalized"), "{table}");
     Ok(())
 }
 
