@@ -27,10 +27,9 @@ use mpcl_protocol::codec::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::evaluation::partitions;
 use crate::simulate::{
     Arm, FederationMode, JobOutcome, PartitionSets, RoundReport, SimulationConfig, SimulationError,
-    run_job,
+    config_partitions, run_job,
 };
 
 /// The hidden subcommand of `mpcl` that runs one job ([`serve_job`]).
@@ -212,12 +211,7 @@ fn run_request(
     } = &request.spec;
     let dataset = read_snapshot(&request.snapshot).map_err(|e| SimulationError::Load(e.into()))?;
     let device = config.device.resolve()?.device;
-    let parts = partitions(
-        &dataset,
-        config.protocol,
-        config.selection.validation_fraction,
-        config.seed,
-    )?;
+    let parts = config_partitions(&dataset, config)?;
     let part = parts.get(*partition).ok_or_else(|| {
         SimulationError::Config(format!(
             "job for partition {partition}, but the protocol gives {}",
@@ -336,13 +330,7 @@ mod tests {
         });
 
         let device = config.device.resolve().unwrap().device;
-        let parts = partitions(
-            &dataset,
-            config.protocol,
-            config.selection.validation_fraction,
-            config.seed,
-        )
-        .unwrap();
+        let parts = config_partitions(&dataset, &config).unwrap();
         let set = PartitionSets::new(&dataset, &parts[1], &config, &device).unwrap();
         let mut rounds = Vec::new();
         let JobOutcome {

@@ -294,12 +294,7 @@ pub fn run_simulation_on(
         .model
         .validate(&dataset.schema)
         .map_err(ModelError::from)?;
-    let parts = partitions(
-        &dataset,
-        config.protocol,
-        config.selection.validation_fraction,
-        config.seed,
-    )?;
+    let parts = config_partitions(&dataset, config)?;
     let round_log = match out {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|source| SimulationError::Write {
@@ -584,6 +579,20 @@ pub fn run_simulation_on(
         write_outputs(dir, &result)?;
     }
     Ok(result)
+}
+
+/// The partitions `config` cuts `dataset` into (its protocol, validation fraction and seed):
+/// the simulation's and, from the same snapshot, each job process's.
+pub(crate) fn config_partitions(
+    dataset: &Dataset,
+    config: &SimulationConfig,
+) -> Result<Vec<Partition>, SimulationError> {
+    Ok(partitions(
+        dataset,
+        config.protocol,
+        config.selection.validation_fraction,
+        config.seed,
+    )?)
 }
 
 /// One partition's data as every arm sees it.

@@ -69,7 +69,7 @@ enum Command {
     #[command(hide = true)]
     BenchChild(bench::BenchChildArgs),
     /// Internal: one (partition, arm) job of `mpcl simulate` in a process of its own.
-    #[command(hide = true)]
+    #[command(hide = true, name = mpcl_simulations::job_process::SIMULATE_JOB_COMMAND)]
     SimulateJob(simulate::SimulateJobArgs),
 }
 
