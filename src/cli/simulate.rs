@@ -154,9 +154,10 @@ pub struct SimulateArgs {
     /// subject on 127.0.0.1 (same numbers, slower).
     #[arg(long)]
     network: bool,
-    /// Threads of an in-process run (default: every core): arms and folds run at the same
-    /// time, and each federated arm trains that many participants at once. The results and
-    /// every output file are the same for any number (network runs take one arm at a time).
+    /// Threads of an in-process run (default: every core): that many arms and folds run at the
+    /// same time, each in a process of its own (`mpcl simulate-job`), the longest first; threads
+    /// left over train a federated arm's participants at once. The results and every output
+    /// file are the same for any number (network runs take one arm at a time).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     threads: Option<u64>,
     /// Output folder.
