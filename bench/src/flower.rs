@@ -74,6 +74,10 @@ pub struct FlowerRow {
     /// Coordinator CPU time (all its threads, the whole run including connection set-up)
     /// divided by clients x rounds, seconds.
     pub coordinator_cpu_per_client_round: Option<f64>,
+    /// The coordinator's CPU time from the moment every client was admitted (connection
+    /// set-up and handshakes excluded) divided by clients x rounds, seconds.
+    #[serde(default)]
+    pub coordinator_rounds_cpu_per_client_round: Option<f64>,
     /// The clients' CPU time (every client's threads, the whole run including connection
     /// set-up) divided by clients x rounds, seconds: the 2 cores serve both sides.
     #[serde(default)]
@@ -282,6 +286,24 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
             nodes.push((tokio::spawn(node.run(shutdown.clone())), events));
         }
         let limit = Duration::from_secs(120 + 30 * ROUNDS);
+        // Every client admitted (handshakes done, the first round opening): CPU from here on
+        // is the rounds' own. Nothing the nodes report before their admission is needed.
+        for (_, events) in nodes.iter_mut() {
+            loop {
+                match tokio::time::timeout(limit, events.recv()).await {
+                    Ok(Some(NodeEvent::Admitted { .. })) => break,
+                    Ok(Some(_)) => continue,
+                    other => {
+                        shutdown.cancel();
+                        return Err(measure_error(format!("a node was not admitted: {other:?}")));
+                    }
+                }
+            }
+        }
+        let admitted = (
+            threads_cpu_seconds(COORDINATOR_THREAD),
+            threads_cpu_seconds(CLIENT_THREAD),
+        );
         let mut slowest: BTreeMap<u64, f64> = BTreeMap::new();
         for (task, mut events) in nodes {
             let outcome = tokio::time::timeout(limit, task).await;
@@ -301,8 +323,9 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
                 }
             }
         }
-        Ok(slowest)
+        Ok((slowest, admitted))
     })?;
+    let (slowest, admitted) = slowest;
     let served = coordinator_runtime
         .block_on(async { tokio::time::timeout(Duration::from_secs(30), server_task).await });
     if !matches!(served, Ok(Ok(Ok(_)))) {
@@ -315,7 +338,9 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
         (Some(before), Some(after)) => Some((after - before) / (clients as f64 * ROUNDS as f64)),
         _ => None,
     };
-    let cpu = per_client_round(cpu_before, threads_cpu_seconds(COORDINATOR_THREAD));
+    let coordinator_after = threads_cpu_seconds(COORDINATOR_THREAD);
+    let cpu = per_client_round(cpu_before, coordinator_after);
+    let rounds_cpu = per_client_round(admitted.0, coordinator_after);
     let client_cpu = per_client_round(client_cpu_before, threads_cpu_seconds(CLIENT_THREAD));
     drop(client_runtime);
     drop(coordinator_runtime);
@@ -349,6 +374,7 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
             .find(|(n, _)| *n == clients)
             .map(|(_, s)| *s),
         coordinator_cpu_per_client_round: cpu,
+        coordinator_rounds_cpu_per_client_round: rounds_cpu,
         client_cpu_per_client_round: client_cpu,
         overheads,
     })
