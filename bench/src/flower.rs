@@ -165,7 +165,8 @@ impl LocalTrainer for Perturbation {
     }
 }
 
-fn identity(id: &str, seed: u8) -> Result<NodeIdentity, BenchError> {
+/// The bench's deterministic identity `id` from a one-byte seed (also the QUIC floor's).
+pub(crate) fn identity(id: &str, seed: u8) -> Result<NodeIdentity, BenchError> {
     NodeIdentity::from_signing_key(Some(id), SigningKey::from_bytes(&[seed; 32]))
         .map_err(|e| BenchError::setup("identity", e))
 }

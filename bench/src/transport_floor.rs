@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mpcl_coordinator::server::{NetworkSettings, udp_socket};
-use mpcl_protocol::{NodeIdentity, SigningKey, TLS_SERVER_NAME, client_config, server_config};
+use mpcl_protocol::{NodeIdentity, TLS_SERVER_NAME, client_config, server_config};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
+use crate::flower::identity;
 use crate::stats::{median, process_cpu_seconds};
 
 /// Bytes of the request and of the acknowledgement.
@@ -41,11 +42,6 @@ pub struct FloorRow {
 
 fn setup(what: &str, error: impl std::fmt::Display) -> BenchError {
     BenchError::setup(&format!("transport floor: {what}"), error)
-}
-
-fn identity(id: &str, seed: u8) -> Result<NodeIdentity, BenchError> {
-    NodeIdentity::from_signing_key(Some(id), SigningKey::from_bytes(&[seed; 32]))
-        .map_err(|e| setup("identity", e))
 }
 
 /// Runs `rounds` rounds of `clients` clients moving `bytes_down` and `bytes_up` bytes each.

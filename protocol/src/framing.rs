@@ -7,7 +7,8 @@
 //! cannot make a node reserve memory by merely announcing a large frame.
 //!
 //! Everything is generic over `tokio::io::AsyncRead` / `AsyncWrite`, which quinn's `SendStream`
-//! and `RecvStream` implement.
+//! and `RecvStream` implement; [`write_message_blocking`] and [`read_message_blocking`] are the
+//! same frames over `std::io` (a simulation's job processes talk over their pipes with them).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -114,6 +115,21 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
     Ok(payload)
 }
 
+/// `message` as one frame: encoded straight behind its header, no copy.
+fn encode_frame<T: Serialize + ?Sized>(
+    message: &T,
+    limits: &MessageLimits,
+) -> Result<Vec<u8>, CodecError> {
+    let mut frame = vec![0u8; FRAME_HEADER_BYTES];
+    let size = codec::encode_message_into(&mut frame, message, limits)?;
+    let length = u32::try_from(size).map_err(|_| CodecError::FrameTooLarge {
+        size: size as u64,
+        limit: limits.max_message_bytes,
+    })?;
+    frame[..FRAME_HEADER_BYTES].copy_from_slice(&length.to_le_bytes());
+    Ok(frame)
+}
+
 /// Encodes `message` and writes it as one frame (encoded straight behind the header: no copy).
 pub async fn write_message<W, T>(
     writer: &mut W,
@@ -124,13 +140,7 @@ where
     W: AsyncWrite + Unpin + ?Sized,
     T: Serialize + ?Sized,
 {
-    let mut frame = vec![0u8; FRAME_HEADER_BYTES];
-    let size = codec::encode_message_into(&mut frame, message, limits)?;
-    let length = u32::try_from(size).map_err(|_| CodecError::FrameTooLarge {
-        size: size as u64,
-        limit: limits.max_message_bytes,
-    })?;
-    frame[..FRAME_HEADER_BYTES].copy_from_slice(&length.to_le_bytes());
+    let frame = encode_frame(message, limits)?;
     writer
         .write_all(&frame)
         .await
@@ -145,6 +155,64 @@ where
     T: DeserializeOwned,
 {
     let payload = read_frame(reader, limits).await?;
+    codec::decode_message(&payload, limits)
+}
+
+/// [`write_message`] over a blocking writer.
+pub fn write_message_blocking<W, T>(
+    writer: &mut W,
+    message: &T,
+    limits: &MessageLimits,
+) -> Result<(), CodecError>
+where
+    W: std::io::Write + ?Sized,
+    T: Serialize + ?Sized,
+{
+    let frame = encode_frame(message, limits)?;
+    writer
+        .write_all(&frame)
+        .map_err(io_error("writing a message"))?;
+    writer.flush().map_err(io_error("flushing a message"))
+}
+
+/// [`read_message`] over a blocking reader, with the same checks as [`read_frame`].
+pub fn read_message_blocking<R, T>(reader: &mut R, limits: &MessageLimits) -> Result<T, CodecError>
+where
+    R: std::io::Read + ?Sized,
+    T: DeserializeOwned,
+{
+    use std::io::Read;
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    let mut filled = 0;
+    while filled < FRAME_HEADER_BYTES {
+        let read = reader
+            .read(&mut header[filled..])
+            .map_err(io_error("reading a frame header"))?;
+        if read == 0 {
+            if filled == 0 {
+                return Err(CodecError::Closed);
+            }
+            return Err(CodecError::Truncated {
+                expected: FRAME_HEADER_BYTES as u64,
+                received: filled as u64,
+            });
+        }
+        filled += read;
+    }
+    let length = u64::from(u32::from_le_bytes(header));
+    limits.check(length)?;
+    // Grow with the data that really arrives rather than trusting the declared length.
+    let mut payload = Vec::with_capacity((length as usize).min(64 * 1024));
+    let received = reader
+        .take(length)
+        .read_to_end(&mut payload)
+        .map_err(io_error("reading a frame"))?;
+    if (received as u64) < length {
+        return Err(CodecError::Truncated {
+            expected: length,
+            received: received as u64,
+        });
+    }
     codec::decode_message(&payload, limits)
 }
 
@@ -232,6 +300,41 @@ mod tests {
             matches!(error, CodecError::Truncated { expected, received }
                 if expected == u64::from(len) && received == u64::from(len) - 2),
             "{error:?}"
+        );
+    }
+
+    #[test]
+    fn blocking_frames_are_the_same_frames() {
+        let message = ClientMessage::Hello {
+            participant_id: "p1".into(),
+            protocol_version: PROTOCOL_VERSION,
+        };
+        let mut bytes = Vec::new();
+        write_message_blocking(&mut bytes, &message, &limits()).unwrap();
+        let back: ClientMessage = read_message_blocking(&mut bytes.as_slice(), &limits()).unwrap();
+        assert_eq!(back, message);
+        // The async reader reads what the blocking writer wrote.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let read: ClientMessage = runtime
+            .block_on(read_message(&mut bytes.as_slice(), &limits()))
+            .unwrap();
+        assert_eq!(read, message);
+        // An empty stream is closed, a short one truncated, a long frame refused unread.
+        let empty: Result<ClientMessage, _> = read_message_blocking(&mut &[][..], &limits());
+        assert!(matches!(empty, Err(CodecError::Closed)), "{empty:?}");
+        let short: Result<ClientMessage, _> =
+            read_message_blocking(&mut &bytes[..bytes.len() - 1], &limits());
+        assert!(
+            matches!(short, Err(CodecError::Truncated { .. })),
+            "{short:?}"
+        );
+        let huge = (limits().max_message_bytes as u32 + 1).to_le_bytes();
+        let refused: Result<ClientMessage, _> = read_message_blocking(&mut &huge[..], &limits());
+        assert!(
+            matches!(refused, Err(CodecError::FrameTooLarge { .. })),
+            "{refused:?}"
         );
     }
 

@@ -12,8 +12,8 @@
 //! on its stdin. The child rebuilds the job's partition exactly as the parent does (the same
 //! split, standardisation and initial weights from the same seed), runs it with
 //! [`run_job`], and writes frames to its stdout: one per round, then the outcome (or why it
-//! failed). Frames are the protocol's payloads (bincode, see [`mpcl_protocol::codec`]) behind a
-//! little-endian `u32` length, so floats cross bit for bit and the outputs are identical to a
+//! failed). Frames are the protocol's own ([`mpcl_protocol::framing`]: bincode payloads behind a
+//! little-endian `u32` length), so floats cross bit for bit and the outputs are identical to a
 //! one-thread run (tested in `tests/processes/simulate_jobs.rs`).
 
 use std::io::{BufReader, Read, Write};
@@ -22,9 +22,8 @@ use std::process::{Child, Command, Stdio};
 
 use mpcl_data::Dataset;
 use mpcl_data::snapshot::{read_snapshot, write_snapshot};
-use mpcl_protocol::codec::{
-    CodecError, HARD_MAX_MESSAGE_BYTES, MessageLimits, decode_message, encode_message,
-};
+use mpcl_protocol::codec::{CodecError, HARD_MAX_MESSAGE_BYTES, MessageLimits};
+use mpcl_protocol::framing::{read_message_blocking, write_message_blocking};
 use serde::{Deserialize, Serialize};
 
 use crate::simulate::{
@@ -97,9 +96,15 @@ impl<'a> JobProcesses<'a> {
                 path: std::env::temp_dir(),
                 source,
             })?;
-        write_snapshot(dataset, &folder.path().join("dataset.json"))
+        let processes = Self { program, folder };
+        write_snapshot(dataset, &processes.snapshot())
             .map_err(|e| SimulationError::Load(e.into()))?;
-        Ok(Self { program, folder })
+        Ok(processes)
+    }
+
+    /// The dataset snapshot every job reads.
+    fn snapshot(&self) -> PathBuf {
+        self.folder.path().join("dataset.json")
     }
 
     /// Runs `spec` in a child process named `job` in errors, handing its rounds to `on_round`
@@ -129,7 +134,7 @@ impl<'a> JobProcesses<'a> {
             })?;
         let request = JobRequest {
             spec: spec.clone(),
-            snapshot: self.folder.path().join("dataset.json"),
+            snapshot: self.snapshot(),
         };
         let sent = child
             .stdin
@@ -237,35 +242,17 @@ fn with_causes(error: &dyn std::error::Error) -> String {
     message
 }
 
+/// Job frames come from this program's own child: the protocol's hard cap is the only limit.
 fn limits() -> MessageLimits {
     MessageLimits::new(HARD_MAX_MESSAGE_BYTES).expect("the hard cap is a valid limit")
 }
 
 fn write_frame(output: &mut impl Write, frame: &JobFrame) -> Result<(), CodecError> {
-    let payload = encode_message(frame, &limits())?;
-    let io = |source| CodecError::Io {
-        action: "writing a job frame",
-        source,
-    };
-    output
-        .write_all(&(payload.len() as u32).to_le_bytes())
-        .map_err(io)?;
-    output.write_all(&payload).map_err(io)?;
-    output.flush().map_err(io)
+    write_message_blocking(output, frame, &limits())
 }
 
 fn read_frame(input: &mut impl Read) -> Result<JobFrame, CodecError> {
-    let io = |source| CodecError::Io {
-        action: "reading a job frame",
-        source,
-    };
-    let mut length = [0u8; 4];
-    input.read_exact(&mut length).map_err(io)?;
-    let length = u32::from_le_bytes(length) as usize;
-    limits().check(length as u64)?;
-    let mut payload = vec![0u8; length];
-    input.read_exact(&mut payload).map_err(io)?;
-    decode_message(&payload, &limits())
+    read_message_blocking(input, &limits())
 }
 
 #[cfg(test)]
@@ -326,7 +313,7 @@ mod tests {
         };
         let frames = serve(&JobRequest {
             spec: spec.clone(),
-            snapshot: processes.folder.path().join("dataset.json"),
+            snapshot: processes.snapshot(),
         });
 
         let device = config.device.resolve().unwrap().device;
@@ -400,7 +387,7 @@ mod tests {
                 partition: 7,
                 ..spec
             },
-            snapshot: processes.folder.path().join("dataset.json"),
+            snapshot: processes.snapshot(),
         });
         let [JobFrame::Failed(reason)] = frames.as_slice() else {
             panic!("one failure frame expected");

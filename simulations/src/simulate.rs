@@ -437,8 +437,10 @@ pub fn run_simulation_on(
     let mut final_states: BTreeMap<Arm, Vec<GlobalState>> = BTreeMap::new();
     let mut federated_evaluations: BTreeMap<Arm, Vec<Vec<FederatedMetrics>>> = BTreeMap::new();
     let mut notes: Vec<String> = Vec::new();
-    // Per partition, the personalized arm's outcome, computed by the federated arm's job.
-    let mut personalized_parts: Vec<Option<PartitionOutcome>> = vec![None; parts.len()];
+    // Per partition, the personalized arm's outcome or why it was left out, from the federated
+    // arm's job.
+    let mut personalized_parts: Vec<Option<Result<PartitionOutcome, String>>> =
+        vec![None; parts.len()];
     for (&(part_index, arm), outcome) in jobs.iter().zip(outcomes) {
         let JobOutcome {
             mut trace,
@@ -485,19 +487,13 @@ pub fn run_simulation_on(
         .arms
         .contains(&Arm::Personalized)
         .then(|| Ok(Vec::new()));
-    for (set, outcome) in sets.iter().zip(personalized_parts) {
+    for outcome in personalized_parts {
         let Some(Ok(outcomes)) = personalized.as_mut() else {
             break;
         };
-        match (
-            omitted(&set.train, &set.test, config.selection.validation_fraction),
-            outcome,
-        ) {
-            (Some(reason), _) => personalized = Some(Err(reason.to_string())),
-            (None, None) => {
-                personalized = Some(Err("omitted: the federated arm chose no model".to_string()))
-            }
-            (None, Some(outcome)) => outcomes.push(outcome),
+        match outcome.expect("runs with the personalized arm have a federated job per partition") {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(reason) => personalized = Some(Err(reason)),
         }
     }
     bar.finish();
@@ -683,10 +679,10 @@ pub(crate) struct JobOutcome {
     pub(crate) state: Option<GlobalState>,
     /// Why the arm stopped early, if it did for a reason the table must mention.
     pub(crate) stopped: Option<String>,
-    /// The personalized arm on this partition, when this is the federated arm of a run with
-    /// that arm, the partition allows it and the federated arm chose a model: it starts from
-    /// this job's model, so it runs at the end of this job, beside the other jobs.
-    pub(crate) personalized: Option<PartitionOutcome>,
+    /// The personalized arm on this partition (the federated arm's job of a run with that arm):
+    /// its outcome, or why the partition leaves it out. It starts from this job's model, so it
+    /// runs at the end of this job, beside the other jobs.
+    pub(crate) personalized: Option<Result<PartitionOutcome, String>>,
 }
 
 /// One round of one job, as the progress bar and the round log take it.
@@ -771,26 +767,34 @@ pub(crate) fn run_job(
         &mut evaluator,
         &mut observe,
     )?;
-    let personalizes = arm == Arm::Federated
-        && config.arms.contains(&Arm::Personalized)
-        && omitted(&set.train, &set.test, config.selection.validation_fraction).is_none();
-    let personalized = match (
-        personalizes,
-        trace.best_state.as_ref().or(state.as_ref()),
-        trace.selected(),
-    ) {
-        (true, Some(chosen), Some(predictions)) => Some(personalize_partition(
-            &PartitionData {
-                train: &set.train,
-                held_out: &set.held_out,
-                validation_count: set.validation_count,
-                state: chosen,
-                federated_predictions: predictions,
+    // The personalized arm starts from this job's model: it runs here, beside the other jobs.
+    let personalized = if arm == Arm::Federated && config.arms.contains(&Arm::Personalized) {
+        let chosen = (
+            trace.best_state.as_ref().or(state.as_ref()),
+            trace.selected(),
+        );
+        Some(
+            match (
+                omitted(&set.train, &set.test, config.selection.validation_fraction),
+                chosen,
+            ) {
+                (Some(reason), _) => Err(reason.to_string()),
+                (None, (Some(chosen), Some(predictions))) => Ok(personalize_partition(
+                    &PartitionData {
+                        train: &set.train,
+                        held_out: &set.held_out,
+                        validation_count: set.validation_count,
+                        state: chosen,
+                        federated_predictions: predictions,
+                    },
+                    config,
+                    device,
+                )?),
+                (None, _) => Err("omitted: the federated arm chose no model".to_string()),
             },
-            config,
-            device,
-        )?),
-        _ => None,
+        )
+    } else {
+        None
     };
     Ok(JobOutcome {
         trace,
