@@ -74,8 +74,9 @@ pub struct FlowerRow {
     /// Coordinator CPU time (all its threads, the whole run including connection set-up)
     /// divided by clients x rounds, seconds.
     pub coordinator_cpu_per_client_round: Option<f64>,
-    /// The coordinator's CPU time from the moment every client was admitted (connection
-    /// set-up and handshakes excluded) divided by clients x rounds, seconds.
+    /// The coordinator's CPU time from the moment every client was admitted to the moment the
+    /// last round was aggregated (connection set-up, handshakes and the run's close excluded)
+    /// divided by clients x rounds, seconds.
     #[serde(default)]
     pub coordinator_rounds_cpu_per_client_round: Option<f64>,
     /// The clients' CPU time (every client's threads, the whole run including connection
@@ -260,7 +261,21 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
         })
         .map_err(|e| BenchError::setup("server", e))
     })?;
+    let mut server = server;
     let addr = server.local_addr();
+    // The coordinator's CPU when the last round is aggregated: the rounds end there, and the
+    // run's close (`Finished`, goodbyes, connection shutdown) is not a round's work.
+    let mut aggregated = server.observe_rounds();
+    let last_round = coordinator_runtime.spawn(async move {
+        let mut rounds = 0;
+        while aggregated.recv().await.is_some() {
+            rounds += 1;
+            if rounds == ROUNDS {
+                return threads_cpu_seconds(COORDINATOR_THREAD);
+            }
+        }
+        None
+    });
     let shutdown = CancellationToken::new();
     let cpu_before = threads_cpu_seconds(COORDINATOR_THREAD);
     let server_task = coordinator_runtime.spawn(server.run(shutdown.clone()));
@@ -341,7 +356,10 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
     };
     let coordinator_after = threads_cpu_seconds(COORDINATOR_THREAD);
     let cpu = per_client_round(cpu_before, coordinator_after);
-    let rounds_cpu = per_client_round(admitted.0, coordinator_after);
+    let last_round = coordinator_runtime
+        .block_on(last_round)
+        .map_err(|e| measure_error(format!("the round observer failed: {e}")))?;
+    let rounds_cpu = per_client_round(admitted.0, last_round);
     let client_cpu = per_client_round(client_cpu_before, threads_cpu_seconds(CLIENT_THREAD));
     drop(client_runtime);
     drop(coordinator_runtime);

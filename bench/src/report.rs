@@ -119,7 +119,7 @@ pub fn markdown(r: &BenchReport) -> String {
         );
         let _ = writeln!(
             s,
-            "| clients | parameters | rounds | round wall | overhead | Flower overhead | mpcl / Flower | coordinator CPU per client-round | the same, rounds only | client CPU per client-round |\n|---|---|---|---|---|---|---|---|---|---|"
+            "| clients | parameters | rounds | round wall | overhead | Flower overhead | mpcl / Flower | coordinator CPU per client-round | the same, rounds only (admitted to last aggregation) | client CPU per client-round |\n|---|---|---|---|---|---|---|---|---|---|"
         );
         for f in &r.flower {
             let _ = writeln!(
@@ -156,7 +156,7 @@ pub fn markdown(r: &BenchReport) -> String {
         );
         let _ = writeln!(
             s,
-            "| clients | bytes down / up per client | round wall | floor / Flower | CPU per client-round (both sides) |\n|---|---|---|---|---|"
+            "| clients | bytes down / up per client | round wall | floor / Flower | CPU per client-round (both sides) | the server's alone |\n|---|---|---|---|---|---|"
         );
         for f in &r.transport_floor {
             let flower = crate::flower::FLOWER_OVERHEAD_SECONDS
@@ -166,13 +166,16 @@ pub fn markdown(r: &BenchReport) -> String {
                 .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 s,
-                "| {} | {} / {} B | {} | {} | {} |",
+                "| {} | {} / {} B | {} | {} | {} | {} |",
                 f.clients,
                 f.bytes_down,
                 f.bytes_up,
                 seconds(f.round_seconds),
                 flower,
                 seconds(f.cpu_per_client_round),
+                f.server_cpu_per_client_round
+                    .map(seconds)
+                    .unwrap_or_else(|| "-".into()),
             );
         }
     }

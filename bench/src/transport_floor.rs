@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
 use crate::flower::identity;
-use crate::stats::{median, process_cpu_seconds};
+use crate::stats::{median, process_cpu_seconds, threads_cpu_seconds};
 
 /// Bytes of the request and of the acknowledgement.
 const SMALL: usize = 64;
@@ -38,7 +38,14 @@ pub struct FloorRow {
     pub round_seconds: f64,
     /// CPU time of the whole process (server and clients) over the rounds, per client-round.
     pub cpu_per_client_round: f64,
+    /// CPU time of the server's threads alone over the rounds, per client-round: the floor
+    /// under the coordinator's CPU per client-round.
+    #[serde(default)]
+    pub server_cpu_per_client_round: Option<f64>,
 }
+
+/// Name of the floor server runtime's threads (its CPU time is theirs).
+const SERVER_THREAD: &str = "floor-server";
 
 fn setup(what: &str, error: impl std::fmt::Display) -> BenchError {
     BenchError::setup(&format!("transport floor: {what}"), error)
@@ -72,6 +79,7 @@ pub fn measure(
     // The server on its own runtime, as the bench's coordinator.
     let server_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name(SERVER_THREAD)
         .enable_all()
         .build()
         .map_err(|e| setup("tokio runtime", e))?;
@@ -116,6 +124,7 @@ pub fn measure(
         }
         let up = Arc::new(vec![9u8; bytes_up]);
         let cpu = process_cpu_seconds();
+        let server_cpu = threads_cpu_seconds(SERVER_THREAD);
         let mut walls = Vec::new();
         for _ in 0..rounds {
             let started = Instant::now();
@@ -132,21 +141,26 @@ pub fn measure(
             walls.push(started.elapsed().as_secs_f64());
         }
         let cpu = process_cpu_seconds() - cpu;
+        let server_cpu = server_cpu
+            .zip(threads_cpu_seconds(SERVER_THREAD))
+            .map(|(before, after)| after - before);
         for (endpoint, connection) in &connections {
             connection.close(0u32.into(), b"done");
             endpoint.close(0u32.into(), b"done");
         }
-        Ok::<_, BenchError>((walls, cpu))
+        Ok::<_, BenchError>((walls, cpu, server_cpu))
     });
     endpoint.close(0u32.into(), b"done");
-    let (walls, cpu) = result?;
+    let (walls, cpu, server_cpu) = result?;
+    let client_rounds = clients as f64 * rounds as f64;
     Ok(FloorRow {
         clients,
         rounds,
         bytes_down,
         bytes_up,
         round_seconds: median(&walls),
-        cpu_per_client_round: cpu / (clients as f64 * rounds as f64),
+        cpu_per_client_round: cpu / client_rounds,
+        server_cpu_per_client_round: server_cpu.map(|cpu| cpu / client_rounds),
     })
 }
 

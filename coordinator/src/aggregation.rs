@@ -265,7 +265,7 @@ impl RoundAggregator {
         self.cooccurrence.check(&update.cooccurrence)?;
         match &mut self.deltas {
             DeltaAccumulator::Weighted { sum, total_weight } => {
-                sum.add_scaled(weight, delta.iter_values())?;
+                sum.add_scaled_slices(weight, delta.tensors.iter().map(|t| t.values.as_slice()))?;
                 total_weight.add([weight])?;
             }
             DeltaAccumulator::Buffered { deltas } => deltas.push(delta.to_flat()),

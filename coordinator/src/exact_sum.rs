@@ -4,26 +4,28 @@
 //! order gives (slightly) different bits. Over the network updates arrive in whatever order the
 //! clients finish, so an in-process simulation, a networked run and a resumed run would disagree
 //! in the last bits and then drift apart over rounds. [`ExactSum`] makes every sum independent
-//! of the order of its addends: each addend is cut once to a fixed-point integer (a multiple of
-//! 2^-64, truncated toward zero) and integers add exactly. The cut depends only on the addend
+//! of the order of its addends: each addend is cut once to a fixed-point integer (the nearest
+//! multiple of 2^-64, ties to even) and integers add exactly. The cut depends only on the addend
 //! itself, so the total is a pure function of the multiset of addends.
 //!
 //! Precision: addends are kept to 2^-64 (about 5e-20) absolute, finer than an f32 delta's own
 //! resolution for any value above about 1e-12; the one conversion back to `f64` rounds to
-//! nearest. Speed: the conversion works on the float's bits (a shift of its mantissa), so a sum
-//! costs a few nanoseconds per value, not a library call per value. Range: an addend's magnitude must stay below [`MAX_ADDEND`] (about 1.1e12), and up to
+//! nearest. Range: an addend's magnitude must stay below [`MAX_ADDEND`] (about 1.1e12), and up to
 //! [`MAX_ADDENDS`] addends fit a sum without any chance of overflow.
+//!
+//! Speed: each fixed-point addend is held as three 35-bit limbs in `i64` ([`limbs`]), found with
+//! floating-point additions alone (no float-to-integer conversion instruction), and each limb has
+//! its own array; so adding a vector is a loop of plain `f64` and `i64` lane operations that the
+//! compiler vectorises, about a nanosecond per value.
 
+use mpcl_protocol::vector::largest_magnitude;
 use thiserror::Error;
-
-/// Fractional bits of the fixed-point representation.
-const FRACTION_BITS: i32 = 64;
 
 /// Largest magnitude an addend may have (2^40).
 pub const MAX_ADDEND: f64 = 1_099_511_627_776.0;
 
-/// How many addends per coordinate a sum accepts: at most 2^104 each, 2^22 of them stay well
-/// inside `i128`.
+/// How many addends per coordinate a sum accepts: each limb of an addend is at most 2^34, so
+/// 2^22 of them stay well inside `i64`.
 pub const MAX_ADDENDS: u64 = 1 << 22;
 
 /// An addend out of the exact sum's range.
@@ -40,7 +42,12 @@ pub enum ExactSumError {
 /// An exact, order-independent running sum of vectors of a fixed length.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExactSum {
-    values: Vec<i128>,
+    /// Per coordinate, the sums of its addends' [`limbs`]: the total in units of 2^-64 is
+    /// `high * 2^70 + middle * 2^35 + low`. Each limb's sum is a pure function of the addends,
+    /// so equal limbs mean equal sums.
+    high: Vec<i64>,
+    middle: Vec<i64>,
+    low: Vec<i64>,
     addends: u64,
 }
 
@@ -48,19 +55,21 @@ impl ExactSum {
     /// A zero sum of `len` coordinates.
     pub fn zeros(len: usize) -> Self {
         Self {
-            values: vec![0; len],
+            high: vec![0; len],
+            middle: vec![0; len],
+            low: vec![0; len],
             addends: 0,
         }
     }
 
     /// Number of coordinates.
     pub fn len(&self) -> usize {
-        self.values.len()
+        self.high.len()
     }
 
     /// Whether the sum has no coordinates.
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.high.is_empty()
     }
 
     /// Whether [`Self::add_scaled`] would accept `scale * values` (length, range, count), so a
@@ -81,9 +90,9 @@ impl ExactSum {
             }
             found += 1;
         }
-        if found != self.values.len() {
+        if found != self.len() {
             return Err(ExactSumError::Length {
-                expected: self.values.len(),
+                expected: self.len(),
                 found,
             });
         }
@@ -98,8 +107,58 @@ impl ExactSum {
         I::Item: Into<f64>,
     {
         self.check_scaled(scale, values.clone())?;
-        for (acc, value) in self.values.iter_mut().zip(values) {
-            *acc += to_fixed(scale * value.into());
+        let limb_scale = scale * HIGH_UNIT;
+        for (i, value) in values.into_iter().enumerate() {
+            let [high, middle, low] = limbs(limb_scale * value.into());
+            self.high[i] += high;
+            self.middle[i] += middle;
+            self.low[i] += low;
+        }
+        self.addends += 1;
+        Ok(())
+    }
+
+    /// [`Self::add_scaled`] for `f32` values given as consecutive slices (an update's tensors):
+    /// the same sum, checked the same way, in loops over each slice that the compiler
+    /// vectorises instead of one chained iterator.
+    pub fn add_scaled_slices<'a, P>(&mut self, scale: f64, parts: P) -> Result<(), ExactSumError>
+    where
+        P: IntoIterator<Item = &'a [f32]> + Clone,
+    {
+        let found: usize = parts.clone().into_iter().map(<[f32]>::len).sum();
+        if self.addends >= MAX_ADDENDS || found != self.len() {
+            return self.check_scaled(scale, parts.into_iter().flatten().copied());
+        }
+        // `|scale * v|` is largest where `|v|` is (rounding is monotone), so one vectorised pass
+        // per slice tells whether every addend is in range; only when one is not is it looked
+        // for, to name it in the error.
+        let fits = parts.clone().into_iter().all(|part| {
+            largest_magnitude(part).is_some_and(|largest| in_range(scale * f64::from(largest)))
+        });
+        if !fits {
+            let error = self
+                .check_scaled(scale, parts.into_iter().flatten().copied())
+                .err();
+            return Err(error.unwrap_or(ExactSumError::OutOfRange {
+                index: 0,
+                value: scale,
+            }));
+        }
+        let limb_scale = scale * HIGH_UNIT;
+        let mut start = 0;
+        for part in parts {
+            let end = start + part.len();
+            let sums = self.high[start..end]
+                .iter_mut()
+                .zip(&mut self.middle[start..end])
+                .zip(&mut self.low[start..end]);
+            for (((high, middle), low), &value) in sums.zip(part) {
+                let [h, m, l] = limbs(limb_scale * f64::from(value));
+                *high += h;
+                *middle += m;
+                *low += l;
+            }
+            start = end;
         }
         self.addends += 1;
         Ok(())
@@ -116,12 +175,20 @@ impl ExactSum {
 
     /// The sum, each coordinate rounded once to the nearest `f64`.
     pub fn to_f64(&self) -> Vec<f64> {
-        self.values.iter().map(|&v| from_fixed(v)).collect()
+        (0..self.len()).map(|i| self.coordinate(i)).collect()
     }
 
     /// The sum rounded to `f32` (through `f64`).
     pub fn to_f32(&self) -> Vec<f32> {
-        self.values.iter().map(|&v| from_fixed(v) as f32).collect()
+        (0..self.len()).map(|i| self.coordinate(i) as f32).collect()
+    }
+
+    /// Coordinate `i` of the sum, rounded once to the nearest `f64`.
+    fn coordinate(&self, i: usize) -> f64 {
+        let fixed = (i128::from(self.high[i]) << (2 * LIMB_BITS))
+            + (i128::from(self.middle[i]) << LIMB_BITS)
+            + i128::from(self.low[i]);
+        fixed as f64 * 2f64.powi(-FRACTION_BITS)
     }
 }
 
@@ -129,28 +196,44 @@ fn in_range(value: f64) -> bool {
     value.is_finite() && value.abs() <= MAX_ADDEND
 }
 
-/// `value * 2^64` truncated toward zero, for `value` within range (checked by the caller).
-///
-/// Two hardware float-to-integer conversions instead of one to `i128` (a library call):
-/// `high = trunc(value * 2^20)` (at most 2^60, so it fits an `i64`), and the remainder
-/// `value * 2^20 - high` (exact, in (-1, 1), of the same sign) times 2^44, truncated. Both parts
-/// truncate toward zero with the same sign, so `high * 2^44 + low` is exactly
-/// `trunc(value * 2^64)`.
-fn to_fixed(value: f64) -> i128 {
-    debug_assert!(in_range(value));
-    let scaled = value * HIGH_SCALE;
-    let high = scaled as i64;
-    let low = ((scaled - high as f64) * LOW_SCALE) as i64;
-    (i128::from(high) << LOW_BITS) + i128::from(low)
+/// Fractional bits of the fixed-point representation.
+const FRACTION_BITS: i32 = 64;
+/// Bits per limb below the high one.
+const LIMB_BITS: i32 = 35;
+/// An addend's high limb counts units of `2^(2 * LIMB_BITS - FRACTION_BITS)`: multiplying the
+/// addend by this gives the high limb's value before rounding.
+const HIGH_UNIT: f64 = 1.0 / (1u64 << (2 * LIMB_BITS - FRACTION_BITS)) as f64;
+/// `2^LIMB_BITS`.
+const LIMB: f64 = (1u64 << LIMB_BITS) as f64;
+/// `1.5 * 2^52`: adding it to an `f64` of magnitude below 2^51 rounds that to an integer (to
+/// nearest, ties to even), which is then the difference of the sum's bits and its own.
+const ROUNDER: f64 = 6_755_399_441_055_744.0;
+
+/// `y` rounded to the nearest integer, as a float and as an `i64` (`|y| <= 2^51`).
+#[inline(always)]
+fn nearest(y: f64) -> (f64, i64) {
+    let shifted = y + ROUNDER;
+    (
+        shifted - ROUNDER,
+        shifted.to_bits() as i64 - ROUNDER.to_bits() as i64,
+    )
 }
 
-/// `FRACTION_BITS` split as 20 bits converted with the high part and 44 with the low part.
-const LOW_BITS: i32 = 44;
-const HIGH_SCALE: f64 = (1u64 << (FRACTION_BITS - LOW_BITS)) as f64;
-const LOW_SCALE: f64 = (1u64 << LOW_BITS) as f64;
-
-fn from_fixed(value: i128) -> f64 {
-    value as f64 * 2f64.powi(-FRACTION_BITS)
+/// The limbs `[high, middle, low]` of the addend `y / HIGH_UNIT` (the caller scales the addend
+/// by [`HIGH_UNIT`]; `|y| <= MAX_ADDEND * HIGH_UNIT = 2^34`): `high * 2^70 + middle * 2^35 + low`
+/// is the addend times 2^64 rounded to the nearest integer, ties to even, and each limb is at
+/// most 2^34 in magnitude.
+///
+/// Every step is exact but the roundings: `y - round(y)` is exact for `|y| < 2^52`, and scaling
+/// by a power of two is exact, so the last limb is the addend's remaining bits rounded once;
+/// as the other limbs are multiples of 2^35 (even), the tie goes to even on the whole value.
+#[inline(always)]
+fn limbs(y: f64) -> [i64; 3] {
+    let (high, high_bits) = nearest(y);
+    let middle_part = (y - high) * LIMB;
+    let (middle, middle_bits) = nearest(middle_part);
+    let (_, low_bits) = nearest((middle_part - middle) * LIMB);
+    [high_bits, middle_bits, low_bits]
 }
 
 #[cfg(test)]
@@ -206,8 +289,61 @@ mod tests {
     }
 
     #[test]
-    fn the_bit_level_conversion_is_truncation_of_value_times_2_to_the_64() {
+    fn slices_sum_and_refuse_exactly_like_values() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let values: Vec<f32> = (0..300)
+            .map(|_| rng.random_range(-1.0f32..1.0) * 10f32.powi(rng.random_range(-30..8)))
+            .collect();
+        let parts = |values: &[f32]| {
+            let (a, rest) = values.split_at(7);
+            let (b, c) = rest.split_at(250);
+            [a.to_vec(), b.to_vec(), c.to_vec()]
+        };
+        for scale in [1.0, 3.0, 417.0, 0.1] {
+            let mut by_values = ExactSum::zeros(values.len());
+            let mut by_slices = ExactSum::zeros(values.len());
+            for round in 0..3 {
+                let shifted: Vec<f32> = values.iter().map(|v| v * (round + 1) as f32).collect();
+                by_values
+                    .add_scaled(scale, shifted.iter().copied())
+                    .unwrap();
+                let parts = parts(&shifted);
+                by_slices
+                    .add_scaled_slices(scale, parts.iter().map(Vec::as_slice))
+                    .unwrap();
+            }
+            assert_eq!(by_slices, by_values, "scale {scale}");
+        }
+        // Out of range in the last slice, and a wrong length: the same errors, nothing added.
+        let mut sum = ExactSum::zeros(values.len());
+        let before = sum.clone();
+        for bad in [f32::NAN, f32::INFINITY, -2e12] {
+            let mut broken = values.clone();
+            broken[290] = bad;
+            let parts = parts(&broken);
+            let expected = sum.add_scaled(1.0, broken.iter().copied()).unwrap_err();
+            let error = sum
+                .add_scaled_slices(1.0, parts.iter().map(Vec::as_slice))
+                .unwrap_err();
+            // Debug forms, since NaN is not equal to itself.
+            assert_eq!(format!("{error:?}"), format!("{expected:?}"));
+            assert_eq!(sum, before);
+        }
+        assert!(matches!(
+            sum.add_scaled_slices(1.0, [&values[..10]]),
+            Err(ExactSumError::Length { found: 10, .. })
+        ));
+        assert!(matches!(
+            sum.add_scaled_slices(f64::NAN, [values.as_slice()]),
+            Err(ExactSumError::OutOfRange { index: 0, .. })
+        ));
+        assert_eq!(sum, before);
+    }
+
+    #[test]
+    fn an_addend_is_cut_to_the_nearest_multiple_of_2_to_the_minus_64() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let unit = 2f64.powi(-FRACTION_BITS);
         let mut values = vec![
             0.0,
             -0.0,
@@ -218,15 +354,45 @@ mod tests {
             -MAX_ADDEND,
             1e-30,
             5e-20,
+            // Ties: half a unit goes to even (0), one and a half units to 2, -2.5 units to -2.
+            0.5 * unit,
+            1.5 * unit,
+            -2.5 * unit,
+            // The largest middle and low limbs.
+            (2f64.powi(35) - 1.0) * 2f64.powi(-29) + (2f64.powi(35) - 1.0) * unit,
         ];
         values.extend(
             (0..10_000)
                 .map(|_| rng.random_range(-1.0f64..1.0) * 2f64.powi(rng.random_range(-70..40))),
         );
         for value in values {
-            let expected = (value * 2f64.powi(FRACTION_BITS)).trunc() as i128;
-            assert_eq!(to_fixed(value), expected, "{value:e}");
+            let expected = (value * 2f64.powi(FRACTION_BITS)).round_ties_even() as i128;
+            let [high, middle, low] = limbs(value * HIGH_UNIT);
+            for limb in [high, middle, low] {
+                assert!(limb.abs() <= 1 << 34, "{value:e}: limb {limb}");
+            }
+            let fixed = (i128::from(high) << 70) + (i128::from(middle) << 35) + i128::from(low);
+            assert_eq!(fixed, expected, "{value:e}");
         }
+    }
+
+    #[test]
+    fn the_largest_sum_does_not_overflow() {
+        let mut sum = ExactSum::zeros(2);
+        for _ in 0..64 {
+            sum.add([MAX_ADDEND, -MAX_ADDEND]).unwrap();
+        }
+        // The limb sums grow linearly; at MAX_ADDENDS they stay below 2^57.
+        sum.high
+            .iter_mut()
+            .for_each(|h| *h *= (MAX_ADDENDS / 64) as i64);
+        assert_eq!(
+            sum.to_f64(),
+            vec![
+                MAX_ADDEND * MAX_ADDENDS as f64,
+                -MAX_ADDEND * MAX_ADDENDS as f64
+            ]
+        );
     }
 
     #[test]

@@ -64,16 +64,12 @@ pub fn validate_update(
                 tensor.shape
             )));
         }
-        let mut largest = 0.0f64;
-        for value in &tensor.values.0 {
-            if !value.is_finite() {
-                return Err(RejectReason::NonFinite(format!(
-                    "encoder delta `{}`",
-                    tensor.name
-                )));
-            }
-            largest = largest.max(f64::from(value.abs()));
-        }
+        let Some(largest) = tensor.values.largest_magnitude().map(f64::from) else {
+            return Err(RejectReason::NonFinite(format!(
+                "encoder delta `{}`",
+                tensor.name
+            )));
+        };
         if largest > limits.max_abs_value {
             return Err(RejectReason::Oversized {
                 what: format!("largest |value| of encoder delta `{}`", tensor.name),

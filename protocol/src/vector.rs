@@ -3,6 +3,9 @@
 //! A serde sequence of floats costs a length-prefixed varint per element in bincode and is several
 //! times slower to encode than copying bytes; parameter vectors are the bulk of every message.
 
+use std::fmt;
+
+use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A dense `f32` vector encoded on the wire as little-endian bytes.
@@ -27,8 +30,29 @@ impl F32Vec {
 
     /// Whether every element is finite (no NaN, no infinity).
     pub fn all_finite(&self) -> bool {
-        self.0.iter().all(|v| v.is_finite())
+        self.largest_magnitude().is_some()
     }
+
+    /// The largest `|value|` (see [`largest_magnitude`]).
+    pub fn largest_magnitude(&self) -> Option<f32> {
+        largest_magnitude(&self.0)
+    }
+}
+
+/// The largest `|value|` of `values` (0 for none), or `None` when one is NaN or infinite.
+///
+/// One pass the compiler vectorises, without a branch per element: a float's bits without the
+/// sign order like its magnitude, and NaN and the infinities sort above every finite value, so
+/// the largest such bits answer both questions.
+pub fn largest_magnitude(values: &[f32]) -> Option<f32> {
+    const MAGNITUDE: u32 = 0x7fff_ffff;
+    const INFINITY: u32 = 0x7f80_0000;
+    let largest = values
+        .iter()
+        .map(|v| v.to_bits() & MAGNITUDE)
+        .max()
+        .unwrap_or(0);
+    (largest < INFINITY).then(|| f32::from_bits(largest))
 }
 
 impl From<Vec<f32>> for F32Vec {
@@ -39,28 +63,145 @@ impl From<Vec<f32>> for F32Vec {
 
 impl Serialize for F32Vec {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut bytes = Vec::with_capacity(self.0.len() * 4);
-        for value in &self.0 {
-            bytes.extend_from_slice(&value.to_le_bytes());
-        }
-        serializer.serialize_bytes(&bytes)
+        serialize_le_words(&self.0, serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for F32Vec {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(deserializer)?;
-        if !bytes.len().is_multiple_of(4) {
-            return Err(serde::de::Error::custom(format!(
-                "f32 vector has {} bytes, not a multiple of 4",
-                bytes.len()
-            )));
+        deserialize_le_words(deserializer, "f32").map(Self)
+    }
+}
+
+/// A 4-byte number that travels as its little-endian bytes (`f32`, `u32`).
+pub(crate) trait Word: bytemuck::Pod {
+    /// `self` with its bytes swapped from little-endian to native order (a no-op on
+    /// little-endian machines) and back.
+    fn swap_le(self) -> Self;
+}
+
+impl Word for f32 {
+    fn swap_le(self) -> Self {
+        f32::from_bits(u32::from_le(self.to_bits()))
+    }
+}
+
+impl Word for u32 {
+    fn swap_le(self) -> Self {
+        u32::from_le(self)
+    }
+}
+
+/// Writes `words` as one byte string of their little-endian bytes: on a little-endian machine
+/// their memory as it is, without a copy.
+pub(crate) fn serialize_le_words<T: Word, S: Serializer>(
+    words: &[T],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    if cfg!(target_endian = "little") {
+        serializer.serialize_bytes(bytemuck::cast_slice(words))
+    } else {
+        let bytes: Vec<u8> = words
+            .iter()
+            .flat_map(|w| bytemuck::bytes_of(&w.swap_le()).to_vec())
+            .collect();
+        serializer.serialize_bytes(&bytes)
+    }
+}
+
+/// Reads what [`serialize_le_words`] wrote (`kind` names the type in errors). Asking for
+/// borrowed bytes lets a decoder that holds the whole input (bincode from a slice) lend them,
+/// so they are copied once, into the words, with no intermediate buffer.
+pub(crate) fn deserialize_le_words<'de, T: Word, D: Deserializer<'de>>(
+    deserializer: D,
+    kind: &'static str,
+) -> Result<Vec<T>, D::Error> {
+    deserializer.deserialize_bytes(WordsVisitor {
+        kind,
+        words: std::marker::PhantomData,
+    })
+}
+
+fn words_from_le_bytes<T: Word, E: serde::de::Error>(
+    bytes: &[u8],
+    kind: &str,
+) -> Result<Vec<T>, E> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(E::custom(format!(
+            "{kind} vector has {} bytes, not a multiple of 4",
+            bytes.len()
+        )));
+    }
+    // Filled as it is allocated (no zeroing first); a loop of unaligned loads the compiler
+    // turns into a copy.
+    let mut words = Vec::with_capacity(bytes.len() / 4);
+    words.extend(
+        bytes
+            .chunks_exact(4)
+            .map(|chunk| bytemuck::pod_read_unaligned::<T>(chunk).swap_le()),
+    );
+    Ok(words)
+}
+
+struct WordsVisitor<T> {
+    kind: &'static str,
+    words: std::marker::PhantomData<T>,
+}
+
+impl<'de, T: Word> Visitor<'de> for WordsVisitor<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        write!(formatter, "the little-endian bytes of {} values", self.kind)
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Vec<T>, E> {
+        words_from_le_bytes(bytes, self.kind)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        // Self-describing formats (JSON) write bytes as a sequence of numbers.
+        let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+        while let Some(byte) = seq.next_element::<u8>()? {
+            bytes.push(byte);
         }
-        Ok(Self(
-            bytes
-                .chunks_exact(4)
-                .map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
-                .collect(),
-        ))
+        words_from_le_bytes(&bytes, self.kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_magnitude_sees_every_element() {
+        assert_eq!(F32Vec::default().largest_magnitude(), Some(0.0));
+        assert_eq!(F32Vec(vec![0.5, -3.0, 2.0]).largest_magnitude(), Some(3.0));
+        assert_eq!(F32Vec(vec![-0.0, -1e-40]).largest_magnitude(), Some(1e-40));
+        assert_eq!(
+            F32Vec(vec![f32::MAX, 1.0]).largest_magnitude(),
+            Some(f32::MAX)
+        );
+        for bad in [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut values = vec![1.0; 37];
+            values[29] = bad;
+            assert_eq!(F32Vec(values).largest_magnitude(), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn floats_travel_as_their_little_endian_bytes() {
+        let values = F32Vec(vec![1.0, -2.5, f32::MIN_POSITIVE, 3.0e38]);
+        let limits = crate::codec::MessageLimits::CONTROL;
+        let encoded = crate::codec::encode_message(&values, &limits).unwrap();
+        let expected: Vec<u8> = values.0.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert!(
+            encoded.windows(expected.len()).any(|w| w == expected),
+            "the bytes are not in the encoding"
+        );
+        let decoded: F32Vec = crate::codec::decode_message(&encoded, &limits).unwrap();
+        assert_eq!(decoded, values);
+        let json = serde_json::to_string(&values).unwrap();
+        assert_eq!(serde_json::from_str::<F32Vec>(&json).unwrap(), values);
     }
 }

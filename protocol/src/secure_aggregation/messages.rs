@@ -23,29 +23,13 @@ impl fmt::Debug for U32Vec {
 
 impl Serialize for U32Vec {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut bytes = Vec::with_capacity(self.0.len() * 4);
-        for word in &self.0 {
-            bytes.extend_from_slice(&word.to_le_bytes());
-        }
-        serializer.serialize_bytes(&bytes)
+        crate::vector::serialize_le_words(&self.0, serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for U32Vec {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(deserializer)?;
-        if !bytes.len().is_multiple_of(4) {
-            return Err(serde::de::Error::custom(format!(
-                "u32 vector has {} bytes, not a multiple of 4",
-                bytes.len()
-            )));
-        }
-        Ok(Self(
-            bytes
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ))
+        crate::vector::deserialize_le_words(deserializer, "u32").map(Self)
     }
 }
 
