@@ -241,7 +241,7 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
         .build()
         .map_err(|e| BenchError::setup("tokio runtime", e))?;
     let listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
-    let server = coordinator_runtime.block_on(async {
+    let mut server = coordinator_runtime.block_on(async {
         Server::bind(ServerSetup {
             coordinator,
             identity: NodeIdentity::from_signing_key(
@@ -261,7 +261,6 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
         })
         .map_err(|e| BenchError::setup("server", e))
     })?;
-    let mut server = server;
     let addr = server.local_addr();
     // The coordinator's CPU when the last round is aggregated: the rounds end there, and the
     // run's close (`Finished`, goodbyes, connection shutdown) is not a round's work.

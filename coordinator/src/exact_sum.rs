@@ -126,15 +126,14 @@ impl ExactSum {
         P: IntoIterator<Item = &'a [f32]> + Clone,
     {
         let found: usize = parts.clone().into_iter().map(<[f32]>::len).sum();
-        if self.addends >= MAX_ADDENDS || found != self.len() {
-            return self.check_scaled(scale, parts.into_iter().flatten().copied());
-        }
         // `|scale * v|` is largest where `|v|` is (rounding is monotone), so one vectorised pass
-        // per slice tells whether every addend is in range; only when one is not is it looked
-        // for, to name it in the error.
-        let fits = parts.clone().into_iter().all(|part| {
-            largest_magnitude(part).is_some_and(|largest| in_range(scale * f64::from(largest)))
-        });
+        // per slice tells whether every addend is in range; only when something is wrong is the
+        // slow check run, to name the problem in the error.
+        let fits = self.addends < MAX_ADDENDS
+            && found == self.len()
+            && parts.clone().into_iter().all(|part| {
+                largest_magnitude(part).is_some_and(|largest| in_range(scale * f64::from(largest)))
+            });
         if !fits {
             let error = self
                 .check_scaled(scale, parts.into_iter().flatten().copied())

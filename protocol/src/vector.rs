@@ -1,4 +1,5 @@
-//! `F32Vec`: a vector of `f32` that travels as raw little-endian bytes.
+//! `F32Vec`: a vector of `f32` that travels as raw little-endian bytes (and the codec it shares
+//! with secure aggregation's `U32Vec`).
 //!
 //! A serde sequence of floats costs a length-prefixed varint per element in bincode and is several
 //! times slower to encode than copying bytes; parameter vectors are the bulk of every message.
@@ -132,8 +133,7 @@ fn words_from_le_bytes<T: Word, E: serde::de::Error>(
             bytes.len()
         )));
     }
-    // Filled as it is allocated (no zeroing first); a loop of unaligned loads the compiler
-    // turns into a copy.
+    // Filled as it is allocated, without zeroing it first.
     let mut words = Vec::with_capacity(bytes.len() / 4);
     words.extend(
         bytes
