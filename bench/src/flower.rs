@@ -45,6 +45,14 @@ use crate::stats::{median, threads_cpu_seconds};
 pub const FLOWER_OVERHEAD_SECONDS: [(usize, f64); 4] =
     [(10, 0.102), (50, 0.208), (100, 0.436), (200, 0.935)];
 
+/// Flower's overhead per round for `clients`, when the reference measured that count.
+pub fn flower_overhead_seconds(clients: usize) -> Option<f64> {
+    FLOWER_OVERHEAD_SECONDS
+        .iter()
+        .find(|(n, _)| *n == clients)
+        .map(|(_, seconds)| *seconds)
+}
+
 /// Name of the coordinator runtime's threads (its CPU time is theirs).
 pub const COORDINATOR_THREAD: &str = "mpcl-coord";
 
@@ -387,10 +395,7 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
         round_seconds: median(&walls),
         slowest_training_seconds: median(&trainings),
         overhead_seconds: median(&overheads),
-        flower_overhead_seconds: FLOWER_OVERHEAD_SECONDS
-            .iter()
-            .find(|(n, _)| *n == clients)
-            .map(|(_, s)| *s),
+        flower_overhead_seconds: flower_overhead_seconds(clients),
         coordinator_cpu_per_client_round: cpu,
         coordinator_rounds_cpu_per_client_round: rounds_cpu,
         client_cpu_per_client_round: client_cpu,

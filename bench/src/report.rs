@@ -35,6 +35,11 @@ fn seconds(s: f64) -> String {
     }
 }
 
+/// [`seconds`], or "-" for a figure that was not measured.
+fn optional_seconds(s: Option<f64>) -> String {
+    s.map(seconds).unwrap_or_else(|| "-".into())
+}
+
 fn count(n: usize) -> String {
     match n {
         n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
@@ -130,21 +135,13 @@ pub fn markdown(r: &BenchReport) -> String {
                 f.rounds,
                 seconds(f.round_seconds),
                 seconds(f.overhead_seconds),
-                f.flower_overhead_seconds
-                    .map(seconds)
-                    .unwrap_or_else(|| "-".into()),
+                optional_seconds(f.flower_overhead_seconds),
                 f.ratio()
                     .map(|x| format!("{x:.3}x"))
                     .unwrap_or_else(|| "-".into()),
-                f.coordinator_cpu_per_client_round
-                    .map(seconds)
-                    .unwrap_or_else(|| "-".into()),
-                f.coordinator_rounds_cpu_per_client_round
-                    .map(seconds)
-                    .unwrap_or_else(|| "-".into()),
-                f.client_cpu_per_client_round
-                    .map(seconds)
-                    .unwrap_or_else(|| "-".into()),
+                optional_seconds(f.coordinator_cpu_per_client_round),
+                optional_seconds(f.coordinator_rounds_cpu_per_client_round),
+                optional_seconds(f.client_cpu_per_client_round),
             );
         }
     }
@@ -159,10 +156,8 @@ pub fn markdown(r: &BenchReport) -> String {
             "| clients | bytes down / up per client | round wall | floor / Flower | CPU per client-round (both sides) | the server's alone |\n|---|---|---|---|---|---|"
         );
         for f in &r.transport_floor {
-            let flower = crate::flower::FLOWER_OVERHEAD_SECONDS
-                .iter()
-                .find(|(n, _)| *n == f.clients)
-                .map(|(_, s)| format!("{:.3}x", f.round_seconds / s))
+            let flower = crate::flower::flower_overhead_seconds(f.clients)
+                .map(|flower| format!("{:.3}x", f.round_seconds / flower))
                 .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 s,
@@ -173,9 +168,7 @@ pub fn markdown(r: &BenchReport) -> String {
                 seconds(f.round_seconds),
                 flower,
                 seconds(f.cpu_per_client_round),
-                f.server_cpu_per_client_round
-                    .map(seconds)
-                    .unwrap_or_else(|| "-".into()),
+                optional_seconds(f.server_cpu_per_client_round),
             );
         }
     }

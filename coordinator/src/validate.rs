@@ -117,18 +117,21 @@ pub fn validate_update(
                 bank.width
             )));
         }
-        if !stats.sum.all_finite() || !stats.weight.all_finite() {
+        let (Some(largest_sum), Some(largest_weight)) = (
+            stats.sum.largest_magnitude(),
+            stats.weight.largest_magnitude(),
+        ) else {
             return Err(RejectReason::NonFinite(format!(
                 "prototype statistics of group `{}`",
                 stats.group
             )));
-        }
+        };
         stats
             .validate()
             .map_err(|e| RejectReason::InvalidStatistics(e.to_string()))?;
         within_summable_range(
             &format!("prototype statistics of group `{}`", stats.group),
-            stats.sum.0.iter().chain(&stats.weight.0).copied(),
+            largest_sum.max(largest_weight),
         )?;
     }
 
@@ -139,12 +142,12 @@ pub fn validate_update(
             co.emotions, global.cooccurrence.emotions
         )));
     }
-    if !co.sum.all_finite() || !co.count.is_finite() {
+    let Some(largest) = co.sum.largest_magnitude().filter(|_| co.count.is_finite()) else {
         return Err(RejectReason::NonFinite("co-occurrence statistics".into()));
-    }
+    };
     co.validate()
         .map_err(|e| RejectReason::InvalidStatistics(e.to_string()))?;
-    within_summable_range("co-occurrence statistics", co.sum.0.iter().copied())?;
+    within_summable_range("co-occurrence statistics", largest)?;
     if co.count > MAX_ADDEND {
         return Err(RejectReason::Oversized {
             what: "co-occurrence sample count".into(),
@@ -155,12 +158,10 @@ pub fn validate_update(
     Ok(())
 }
 
-/// Statistics are summed exactly ([`crate::exact_sum`]), which bounds each value.
-fn within_summable_range(
-    what: &str,
-    values: impl Iterator<Item = f32>,
-) -> Result<(), RejectReason> {
-    let largest = values.fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
+/// Statistics are summed exactly ([`crate::exact_sum`]), which bounds each value: `largest` is
+/// their largest magnitude.
+fn within_summable_range(what: &str, largest: f32) -> Result<(), RejectReason> {
+    let largest = f64::from(largest);
     if largest > MAX_ADDEND {
         return Err(RejectReason::Oversized {
             what: format!("largest |value| of {what}"),

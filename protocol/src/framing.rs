@@ -87,32 +87,59 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
             .await
             .map_err(io_error("reading a frame header"))?;
         if read == 0 {
-            if filled == 0 {
-                return Err(CodecError::Closed);
-            }
-            return Err(CodecError::Truncated {
-                expected: FRAME_HEADER_BYTES as u64,
-                received: filled as u64,
-            });
+            return Err(header_cut_off(filled));
         }
         filled += read;
     }
-    let length = u64::from(u32::from_le_bytes(header));
-    limits.check(length)?;
-    // Grow with the data that really arrives rather than trusting the declared length.
-    let mut payload = Vec::with_capacity((length as usize).min(64 * 1024));
-    let received = (&mut *reader)
+    let length = declared_length(header, limits)?;
+    let mut payload = payload_buffer(length);
+    (&mut *reader)
         .take(length)
         .read_to_end(&mut payload)
         .await
         .map_err(io_error("reading a frame"))?;
-    if (received as u64) < length {
+    check_payload_length(&payload, length)?;
+    Ok(payload)
+}
+
+/// Why a stream that ended after `filled` bytes of a frame header has no frame:
+/// [`CodecError::Closed`] before the first byte, [`CodecError::Truncated`] after it.
+pub fn header_cut_off(filled: usize) -> CodecError {
+    if filled == 0 {
+        CodecError::Closed
+    } else {
+        CodecError::Truncated {
+            expected: FRAME_HEADER_BYTES as u64,
+            received: filled as u64,
+        }
+    }
+}
+
+/// The payload length `header` declares, checked against `limits`.
+pub fn declared_length(
+    header: [u8; FRAME_HEADER_BYTES],
+    limits: &MessageLimits,
+) -> Result<u64, CodecError> {
+    let length = u64::from(u32::from_le_bytes(header));
+    limits.check(length)?;
+    Ok(length)
+}
+
+/// The buffer to read a payload of the declared `length` into: it starts small and grows with
+/// the data that really arrives, so a declared length alone never reserves memory.
+pub fn payload_buffer(length: u64) -> Vec<u8> {
+    Vec::with_capacity((length as usize).min(64 * 1024))
+}
+
+/// Refuses a payload that ended before its declared `length`.
+pub fn check_payload_length(payload: &[u8], length: u64) -> Result<(), CodecError> {
+    if (payload.len() as u64) < length {
         return Err(CodecError::Truncated {
             expected: length,
-            received: received as u64,
+            received: payload.len() as u64,
         });
     }
-    Ok(payload)
+    Ok(())
 }
 
 /// `message` as one frame: encoded straight behind its header, no copy.
@@ -182,6 +209,7 @@ where
     T: DeserializeOwned,
 {
     use std::io::Read;
+    // The same loop as `read_frame`'s without `.await`; the rules are shared.
     let mut header = [0u8; FRAME_HEADER_BYTES];
     let mut filled = 0;
     while filled < FRAME_HEADER_BYTES {
@@ -189,30 +217,17 @@ where
             .read(&mut header[filled..])
             .map_err(io_error("reading a frame header"))?;
         if read == 0 {
-            if filled == 0 {
-                return Err(CodecError::Closed);
-            }
-            return Err(CodecError::Truncated {
-                expected: FRAME_HEADER_BYTES as u64,
-                received: filled as u64,
-            });
+            return Err(header_cut_off(filled));
         }
         filled += read;
     }
-    let length = u64::from(u32::from_le_bytes(header));
-    limits.check(length)?;
-    // Grow with the data that really arrives rather than trusting the declared length.
-    let mut payload = Vec::with_capacity((length as usize).min(64 * 1024));
-    let received = reader
+    let length = declared_length(header, limits)?;
+    let mut payload = payload_buffer(length);
+    reader
         .take(length)
         .read_to_end(&mut payload)
         .map_err(io_error("reading a frame"))?;
-    if (received as u64) < length {
-        return Err(CodecError::Truncated {
-            expected: length,
-            received: received as u64,
-        });
-    }
+    check_payload_length(&payload, length)?;
     codec::decode_message(&payload, limits)
 }
 

@@ -1057,12 +1057,8 @@ async fn read_request<'a>(
     let mut header = [0u8; FRAME_HEADER_BYTES];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Err(CodecError::Closed),
         Err(quinn::ReadExactError::FinishedEarly(received)) => {
-            return Err(CodecError::Truncated {
-                expected: FRAME_HEADER_BYTES as u64,
-                received: received as u64,
-            });
+            return Err(framing::header_cut_off(received));
         }
         Err(quinn::ReadExactError::ReadError(error)) => {
             return Err(CodecError::Io {
@@ -1071,8 +1067,7 @@ async fn read_request<'a>(
             });
         }
     }
-    let length = u64::from(u32::from_le_bytes(header));
-    limits.check(length)?;
+    let length = framing::declared_length(header, limits)?;
     let permit = if length > MessageLimits::CONTROL.max_message_bytes as u64 {
         Some(
             uploads
@@ -1083,8 +1078,8 @@ async fn read_request<'a>(
     } else {
         None
     };
-    let mut payload = Vec::with_capacity((length as usize).min(64 * 1024));
-    let received = (&mut *recv)
+    let mut payload = framing::payload_buffer(length);
+    (&mut *recv)
         .take(length)
         .read_to_end(&mut payload)
         .await
@@ -1092,12 +1087,7 @@ async fn read_request<'a>(
             action: "reading a frame",
             source,
         })?;
-    if (received as u64) < length {
-        return Err(CodecError::Truncated {
-            expected: length,
-            received: received as u64,
-        });
-    }
+    framing::check_payload_length(&payload, length)?;
     let message = codec::decode_message(&payload, limits)?;
     Ok((message, FRAME_HEADER_BYTES + payload.len(), permit))
 }
