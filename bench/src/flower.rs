@@ -23,7 +23,7 @@ use mpcl_client::{
     UpdateOutcome,
 };
 use mpcl_coordinator::server::{NetworkSettings, Server, ServerSetup};
-use mpcl_coordinator::{Coordinator, CoordinatorConfig, RoundRecord};
+use mpcl_coordinator::{Coordinator, CoordinatorConfig};
 use mpcl_data::ModelConfig;
 use mpcl_model::{Device, MpclModel};
 use mpcl_protocol::identity::Participant as Enrolled;
@@ -38,6 +38,7 @@ use tokio::sync::mpsc::unbounded_channel;
 use tokio_util::sync::CancellationToken;
 
 use crate::BenchError;
+use crate::network::LoggedRounds;
 use crate::stats::{median, threads_cpu_seconds};
 
 /// Flower 1.41's overhead per round (simulation mode, Ray) on this kind of 2-core machine, from
@@ -168,7 +169,7 @@ impl LocalTrainer for Perturbation {
             evaluation: None,
         };
         Ok(TrainedUpdate {
-            update,
+            update: update.into(),
             compressed: None,
         })
     }
@@ -371,35 +372,20 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
     drop(client_runtime);
     drop(coordinator_runtime);
 
-    let log = std::fs::read_to_string(out.path().join("rounds.jsonl"))
-        .map_err(|e| BenchError::setup("round log", e))?;
-    let (mut walls, mut trainings, mut overheads) = (Vec::new(), Vec::new(), Vec::new());
-    for line in log.lines().filter(|l| !l.trim().is_empty()) {
-        let record: RoundRecord =
-            serde_json::from_str(line).map_err(|e| BenchError::setup("round log", e))?;
-        let (Some(wall), Some(&train)) = (record.wall_seconds, slowest.get(&record.round)) else {
-            continue;
-        };
-        walls.push(wall);
-        trainings.push(train);
-        overheads.push(wall - train);
-    }
-    if overheads.is_empty() {
-        return Err(measure_error("no round was logged".into()));
-    }
+    let logged = LoggedRounds::read(out.path(), &slowest, "round overhead vs Flower")?;
     Ok(FlowerRow {
         clients,
         rounds: ROUNDS,
         parameters,
         poll_interval_ms,
-        round_seconds: median(&walls),
-        slowest_training_seconds: median(&trainings),
-        overhead_seconds: median(&overheads),
+        round_seconds: median(&logged.walls),
+        slowest_training_seconds: median(&logged.trainings),
+        overhead_seconds: median(&logged.overheads),
         flower_overhead_seconds: flower_overhead_seconds(clients),
         coordinator_cpu_per_client_round: cpu,
         coordinator_rounds_cpu_per_client_round: rounds_cpu,
         client_cpu_per_client_round: client_cpu,
-        overheads,
+        overheads: logged.overheads,
     })
 }
 

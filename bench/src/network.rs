@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mpcl_client::{Node, NodeConfig, NodeEvent, SessionConfig, UpdateOutcome};
-use mpcl_coordinator::server::{NetworkSettings, Server, ServerSetup};
-use mpcl_coordinator::{Coordinator, CoordinatorConfig, RoundRecord};
+use mpcl_coordinator::round_log::read_round_log;
+use mpcl_coordinator::server::{NetworkSettings, ROUND_LOG_FILE, Server, ServerSetup};
+use mpcl_coordinator::{Coordinator, CoordinatorConfig};
 use mpcl_data::ModelConfig;
 use mpcl_model::{Device, MpclModel};
 use mpcl_protocol::identity::Participant as Enrolled;
@@ -196,35 +197,59 @@ async fn run(
             message: format!("the server did not finish: {served:?}"),
         });
     }
-    let log = std::fs::read_to_string(out.path().join("rounds.jsonl"))
-        .map_err(|e| BenchError::setup("round log", e))?;
-    let mut walls = Vec::new();
-    let mut trainings = Vec::new();
-    let mut overheads = Vec::new();
-    for line in log.lines().filter(|l| !l.trim().is_empty()) {
-        let record: RoundRecord =
-            serde_json::from_str(line).map_err(|e| BenchError::setup("round log", e))?;
-        let (Some(wall), Some(&train)) = (record.wall_seconds, slowest.get(&record.round)) else {
-            continue;
-        };
-        walls.push(wall);
-        trainings.push(train);
-        overheads.push(wall - train);
-    }
-    if overheads.is_empty() {
-        return Err(BenchError::Measure {
-            what: "network round overhead".into(),
-            message: "no round was logged".into(),
-        });
-    }
+    let logged = LoggedRounds::read(out.path(), &slowest, "network round overhead")?;
     Ok(OverheadRow {
         clients,
         rounds,
         poll_interval_ms,
         compression,
-        round_seconds: median(&walls),
-        slowest_training_seconds: median(&trainings),
-        overhead_seconds: median(&overheads),
-        overheads,
+        round_seconds: median(&logged.walls),
+        slowest_training_seconds: median(&logged.trainings),
+        overhead_seconds: median(&logged.overheads),
+        overheads: logged.overheads,
     })
+}
+
+/// The rounds a bench run's coordinator logged, each with the slowest client's training.
+pub(crate) struct LoggedRounds {
+    /// Each round's wall time.
+    pub walls: Vec<f64>,
+    /// Each round's slowest training.
+    pub trainings: Vec<f64>,
+    /// Each round's wall time minus its slowest training.
+    pub overheads: Vec<f64>,
+}
+
+impl LoggedRounds {
+    /// Reads the round log in `out_dir` and pairs each timed round with `slowest[round]` (rounds
+    /// without either are left out); `what` names the measurement in errors.
+    pub fn read(
+        out_dir: &std::path::Path,
+        slowest: &BTreeMap<u64, f64>,
+        what: &str,
+    ) -> Result<Self, BenchError> {
+        let log = read_round_log(out_dir.join(ROUND_LOG_FILE))
+            .map_err(|e| BenchError::setup("round log", e))?;
+        let mut rounds = Self {
+            walls: Vec::new(),
+            trainings: Vec::new(),
+            overheads: Vec::new(),
+        };
+        for record in log {
+            let (Some(wall), Some(&train)) = (record.wall_seconds, slowest.get(&record.round))
+            else {
+                continue;
+            };
+            rounds.walls.push(wall);
+            rounds.trainings.push(train);
+            rounds.overheads.push(wall - train);
+        }
+        if rounds.overheads.is_empty() {
+            return Err(BenchError::Measure {
+                what: what.into(),
+                message: "no round was logged".into(),
+            });
+        }
+        Ok(rounds)
+    }
 }

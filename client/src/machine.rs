@@ -383,7 +383,7 @@ impl ClientMachine {
         Ok(vec![
             Output::Event(NodeEvent::UpdateSent {
                 round,
-                update: Arc::new(update.update.clone()),
+                update: Arc::clone(&update.update),
                 outcome,
             }),
             self.request_work(),
@@ -509,7 +509,7 @@ impl ClientMachine {
                 {
                     outputs.push(Output::Event(NodeEvent::MaskedInputSent {
                         round,
-                        update: Arc::new(update.update.clone()),
+                        update: Arc::clone(&update.update),
                     }));
                 }
                 let signature = session.part.sign(&survivors)?;

@@ -1,5 +1,6 @@
 //! One participant's local training: global state in, update out.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use mpcl_data::ModelConfig;
@@ -60,7 +61,8 @@ pub struct TrainedUpdate {
     /// The update. With compression its delta and prototype sums are the *decompressed* ones,
     /// exactly what the coordinator will reconstruct, so in-process simulations aggregate what a
     /// real run would.
-    pub update: ClientUpdate,
+    /// Shared: the node's events hand it on without copying a model-sized delta.
+    pub update: Arc<ClientUpdate>,
     /// The compressed delta and prototype sums sent instead of the update's own (none when the
     /// run does not compress).
     pub compressed: Option<CompressedUpdate>,
@@ -272,7 +274,10 @@ impl Participant {
             },
             evaluation,
         };
-        Ok(TrainedUpdate { update, compressed })
+        Ok(TrainedUpdate {
+            update: update.into(),
+            compressed,
+        })
     }
 
     /// The update of the final evaluation round: the report, a zero delta and no statistics
@@ -294,7 +299,7 @@ impl Participant {
         update.metrics.seconds = started.elapsed().as_secs_f64();
         update.evaluation = evaluation;
         TrainedUpdate {
-            update,
+            update: update.into(),
             compressed: None,
         }
     }
@@ -305,7 +310,9 @@ impl Participant {
         let statistics =
             CooccurrenceStatistics::of_label_sums(&self.label_sums, self.data.len() as f64);
         TrainedUpdate {
-            update: self.untrained_update(run_id, round, state, statistics),
+            update: self
+                .untrained_update(run_id, round, state, statistics)
+                .into(),
             compressed: None,
         }
     }

@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mpcl_protocol::codec::{CodecError, MessageLimits, encode_message};
-use mpcl_protocol::framing::{read_message, write_frame};
+use mpcl_protocol::codec::{CodecError, MessageLimits};
+use mpcl_protocol::framing::{encode_frame, read_message};
 use mpcl_protocol::messages::{ClientMessage, CoordinatorMessage, Welcome};
 use mpcl_protocol::tls::{TLS_SERVER_NAME, TlsError, client_config};
 use mpcl_protocol::{NodeIdentity, PROTOCOL_VERSION, VerifyingKey};
@@ -400,17 +400,25 @@ async fn exchange(
     config: &SessionConfig,
 ) -> Result<CoordinatorMessage, SessionError> {
     let addr = config.coordinator;
-    let payload = encode_message(message, limits)?;
+    let frame = encode_frame(message, limits)?;
     #[cfg(feature = "test-hooks")]
     if let Some(sent) = &config.sent_messages {
         sent.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(payload.clone());
+            .push(frame[mpcl_protocol::framing::FRAME_HEADER_BYTES..].to_vec());
     }
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| classify(e, addr))?;
-    write_frame(&mut send, &payload, limits)
-        .await
-        .map_err(|e| stream_error(e, connection, addr))?;
+    // One write, the buffer handed over without a copy (see `mpcl_protocol::framing`).
+    send.write_chunk(frame.into()).await.map_err(|e| {
+        stream_error(
+            CodecError::Io {
+                action: "writing a request",
+                source: e.into(),
+            },
+            connection,
+            addr,
+        )
+    })?;
     send.finish().map_err(|e| {
         stream_error(
             CodecError::Io {

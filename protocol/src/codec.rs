@@ -245,17 +245,22 @@ pub fn encode_message_into<T: Serialize + ?Sized>(
     limits: &MessageLimits,
 ) -> Result<usize, CodecError> {
     let start = out.len();
+    // Measure first, then write into a buffer of the right size: a model-sized message would
+    // otherwise grow its buffer a dozen times, copying and re-faulting it each time. The dry run
+    // only adds up lengths (the numbers travel as byte strings).
+    let mut size = bincode::enc::write::SizeWriter::default();
+    if let Err(error) = bincode::serde::encode_into_writer(message, &mut size, bincode_config()) {
+        return Err(CodecError::Encode(error.to_string()));
+    }
+    let size = VERSION_PREFIX_BYTES + size.bytes_written;
+    limits.check(size as u64)?;
+    out.reserve(size);
     out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     if let Err(error) = bincode::serde::encode_into_std_write(message, out, bincode_config()) {
         out.truncate(start);
         return Err(CodecError::Encode(error.to_string()));
     }
-    let size = out.len() - start;
-    if let Err(error) = limits.check(size as u64) {
-        out.truncate(start);
-        return Err(error);
-    }
-    Ok(size)
+    Ok(out.len() - start)
 }
 
 /// Appends the bincode encoding of `value` alone (no version prefix, no limit) to `out`.

@@ -6,10 +6,15 @@
 //! *before* allocating anything, and grows its buffer only as bytes actually arrive, so a peer
 //! cannot make a node reserve memory by merely announcing a large frame.
 //!
-//! Everything is generic over `tokio::io::AsyncRead` / `AsyncWrite`, which quinn's `SendStream`
-//! and `RecvStream` implement; [`write_message_blocking`] and [`read_message_blocking`] are the
-//! same frames over `std::io` (a simulation's job processes talk over their pipes with them).
+//! Reading and writing are generic over `tokio::io::AsyncRead` / `AsyncWrite`, which quinn's
+//! `SendStream` and `RecvStream` implement; [`write_message_blocking`] and
+//! [`read_message_blocking`] are the same frames over `std::io` (a simulation's job processes
+//! talk over their pipes with them). The nodes hand quinn each frame whole, in one call
+//! ([`encode_frame`], or [`spliced_frame`]'s shared buffers for `write_all_chunks`): one lock and
+//! one wake-up of the connection per frame instead of one per piece, and a round's shared state
+//! goes to every client without being copied into each stream.
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -24,52 +29,28 @@ fn io_error(action: &'static str) -> impl FnOnce(std::io::Error) -> CodecError {
     move |source| CodecError::Io { action, source }
 }
 
-/// Writes one frame holding `payload`, refusing a payload larger than `limits`.
-pub async fn write_frame<W: AsyncWrite + Unpin + ?Sized>(
-    writer: &mut W,
-    payload: &[u8],
-    limits: &MessageLimits,
-) -> Result<(), CodecError> {
-    limits.check(payload.len() as u64)?;
-    let length = u32::try_from(payload.len()).map_err(|_| CodecError::FrameTooLarge {
-        size: payload.len() as u64,
-        limit: limits.max_message_bytes,
-    })?;
-    writer
-        .write_all(&length.to_le_bytes())
-        .await
-        .map_err(io_error("writing a frame header"))?;
-    writer
-        .write_all(payload)
-        .await
-        .map_err(io_error("writing a frame"))?;
-    writer.flush().await.map_err(io_error("flushing a frame"))
-}
-
-/// Writes one frame holding a [`SplicedPayload`] (its pieces in order, the shared one without
-/// a copy), refusing a payload larger than `limits`.
-pub async fn write_spliced_frame<W: AsyncWrite + Unpin + ?Sized>(
-    writer: &mut W,
+/// The frame of a [`SplicedPayload`] as three chunks for a writer that takes shared buffers
+/// (quinn's `SendStream::write_all_chunks`): the header with the payload's head, the shared
+/// piece (the same buffer for every client, not copied), the tail. Refused like
+/// [`encode_frame`] when larger than `limits`.
+pub fn spliced_frame(
     payload: &SplicedPayload,
     limits: &MessageLimits,
-) -> Result<(), CodecError> {
+) -> Result<[Bytes; 3], CodecError> {
     let size = payload.len();
     limits.check(size as u64)?;
     let length = u32::try_from(size).map_err(|_| CodecError::FrameTooLarge {
         size: size as u64,
         limit: limits.max_message_bytes,
     })?;
-    writer
-        .write_all(&length.to_le_bytes())
-        .await
-        .map_err(io_error("writing a frame header"))?;
-    for piece in payload.pieces() {
-        writer
-            .write_all(piece)
-            .await
-            .map_err(io_error("writing a frame"))?;
-    }
-    writer.flush().await.map_err(io_error("flushing a frame"))
+    let mut head = Vec::with_capacity(FRAME_HEADER_BYTES + payload.head.len());
+    head.extend_from_slice(&length.to_le_bytes());
+    head.extend_from_slice(&payload.head);
+    Ok([
+        head.into(),
+        payload.shared.bytes().clone(),
+        Bytes::copy_from_slice(&payload.tail),
+    ])
 }
 
 /// Reads one frame's payload. A stream that ends before the first header byte gives
@@ -142,8 +123,8 @@ pub fn check_payload_length(payload: &[u8], length: u64) -> Result<(), CodecErro
     Ok(())
 }
 
-/// `message` as one frame: encoded straight behind its header, no copy.
-fn encode_frame<T: Serialize + ?Sized>(
+/// `message` as one frame: encoded straight behind its header, no copy, for one write.
+pub fn encode_frame<T: Serialize + ?Sized>(
     message: &T,
     limits: &MessageLimits,
 ) -> Result<Vec<u8>, CodecError> {
@@ -392,11 +373,6 @@ mod tests {
         };
         let error = write_message(&mut a, &hello, &tiny).await.unwrap_err();
         assert!(matches!(error, CodecError::FrameTooLarge { limit: 3, .. }));
-        let error = write_frame(&mut a, &[0u8; 10], &tiny).await.unwrap_err();
-        assert!(matches!(
-            error,
-            CodecError::FrameTooLarge { size: 10, limit: 3 }
-        ));
     }
 
     #[tokio::test]
@@ -421,7 +397,10 @@ mod tests {
         // Right version, nonsense body: malformed (unknown enum variant).
         let mut payload = PROTOCOL_VERSION.to_le_bytes().to_vec();
         payload.extend_from_slice(&[0x63, 0x10, 0x20]);
-        write_frame(&mut a, &payload, &limits()).await.unwrap();
+        a.write_all(&(payload.len() as u32).to_le_bytes())
+            .await
+            .unwrap();
+        a.write_all(&payload).await.unwrap();
         let error = read_message::<_, ClientMessage>(&mut b, &limits())
             .await
             .unwrap_err();

@@ -176,10 +176,12 @@ impl ParameterSet {
         }
     }
 
-    /// Euclidean norm over all values.
+    /// Euclidean norm over all values (tensor by tensor, each with
+    /// [`crate::vector::sum_of_squares`]).
     pub fn l2_norm(&self) -> f64 {
-        self.iter_values()
-            .map(|v| f64::from(v) * f64::from(v))
+        self.tensors
+            .iter()
+            .map(|t| crate::vector::sum_of_squares(&t.values.0))
             .sum::<f64>()
             .sqrt()
     }

@@ -8,7 +8,7 @@
 //! bytes on the wire are exactly [`crate::codec::encode_message`]'s for the same message (a test
 //! asserts it), so clients decode it like any other message.
 
-use std::sync::Arc;
+use bytes::Bytes;
 
 use crate::codec::{CodecError, MessageLimits, PROTOCOL_VERSION, encode_piece_into};
 use crate::messages::{GlobalState, RunId, TrainingConfig};
@@ -18,9 +18,9 @@ use crate::secure_aggregation::SecureRoundSetup;
 /// in the enum); the test below fails if the enum is reordered.
 const START_ROUND_VARIANT: u32 = 1;
 
-/// A global state encoded once, for every `StartRound` of its round.
+/// A global state encoded once, for every `StartRound` of its round (clones share the buffer).
 #[derive(Clone, Debug)]
-pub struct EncodedState(Arc<[u8]>);
+pub struct EncodedState(Bytes);
 
 impl EncodedState {
     /// Encodes `state`.
@@ -31,7 +31,7 @@ impl EncodedState {
     }
 
     /// The encoded bytes.
-    pub fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &Bytes {
         &self.0
     }
 }
@@ -58,14 +58,10 @@ impl SplicedPayload {
         self.len() == 0
     }
 
-    /// The three pieces in order.
-    pub fn pieces(&self) -> [&[u8]; 3] {
-        [&self.head, self.shared.bytes(), &self.tail]
-    }
-
-    /// The payload as one buffer (tests, and writers that need contiguous bytes).
+    /// The payload as one buffer (for comparing with a plain encoding; the coordinator sends
+    /// the pieces with [`crate::framing::spliced_frame`]).
     pub fn to_vec(&self) -> Vec<u8> {
-        self.pieces().concat()
+        [&self.head[..], self.shared.bytes(), &self.tail].concat()
     }
 }
 
@@ -168,6 +164,35 @@ mod tests {
             let decoded: CoordinatorMessage = decode_message(&spliced.to_vec(), &limits).unwrap();
             assert_eq!(decoded, message);
         }
+    }
+
+    #[test]
+    fn a_spliced_frame_is_the_plain_frame_and_shares_the_state() {
+        let state = state();
+        let encoded = EncodedState::encode(&state).unwrap();
+        let limits = MessageLimits::CONTROL;
+        let spliced =
+            encode_start_round(&[3; 16], 9, &encoded, &config(4), 500, &None, &limits).unwrap();
+        let chunks = crate::framing::spliced_frame(&spliced, &limits).unwrap();
+        let message = CoordinatorMessage::StartRound {
+            run_id: [3; 16],
+            round: 9,
+            state,
+            config: config(4),
+            deadline_ms: 500,
+            secure_aggregation: None,
+        };
+        assert_eq!(
+            chunks.concat(),
+            crate::framing::encode_frame(&message, &limits).unwrap()
+        );
+        // The state's bytes are the round's buffer itself, not a copy.
+        assert_eq!(chunks[1].as_ptr(), encoded.bytes().as_ptr());
+        let tiny = MessageLimits::new(16).unwrap();
+        assert!(matches!(
+            crate::framing::spliced_frame(&spliced, &tiny),
+            Err(CodecError::FrameTooLarge { limit: 16, .. })
+        ));
     }
 
     #[test]

@@ -56,6 +56,28 @@ pub fn largest_magnitude(values: &[f32]) -> Option<f32> {
     (largest < INFINITY).then(|| f32::from_bits(largest))
 }
 
+/// Lanes of [`sum_of_squares`]: independent partial sums the compiler keeps in vector registers.
+const SQUARE_LANES: usize = 8;
+
+/// `sum(v * v)` over `values`, in `f64`, in a fixed order: value `i` goes to partial sum
+/// `i % 8`, and the partial sums are added last, lane 0 first. A single running sum would be
+/// one long chain of dependent additions (the compiler may not reorder floating-point sums);
+/// eight lanes vectorise, and the result is still a pure function of `values`.
+pub fn sum_of_squares(values: &[f32]) -> f64 {
+    let mut lanes = [0.0f64; SQUARE_LANES];
+    let chunks = values.chunks_exact(SQUARE_LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f64::from(v) * f64::from(v);
+        }
+    }
+    for (lane, &v) in lanes.iter_mut().zip(rest) {
+        *lane += f64::from(v) * f64::from(v);
+    }
+    lanes.iter().sum()
+}
+
 impl From<Vec<f32>> for F32Vec {
     fn from(values: Vec<f32>) -> Self {
         Self(values)
@@ -172,6 +194,23 @@ impl<'de, T: Word> Visitor<'de> for WordsVisitor<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sum_of_squares_sees_every_element_in_its_lane() {
+        assert_eq!(sum_of_squares(&[]), 0.0);
+        // Lengths around the lane count: every element counts, the tail included.
+        for n in [1usize, 7, 8, 9, 17, 100] {
+            let values: Vec<f32> = (1..=n).map(|i| i as f32).collect();
+            let exact = (n * (n + 1) * (2 * n + 1) / 6) as f64;
+            assert_eq!(sum_of_squares(&values), exact, "n = {n}");
+        }
+        // Against one running sum: the same number up to rounding.
+        let values: Vec<f32> = (0..1001)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 1e-3)
+            .collect();
+        let running: f64 = values.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        assert!((sum_of_squares(&values) - running).abs() <= running * 1e-12);
+    }
 
     #[test]
     fn the_largest_magnitude_sees_every_element() {

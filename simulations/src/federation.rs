@@ -106,7 +106,7 @@ pub struct RoundOutcome {
     /// The updates the participants produced this round, in training order (under secure
     /// aggregation the coordinator never saw them; the in-process simulation does). Empty in
     /// network mode, where they stay in the client processes.
-    pub updates: Vec<ClientUpdate>,
+    pub updates: Vec<Arc<ClientUpdate>>,
     /// What the privacy layers did (epsilon with differential privacy).
     pub privacy: Option<RoundPrivacy>,
 }
@@ -166,7 +166,7 @@ struct Drive {
     bytes_down: u64,
     bytes_up: u64,
     /// The updates trained this round, in training order.
-    updates: Vec<ClientUpdate>,
+    updates: Vec<Arc<ClientUpdate>>,
     /// Rounds aggregated and not yet reported.
     aggregated: Vec<RoundOutcome>,
     /// The virtual time of the last tick (a deadline that changes nothing is a stall).
@@ -365,7 +365,7 @@ impl InProcessFederation {
                 for ((index, _), trained) in batch.iter().zip(trained) {
                     let (trained, payload_bytes) = trained?;
                     drive.bytes_up += payload_bytes;
-                    drive.updates.push(trained.update.clone());
+                    drive.updates.push(Arc::clone(&trained.update));
                     let outputs = drive.machines[*index]
                         .trained(Arc::new(trained))
                         .map_err(|source| self.protocol_error(*index, source))?;
@@ -483,7 +483,7 @@ impl InProcessFederation {
                     self.now,
                     Event::UpdateReceived {
                         participant,
-                        update: Box::new(update.update.clone()),
+                        update: Box::new(ClientUpdate::clone(&update.update)),
                     },
                 );
                 let reply = self

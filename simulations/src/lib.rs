@@ -22,7 +22,7 @@ pub mod plots;
 mod pooling;
 pub mod progress;
 pub mod report;
-mod round_log;
+pub mod round_log;
 pub mod saved_model;
 pub mod secure;
 pub mod selection;

@@ -9,6 +9,47 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use thiserror::Error;
+
+use crate::simulation_result::RoundRecord;
+
+/// Why a simulation's round log could not be read back; each names the file.
+#[derive(Debug, Error)]
+pub enum ReadRoundLogError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} line {line}: {source}", path.display())]
+    Line {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The records of the round log at `path`, in file order (blank lines skipped).
+pub fn read_round_log(path: &Path) -> Result<Vec<RoundRecord>, ReadRoundLogError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ReadRoundLogError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            serde_json::from_str(line).map_err(|source| ReadRoundLogError::Line {
+                path: path.to_path_buf(),
+                line: index + 1,
+                source,
+            })
+        })
+        .collect()
+}
+
 /// The round log of one simulation (see the module documentation).
 pub struct RoundLog {
     path: PathBuf,
@@ -97,6 +138,21 @@ mod tests {
         assert_eq!(text()?, "a1\na2\nb1\nb2\nb3\n");
         log.finished(1)?;
         assert_eq!(text()?, "a1\na2\nb1\nb2\nb3\nc1\n");
+        Ok(())
+    }
+
+    #[test]
+    fn a_malformed_line_is_named_with_its_file() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("rounds.jsonl");
+        std::fs::write(&path, "\n{\"arm\": 3}\n")?;
+        let error = read_round_log(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("rounds.jsonl line 2"),
+            "the error names the file and line: {error}"
+        );
+        std::fs::write(&path, "\n")?;
+        assert!(read_round_log(&path).unwrap().is_empty());
         Ok(())
     }
 }

@@ -128,7 +128,7 @@ fn secure_aggregation_gives_plain_fedavg_up_to_the_quantisation_bound() -> Resul
     // Stated bound: each coordinate of a decoded sum of n inputs is within n * 0.5 / scale.
     let scale = secure().quantisation_scale;
     let e = SUBJECTS as f64 * 0.5 / scale;
-    let updates: &[ClientUpdate] = &masked.updates;
+    let updates: &[std::sync::Arc<ClientUpdate>] = &masked.updates;
     let total_weight: f64 = updates.iter().map(|u| u.sample_count as f64).sum();
     // Encoder: the mean is the summed numerator over the (exact) summed sample count.
     let mut worst = 0.0f64;

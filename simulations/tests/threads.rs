@@ -10,9 +10,11 @@ use mpcl_protocol::Compression;
 use mpcl_protocol::messages::GlobalState;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::federation::{InProcessFederation, RoundOutcome};
+use mpcl_simulations::round_log::read_round_log;
 use mpcl_simulations::simulate::{
     Arm, SimulationConfig, SimulationResult, coordinator_config, run_simulation,
 };
+use mpcl_simulations::simulation_result::RoundRecord;
 use mpcl_simulations::synthetic::{SyntheticConfig, generate};
 
 const SUBJECTS: usize = 5;
@@ -83,7 +85,7 @@ fn two_threads_give_the_one_thread_run_bit_for_bit() -> Result<()> {
         // Same updates, in the same order (but for the training's wall time), and the same
         // global state after the round.
         let untimed = |o: &RoundOutcome| {
-            let mut updates = o.updates.clone();
+            let mut updates: Vec<_> = o.updates.iter().map(|u| (**u).clone()).collect();
             for update in &mut updates {
                 update.metrics.seconds = 0.0;
             }
@@ -167,15 +169,15 @@ fn arms_and_folds_in_parallel_write_what_one_thread_writes() -> Result<()> {
         assert_eq!(serial.final_states, parallel.final_states);
         assert_eq!(serial.notes, parallel.notes);
         // The round log lists the same records in the same order (but for the wall times).
-        let log = |dir: &std::path::Path| -> Result<Vec<serde_json::Value>> {
-            std::fs::read_to_string(dir.join("rounds.jsonl"))?
-                .lines()
-                .map(|line| {
-                    let mut record: serde_json::Value = serde_json::from_str(line)?;
-                    record["wall_seconds"] = serde_json::Value::Null;
-                    Ok(record)
+        let log = |dir: &std::path::Path| -> Result<Vec<RoundRecord>> {
+            let records = read_round_log(&dir.join("rounds.jsonl"))?;
+            Ok(records
+                .into_iter()
+                .map(|record| RoundRecord {
+                    wall_seconds: 0.0,
+                    ..record
                 })
-                .collect()
+                .collect())
         };
         let serial_log = log(&serial_dir)?;
         assert!(

@@ -9,9 +9,11 @@ use mpcl_coordinator::TrainingSettings;
 use mpcl_data::ModelConfig;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::job_process::JobProgram;
+use mpcl_simulations::round_log::read_round_log;
 use mpcl_simulations::simulate::{
     Arm, ExecutionMode, SimulationConfig, SimulationError, run_simulation_with,
 };
+use mpcl_simulations::simulation_result::RoundRecord;
 use mpcl_simulations::synthetic::SyntheticConfig;
 
 fn small_simulation(threads: usize) -> SimulationConfig {
@@ -45,20 +47,20 @@ fn job_processes() -> ExecutionMode {
 }
 
 /// The round log's records without their wall times.
-fn untimed_log(dir: &Path) -> Result<Vec<serde_json::Value>> {
-    std::fs::read_to_string(dir.join("rounds.jsonl"))?
-        .lines()
-        .map(|line| {
-            let mut record: serde_json::Value = serde_json::from_str(line)?;
-            record["wall_seconds"] = serde_json::Value::Null;
-            Ok(record)
+fn untimed_log(dir: &Path) -> Result<Vec<RoundRecord>> {
+    let records = read_round_log(&dir.join("rounds.jsonl"))?;
+    Ok(records
+        .into_iter()
+        .map(|record| RoundRecord {
+            wall_seconds: 0.0,
+            ..record
         })
-        .collect()
+        .collect())
 }
 
 /// Writes `config` on one thread and in job processes on two, and checks that both wrote the
 /// same files; returns the one-thread run's round log.
-fn compare(config: &SimulationConfig, dir: &Path) -> Result<Vec<serde_json::Value>> {
+fn compare(config: &SimulationConfig, dir: &Path) -> Result<Vec<RoundRecord>> {
     let (serial_dir, parallel_dir) = (dir.join("serial"), dir.join("jobs"));
     let serial = run_simulation_with(
         &SimulationConfig {

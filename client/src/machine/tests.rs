@@ -54,7 +54,7 @@ fn start_round(round: u64, state: GlobalState) -> CoordinatorMessage {
 
 fn trained(round: u64) -> Arc<TrainedUpdate> {
     Arc::new(TrainedUpdate {
-        update: ClientUpdate {
+        update: Arc::new(ClientUpdate {
             run_id: RUN,
             round,
             delta: state(0.5).parameters,
@@ -63,7 +63,7 @@ fn trained(round: u64) -> Arc<TrainedUpdate> {
             sample_count: 4,
             metrics: LocalMetrics::default(),
             evaluation: None,
-        },
+        }),
         compressed: None,
     })
 }

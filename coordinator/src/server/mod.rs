@@ -1098,15 +1098,8 @@ async fn send_spliced_reply(
     payload: &SplicedPayload,
     shared: &Shared,
 ) -> Result<(), CodecError> {
-    framing::write_spliced_frame(send, payload, &shared.limits).await?;
-    shared.traffic.bytes_out.fetch_add(
-        (FRAME_HEADER_BYTES + payload.len()) as u64,
-        Ordering::Relaxed,
-    );
-    send.finish().map_err(|e| CodecError::Io {
-        action: "finishing a reply",
-        source: std::io::Error::other(e),
-    })
+    let mut chunks = framing::spliced_frame(payload, &shared.limits)?;
+    send_chunks(send, &mut chunks, shared).await
 }
 
 /// Writes `message` as one frame and finishes the stream.
@@ -1116,12 +1109,28 @@ async fn send_reply(
     limits: &MessageLimits,
     shared: &Shared,
 ) -> Result<(), CodecError> {
-    let payload = codec::encode_message(message, limits)?;
-    framing::write_frame(send, &payload, limits).await?;
-    shared.traffic.bytes_out.fetch_add(
-        (FRAME_HEADER_BYTES + payload.len()) as u64,
-        Ordering::Relaxed,
-    );
+    let frame = framing::encode_frame(message, limits)?;
+    send_chunks(send, &mut [frame.into()], shared).await
+}
+
+/// Writes a whole frame in one call (one wake-up of quinn's connection, the buffers handed over
+/// without a copy), counts it, and finishes the stream.
+async fn send_chunks(
+    send: &mut quinn::SendStream,
+    chunks: &mut [bytes::Bytes],
+    shared: &Shared,
+) -> Result<(), CodecError> {
+    let length: usize = chunks.iter().map(|c| c.len()).sum();
+    send.write_all_chunks(chunks)
+        .await
+        .map_err(|e| CodecError::Io {
+            action: "writing a reply",
+            source: e.into(),
+        })?;
+    shared
+        .traffic
+        .bytes_out
+        .fetch_add(length as u64, Ordering::Relaxed);
     send.finish().map_err(|e| CodecError::Io {
         action: "finishing a reply",
         source: std::io::Error::other(e),
