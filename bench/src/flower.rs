@@ -14,7 +14,6 @@
 //! threads (`/proc/self/task/*/schedstat`, nanoseconds), divided by the client-rounds served.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,22 +21,19 @@ use mpcl_client::{
     LocalTrainer, Node, NodeConfig, NodeEvent, ParticipantError, SessionConfig, TrainedUpdate,
     UpdateOutcome,
 };
-use mpcl_coordinator::server::{NetworkSettings, Server, ServerSetup};
-use mpcl_coordinator::{Coordinator, CoordinatorConfig};
+use mpcl_coordinator::Coordinator;
+use mpcl_coordinator::server::NetworkSettings;
 use mpcl_data::ModelConfig;
 use mpcl_model::{Device, MpclModel};
-use mpcl_protocol::identity::Participant as Enrolled;
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, LocalMetrics, RunId, TrainingConfig};
-use mpcl_protocol::{
-    CooccurrenceStatistics, Enrolment, NamedTensor, NodeIdentity, ParameterSet,
-    PrototypeStatistics, SigningKey,
-};
+use mpcl_protocol::{CooccurrenceStatistics, NamedTensor, ParameterSet, PrototypeStatistics};
 use mpcl_simulations::synthetic::{SyntheticConfig, generate};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::unbounded_channel;
 use tokio_util::sync::CancellationToken;
 
 use crate::BenchError;
+use crate::federation_setup::{BenchKeys, every_client_config};
 use crate::network::LoggedRounds;
 use crate::stats::{median, threads_cpu_seconds};
 
@@ -175,12 +171,6 @@ impl LocalTrainer for Perturbation {
     }
 }
 
-/// The bench's deterministic identity `id` from a one-byte seed (also the QUIC floor's).
-pub(crate) fn identity(id: &str, seed: u8) -> Result<NodeIdentity, BenchError> {
-    NodeIdentity::from_signing_key(Some(id), SigningKey::from_bytes(&[seed; 32]))
-        .map_err(|e| BenchError::setup("identity", e))
-}
-
 fn measure_error(message: String) -> BenchError {
     BenchError::Measure {
         what: "round overhead vs Flower".into(),
@@ -191,12 +181,7 @@ fn measure_error(message: String) -> BenchError {
 /// Runs `clients` nodes with the [`Perturbation`] trainer for [`ROUNDS`] rounds against a
 /// coordinator on its own runtime, and measures every round.
 pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
-    if clients == 0 || clients > 240 {
-        return Err(BenchError::setup(
-            "round overhead vs Flower",
-            "1 to 240 clients (one key seed byte each)",
-        ));
-    }
+    let keys = BenchKeys::new(clients, "round overhead vs Flower")?;
     let poll_interval_ms = NetworkSettings::default().poll_interval_ms;
     let data = generate(&SyntheticConfig {
         seed: 3,
@@ -206,33 +191,7 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
         face_width: 8,
         ..SyntheticConfig::default()
     });
-    let coordinator_identity = identity("coordinator", 250)?;
-    let participants: Vec<Arc<NodeIdentity>> = (0..clients)
-        .map(|i| identity(&format!("p{i}"), (i % 240) as u8 + 1).map(Arc::new))
-        .collect::<Result<_, _>>()?;
-    let enrolment = Enrolment::from_participants(
-        participants
-            .iter()
-            .map(|p| Enrolled {
-                id: p.id().to_string(),
-                public_key: p.public_key(),
-            })
-            .collect(),
-    )
-    .map_err(|e| BenchError::setup("enrolment", e))?;
-    let config = CoordinatorConfig {
-        // The protocol alone: no evaluation round, no held-out data.
-        evaluation: mpcl_coordinator::evaluation::EvaluationConfig::disabled(),
-        start_at_label_prior: false,
-        name: "bench-flower".into(),
-        seed: 5,
-        rounds: ROUNDS,
-        clients_per_round: Some(clients),
-        min_clients_to_aggregate: clients,
-        min_available_clients: Some(clients),
-        round_deadline_secs: 600,
-        ..CoordinatorConfig::default()
-    };
+    let config = every_client_config("bench-flower", ROUNDS, clients);
     let model = ModelConfig::tiny();
     let initial = MpclModel::new(&data.schema, &model, &Device::flex(), 5)
         .map_err(|e| BenchError::setup("model", e))?
@@ -249,26 +208,12 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
         .enable_all()
         .build()
         .map_err(|e| BenchError::setup("tokio runtime", e))?;
-    let listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+    let network = NetworkSettings {
+        finish_grace_secs: 1.0,
+        ..NetworkSettings::default()
+    };
     let mut server = coordinator_runtime.block_on(async {
-        Server::bind(ServerSetup {
-            coordinator,
-            identity: NodeIdentity::from_signing_key(
-                Some(coordinator_identity.id()),
-                coordinator_identity.signing_key().clone(),
-            )
-            .map_err(|e| BenchError::setup("identity", e))?,
-            enrolment,
-            model_config: model.clone(),
-            schema: data.schema.clone(),
-            network: NetworkSettings {
-                finish_grace_secs: 1.0,
-                ..NetworkSettings::default()
-            },
-            listen,
-            out_dir: out.path().to_path_buf(),
-        })
-        .map_err(|e| BenchError::setup("server", e))
+        keys.bind_server(coordinator, &model, &data.schema, network, out.path())
     })?;
     let addr = server.local_addr();
     // The coordinator's CPU when the last round is aggregated: the rounds end there, and the
@@ -296,12 +241,9 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
     let client_cpu_before = threads_cpu_seconds(CLIENT_THREAD);
     let slowest = client_runtime.block_on(async {
         let mut nodes = Vec::new();
-        for (index, participant) in participants.iter().enumerate() {
-            let session = SessionConfig::new(
-                addr,
-                coordinator_identity.public_key(),
-                Arc::clone(participant),
-            );
+        for (index, participant) in keys.participants.iter().enumerate() {
+            let session =
+                SessionConfig::new(addr, keys.coordinator.public_key(), Arc::clone(participant));
             let (sender, events) = unbounded_channel();
             let node = Node::new(NodeConfig::new(session), data.clone(), Device::flex())
                 .map_err(|e| BenchError::setup("node", e))?

@@ -17,6 +17,7 @@
 pub mod aggregation;
 pub mod bytes;
 pub mod child;
+mod federation_setup;
 pub mod flower;
 pub mod network;
 mod report;

@@ -6,24 +6,23 @@
 //! TLS, encoding, signing and verification, validation, aggregation, checkpointing.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mpcl_client::{Node, NodeConfig, NodeEvent, SessionConfig, UpdateOutcome};
+use mpcl_coordinator::Coordinator;
 use mpcl_coordinator::round_log::read_round_log;
-use mpcl_coordinator::server::{NetworkSettings, ROUND_LOG_FILE, Server, ServerSetup};
-use mpcl_coordinator::{Coordinator, CoordinatorConfig};
+use mpcl_coordinator::server::{NetworkSettings, ROUND_LOG_FILE};
 use mpcl_data::ModelConfig;
 use mpcl_model::{Device, MpclModel};
-use mpcl_protocol::identity::Participant as Enrolled;
-use mpcl_protocol::{Compression, Enrolment, NodeIdentity, SigningKey};
+use mpcl_protocol::Compression;
 use mpcl_simulations::synthetic::{SyntheticConfig, generate};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::unbounded_channel;
 use tokio_util::sync::CancellationToken;
 
 use crate::BenchError;
+use crate::federation_setup::{BenchKeys, every_client_config};
 use crate::stats::median;
 
 /// One network configuration.
@@ -42,11 +41,6 @@ pub struct OverheadRow {
     pub overhead_seconds: f64,
     /// Per-round overheads, seconds.
     pub overheads: Vec<f64>,
-}
-
-fn identity(id: &str, seed: u8) -> Result<NodeIdentity, BenchError> {
-    NodeIdentity::from_signing_key(Some(id), SigningKey::from_bytes(&[seed; 32]))
-        .map_err(|e| BenchError::setup("identity", e))
 }
 
 /// Runs a federation of `clients` nodes for `rounds` rounds (tiny model, synthetic data, one
@@ -78,40 +72,8 @@ async fn run(
         face_width: 8,
         ..SyntheticConfig::default()
     });
-    let coordinator_identity = identity("coordinator", 250)?;
-    let participants: Vec<Arc<NodeIdentity>> = (0..clients)
-        .map(|i| identity(&format!("p{i}"), (i % 240) as u8 + 1).map(Arc::new))
-        .collect::<Result<_, _>>()?;
-    if clients > 240 {
-        return Err(BenchError::setup(
-            "network",
-            "at most 240 clients (one key seed byte each)",
-        ));
-    }
-    let enrolment = Enrolment::from_participants(
-        participants
-            .iter()
-            .map(|p| Enrolled {
-                id: p.id().to_string(),
-                public_key: p.public_key(),
-            })
-            .collect(),
-    )
-    .map_err(|e| BenchError::setup("enrolment", e))?;
-
-    let mut config = CoordinatorConfig {
-        // The protocol alone: no evaluation round, no held-out data.
-        evaluation: mpcl_coordinator::evaluation::EvaluationConfig::disabled(),
-        start_at_label_prior: false,
-        name: "bench".into(),
-        seed: 5,
-        rounds,
-        clients_per_round: Some(clients),
-        min_clients_to_aggregate: clients,
-        min_available_clients: Some(clients),
-        round_deadline_secs: 600,
-        ..CoordinatorConfig::default()
-    };
+    let keys = BenchKeys::new(clients, "network round overhead")?;
+    let mut config = every_client_config("bench", rounds, clients);
     config.training.local_epochs = 1;
     config.training.batch_size = 16;
     config.training.learning_rate = 0.01;
@@ -123,41 +85,24 @@ async fn run(
     let coordinator = Coordinator::new(config, [9; 16], initial)
         .map_err(|e| BenchError::setup("coordinator", e))?;
     let out = tempfile::tempdir().map_err(|e| BenchError::setup("temporary folder", e))?;
-    let listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
-    let server = Server::bind(ServerSetup {
-        coordinator,
-        identity: NodeIdentity::from_signing_key(
-            Some(coordinator_identity.id()),
-            coordinator_identity.signing_key().clone(),
-        )
-        .map_err(|e| BenchError::setup("identity", e))?,
-        enrolment,
-        model_config: model.clone(),
-        schema: data.schema.clone(),
-        network: NetworkSettings {
-            poll_interval_ms,
-            finish_grace_secs: 1.0,
-            ..NetworkSettings::default()
-        },
-        listen,
-        out_dir: out.path().to_path_buf(),
-    })
-    .map_err(|e| BenchError::setup("server", e))?;
+    let network = NetworkSettings {
+        poll_interval_ms,
+        finish_grace_secs: 1.0,
+        ..NetworkSettings::default()
+    };
+    let server = keys.bind_server(coordinator, &model, &data.schema, network, out.path())?;
     let addr = server.local_addr();
     let shutdown = CancellationToken::new();
     let server_task = tokio::spawn(server.run(shutdown.clone()));
 
     let subjects = data.subjects();
     let mut nodes = Vec::new();
-    for (participant, subject) in participants.iter().zip(&subjects) {
+    for (participant, subject) in keys.participants.iter().zip(&subjects) {
         let rows: Vec<usize> = (0..data.samples.len())
             .filter(|&r| data.samples[r].subject == *subject)
             .collect();
-        let session = SessionConfig::new(
-            addr,
-            coordinator_identity.public_key(),
-            Arc::clone(participant),
-        );
+        let session =
+            SessionConfig::new(addr, keys.coordinator.public_key(), Arc::clone(participant));
         let (sender, events) = unbounded_channel();
         let node = Node::new(NodeConfig::new(session), data.subset(&rows), Device::flex())
             .map_err(|e| BenchError::setup("node", e))?

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mpcl_coordinator::server::{NetworkSettings, udp_socket};
-use mpcl_protocol::{NodeIdentity, TLS_SERVER_NAME, client_config, server_config};
+use mpcl_protocol::{TLS_SERVER_NAME, client_config, server_config};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
-use crate::flower::identity;
+use crate::federation_setup::BenchKeys;
 use crate::stats::{median, process_cpu_seconds, threads_cpu_seconds};
 
 /// Bytes of the request and of the acknowledgement.
@@ -58,16 +58,11 @@ pub fn measure(
     bytes_down: usize,
     bytes_up: usize,
 ) -> Result<FloorRow, BenchError> {
-    if clients == 0 || clients > 240 {
-        return Err(setup(
-            "clients",
-            "1 to 240 clients (one key seed byte each)",
-        ));
-    }
-    let server_identity = identity("coordinator", 250)?;
-    let participants: Vec<NodeIdentity> = (0..clients)
-        .map(|i| identity(&format!("p{i}"), i as u8 + 1))
-        .collect::<Result<_, _>>()?;
+    let BenchKeys {
+        coordinator: server_identity,
+        participants,
+        ..
+    } = BenchKeys::new(clients, "transport floor")?;
     let tls = server_config(
         &server_identity,
         participants.iter().map(|p| p.public_key()),

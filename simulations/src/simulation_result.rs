@@ -125,6 +125,17 @@ pub struct RoundRecord {
     pub epsilon: Option<f64>,
 }
 
+impl RoundRecord {
+    /// The record with its wall time zeroed: everything two runs of the same simulation agree on
+    /// whatever their threads or machine.
+    pub fn untimed(self) -> Self {
+        Self {
+            wall_seconds: 0.0,
+            ..self
+        }
+    }
+}
+
 /// Pooled (all partitions) metrics of an arm after a round.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PooledRound {

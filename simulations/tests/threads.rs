@@ -171,13 +171,7 @@ fn arms_and_folds_in_parallel_write_what_one_thread_writes() -> Result<()> {
         // The round log lists the same records in the same order (but for the wall times).
         let log = |dir: &std::path::Path| -> Result<Vec<RoundRecord>> {
             let records = read_round_log(&dir.join("rounds.jsonl"))?;
-            Ok(records
-                .into_iter()
-                .map(|record| RoundRecord {
-                    wall_seconds: 0.0,
-                    ..record
-                })
-                .collect())
+            Ok(records.into_iter().map(RoundRecord::untimed).collect())
         };
         let serial_log = log(&serial_dir)?;
         assert!(

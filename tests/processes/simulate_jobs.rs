@@ -49,13 +49,7 @@ fn job_processes() -> ExecutionMode {
 /// The round log's records without their wall times.
 fn untimed_log(dir: &Path) -> Result<Vec<RoundRecord>> {
     let records = read_round_log(&dir.join("rounds.jsonl"))?;
-    Ok(records
-        .into_iter()
-        .map(|record| RoundRecord {
-            wall_seconds: 0.0,
-            ..record
-        })
-        .collect())
+    Ok(records.into_iter().map(RoundRecord::untimed).collect())
 }
 
 /// Writes `config` on one thread and in job processes on two, and checks that both wrote the
