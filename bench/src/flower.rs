@@ -14,6 +14,7 @@
 //! threads (`/proc/self/task/*/schedstat`, nanoseconds), divided by the client-rounds served.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,70 @@ pub fn flower_overhead_seconds(clients: usize) -> Option<f64> {
         .map(|(_, seconds)| *seconds)
 }
 
+/// Flower's `P` in the runs that compare with the tiny model (as in the anchors above).
+pub const FLOWER_PARAMETERS: u64 = 10_000;
+
+/// Flower's overhead per round, by client count, from runs of the reference harness's
+/// `sim_run.py` found in `folder` (the JSON files `run_all.sh` writes to `results/raw`, or any
+/// `sim_run.py 10000 N 5 OUT.json`): for each run, the median over rounds 2-5 (round 1 waits for
+/// Ray's start) of round wall - slowest fit, as the harness's `analyze.py` defines it; the median
+/// over runs for each client count. Files that are not simulation runs with
+/// [`FLOWER_PARAMETERS`] are skipped, and a missing folder gives an empty map: these figures
+/// are optional, for comparing with Flower on the same machine in the same session.
+pub fn flower_runs(folder: &Path) -> BTreeMap<usize, f64> {
+    let mut by_clients: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return BTreeMap::new();
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let Some(run) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        else {
+            continue;
+        };
+        if let Some((clients, overhead)) = flower_run_overhead(&run) {
+            by_clients.entry(clients).or_default().push(overhead);
+        }
+    }
+    by_clients
+        .into_iter()
+        .map(|(clients, overheads)| (clients, median(&overheads)))
+        .collect()
+}
+
+/// One `sim_run.py` result: its client count and median steady-round overhead.
+fn flower_run_overhead(run: &serde_json::Value) -> Option<(usize, f64)> {
+    if run["mode"] != "simulation" || run["P"].as_u64() != Some(FLOWER_PARAMETERS) {
+        return None;
+    }
+    let clients = usize::try_from(run["N"].as_u64()?).ok()?;
+    let mut marks = BTreeMap::new();
+    for mark in run["marks"].as_array()? {
+        marks.insert(mark["round"].as_u64()?, mark["t"].as_f64()?);
+    }
+    let mut overheads = Vec::new();
+    for (index, round) in run["rounds"].as_array()?.iter().enumerate() {
+        let number = index as u64 + 1;
+        let wall = marks.get(&number)? - marks.get(&(number - 1))?;
+        let slowest = round["clients"]
+            .as_array()?
+            .iter()
+            .map(|c| c["fit-s"].as_f64())
+            .collect::<Option<Vec<f64>>>()?
+            .into_iter()
+            .fold(f64::NEG_INFINITY, f64::max);
+        if number >= 2 {
+            overheads.push(wall - slowest);
+        }
+    }
+    (!overheads.is_empty()).then(|| (clients, median(&overheads)))
+}
+
 /// Name of the coordinator runtime's threads (its CPU time is theirs).
 pub const COORDINATOR_THREAD: &str = "mpcl-coord";
 
@@ -76,6 +141,10 @@ pub struct FlowerRow {
     pub overhead_seconds: f64,
     /// Flower's overhead for this client count, when the reference measured it.
     pub flower_overhead_seconds: Option<f64>,
+    /// Flower's overhead for this client count from runs of the reference harness given to this
+    /// bench ([`flower_runs`]), when there are any: the same machine, the same session.
+    #[serde(default)]
+    pub flower_same_session_seconds: Option<f64>,
     /// Coordinator CPU time (all its threads, the whole run including connection set-up)
     /// divided by clients x rounds, seconds.
     pub coordinator_cpu_per_client_round: Option<f64>,
@@ -96,6 +165,12 @@ impl FlowerRow {
     /// mpcl's overhead over Flower's (below 1: mpcl is faster).
     pub fn ratio(&self) -> Option<f64> {
         self.flower_overhead_seconds
+            .map(|flower| self.overhead_seconds / flower)
+    }
+
+    /// mpcl's overhead over Flower's from the same session's runs.
+    pub fn same_session_ratio(&self) -> Option<f64> {
+        self.flower_same_session_seconds
             .map(|flower| self.overhead_seconds / flower)
     }
 }
@@ -324,6 +399,7 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
         slowest_training_seconds: median(&logged.trainings),
         overhead_seconds: median(&logged.overheads),
         flower_overhead_seconds: flower_overhead_seconds(clients),
+        flower_same_session_seconds: None,
         coordinator_cpu_per_client_round: cpu,
         coordinator_rounds_cpu_per_client_round: rounds_cpu,
         client_cpu_per_client_round: client_cpu,
@@ -334,6 +410,50 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `sim_run.py` result of `clients` clients whose rounds take `walls` seconds and whose
+    /// slowest fit is 10 ms.
+    fn flower_run(parameters: u64, clients: u64, walls: &[f64]) -> serde_json::Value {
+        let mut t = 100.0;
+        let mut marks = vec![serde_json::json!({"round": 0, "t": t})];
+        let mut rounds = Vec::new();
+        for (i, wall) in walls.iter().enumerate() {
+            t += wall;
+            marks.push(serde_json::json!({"round": i + 1, "t": t}));
+            rounds.push(serde_json::json!({"clients": [{"fit-s": 0.004}, {"fit-s": 0.01}]}));
+        }
+        serde_json::json!({"mode": "simulation", "P": parameters, "N": clients, "marks": marks, "rounds": rounds})
+    }
+
+    #[test]
+    fn flower_runs_give_the_median_steady_overhead_per_client_count() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let write = |name: &str, run: serde_json::Value| {
+            std::fs::write(dir.path().join(name), run.to_string())
+        };
+        // Round 1 (Ray's start) is left out; rounds 2-5 overheads 0.09, 0.10, 0.11, 0.19 s.
+        write(
+            "a.json",
+            flower_run(10_000, 10, &[6.0, 0.1, 0.11, 0.12, 0.2]),
+        )?;
+        write("b.json", flower_run(10_000, 10, &[5.0, 0.3, 0.3, 0.3, 0.3]))?;
+        write("c.json", flower_run(10_000, 50, &[5.0, 0.2, 0.2, 0.2, 0.2]))?;
+        // Another P, another mode, not JSON: skipped.
+        write("d.json", flower_run(100_000, 10, &[5.0, 9.0, 9.0]))?;
+        let mut deployment = flower_run(10_000, 10, &[5.0, 9.0, 9.0]);
+        deployment["mode"] = "deployment".into();
+        write("e.json", deployment)?;
+        std::fs::write(dir.path().join("f.json"), "not json")?;
+        std::fs::write(dir.path().join("a.log"), "{}")?;
+
+        let runs = flower_runs(dir.path());
+        assert_eq!(runs.keys().copied().collect::<Vec<_>>(), [10, 50]);
+        // Run a: median of 0.09, 0.10, 0.11, 0.19 = 0.105; run b: 0.29; their median 0.1975.
+        assert!((runs[&10] - (0.105 + 0.29) / 2.0).abs() < 1e-9, "{runs:?}");
+        assert!((runs[&50] - 0.19).abs() < 1e-9, "{runs:?}");
+        assert!(flower_runs(&dir.path().join("missing")).is_empty());
+        Ok(())
+    }
 
     #[test]
     fn the_perturbation_is_flowers_workload() {

@@ -105,6 +105,9 @@ pub struct BenchConfig {
     pub parts: Vec<Part>,
     /// Where the PyTorch twin's results may be (see [`twin`]); read if present.
     pub twin_results: Option<PathBuf>,
+    /// Where runs of the Flower harness's `sim_run.py` may be (see [`flower::flower_runs`]);
+    /// read if present, beside the fixed anchors the checks use.
+    pub flower_runs: Option<PathBuf>,
     /// Small sizes everywhere: a smoke test that finishes in seconds even in a debug build.
     pub quick: bool,
     /// Repetitions of each timed measurement (the median is reported).
@@ -123,6 +126,7 @@ impl BenchConfig {
         Self {
             parts: Part::ALL.to_vec(),
             twin_results: None,
+            flower_runs: None,
             quick: false,
             repeats: 5,
             gpu: false,
@@ -135,6 +139,7 @@ impl BenchConfig {
         Self {
             parts: Part::ALL.to_vec(),
             twin_results: None,
+            flower_runs: None,
             quick: true,
             repeats: 1,
             gpu: false,
@@ -272,6 +277,18 @@ pub fn run_bench(
         let clients: &[usize] = if quick { &[4] } else { &[10, 50, 100, 200] };
         for &n in clients {
             flower.push(flower::measure(n)?);
+        }
+        if let Some(folder) = &config.flower_runs {
+            let same_session = flower::flower_runs(folder);
+            if same_session.is_empty() {
+                notes.push(format!(
+                    "no Flower runs in {} (the harness's `sim_run.py 10000 N 5 OUT.json` writes them)",
+                    folder.display()
+                ));
+            }
+            for row in &mut flower {
+                row.flower_same_session_seconds = same_session.get(&row.clients).copied();
+            }
         }
         progress("the QUIC floor under those rounds");
         for row in &flower {

@@ -122,23 +122,42 @@ pub fn markdown(r: &BenchReport) -> String {
             s,
             "\n**Round overhead on Flower's workload** (mpcl coordinator and clients over QUIC on loopback, clients with a P-vector perturbation instead of training, every client in every round, FedAvg; overhead = round wall time - slowest client's perturbation; Flower 1.41 simulation mode (Ray) from the reference harness on this kind of machine)\n"
         );
+        // Flower's own runs from this session, when the bench was given some.
+        let same_session = r
+            .flower
+            .iter()
+            .any(|f| f.flower_same_session_seconds.is_some());
         let _ = writeln!(
             s,
-            "| clients | parameters | rounds | round wall | overhead | Flower overhead | mpcl / Flower | coordinator CPU per client-round | the same, rounds only (admitted to last aggregation) | client CPU per client-round |\n|---|---|---|---|---|---|---|---|---|---|"
+            "| clients | parameters | rounds | round wall | overhead | Flower overhead | mpcl / Flower |{} coordinator CPU per client-round | the same, rounds only (admitted to last aggregation) | client CPU per client-round |\n|---|---|---|---|---|---|---|{}---|---|---|",
+            if same_session {
+                " Flower, this session | mpcl / Flower, this session |"
+            } else {
+                ""
+            },
+            if same_session { "---|---|" } else { "" }
         );
+        let ratio = |x: Option<f64>| x.map(|x| format!("{x:.3}x")).unwrap_or_else(|| "-".into());
         for f in &r.flower {
+            let this_session = if same_session {
+                format!(
+                    " {} | {} |",
+                    optional_seconds(f.flower_same_session_seconds),
+                    ratio(f.same_session_ratio())
+                )
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |{this_session} {} | {} | {} |",
                 f.clients,
                 f.parameters,
                 f.rounds,
                 seconds(f.round_seconds),
                 seconds(f.overhead_seconds),
                 optional_seconds(f.flower_overhead_seconds),
-                f.ratio()
-                    .map(|x| format!("{x:.3}x"))
-                    .unwrap_or_else(|| "-".into()),
+                ratio(f.ratio()),
                 optional_seconds(f.coordinator_cpu_per_client_round),
                 optional_seconds(f.coordinator_rounds_cpu_per_client_round),
                 optional_seconds(f.client_cpu_per_client_round),

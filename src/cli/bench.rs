@@ -44,6 +44,11 @@ pub struct BenchArgs {
     /// beside mpcl's training throughput when present.
     #[arg(long, default_value = "../shared/reference/pytorch_twin")]
     pytorch_twin: PathBuf,
+    /// Folder of Flower runs from the reference harness (`sim_run.py 10000 N 5 OUT.json`, or
+    /// `run_all.sh`'s `results/raw`), shown beside the fixed Flower figures when present: the
+    /// same machine in the same session. The checks keep the fixed figures.
+    #[arg(long, default_value = "../shared/reference/flower_bench/results/raw")]
+    flower_runs: PathBuf,
 }
 
 fn parse_part(name: &str) -> Result<Part, String> {
@@ -73,6 +78,7 @@ impl BenchArgs {
             config.parts = self.only;
         }
         config.twin_results = Some(self.pytorch_twin);
+        config.flower_runs = Some(self.flower_runs);
         let report = run_and_write(&config, &self.out, |part| {
             tracing::info!("measuring {part}");
         })
