@@ -3,37 +3,20 @@
 //! half. Compression together with secure aggregation is refused before anything trains.
 
 use anyhow::Result;
-use mpcl_coordinator::TrainingSettings;
-use mpcl_data::ModelConfig;
 use mpcl_protocol::Compression;
-use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::simulate::{Arm, SimulationConfig, SimulationResult, run_simulation};
-use mpcl_simulations::synthetic::SyntheticConfig;
+
+mod common;
 
 fn config(compression: Compression) -> SimulationConfig {
-    SimulationConfig {
-        dataset: "synthetic".into(),
-        synthetic: SyntheticConfig {
-            subjects: 4,
-            trials_per_subject: 12,
-            windows_per_trial: 3,
-            ..SyntheticConfig::default()
-        },
-        protocol: EvaluationProtocol::SubjectDependent {
-            test_fraction: 0.25,
-        },
-        model: ModelConfig::tiny(),
+    let mut config = SimulationConfig {
         rounds: 6,
-        training: TrainingSettings {
-            local_epochs: 2,
-            batch_size: 16,
-            learning_rate: 1e-2,
-            compression,
-            ..TrainingSettings::default()
-        },
         arms: vec![Arm::Federated],
-        ..SimulationConfig::default()
-    }
+        ..common::small_study(4, 12)
+    };
+    config.training.local_epochs = 2;
+    config.training.compression = compression;
+    config
 }
 
 /// (final KL, mean upload bytes per round) of the federated arm.

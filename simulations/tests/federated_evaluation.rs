@@ -3,42 +3,27 @@
 //! own training statistics, summed over participants.
 
 use anyhow::Result;
-use mpcl_coordinator::TrainingSettings;
-use mpcl_data::ModelConfig;
 use mpcl_data::Standardizer;
 use mpcl_model::metrics::metric_sums;
 use mpcl_model::{MpclModel, TensorDataset};
 use mpcl_protocol::metrics::MetricSums;
-use mpcl_simulations::evaluation::{EvaluationProtocol, partitions};
 use mpcl_simulations::normalize::normalize_per_subject;
 use mpcl_simulations::simulate::{Arm, ExecutionMode, SimulationConfig, run_simulation_on};
-use mpcl_simulations::synthetic::{SyntheticConfig, generate};
+
+use mpcl_simulations::evaluation::partitions;
+use mpcl_simulations::synthetic::generate;
+
+mod common;
 
 #[test]
 fn federated_metrics_equal_a_direct_evaluation_of_the_global_model() -> Result<()> {
-    let config = SimulationConfig {
-        dataset: "synthetic".into(),
-        synthetic: SyntheticConfig {
-            subjects: 3,
-            trials_per_subject: 8,
-            windows_per_trial: 3,
-            ..SyntheticConfig::default()
-        },
-        protocol: EvaluationProtocol::SubjectDependent {
-            test_fraction: 0.25,
-        },
-        model: ModelConfig::tiny(),
+    let mut config = SimulationConfig {
         rounds: 2,
-        training: TrainingSettings {
-            local_epochs: 1,
-            batch_size: 8,
-            learning_rate: 1e-2,
-            ..TrainingSettings::default()
-        },
         arms: vec![Arm::Federated],
         seed: 3,
-        ..SimulationConfig::default()
+        ..common::small_study(3, 8)
     };
+    config.training.batch_size = 8;
     let data = generate(&config.synthetic);
     let result = run_simulation_on(
         &data,

@@ -8,36 +8,23 @@
 use std::sync::OnceLock;
 
 use anyhow::Result;
-use mpcl_coordinator::TrainingSettings;
-use mpcl_data::ModelConfig;
 use mpcl_model::metrics::evaluate;
 use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::simulate::{Arm, SimulationConfig, SimulationResult, run_simulation};
-use mpcl_simulations::synthetic::SyntheticConfig;
+
+mod common;
 
 fn config(protocol: EvaluationProtocol, subject_label_shift: f64) -> SimulationConfig {
-    SimulationConfig {
-        dataset: "synthetic".into(),
-        synthetic: SyntheticConfig {
-            subjects: 4,
-            trials_per_subject: 12,
-            windows_per_trial: 3,
-            subject_label_shift,
-            ..SyntheticConfig::default()
-        },
+    let mut config = SimulationConfig {
         protocol,
-        model: ModelConfig::tiny(),
         rounds: 10,
-        training: TrainingSettings {
-            local_epochs: 2,
-            batch_size: 16,
-            learning_rate: 1e-2,
-            ..TrainingSettings::default()
-        },
         arms: vec![Arm::Federated, Arm::Personalized],
         personalize_epochs: 8,
-        ..SimulationConfig::default()
-    }
+        ..common::small_study(4, 12)
+    };
+    config.synthetic.subject_label_shift = subject_label_shift;
+    config.training.local_epochs = 2;
+    config
 }
 
 /// Each subject mixes half of its ratings from a bias of its own.

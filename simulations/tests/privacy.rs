@@ -4,20 +4,19 @@
 
 use anyhow::Result;
 use mpcl_client::ParticipantSettings;
-use mpcl_coordinator::TrainingSettings;
 use mpcl_coordinator::privacy::PrivacyConfig;
 use mpcl_data::Dataset;
-use mpcl_data::ModelConfig;
 use mpcl_model::{DeviceChoice, MpclModel};
 use mpcl_protocol::PrototypeStatistics;
 use mpcl_protocol::messages::{ClientUpdate, GlobalState};
-use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::federation::{InProcessFederation, RoundOutcome};
 use mpcl_simulations::secure::DropStage;
 use mpcl_simulations::simulate::{
     Arm, SimulationConfig, coordinator_config, default_simulation_privacy, run_simulation,
 };
 use mpcl_simulations::synthetic::{SyntheticConfig, generate};
+
+mod common;
 
 const SUBJECTS: usize = 4;
 
@@ -32,26 +31,9 @@ fn synthetic() -> Dataset {
 
 fn simulation(rounds: u64, privacy: PrivacyConfig) -> SimulationConfig {
     SimulationConfig {
-        dataset: "synthetic".into(),
-        synthetic: SyntheticConfig {
-            subjects: SUBJECTS,
-            trials_per_subject: 8,
-            windows_per_trial: 3,
-            ..SyntheticConfig::default()
-        },
-        protocol: EvaluationProtocol::SubjectDependent {
-            test_fraction: 0.25,
-        },
-        model: ModelConfig::tiny(),
         rounds,
-        training: TrainingSettings {
-            local_epochs: 1,
-            batch_size: 16,
-            learning_rate: 1e-2,
-            ..TrainingSettings::default()
-        },
         privacy,
-        ..SimulationConfig::default()
+        ..common::small_study(SUBJECTS, 8)
     }
 }
 

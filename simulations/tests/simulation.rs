@@ -2,35 +2,18 @@
 //! learns, centralized training is the upper reference, and the run is reproducible.
 
 use anyhow::Result;
-use mpcl_coordinator::TrainingSettings;
-use mpcl_data::ModelConfig;
-use mpcl_simulations::evaluation::EvaluationProtocol;
 use mpcl_simulations::simulate::{Arm, SimulationConfig, SimulationResult, run_simulation};
-use mpcl_simulations::synthetic::SyntheticConfig;
+
+mod common;
 
 fn config(arms: Vec<Arm>) -> SimulationConfig {
-    SimulationConfig {
-        dataset: "synthetic".into(),
-        synthetic: SyntheticConfig {
-            subjects: 4,
-            trials_per_subject: 12,
-            windows_per_trial: 3,
-            ..SyntheticConfig::default()
-        },
-        protocol: EvaluationProtocol::SubjectDependent {
-            test_fraction: 0.25,
-        },
-        model: ModelConfig::tiny(),
+    let mut config = SimulationConfig {
         rounds: 6,
-        training: TrainingSettings {
-            local_epochs: 4,
-            batch_size: 16,
-            learning_rate: 1e-2,
-            ..TrainingSettings::default()
-        },
         arms,
-        ..SimulationConfig::default()
-    }
+        ..common::small_study(4, 12)
+    };
+    config.training.local_epochs = 4;
+    config
 }
 
 fn final_kl(result: &SimulationResult, arm: Arm) -> f64 {

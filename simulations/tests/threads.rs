@@ -3,8 +3,6 @@
 
 use anyhow::Result;
 use mpcl_client::ParticipantSettings;
-use mpcl_coordinator::TrainingSettings;
-use mpcl_data::ModelConfig;
 use mpcl_model::{DeviceChoice, MpclModel};
 use mpcl_protocol::Compression;
 use mpcl_protocol::messages::GlobalState;
@@ -15,37 +13,25 @@ use mpcl_simulations::simulate::{
     Arm, SimulationConfig, SimulationResult, coordinator_config, run_simulation,
 };
 use mpcl_simulations::simulation_result::RoundRecord;
-use mpcl_simulations::synthetic::{SyntheticConfig, generate};
+
+use mpcl_simulations::synthetic::generate;
+
+mod common;
 
 const SUBJECTS: usize = 5;
 
 fn simulation() -> SimulationConfig {
-    SimulationConfig {
-        dataset: "synthetic".into(),
-        synthetic: SyntheticConfig {
-            subjects: SUBJECTS,
-            trials_per_subject: 8,
-            windows_per_trial: 3,
-            ..SyntheticConfig::default()
-        },
-        protocol: EvaluationProtocol::SubjectDependent {
-            test_fraction: 0.25,
-        },
-        model: ModelConfig::tiny(),
+    let mut config = SimulationConfig {
         rounds: 3,
-        // A sampled cohort (not everyone) and int8 updates, whose error feedback is state each
-        // participant carries from round to round.
-        training: TrainingSettings {
-            local_epochs: 1,
-            batch_size: 8,
-            learning_rate: 1e-2,
-            compression: Compression::Int8,
-            ..TrainingSettings::default()
-        },
         clients_per_round: Some(4),
         arms: vec![Arm::Federated],
-        ..SimulationConfig::default()
-    }
+        ..common::small_study(SUBJECTS, 8)
+    };
+    // A sampled cohort (not everyone) and int8 updates, whose error feedback is state each
+    // participant carries from round to round.
+    config.training.batch_size = 8;
+    config.training.compression = Compression::Int8;
+    config
 }
 
 fn federate(threads: usize) -> Result<(Vec<RoundOutcome>, GlobalState)> {
