@@ -60,8 +60,8 @@ pub enum ParticipantError {
 pub struct TrainedUpdate {
     /// The update. With compression its delta and prototype sums are the *decompressed* ones,
     /// exactly what the coordinator will reconstruct, so in-process simulations aggregate what a
-    /// real run would.
-    /// Shared: the node's events hand it on without copying a model-sized delta.
+    /// real run would. Shared (`Arc`), so that the node's events hand it on without copying a
+    /// model-sized delta every round.
     pub update: Arc<ClientUpdate>,
     /// The compressed delta and prototype sums sent instead of the update's own (none when the
     /// run does not compress).
