@@ -22,15 +22,7 @@ use quinn::crypto::rustls::QuicClientConfig;
 use thiserror::Error;
 use tracing::debug;
 
-/// Application close code the coordinator uses when the run is over.
-pub const CLOSE_FINISHED: u32 = 0;
-/// Application close code the coordinator uses when it shuts down (reconnect later).
-pub const CLOSE_SHUTDOWN: u32 = 1;
-/// Application close code the coordinator uses for a refused `Hello`.
-pub const CLOSE_PROTOCOL: u32 = 2;
-/// Application close code the coordinator uses when a newer connection with this node's key
-/// replaced this one (the same key started twice).
-pub const CLOSE_REPLACED: u32 = 3;
+use mpcl_protocol::close_code::{CLOSE_FINISHED, CLOSE_PROTOCOL, CLOSE_REPLACED};
 
 /// How to reach the coordinator.
 #[derive(Clone, Debug)]
@@ -437,6 +429,7 @@ async fn exchange(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mpcl_protocol::close_code::CLOSE_SHUTDOWN;
 
     fn addr() -> SocketAddr {
         "127.0.0.1:1".parse().unwrap()

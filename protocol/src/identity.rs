@@ -486,10 +486,12 @@ pub enum EnrolmentError {
     #[error("{}: not a valid enrolment file: {message}", path.display())]
     Syntax { path: PathBuf, message: String },
     /// One entry is wrong.
-    #[error("{}: participant #{entry} (line {line}): {problem}", path.display())]
+    #[error("{}: {table} #{entry} (line {line}): {problem}", path.display())]
     Entry {
         path: PathBuf,
-        /// 1-based position among the `[[participant]]` tables.
+        /// The entry's table: `participant` or `operator`.
+        table: &'static str,
+        /// 1-based position among the tables of its kind.
         entry: usize,
         /// 1-based line of the entry's `id`.
         line: usize,
@@ -556,11 +558,17 @@ impl Enrolment {
         let mut by_key: HashMap<[u8; 32], (String, usize)> = HashMap::new();
         let participant_count = file.participant.len();
         // Participants first, then operators; both share the id and key namespaces.
-        let entries = file.participant.into_iter().chain(file.operator);
-        for (index, raw) in entries.enumerate() {
+        let entries = (file.participant.into_iter().enumerate())
+            .map(|(index, raw)| ("participant", index, raw))
+            .chain(
+                (file.operator.into_iter().enumerate())
+                    .map(|(index, raw)| ("operator", index, raw)),
+            );
+        for (table, index, raw) in entries {
             let line = line_of(raw.id.span().start);
             let entry_error = |problem| EnrolmentError::Entry {
                 path: path.to_path_buf(),
+                table,
                 entry: index + 1,
                 line,
                 problem,
@@ -938,6 +946,12 @@ MC4CAQAwBQYDK2VwBCIEIB6//3z/mNvEl/QWA6DiHgAim9CbRDvqTPbfCbZ0RFtF
             "[[participant]]\nid = \"alice\"\npublic_key = \"{0}\"\n[[operator]]\nid = \"ops\"\npublic_key = \"{0}\"\n",
             key_hex(1)
         );
-        assert!(parse(&both).is_err());
+        let (entry, line, problem, message) = entry_error(&both);
+        assert_eq!((entry, line), (1, 5));
+        assert!(matches!(problem, EntryProblem::DuplicateKey { other, .. } if other == "alice"));
+        assert!(
+            message.starts_with("enrolment.toml: operator #1 (line 5)"),
+            "an operator's entry is numbered among the operators: {message}"
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`messages`] | the wire messages and the conversation between client and coordinator |
+//! | [`close_code`] | why the coordinator closed a connection, as both ends read it |
 //! | [`codec`] | bytes <-> messages (bincode, the only place it is used), size limits, version |
 //! | [`compression`] | the encoder delta in f16 or 8-bit form, error feedback |
 //! | [`framing`] | length-prefixed frames over async streams (quinn streams included) |
@@ -20,6 +21,7 @@
 //! | [`tls`] | rustls configs that authenticate by enrolled / pinned ed25519 keys |
 //! | [`secure_aggregation`] | masking math, Shamir shares and the client/coordinator steps of secure aggregation |
 
+pub mod close_code;
 pub mod codec;
 pub mod compression;
 pub mod framing;

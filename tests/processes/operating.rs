@@ -300,8 +300,8 @@ fn status_command(run: &RunDir, address: &str, key: &Path) -> Command {
     command
 }
 
-/// An operator key (no participant) sees the status, may not train (its work requests are
-/// refused and it never contributes), and `status --watch` follows the run to its end. The
+/// An operator key (no participant) sees the status, may not train (a client started with it
+/// is refused and stops, and it never contributes), and `status --watch` follows the run to its end. The
 /// coordinator prints one line per aggregated round on stdout.
 #[test]
 fn an_operator_key_watches_the_run_and_never_trains() -> anyhow::Result<()> {
@@ -322,7 +322,8 @@ fn an_operator_key_watches_the_run_and_never_trains() -> anyhow::Result<()> {
         "{report}"
     );
 
-    // The operator key as a client: its requests for work are refused in words.
+    // The operator key as a client: its request for work is refused in words, and the client
+    // stops at once with the reason instead of asking again until it gives up.
     let mut intruder = run.client_with_key("operator-as-client", &operator, &coordinator)?;
     coordinator.wait_for_log(
         &[
@@ -331,7 +332,14 @@ fn an_operator_key_watches_the_run_and_never_trains() -> anyhow::Result<()> {
         ],
         PATIENCE,
     )?;
-    intruder.kill()?;
+    let refused = intruder.wait(PATIENCE)?;
+    assert!(!refused.success(), "{}", intruder.log_text());
+    let told = intruder.log_text();
+    assert!(
+        told.contains("the key of operator `operator` may only ask for the status")
+            && told.contains("start `mpcl client` with a participant's key"),
+        "{told}"
+    );
 
     let mut watch = status_command(&run, &address, &operator)
         .args(["--watch", "0.2"])

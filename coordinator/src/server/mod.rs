@@ -70,15 +70,7 @@ pub const BEST_CHECKPOINT_FILE: &str = "checkpoint.best.bin";
 /// File name of the per-round JSON-lines log in the output folder.
 pub const ROUND_LOG_FILE: &str = "rounds.jsonl";
 
-/// Application close code: the run is over.
-pub const CLOSE_FINISHED: u32 = 0;
-/// Application close code: the coordinator is shutting down (clients should reconnect later).
-pub const CLOSE_SHUTDOWN: u32 = 1;
-/// Application close code: the peer broke the protocol (bad `Hello`).
-pub const CLOSE_PROTOCOL: u32 = 2;
-/// Application close code: a newer connection with the same key took this one's place (two
-/// clients started with one key; the older one should stop).
-pub const CLOSE_REPLACED: u32 = 3;
+use mpcl_protocol::close_code::{CLOSE_FINISHED, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_SHUTDOWN};
 
 /// Most concurrent requests (streams) one connection may have open.
 const MAX_STREAMS_PER_CONNECTION: u32 = 4;
@@ -879,7 +871,7 @@ async fn serve_request(
 }
 
 /// Records `connection` as the one `participant` works on. Another connection that asked for
-/// work with the same key before is closed with [`CLOSE_REPLACED`]: two clients started with
+/// work with the same key before is closed with [`CLOSE_REPLACED`](mpcl_protocol::close_code::CLOSE_REPLACED): two clients started with
 /// one key would otherwise both train and one's updates be rejected as duplicates every round.
 /// The newer one wins, so that a client restarted after a crash is never locked out by the
 /// connection its dead predecessor left behind. Status queries never ask for work and so never
@@ -918,8 +910,9 @@ fn release_worker(shared: &Shared, participant: ParticipantId, connection: &quin
 }
 
 /// Serves an operator's connection: read-only. `Hello` (naming the operator) gets a `Welcome`,
-/// `StatusRequest` the run's status; anything else (work, updates, secure aggregation) is
-/// refused with an error saying why, and the operator never counts as a participant.
+/// `StatusRequest` the run's status; anything else (work, updates, secure aggregation) closes
+/// the connection with [`CLOSE_PROTOCOL`] and a reason saying why, and the operator never counts
+/// as a participant.
 async fn serve_operator(
     connection: quinn::Connection,
     shared: Arc<Shared>,
@@ -995,17 +988,20 @@ async fn serve_operator(
             }
             Ok(Ok(ClientMessage::Goodbye)) => CoordinatorMessage::Goodbye,
             Ok(Ok(other)) => {
+                // Work, updates and secure aggregation: an operator's key will never be allowed
+                // them, so the connection is closed as a protocol refusal, which a client takes
+                // as final (instead of asking again until it gives up).
                 warn!(
                     request = other.kind(),
-                    "refused request: an operator key may only ask for the status"
+                    "refused request: an operator key may only ask for the status; closing"
                 );
-                CoordinatorMessage::Error {
-                    reason: format!(
-                        "operator `{name}` may only ask for the status (mpcl status); {} is \
-                         refused",
-                        other.kind()
-                    ),
-                }
+                let reason = format!(
+                    "the key of operator `{name}` may only ask for the status (mpcl status), \
+                     not send {}: start `mpcl client` with a participant's key",
+                    other.kind()
+                );
+                connection.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
+                return;
             }
             Ok(Err(CodecError::Closed)) => continue,
             Ok(Err(error)) => CoordinatorMessage::Error {
