@@ -192,6 +192,40 @@ pub fn markdown(r: &BenchReport) -> String {
         }
     }
 
+    if !r.flower.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n**Coordinator CPU per client-round against the target** (the Flower rounds above, from every client's admission to the last aggregation; target 0.2 ms + 1 ns per parameter; the QUIC floor's server, same run, moves the same bytes with no mpcl work)\n"
+        );
+        let _ = writeln!(
+            s,
+            "| clients | parameters | target | coordinator, rounds only | coordinator / target | floor server | coordinator / floor server |\n|---|---|---|---|---|---|---|"
+        );
+        let ratio = |x: Option<f64>| x.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into());
+        for f in &r.flower {
+            let floor = r
+                .transport_floor
+                .iter()
+                .find(|floor| floor.clients == f.clients)
+                .and_then(|floor| floor.server_cpu_per_client_round);
+            let over_floor = f
+                .coordinator_rounds_cpu_per_client_round
+                .zip(floor)
+                .map(|(cpu, floor)| cpu / floor);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                f.clients,
+                f.parameters,
+                seconds(crate::flower::coordinator_cpu_target_seconds(f.parameters)),
+                optional_seconds(f.coordinator_rounds_cpu_per_client_round),
+                ratio(f.coordinator_target_ratio()),
+                optional_seconds(floor),
+                ratio(over_floor),
+            );
+        }
+    }
+
     if !r.memory.is_empty() {
         let _ = writeln!(
             s,

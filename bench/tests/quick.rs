@@ -21,6 +21,7 @@ fn quick_bench_writes_json_and_markdown() -> anyhow::Result<()> {
         "Round overhead on Flower's workload",
         "Simulation on every core",
         "The QUIC floor under those rounds",
+        "Coordinator CPU per client-round against the target",
     ] {
         assert!(md.contains(heading), "missing {heading}:\n{md}");
     }
@@ -52,6 +53,7 @@ fn quick_bench_writes_json_and_markdown() -> anyhow::Result<()> {
                 .coordinator_cpu_per_client_round
                 .is_some_and(|c| c > 0.0)
         );
+        assert!(flower.coordinator_target_ratio().is_some_and(|r| r > 0.0));
     }
     // The QUIC floor under each of those rounds, measured.
     assert_eq!(report.transport_floor.len(), report.flower.len());
