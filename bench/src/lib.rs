@@ -20,6 +20,7 @@ pub mod child;
 mod federation_setup;
 pub mod flower;
 pub mod network;
+pub mod own_work;
 mod report;
 pub mod simulation;
 pub mod stats;
@@ -73,7 +74,8 @@ pub enum Part {
     Aggregation,
     /// Round overhead of the burn-training federation over QUIC.
     Overhead,
-    /// Round overhead on Flower's workload vs Flower.
+    /// Round overhead on Flower's workload vs Flower, the QUIC floor under it, and mpcl's own
+    /// work per client-round.
     Flower,
     /// Coordinator memory and the many-client simulation (child processes).
     Memory,
@@ -196,6 +198,9 @@ pub struct BenchReport {
     /// What quinn alone takes to move the same rounds' bytes.
     #[serde(default)]
     pub transport_floor: Vec<transport_floor::FloorRow>,
+    /// mpcl's own work per client-round on each end, stage by stage, without a network.
+    #[serde(default)]
+    pub own_work: Vec<own_work::OwnWorkRow>,
     pub memory: Vec<MemoryRow>,
     pub bytes_setups: Vec<bytes::BytesSetup>,
     pub bytes: Vec<bytes::BytesRow>,
@@ -272,6 +277,7 @@ pub fn run_bench(
 
     let mut flower = Vec::new();
     let mut transport_floor = Vec::new();
+    let mut own_work = Vec::new();
     if runs(Part::Flower) {
         progress("round overhead on Flower's workload");
         let clients: &[usize] = if quick { &[4] } else { &[10, 50, 100, 200] };
@@ -299,6 +305,18 @@ pub fn run_bench(
                 bytes,
                 bytes,
             )?);
+        }
+        progress("mpcl's own work per client-round, stage by stage");
+        let models: Vec<(&str, ModelConfig, usize)> = if quick {
+            vec![("tiny", ModelConfig::tiny(), 4)]
+        } else {
+            vec![
+                ("tiny", ModelConfig::tiny(), 100),
+                ("default", ModelConfig::default(), 50),
+            ]
+        };
+        for (name, model, clients) in &models {
+            own_work.push(own_work::measure(name, model, *clients, repeats)?);
         }
         for row in &flower {
             if let Some(ratio) = row.ratio() {
@@ -547,6 +565,7 @@ pub fn run_bench(
         overhead,
         flower,
         transport_floor,
+        own_work,
         memory,
         bytes_setups,
         bytes,

@@ -226,6 +226,39 @@ pub fn markdown(r: &BenchReport) -> String {
         }
     }
 
+    if !r.own_work.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n**mpcl's own work per client-round** (the functions each end calls, in one thread, without a network; the coordinator encodes the round's state once and shares it, as its server does; the round's close is shared out over its updates)\n"
+        );
+        let _ = writeln!(
+            s,
+            "| model | parameters | clients | StartRound / update bytes | end | stage | time per client-round |\n|---|---|---|---|---|---|---|"
+        );
+        for row in &r.own_work {
+            let lead = format!(
+                "| {} | {} | {} | {} / {} |",
+                row.model, row.parameters, row.clients, row.start_round_bytes, row.update_bytes
+            );
+            for stage in &row.stages {
+                let _ = writeln!(
+                    s,
+                    "{lead} {} | {} | {} |",
+                    stage.end,
+                    stage.stage,
+                    seconds(stage.seconds)
+                );
+            }
+            for end in ["coordinator", "client"] {
+                let _ = writeln!(
+                    s,
+                    "{lead} {end} | **all of it** | **{}** |",
+                    seconds(row.total(end))
+                );
+            }
+        }
+    }
+
     if !r.memory.is_empty() {
         let _ = writeln!(
             s,

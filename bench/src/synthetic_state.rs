@@ -44,8 +44,8 @@ pub fn global_state(parameters: usize) -> GlobalState {
     }
 }
 
-/// A plausible update for `global`: deltas of size about 1e-3, positive prototype statistics,
-/// one co-occurrence label per sample.
+/// A plausible update for `global` (any state: the shapes are `global`'s): deltas of size about
+/// 1e-3, positive prototype statistics, one co-occurrence label per sample.
 pub fn client_update(global: &GlobalState, run_id: RunId, round: u64, seed: u64) -> ClientUpdate {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut delta = global.parameters.zeros_like();
@@ -55,10 +55,12 @@ pub fn client_update(global: &GlobalState, run_id: RunId, round: u64, seed: u64)
         }
     }
     let samples = 20 + seed % 30;
-    let prototypes = GROUPS
+    let prototypes = global
+        .prototypes
         .iter()
-        .map(|group| {
-            let mut stats = PrototypeStatistics::zeros(group, EMOTIONS, PROTOTYPES, WIDTH);
+        .map(|bank| {
+            let mut stats =
+                PrototypeStatistics::zeros(&bank.group, bank.emotions, bank.prototypes, bank.width);
             stats.sum.0.iter_mut().for_each(|v| *v = rng.random());
             stats
                 .weight
@@ -68,9 +70,10 @@ pub fn client_update(global: &GlobalState, run_id: RunId, round: u64, seed: u64)
             stats
         })
         .collect();
-    let mut cooccurrence = CooccurrenceStatistics::zeros(EMOTIONS);
+    let emotions = global.cooccurrence.emotions;
+    let mut cooccurrence = CooccurrenceStatistics::zeros(emotions);
     for _ in 0..samples {
-        let label: Vec<f32> = (0..EMOTIONS).map(|_| rng.random::<f32>() + 0.01).collect();
+        let label: Vec<f32> = (0..emotions).map(|_| rng.random::<f32>() + 0.01).collect();
         let total: f32 = label.iter().sum();
         let label: Vec<f32> = label.iter().map(|v| v / total).collect();
         cooccurrence.add_label(&label);

@@ -22,6 +22,7 @@ fn quick_bench_writes_json_and_markdown() -> anyhow::Result<()> {
         "Simulation on every core",
         "The QUIC floor under those rounds",
         "Coordinator CPU per client-round against the target",
+        "mpcl's own work per client-round",
     ] {
         assert!(md.contains(heading), "missing {heading}:\n{md}");
     }
@@ -63,6 +64,12 @@ fn quick_bench_writes_json_and_markdown() -> anyhow::Result<()> {
             .iter()
             .all(|f| f.round_seconds > 0.0 && f.cpu_per_client_round > 0.0 && f.bytes_up > 0)
     );
+    // mpcl's own work on each end, every stage timed.
+    let own = &report.own_work[0];
+    assert_eq!(own.stages.len(), 8);
+    assert!(own.stages.iter().all(|s| s.seconds > 0.0));
+    assert!(own.update_bytes > 4 * own.parameters && own.start_round_bytes > 4 * own.parameters);
+    assert!(own.total("coordinator") > 0.0 && own.total("client") > 0.0);
     // The simulation on one thread and on every thread, each timed (its jobs on threads:
     // without a launcher there are no job processes).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
