@@ -12,8 +12,8 @@
 //!   sum, and the round's close shared out over its updates);
 //! - the client: decoding its `StartRound`, encoding and signing its update, and framing it.
 //!
-//! Each stage is timed over every client of a round and reported per client-round, the median
-//! over repetitions.
+//! The clients of one round go through in turn, one at a time as each end handles them; each
+//! stage's time is summed over them and reported per client-round, the median over repetitions.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -95,6 +95,9 @@ fn initial_state(model: &ModelConfig) -> Result<GlobalState, BenchError> {
         .global_state())
 }
 
+/// Each stage's end, name and seconds per client-round.
+type Stages = Vec<(&'static str, &'static str, f64)>;
+
 /// Times every stage for `clients` clients of the `model` network, `repeats` times.
 pub fn measure(
     name: &str,
@@ -105,7 +108,7 @@ pub fn measure(
     let initial = initial_state(model)?;
     let keys = BenchKeys::new(clients, "mpcl's own work per client-round")?;
     let run_id = [9; 16];
-    let mut times: Vec<Vec<(&'static str, &'static str, f64)>> = Vec::new();
+    let mut times: Vec<Stages> = Vec::new();
     let mut sizes = (0, 0);
     for _ in 0..repeats.max(1) {
         let (stages, start_round_bytes, update_bytes) = one_round(name, &keys, &initial, run_id)?;
@@ -131,9 +134,7 @@ pub fn measure(
     })
 }
 
-type Stages = Vec<(&'static str, &'static str, f64)>;
-
-/// One round of every client, each stage timed over all of them.
+/// One round of every client; each stage's seconds per client-round.
 fn one_round(
     name: &str,
     keys: &BenchKeys,
@@ -156,20 +157,14 @@ fn one_round(
         .collect();
 
     // Everyone connects and asks for work: the round opens with the last request.
-    let mut sent: Vec<(ParticipantId, Arc<GlobalState>, TrainingConfig)> = Vec::new();
+    let mut sent: Vec<(Arc<GlobalState>, TrainingConfig)> = Vec::new();
     for &participant in &ids {
         coordinator.handle(0, Event::ClientConnected { participant });
     }
     for &participant in &ids {
         for action in coordinator.handle(0, Event::WorkRequested { participant }) {
-            if let Action::SendRound {
-                participant,
-                state,
-                config,
-                ..
-            } = action
-            {
-                sent.push((participant, state, config));
+            if let Action::SendRound { state, config, .. } = action {
+                sent.push((state, config));
             }
         }
     }
@@ -184,12 +179,10 @@ fn one_round(
     // Coordinator: each participant's StartRound around the state encoded once (sent as its
     // pieces, never joined: the client below decodes a joined copy made outside the timing).
     let started = Instant::now();
-    let encoded = EncodedState::encode(&sent[0].1).map_err(|e| error(e.to_string()))?;
+    let encoded = EncodedState::encode(&sent[0].0).map_err(|e| error(e.to_string()))?;
     let start_rounds: Vec<SplicedPayload> = sent
         .iter()
-        .map(|(_, _, config)| {
-            encode_start_round(&run_id, round, &encoded, config, 0, &None, &limits)
-        })
+        .map(|(_, config)| encode_start_round(&run_id, round, &encoded, config, 0, &None, &limits))
         .collect::<Result<_, _>>()
         .map_err(|e| error(e.to_string()))?;
     let encode_seconds = started.elapsed().as_secs_f64();

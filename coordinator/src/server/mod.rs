@@ -871,7 +871,7 @@ async fn serve_request(
 }
 
 /// Records `connection` as the one `participant` works on. Another connection that asked for
-/// work with the same key before is closed with [`CLOSE_REPLACED`](mpcl_protocol::close_code::CLOSE_REPLACED): two clients started with
+/// work with the same key before is closed with [`CLOSE_REPLACED`]: two clients started with
 /// one key would otherwise both train and one's updates be rejected as duplicates every round.
 /// The newer one wins, so that a client restarted after a crash is never locked out by the
 /// connection its dead predecessor left behind. Status queries never ask for work and so never
