@@ -8,7 +8,9 @@ use std::sync::Arc;
 use mpcl_coordinator::server::{NetworkSettings, Server, ServerSetup};
 use mpcl_coordinator::{Coordinator, CoordinatorConfig};
 use mpcl_data::{ModelConfig, Schema};
+use mpcl_model::{Device, MpclModel};
 use mpcl_protocol::identity::Participant as Enrolled;
+use mpcl_protocol::messages::GlobalState;
 use mpcl_protocol::{Enrolment, NodeIdentity, SigningKey};
 
 use crate::BenchError;
@@ -102,4 +104,15 @@ pub(crate) fn every_client_config(name: &str, rounds: u64, clients: usize) -> Co
         round_deadline_secs: 600,
         ..CoordinatorConfig::default()
     }
+}
+
+/// The global state the bench's runs start from: a `model` network for `schema`, made on the
+/// CPU with seed 5.
+pub(crate) fn initial_state(
+    schema: &Schema,
+    model: &ModelConfig,
+) -> Result<GlobalState, BenchError> {
+    Ok(MpclModel::new(schema, model, &Device::flex(), 5)
+        .map_err(|e| BenchError::setup("model", e))?
+        .global_state())
 }

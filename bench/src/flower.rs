@@ -24,8 +24,8 @@ use mpcl_client::{
 };
 use mpcl_coordinator::Coordinator;
 use mpcl_coordinator::server::NetworkSettings;
-use mpcl_data::ModelConfig;
-use mpcl_model::{Device, MpclModel};
+use mpcl_data::{Dataset, ModelConfig};
+use mpcl_model::Device;
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, LocalMetrics, RunId, TrainingConfig};
 use mpcl_protocol::{CooccurrenceStatistics, NamedTensor, ParameterSet, PrototypeStatistics};
 use mpcl_simulations::synthetic::{SyntheticConfig, generate};
@@ -34,7 +34,7 @@ use tokio::sync::mpsc::unbounded_channel;
 use tokio_util::sync::CancellationToken;
 
 use crate::BenchError;
-use crate::federation_setup::{BenchKeys, every_client_config};
+use crate::federation_setup::{BenchKeys, every_client_config, initial_state};
 use crate::network::LoggedRounds;
 use crate::stats::{median, threads_cpu_seconds};
 
@@ -267,24 +267,28 @@ fn measure_error(message: String) -> BenchError {
     }
 }
 
-/// Runs `clients` nodes with the [`Perturbation`] trainer for [`ROUNDS`] rounds against a
-/// coordinator on its own runtime, and measures every round.
-pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
-    let keys = BenchKeys::new(clients, "round overhead vs Flower")?;
-    let poll_interval_ms = NetworkSettings::default().poll_interval_ms;
-    let data = generate(&SyntheticConfig {
+/// The data behind the rounds on Flower's workload: only its schema matters (the trainer is a
+/// perturbation), which with the tiny model gives 7,992 encoder parameters.
+pub(crate) fn workload_data() -> Dataset {
+    generate(&SyntheticConfig {
         seed: 3,
         subjects: 1,
         trials_per_subject: 2,
         windows_per_trial: 1,
         face_width: 8,
         ..SyntheticConfig::default()
-    });
+    })
+}
+
+/// Runs `clients` nodes with the [`Perturbation`] trainer for [`ROUNDS`] rounds against a
+/// coordinator on its own runtime, and measures every round.
+pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
+    let keys = BenchKeys::new(clients, "round overhead vs Flower")?;
+    let poll_interval_ms = NetworkSettings::default().poll_interval_ms;
+    let data = workload_data();
     let config = every_client_config("bench-flower", ROUNDS, clients);
     let model = ModelConfig::tiny();
-    let initial = MpclModel::new(&data.schema, &model, &Device::flex(), 5)
-        .map_err(|e| BenchError::setup("model", e))?
-        .global_state();
+    let initial = initial_state(&data.schema, &model)?;
     let parameters = initial.parameters.value_count();
     let coordinator = Coordinator::new(config, [9; 16], initial)
         .map_err(|e| BenchError::setup("coordinator", e))?;

@@ -14,7 +14,7 @@ use mpcl_coordinator::Coordinator;
 use mpcl_coordinator::round_log::read_round_log;
 use mpcl_coordinator::server::{NetworkSettings, ROUND_LOG_FILE};
 use mpcl_data::ModelConfig;
-use mpcl_model::{Device, MpclModel};
+use mpcl_model::Device;
 use mpcl_protocol::Compression;
 use mpcl_simulations::synthetic::{SyntheticConfig, generate};
 use serde::{Deserialize, Serialize};
@@ -22,7 +22,7 @@ use tokio::sync::mpsc::unbounded_channel;
 use tokio_util::sync::CancellationToken;
 
 use crate::BenchError;
-use crate::federation_setup::{BenchKeys, every_client_config};
+use crate::federation_setup::{BenchKeys, every_client_config, initial_state};
 use crate::stats::median;
 
 /// One network configuration.
@@ -79,9 +79,7 @@ async fn run(
     config.training.learning_rate = 0.01;
     config.training.compression = compression;
     let model = ModelConfig::tiny();
-    let initial = MpclModel::new(&data.schema, &model, &Device::flex(), 5)
-        .map_err(|e| BenchError::setup("model", e))?
-        .global_state();
+    let initial = initial_state(&data.schema, &model)?;
     let coordinator = Coordinator::new(config, [9; 16], initial)
         .map_err(|e| BenchError::setup("coordinator", e))?;
     let out = tempfile::tempdir().map_err(|e| BenchError::setup("temporary folder", e))?;

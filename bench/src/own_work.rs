@@ -20,18 +20,17 @@ use std::time::Instant;
 
 use mpcl_coordinator::{Action, Coordinator, Event, ParticipantId};
 use mpcl_data::ModelConfig;
-use mpcl_model::{Device, MpclModel};
 use mpcl_protocol::codec::decode_message;
 use mpcl_protocol::framing::encode_frame;
 use mpcl_protocol::messages::{ClientMessage, CoordinatorMessage, GlobalState, TrainingConfig};
 use mpcl_protocol::start_round::{EncodedState, SplicedPayload, encode_start_round};
 use mpcl_protocol::update_payload::decode_update_payload;
 use mpcl_protocol::{DeltaLayout, SignedUpdate};
-use mpcl_simulations::synthetic::{SyntheticConfig, generate};
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
-use crate::federation_setup::{BenchKeys, every_client_config};
+use crate::federation_setup::{BenchKeys, every_client_config, initial_state};
+use crate::flower::workload_data;
 use crate::stats::median;
 use crate::synthetic_state::client_update;
 
@@ -71,8 +70,32 @@ impl OwnWorkRow {
     }
 }
 
-const COORDINATOR: &str = "coordinator";
-const CLIENT: &str = "client";
+/// The two ends, as [`StageTime::end`] names them.
+pub const COORDINATOR: &str = "coordinator";
+pub const CLIENT: &str = "client";
+
+/// Every stage, by end, in the order the report lists them; the timings below index it.
+const STAGES: [(&str, &str); 8] = [
+    (COORDINATOR, "encode StartRound"),
+    (COORDINATOR, "decode the update's frame"),
+    (COORDINATOR, "check the signature"),
+    (COORDINATOR, "decode the payload"),
+    (
+        COORDINATOR,
+        "round state machine (validation, exact sum, the round's close)",
+    ),
+    (CLIENT, "decode StartRound"),
+    (CLIENT, "encode and sign the update"),
+    (CLIENT, "frame the update"),
+];
+const ENCODE_START_ROUND: usize = 0;
+const DECODE_FRAME: usize = 1;
+const CHECK_SIGNATURE: usize = 2;
+const DECODE_PAYLOAD: usize = 3;
+const STATE_MACHINE: usize = 4;
+const DECODE_START_ROUND: usize = 5;
+const SIGN_UPDATE: usize = 6;
+const FRAME_UPDATE: usize = 7;
 
 fn measure_error(model: &str, message: impl std::fmt::Display) -> BenchError {
     BenchError::Measure {
@@ -81,22 +104,8 @@ fn measure_error(model: &str, message: impl std::fmt::Display) -> BenchError {
     }
 }
 
-/// The global state of a freshly made `model` network (the synthetic schema).
-fn initial_state(model: &ModelConfig) -> Result<GlobalState, BenchError> {
-    let data = generate(&SyntheticConfig {
-        seed: 3,
-        subjects: 1,
-        trials_per_subject: 2,
-        windows_per_trial: 1,
-        ..SyntheticConfig::default()
-    });
-    Ok(MpclModel::new(&data.schema, model, &Device::flex(), 5)
-        .map_err(|e| BenchError::setup("model", e))?
-        .global_state())
-}
-
-/// Each stage's end, name and seconds per client-round.
-type Stages = Vec<(&'static str, &'static str, f64)>;
+/// Each of [`STAGES`]' seconds per client-round.
+type Stages = [f64; STAGES.len()];
 
 /// Times every stage for `clients` clients of the `model` network, `repeats` times.
 pub fn measure(
@@ -105,7 +114,8 @@ pub fn measure(
     clients: usize,
     repeats: usize,
 ) -> Result<OwnWorkRow, BenchError> {
-    let initial = initial_state(model)?;
+    // The Flower workload's schema: the tiny model's row is then the state of those rounds.
+    let initial = initial_state(&workload_data().schema, model)?;
     let keys = BenchKeys::new(clients, "mpcl's own work per client-round")?;
     let run_id = [9; 16];
     let mut times: Vec<Stages> = Vec::new();
@@ -115,13 +125,13 @@ pub fn measure(
         sizes = (start_round_bytes, update_bytes);
         times.push(stages);
     }
-    let stages = times[0]
+    let stages = STAGES
         .iter()
         .enumerate()
-        .map(|(i, (end, stage, _))| StageTime {
+        .map(|(i, (end, stage))| StageTime {
             end: (*end).into(),
             stage: (*stage).into(),
-            seconds: median(&times.iter().map(|t| t[i].2).collect::<Vec<_>>()),
+            seconds: median(&times.iter().map(|t| t[i]).collect::<Vec<_>>()),
         })
         .collect();
     Ok(OwnWorkRow {
@@ -178,6 +188,7 @@ fn one_round(
 
     // Coordinator: each participant's StartRound around the state encoded once (sent as its
     // pieces, never joined: the client below decodes a joined copy made outside the timing).
+    let mut seconds: Stages = [0.0; STAGES.len()];
     let started = Instant::now();
     let encoded = EncodedState::encode(&sent[0].0).map_err(|e| error(e.to_string()))?;
     let start_rounds: Vec<SplicedPayload> = sent
@@ -185,7 +196,7 @@ fn one_round(
         .map(|(_, config)| encode_start_round(&run_id, round, &encoded, config, 0, &None, &limits))
         .collect::<Result<_, _>>()
         .map_err(|e| error(e.to_string()))?;
-    let encode_seconds = started.elapsed().as_secs_f64();
+    seconds[ENCODE_START_ROUND] = started.elapsed().as_secs_f64();
     let start_round_bytes = start_rounds[0].len();
 
     // Then every client in turn, one at a time as each end handles them (so buffers are freed
@@ -194,7 +205,6 @@ fn one_round(
     // payload and hands the update to the round state machine. Each stage's time is summed.
     let header = mpcl_protocol::framing::FRAME_HEADER_BYTES;
     let layout = DeltaLayout::of(&initial.parameters);
-    let mut seconds = [0.0f64; 7];
     let mut lap = |stage: usize, since: &mut Instant| {
         let now = Instant::now();
         seconds[stage] += (now - *since).as_secs_f64();
@@ -213,15 +223,15 @@ fn one_round(
             Ok(other) => return Err(error(format!("decoded {} instead", other.kind()))),
             Err(e) => return Err(error(e.to_string())),
         };
-        lap(0, &mut at);
+        lap(DECODE_START_ROUND, &mut at);
         let update = client_update(&state, run_id, round, i as u64);
         at = Instant::now();
         let signed =
             SignedUpdate::sign(&update, identity, &limits).map_err(|e| error(e.to_string()))?;
-        lap(1, &mut at);
+        lap(SIGN_UPDATE, &mut at);
         let frame = encode_frame(&ClientMessage::Update(signed), &limits)
             .map_err(|e| error(e.to_string()))?;
-        lap(2, &mut at);
+        lap(FRAME_UPDATE, &mut at);
         update_bytes = frame.len() - header;
         drop((update, state));
 
@@ -231,14 +241,14 @@ fn one_round(
             Ok(other) => return Err(error(format!("decoded {} instead", other.kind()))),
             Err(e) => return Err(error(e.to_string())),
         };
-        lap(3, &mut at);
+        lap(DECODE_FRAME, &mut at);
         signed
             .verify_signature(&identity.public_key())
             .map_err(|e| error(e.to_string()))?;
-        lap(4, &mut at);
+        lap(CHECK_SIGNATURE, &mut at);
         let (update, _) = decode_update_payload(&signed.payload, &limits, Some(&layout))
             .map_err(|e| error(e.to_string()))?;
-        lap(5, &mut at);
+        lap(DECODE_PAYLOAD, &mut at);
         let event = Event::UpdateReceived {
             participant,
             update: Box::new(update),
@@ -251,31 +261,13 @@ fn one_round(
                 _ => {}
             }
         }
-        lap(6, &mut at);
+        lap(STATE_MACHINE, &mut at);
     }
     if accepted != clients || !aggregated {
         return Err(error(format!(
             "{accepted} of {clients} updates accepted, round aggregated: {aggregated}"
         )));
     }
-    let per = |stage: usize| seconds[stage] / clients as f64;
-    let stages = vec![
-        (
-            COORDINATOR,
-            "encode StartRound",
-            encode_seconds / clients as f64,
-        ),
-        (COORDINATOR, "decode the update's frame", per(3)),
-        (COORDINATOR, "check the signature", per(4)),
-        (COORDINATOR, "decode the payload", per(5)),
-        (
-            COORDINATOR,
-            "round state machine (validation, exact sum, the round's close)",
-            per(6),
-        ),
-        (CLIENT, "decode StartRound", per(0)),
-        (CLIENT, "encode and sign the update", per(1)),
-        (CLIENT, "frame the update", per(2)),
-    ];
+    let stages = seconds.map(|total| total / clients as f64);
     Ok((stages, start_round_bytes, update_bytes))
 }

@@ -229,7 +229,7 @@ pub fn markdown(r: &BenchReport) -> String {
     if !r.own_work.is_empty() {
         let _ = writeln!(
             s,
-            "\n**mpcl's own work per client-round** (the functions each end calls, in one thread, without a network; the coordinator encodes the round's state once and shares it, as its server does; the round's close is shared out over its updates)\n"
+            "\n**mpcl's own work per client-round** (the functions each end calls, in one thread, without a network, on the schema of the Flower workload's data; the coordinator encodes the round's state once and shares it, as its server does; the round's close is shared out over its updates)\n"
         );
         let _ = writeln!(
             s,
@@ -249,7 +249,7 @@ pub fn markdown(r: &BenchReport) -> String {
                     seconds(stage.seconds)
                 );
             }
-            for end in ["coordinator", "client"] {
+            for end in [crate::own_work::COORDINATOR, crate::own_work::CLIENT] {
                 let _ = writeln!(
                     s,
                     "{lead} {end} | **all of it** | **{}** |",

@@ -69,7 +69,10 @@ fn quick_bench_writes_json_and_markdown() -> anyhow::Result<()> {
     assert_eq!(own.stages.len(), 8);
     assert!(own.stages.iter().all(|s| s.seconds > 0.0));
     assert!(own.update_bytes > 4 * own.parameters && own.start_round_bytes > 4 * own.parameters);
-    assert!(own.total("coordinator") > 0.0 && own.total("client") > 0.0);
+    assert!(
+        own.total(mpcl_bench::own_work::COORDINATOR) > 0.0
+            && own.total(mpcl_bench::own_work::CLIENT) > 0.0
+    );
     // The simulation on one thread and on every thread, each timed (its jobs on threads:
     // without a launcher there are no job processes).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
