@@ -267,6 +267,11 @@ fn measure_error(message: String) -> BenchError {
     }
 }
 
+/// The network of the rounds on Flower's workload.
+pub fn workload_model() -> ModelConfig {
+    ModelConfig::tiny()
+}
+
 /// The data behind the rounds on Flower's workload: only its schema matters (the trainer is a
 /// perturbation), which with the tiny model gives 7,992 encoder parameters.
 pub(crate) fn workload_data() -> Dataset {
@@ -287,7 +292,7 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
     let poll_interval_ms = NetworkSettings::default().poll_interval_ms;
     let data = workload_data();
     let config = every_client_config("bench-flower", ROUNDS, clients);
-    let model = ModelConfig::tiny();
+    let model = workload_model();
     let initial = initial_state(&data.schema, &model)?;
     let parameters = initial.parameters.value_count();
     let coordinator = Coordinator::new(config, [9; 16], initial)

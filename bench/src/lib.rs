@@ -297,13 +297,13 @@ pub fn run_bench(
             }
         }
         progress("the QUIC floor under those rounds");
+        let (bytes_down, bytes_up) = own_work::message_bytes(&flower::workload_model())?;
         for row in &flower {
-            let bytes = 4 * row.parameters;
             transport_floor.push(transport_floor::measure(
                 row.clients,
                 flower::ROUNDS,
-                bytes,
-                bytes,
+                bytes_down,
+                bytes_up,
             )?);
         }
         progress("mpcl's own work per client-round, stage by stage");

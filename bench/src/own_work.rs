@@ -144,6 +144,16 @@ pub fn measure(
     })
 }
 
+/// Bytes of one participant's `StartRound` payload and of its update's frame payload, for
+/// `model` on Flower's workload schema: what each client of [`crate::flower`]'s rounds moves
+/// each way per round, which the QUIC floor ([`crate::transport_floor`]) then moves too.
+pub fn message_bytes(model: &ModelConfig) -> Result<(usize, usize), BenchError> {
+    let initial = initial_state(&workload_data().schema, model)?;
+    let keys = BenchKeys::new(1, "the bytes of a round's messages")?;
+    let (_, start_round_bytes, update_bytes) = one_round("workload", &keys, &initial, [9; 16])?;
+    Ok((start_round_bytes, update_bytes))
+}
+
 /// One round of every client; each stage's seconds per client-round.
 fn one_round(
     name: &str,

@@ -1,8 +1,9 @@
 //! The floor under any round over QUIC on this machine: quinn alone, with mpcl's TLS
 //! configuration (TLS 1.3, ed25519 certificates both ways) and one endpoint per client as
 //! mpcl's participants have, moving a round's bytes: per client a small request answered by
-//! the global state's bytes, then the update's bytes answered by a small acknowledgement, over
-//! two streams, every client at once. No encoding, signatures, validation or aggregation.
+//! as many bytes as mpcl's `StartRound`, then as many as mpcl's signed update answered by a
+//! small acknowledgement, over two streams, every client at once. No encoding, signatures,
+//! validation or aggregation.
 //!
 //! Flower's figures ([`crate::flower::FLOWER_OVERHEAD_SECONDS`]) come from its simulation mode,
 //! which moves no bytes over any network; when this floor alone is above a tenth of Flower's
@@ -30,9 +31,9 @@ const SMALL: usize = 64;
 pub struct FloorRow {
     pub clients: usize,
     pub rounds: u64,
-    /// Bytes each client receives per round (the global state's size).
+    /// Bytes each client receives per round (mpcl's `StartRound` message on the same rounds).
     pub bytes_down: usize,
-    /// Bytes each client sends per round (the update's size).
+    /// Bytes each client sends per round (mpcl's signed update message).
     pub bytes_up: usize,
     /// Median round wall time (every client's two exchanges).
     pub round_seconds: f64,

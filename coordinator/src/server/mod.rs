@@ -72,8 +72,13 @@ pub const ROUND_LOG_FILE: &str = "rounds.jsonl";
 
 use mpcl_protocol::close_code::{CLOSE_FINISHED, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_SHUTDOWN};
 
-/// Most concurrent requests (streams) one connection may have open.
-const MAX_STREAMS_PER_CONNECTION: u32 = 4;
+/// Most concurrent requests (streams) one connection may have open. A participant uses two
+/// at a time (its parked `RequestWork` and an upload); the memory of large messages is bounded
+/// by the server-wide upload permits, not by this. Not lower: quinn renews the peer's stream
+/// credit once more than an eighth of this limit is used up, so at 4 every finished request
+/// cost a `MAX_STREAMS` frame, often a datagram of its own (in `mpcl bench --only flower`: 61 ->
+/// 55 datagram sends per connection over 5 rounds going from 4 to 16).
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 /// How long shutdown waits for connections to close cleanly.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
