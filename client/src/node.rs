@@ -33,7 +33,7 @@ use mpcl_model::Device;
 use mpcl_model::personalize::PersonalizeScope;
 use mpcl_protocol::codec::CodecError;
 use mpcl_protocol::messages::EvaluationSplit;
-use mpcl_protocol::messages::{ClientMessage, CoordinatorMessage, Welcome};
+use mpcl_protocol::messages::{ClientMessage, CoordinatorMessage, GlobalState, RunId, Welcome};
 use mpcl_protocol::privacy_noise::NoiseSource;
 use mpcl_protocol::secure_aggregation::SecAggUpload;
 use mpcl_protocol::{RoundPhase, StatusReport};
@@ -41,7 +41,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::evaluation::{LocalSplit, split_for_evaluation};
 use crate::events::NodeEvent;
@@ -74,7 +74,7 @@ pub struct NodeConfig {
     pub personalization: Option<PersonalizationRequest>,
 }
 
-/// What `mpcl client --personalize-epochs E` asks for after the run: the last global model
+/// What `mpcl client --personalize-epochs E` asks for after the run: the final global model
 /// fine-tuned on this participant's own training part for up to `epochs` epochs, the epoch
 /// chosen on its validation part, both models scored on its test part. Needs a run with
 /// federated evaluation (or `--validation-data` / `--test-data`). The personal model stays on
@@ -178,6 +178,15 @@ pub struct Node {
     split: Option<Arc<LocalSplit>>,
     /// The run's model configuration, once admitted.
     model_config: Option<ModelConfig>,
+    /// The run's final global model, asked for after `Finished` when personalizing.
+    final_model: Option<FinalModel>,
+}
+
+/// The global state after a run's last round, as the coordinator sent it.
+struct FinalModel {
+    run_id: RunId,
+    rounds: u64,
+    state: Arc<GlobalState>,
 }
 
 impl Node {
@@ -203,6 +212,7 @@ impl Node {
             given_evaluation: None,
             split: None,
             model_config: None,
+            final_model: None,
         })
     }
 
@@ -266,9 +276,29 @@ impl Node {
         })
     }
 
-    /// Runs the requested personalization (if any) on the last global model this node received,
-    /// logs both models' test metrics and writes the personal model where asked.
-    async fn personalize(&mut self) -> Result<(), NodeError> {
+    /// Asks the coordinator for the run's final model, which personalization starts from. The
+    /// last state a `StartRound` handed this node is the model before its round, so without a
+    /// final evaluation round that hands the final model to this node, it is one or more rounds
+    /// old. Failing (a lost connection), the node falls back to it and says so.
+    async fn fetch_final_model(&mut self, session: &Session) {
+        match session.final_model().await {
+            Ok((run_id, rounds, state)) if run_id == session.welcome().run_id => {
+                debug!(rounds, "received the run's final model");
+                self.final_model = Some(FinalModel {
+                    run_id,
+                    rounds,
+                    state: Arc::new(state),
+                });
+            }
+            Ok(_) => warn!("the coordinator sent the final model of another run; ignored"),
+            Err(error) => warn!(%error, "could not get the run's final model"),
+        }
+    }
+
+    /// Runs the requested personalization (if any) on the run's final model (or, if this node
+    /// could not get it, on the last global model it was handed), logs both models' test
+    /// metrics and writes the personal model where asked. `rounds`: the run's rounds.
+    async fn personalize(&mut self, rounds: u64) -> Result<(), NodeError> {
         let Some(request) = self.config.personalization.clone() else {
             return Ok(());
         };
@@ -287,6 +317,19 @@ impl Node {
                 "it needs a validation and a test part: a run with [evaluation] enabled, or --validation-data and --test-data".into(),
             ));
         }
+        // The state handed with round r is the model after round r - 1.
+        let (global, global_round) = match &self.final_model {
+            Some(model) if model.run_id == last.run_id => (Arc::clone(&model.state), model.rounds),
+            _ => (Arc::clone(&last.state), last.round.saturating_sub(1)),
+        };
+        if global_round < rounds {
+            warn!(
+                global_round,
+                rounds,
+                "personalizing the global model after round {global_round}, the last this node \
+                 was handed: the run's final model (after round {rounds}) did not reach it"
+            );
+        }
         let device = self.device.clone();
         let options = options_from_training(request.epochs, request.scope, &last.config);
         let outcome = tokio::task::spawn_blocking(move || {
@@ -296,7 +339,7 @@ impl Node {
                 &standardizer,
                 &model_config,
                 &device,
-                &last.state,
+                &global,
                 &options,
             )
             .map(|outcome| (outcome, split))
@@ -307,7 +350,7 @@ impl Node {
         let run_hex: String = last.run_id.iter().map(|b| format!("{b:02x}")).collect();
         if let Some(path) = &request.model_file {
             outcome
-                .model_file(&split, &run_hex, last.round)
+                .model_file(&split, &run_hex, global_round)
                 .write(path)
                 .map_err(|e| fail(e.to_string()))?;
         }
@@ -317,9 +360,11 @@ impl Node {
             prior_test_kl = outcome.prior_test.kl,
             chosen_epoch = outcome.report.chosen_epoch,
             test_samples = outcome.personal_test.samples,
-            "personalized the last global model on the local data"
+            global_round,
+            "personalized the global model on the local data"
         );
         self.emit(NodeEvent::Personalized {
+            global_round,
             global_test: outcome.global_test,
             personal_test: outcome.personal_test,
             prior_test: outcome.prior_test,
@@ -381,7 +426,7 @@ impl Node {
                         failing_since = None;
                         match self.serve(session, &shutdown).await {
                             Ok(SessionEnd::Finished(rounds)) => {
-                                self.personalize().await?;
+                                self.personalize(rounds).await?;
                                 return Ok(NodeOutcome::Finished { rounds });
                             }
                             Ok(SessionEnd::Cancelled) => return Ok(NodeOutcome::Cancelled),
@@ -461,6 +506,9 @@ impl Node {
             welcome: welcome.clone(),
         });
         let result = self.work(&session, &welcome, shutdown).await;
+        if matches!(result, Ok(SessionEnd::Finished(_))) && self.config.personalization.is_some() {
+            self.fetch_final_model(&session).await;
+        }
         // Whatever the machine awaited went with the session; a pending update stays.
         self.machine.session_lost();
         let result = match result {

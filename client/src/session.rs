@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use mpcl_protocol::codec::{CodecError, MessageLimits};
 use mpcl_protocol::framing::{encode_frame, read_message};
-use mpcl_protocol::messages::{ClientMessage, CoordinatorMessage, Welcome};
+use mpcl_protocol::messages::{ClientMessage, CoordinatorMessage, GlobalState, Welcome};
 use mpcl_protocol::tls::{TLS_SERVER_NAME, TlsError, client_config};
-use mpcl_protocol::{NodeIdentity, PROTOCOL_VERSION, VerifyingKey};
+use mpcl_protocol::{NodeIdentity, PROTOCOL_VERSION, RunId, VerifyingKey};
 use quinn::crypto::rustls::QuicClientConfig;
 use thiserror::Error;
 use tracing::debug;
@@ -350,6 +350,23 @@ impl Session {
         {
             Ok(result) => result,
             Err(_) => Err(SessionError::Timeout { addr, timeout }),
+        }
+    }
+
+    /// Asks for the run's final global model (after `Finished`): the run id, the rounds it
+    /// took, and the state after the last of them.
+    pub async fn final_model(&self) -> Result<(RunId, u64, GlobalState), SessionError> {
+        match self.request(&ClientMessage::RequestFinalModel).await? {
+            CoordinatorMessage::FinalModel {
+                run_id,
+                rounds,
+                state,
+            } => Ok((run_id, rounds, state)),
+            CoordinatorMessage::Error { reason } => Err(SessionError::Coordinator { reason }),
+            other => Err(SessionError::Unexpected {
+                request: "RequestFinalModel",
+                reply: other.kind(),
+            }),
         }
     }
 

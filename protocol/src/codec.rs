@@ -24,12 +24,12 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 /// Version of the wire protocol. Bump it on any change to message types or their encoding.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// The TLS ALPN protocol id, which carries [`PROTOCOL_VERSION`] so that peers of different
 /// versions fail at the handshake (QUIC crypto error 0x178, "no application protocol") rather
 /// than in the decoder.
-pub const ALPN: &[u8] = b"mpcl/7";
+pub const ALPN: &[u8] = b"mpcl/8";
 
 /// Absolute ceiling on one message (1 GiB), whatever the model. Frames carry a `u32` length, and
 /// bincode is given this as its compile-time decode limit.

@@ -25,6 +25,8 @@
 //!   |      or UpdateRejected { round, reason }   |
 //!   | RequestWork { Some(round) } ------------> |  ... next round, or
 //!   | <---------------------- Finished { rounds } |  the run is over
+//!   | RequestFinalModel ----------------------> |  (a node that personalizes)
+//!   | <------ FinalModel { run_id, rounds, state } |  the model after the last round
 //!   | Goodbye --------------------------------> |
 //!   | <------------------------------- Goodbye   |  then the client closes the connection
 //! ```
@@ -189,6 +191,10 @@ pub enum ClientMessage {
     StatusRequest,
     /// The client is leaving. Answered with `Goodbye`; the client then closes the connection.
     Goodbye,
+    /// After `Finished`: the run's final global model, the state after its last round, which
+    /// no `StartRound` hands out when the run has no final evaluation round (or this client was
+    /// not asked to it). Answered with `FinalModel`, or `Error` while the run is not over.
+    RequestFinalModel,
     /// Secure aggregation: this client's message for one step of round `round`'s session
     /// (`nonce` is the session's, from [`SecureRoundSetup`]). Answered, once the step closes,
     /// with `SecureAggregation` or `SecureAggregationAborted`
@@ -218,6 +224,7 @@ impl ClientMessage {
             Self::StatusRequest => "StatusRequest",
             Self::Goodbye => "Goodbye",
             Self::SecureAggregation { .. } => "SecureAggregation",
+            Self::RequestFinalModel => "RequestFinalModel",
         }
     }
 }
@@ -263,6 +270,12 @@ pub enum CoordinatorMessage {
     /// Reply to `SecureAggregation`: this client takes no further part in round `round`'s
     /// session (it failed, or the client was left out), and why. Ask for work again.
     SecureAggregationAborted { round: u64, reason: String },
+    /// Reply to `RequestFinalModel`: the global state after round `rounds`, the run's last.
+    FinalModel {
+        run_id: RunId,
+        rounds: u64,
+        state: GlobalState,
+    },
 }
 
 impl CoordinatorMessage {
@@ -280,6 +293,7 @@ impl CoordinatorMessage {
             Self::Error { .. } => "Error",
             Self::SecureAggregation { .. } => "SecureAggregation",
             Self::SecureAggregationAborted { .. } => "SecureAggregationAborted",
+            Self::FinalModel { .. } => "FinalModel",
         }
     }
 }

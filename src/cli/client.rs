@@ -154,10 +154,11 @@ pub struct ClientArgs {
     #[arg(long, value_name = "MASS", default_value_t = 1.0)]
     min_prototype_mass: f32,
 
-    /// After the run, fine-tune the last global model on this participant's own training part
-    /// for up to E epochs (0: off), keeping the epoch with the lowest validation KL (epoch 0 is
-    /// the global model itself), and print both models' metrics on the local test part. Needs
-    /// a run with [evaluation] (or --validation-data and --test-data). Nothing of it is sent.
+    /// After the run, fine-tune the run's final global model on this participant's own
+    /// training part for up to E epochs (0: off), keeping the epoch with the lowest validation
+    /// KL (epoch 0 is the global model itself), and print both models' metrics on the local
+    /// test part. Needs a run with [evaluation] (or --validation-data and --test-data). Nothing
+    /// of it is sent.
     #[arg(long, value_name = "E", default_value_t = 0)]
     personalize_epochs: usize,
 
@@ -187,6 +188,7 @@ pub struct ClientArgs {
 
 /// The local test table of a personalized run.
 fn print_personalization(
+    global_round: u64,
     global: &DistributionMetrics,
     personal: &DistributionMetrics,
     prior: &DistributionMetrics,
@@ -199,8 +201,9 @@ fn print_personalization(
     );
     println!("| model | chebyshev ↓ | clark ↓ | canberra ↓ | kl ↓ | cosine ↑ | intersection ↑ |");
     println!("|---|---|---|---|---|---|---|");
+    let global_name = format!("global model (after round {global_round})");
     for (name, m) in [
-        ("global model", global),
+        (global_name.as_str(), global),
         ("personalized", personal),
         ("label prior", prior),
     ] {
@@ -336,6 +339,7 @@ impl ClientArgs {
                 println!("run finished after {rounds} rounds");
                 while let Ok(event) = received.try_recv() {
                     if let NodeEvent::Personalized {
+                        global_round,
                         global_test,
                         personal_test,
                         prior_test,
@@ -344,6 +348,7 @@ impl ClientArgs {
                     } = event
                     {
                         print_personalization(
+                            global_round,
                             &global_test,
                             &personal_test,
                             &prior_test,

@@ -73,6 +73,11 @@ pub(crate) enum Command {
         participant: ParticipantId,
         reply: oneshot::Sender<CoordinatorMessage>,
     },
+    /// `RequestFinalModel`: answered with the state after the last round once the run is over.
+    FinalModel {
+        participant: ParticipantId,
+        reply: oneshot::Sender<CoordinatorMessage>,
+    },
     /// A step of the secure-aggregation session; answered when the step closes.
     SecureAggregation {
         participant: ParticipantId,
@@ -408,6 +413,9 @@ impl Actor {
             }
             Command::Status { participant, reply } => {
                 let _ = reply.send(CoordinatorMessage::Status(self.status(&participant)));
+            }
+            Command::FinalModel { reply, .. } => {
+                let _ = reply.send(final_model(&self.coordinator));
             }
             Command::SecureAggregation {
                 participant,
@@ -978,6 +986,28 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The answer to `RequestFinalModel`: the global state after the run's last round, or, while
+/// rounds remain, an error saying so (the state in between is not the final model, and handing
+/// it out as such would have a node personalize or keep the wrong one).
+fn final_model(coordinator: &Coordinator) -> CoordinatorMessage {
+    if coordinator.is_finished() {
+        CoordinatorMessage::FinalModel {
+            run_id: coordinator.run_id(),
+            rounds: coordinator.completed_rounds(),
+            state: GlobalState::clone(coordinator.global_state()),
+        }
+    } else {
+        CoordinatorMessage::Error {
+            reason: format!(
+                "the run is not over ({} of {} rounds aggregated): the final model exists once \
+                 the coordinator answers `Finished`",
+                coordinator.completed_rounds(),
+                coordinator.config().rounds
+            ),
+        }
     }
 }
 

@@ -136,6 +136,7 @@ impl Command {
             | Command::RequestWork { participant, .. }
             | Command::Update { participant, .. }
             | Command::Status { participant, .. }
+            | Command::FinalModel { participant, .. }
             | Command::SecureAggregation { participant, .. } => *participant,
         }
     }

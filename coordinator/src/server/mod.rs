@@ -834,6 +834,9 @@ async fn serve_request(
         ClientMessage::StatusRequest => {
             ask(&shared, |reply| Command::Status { participant, reply }).await
         }
+        ClientMessage::RequestFinalModel => {
+            ask(&shared, |reply| Command::FinalModel { participant, reply }).await
+        }
         ClientMessage::SecureAggregation {
             round,
             nonce,
