@@ -147,16 +147,13 @@ impl ExactSum {
         let mut start = 0;
         for part in parts {
             let end = start + part.len();
-            let sums = self.high[start..end]
-                .iter_mut()
-                .zip(&mut self.middle[start..end])
-                .zip(&mut self.low[start..end]);
-            for (((high, middle), low), &value) in sums.zip(part) {
-                let [h, m, l] = limbs(limb_scale * f64::from(value));
-                *high += h;
-                *middle += m;
-                *low += l;
-            }
+            add_limbs(
+                &mut self.high[start..end],
+                &mut self.middle[start..end],
+                &mut self.low[start..end],
+                part,
+                limb_scale,
+            );
             start = end;
         }
         self.addends += 1;
@@ -188,6 +185,26 @@ impl ExactSum {
             + (i128::from(self.middle[i]) << LIMB_BITS)
             + i128::from(self.low[i]);
         fixed as f64 * 2f64.powi(-FRACTION_BITS)
+    }
+}
+
+mpcl_protocol::avx2_or_portable! {
+    /// Adds each of `values` times `limb_scale`, cut into limbs, to the limb arrays (all of one
+    /// length; the caller has range-checked the addends).
+    fn add_limbs / add_limbs_portable / add_limbs_avx2 (
+        high: &mut [i64],
+        middle: &mut [i64],
+        low: &mut [i64],
+        values: &[f32],
+        limb_scale: f64,
+    ) {
+        let sums = high.iter_mut().zip(middle).zip(low);
+        for (((high, middle), low), &value) in sums.zip(values) {
+            let [h, m, l] = limbs(limb_scale * f64::from(value));
+            *high += h;
+            *middle += m;
+            *low += l;
+        }
     }
 }
 
@@ -240,6 +257,32 @@ mod tests {
     use super::*;
     use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_avx2_loop_gives_the_baseline_loops_limbs() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for n in [0usize, 1, 3, 4, 5, 17, 1000] {
+            let values: Vec<f32> = (0..n)
+                .map(|_| rng.random_range(-1.0f32..1.0) * 10f32.powi(rng.random_range(-12..12)))
+                .collect();
+            let scale = rng.random_range(1.0..1000.0) * HIGH_UNIT;
+            let start: Vec<i64> = (0..n)
+                .map(|_| rng.random_range(-1i64 << 40..1 << 40))
+                .collect();
+            let mut a = [start.clone(), start.clone(), start];
+            let mut b = a.clone();
+            let [ah, am, al] = &mut a;
+            add_limbs_portable(ah, am, al, &values, scale);
+            let [bh, bm, bl] = &mut b;
+            // SAFETY: AVX2 is present (checked above).
+            unsafe { add_limbs_avx2(bh, bm, bl, &values, scale) };
+            assert_eq!(a, b, "n = {n}");
+        }
+    }
 
     #[test]
     fn the_sum_does_not_depend_on_the_order_of_addends() {
