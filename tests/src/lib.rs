@@ -20,7 +20,7 @@ use mpcl_data::{Dataset, Schema, split};
 use mpcl_model::metrics::{DistributionMetrics, evaluate, label_prior_metrics};
 use mpcl_model::{Device, MpclModel};
 use mpcl_protocol::identity::Participant as Enrolled;
-use mpcl_protocol::messages::{ClientUpdate, GlobalState, TrainingConfig};
+use mpcl_protocol::messages::{ClientUpdate, GlobalState, RunId, TrainingConfig};
 use mpcl_protocol::{Enrolment, NodeIdentity, SigningKey};
 use mpcl_simulations::synthetic::{SyntheticConfig, generate};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -236,6 +236,26 @@ pub fn start_server(
     listen: SocketAddr,
 ) -> anyhow::Result<RunningServer> {
     start_server_with(coordinator, keys, schema, out_dir, listen, test_network())
+}
+
+/// Starts a coordinator for run `run_id` of `config` from `federation`'s initial state (seeded
+/// with the config's seed), on 127.0.0.1 with any port, writing to `out_dir`.
+pub fn start_run(
+    federation: &Federation,
+    keys: &Keys,
+    config: CoordinatorConfig,
+    run_id: RunId,
+    out_dir: &Path,
+) -> anyhow::Result<RunningServer> {
+    let initial = federation.initial_state(config.seed);
+    let coordinator = Coordinator::new(config, run_id, initial)?;
+    start_server(
+        coordinator,
+        keys,
+        &federation.schema,
+        out_dir,
+        "127.0.0.1:0".parse()?,
+    )
 }
 
 /// [`start_server`] with other network settings.

@@ -14,7 +14,7 @@ use mpcl_model::{Device, MpclModel};
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, RoundKind};
 use mpcl_tests::{
     Federation, Keys, accepted_updates, expected_state, join, rounds_started, run_config,
-    run_federation, secure_run_config, start_nodes, start_server,
+    run_federation, secure_run_config, start_nodes, start_run,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -145,14 +145,7 @@ async fn a_client_that_stalls_mid_round_is_outwaited_by_the_deadline() -> anyhow
     config.clients_per_round = None;
     config.min_available_clients = Some(3);
     config.round_deadline_secs = 2;
-    let coordinator = Coordinator::new(config, [6; 16], federation.initial_state(7))?;
-    let server = start_server(
-        coordinator,
-        &keys,
-        &federation.schema,
-        out.path(),
-        "127.0.0.1:0".parse()?,
-    )?;
+    let server = start_run(&federation, &keys, config, [6; 16], out.path())?;
     let sleepy = mpcl_client::Session::connect(&mpcl_tests::session_config(
         server.addr,
         &keys,

@@ -9,37 +9,41 @@ use mpcl_client::evaluation::LocalSplit;
 use mpcl_client::node::PersonalizationRequest;
 use mpcl_client::personalize::{options_from_training, personalize_locally};
 use mpcl_client::{Node, NodeConfig, NodeEvent, NodeOutcome, Session, SessionError};
-use mpcl_coordinator::Coordinator;
 use mpcl_data::{ModelConfig, Standardizer};
 use mpcl_model::Device;
 use mpcl_model::personalize::PersonalizeScope;
 use mpcl_protocol::ModelFile;
-use mpcl_tests::{Federation, Keys, drain, join, run_config, session_config, start_server};
+use mpcl_protocol::RunId;
+use mpcl_tests::{
+    Federation, Keys, RunningServer, drain, join, run_config, session_config, start_run,
+};
+use tempfile::TempDir;
 use tokio::sync::mpsc::unbounded_channel;
 use tokio_util::sync::CancellationToken;
 
 const ROUNDS: u64 = 2;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_personalizing_node_starts_from_the_runs_final_model() -> anyhow::Result<()> {
+/// A run of [`ROUNDS`] rounds without federated evaluation that needs both of its two
+/// participants, served on loopback.
+fn two_participants(run_id: RunId) -> anyhow::Result<(Federation, Keys, TempDir, RunningServer)> {
     let federation = Federation::synthetic(2);
     let keys = Keys::new(&["alice", "bob"]);
     let out = tempfile::tempdir()?;
+    let server = start_run(
+        &federation,
+        &keys,
+        run_config(ROUNDS, 2),
+        run_id,
+        out.path(),
+    )?;
+    Ok((federation, keys, out, server))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_personalizing_node_starts_from_the_runs_final_model() -> anyhow::Result<()> {
     // No federated evaluation, so no final evaluation round: the last `StartRound` hands out
     // the model after round 1, and only `RequestFinalModel` gets the one after round 2.
-    let config = run_config(ROUNDS, 2);
-    let coordinator = Coordinator::new(
-        config.clone(),
-        [6; 16],
-        federation.initial_state(config.seed),
-    )?;
-    let server = start_server(
-        coordinator,
-        &keys,
-        &federation.schema,
-        out.path(),
-        "127.0.0.1:0".parse()?,
-    )?;
+    let (federation, keys, out, server) = two_participants([6; 16])?;
     let shutdown = CancellationToken::new();
     let mut nodes = Vec::new();
     for (i, identity) in keys.participants.iter().enumerate() {
@@ -127,19 +131,8 @@ async fn a_personalizing_node_starts_from_the_runs_final_model() -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_final_model_is_refused_while_rounds_remain() -> anyhow::Result<()> {
-    let federation = Federation::synthetic(2);
-    let keys = Keys::new(&["alice", "bob"]);
-    let out = tempfile::tempdir()?;
     // Two clients needed: with one connected the run never starts.
-    let config = run_config(ROUNDS, 2);
-    let coordinator = Coordinator::new(config.clone(), [7; 16], federation.initial_state(1))?;
-    let server = start_server(
-        coordinator,
-        &keys,
-        &federation.schema,
-        out.path(),
-        "127.0.0.1:0".parse()?,
-    )?;
+    let (_federation, keys, _out, server) = two_participants([7; 16])?;
     let session = Session::connect(&session_config(
         server.addr,
         &keys,

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use mpcl_client::{NodeError, NodeEvent, NodeOutcome, Session, SessionError, UpdateOutcome};
-use mpcl_coordinator::Coordinator;
 use mpcl_coordinator::round_log::read_round_log;
 use mpcl_coordinator::server::ROUND_LOG_FILE;
 use mpcl_protocol::codec::MessageLimits;
@@ -23,7 +22,7 @@ use mpcl_protocol::{CooccurrenceStatistics, PrototypeStatistics, SignedUpdate};
 use mpcl_simulations::synthetic::SyntheticConfig;
 use mpcl_tests::{
     Federation, Keys, identity, join, run_config, session_config, start_node, start_nodes,
-    start_server,
+    start_run,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -131,14 +130,7 @@ async fn bad_clients_are_refused_with_logged_reasons_while_rounds_complete() -> 
     config.clients_per_round = None;
     config.min_available_clients = Some(4);
     let run_id = [9; 16];
-    let coordinator = Coordinator::new(config, run_id, federation.initial_state(7))?;
-    let server = start_server(
-        coordinator,
-        &keys,
-        &federation.schema,
-        out.path(),
-        "127.0.0.1:0".parse()?,
-    )?;
+    let server = start_run(&federation, &keys, config, run_id, out.path())?;
 
     // A key that is not enrolled is refused at the first request.
     let eve = Arc::new(identity("eve", 66));

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use mpcl_client::{NodeEvent, NodeOutcome};
+use mpcl_coordinator::read_latest_checkpoint;
 use mpcl_coordinator::round_log::read_round_log;
 use mpcl_coordinator::server::{ROUND_LOG_FILE, checkpoint_path, resume_coordinator};
-use mpcl_coordinator::{Coordinator, read_latest_checkpoint};
 use mpcl_protocol::messages::GlobalState;
 use mpcl_tests::{
     Federation, Keys, RunningNode, drain, join, max_state_difference, restart_server, run_config,
-    start_nodes, start_server,
+    start_nodes, start_run,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -44,19 +44,7 @@ async fn uninterrupted(
     keys: &Keys,
     out: &Path,
 ) -> anyhow::Result<GlobalState> {
-    let config = run_config(ROUNDS, 3);
-    let coordinator = Coordinator::new(
-        config.clone(),
-        [4; 16],
-        federation.initial_state(config.seed),
-    )?;
-    let server = start_server(
-        coordinator,
-        keys,
-        &federation.schema,
-        out,
-        "127.0.0.1:0".parse()?,
-    )?;
+    let server = start_run(federation, keys, run_config(ROUNDS, 3), [4; 16], out)?;
     finish_nodes(start_federation_nodes(server.addr, keys, federation)).await?;
     let outcome = join(server.task, Duration::from_secs(30), "coordinator").await??;
     assert!(outcome.finished);
@@ -74,19 +62,13 @@ async fn a_killed_coordinator_resumes_and_ends_like_an_uninterrupted_run() -> an
 
     // The same run, killed once round 1 is aggregated.
     let out = tempfile::tempdir()?;
-    let config = run_config(ROUNDS, 3);
     let run_id = [5; 16];
-    let coordinator = Coordinator::new(
-        config.clone(),
-        run_id,
-        federation.initial_state(config.seed),
-    )?;
-    let first = start_server(
-        coordinator,
+    let first = start_run(
+        &federation,
         &keys,
-        &federation.schema,
+        run_config(ROUNDS, 3),
+        run_id,
         out.path(),
-        "127.0.0.1:0".parse()?,
     )?;
     let addr = first.addr;
     let mut nodes = start_federation_nodes(addr, &keys, &federation);
