@@ -47,8 +47,9 @@ pub enum NodeEvent {
     Disconnected { reason: String },
     /// The run is over.
     Finished { rounds: u64 },
-    /// After the run: the run's final global model personalized on the local data (see
-    /// [`crate::node::PersonalizationRequest`]), scored on the local test part beside the global model.
+    /// After the run: the run's global model personalized on the local data (see
+    /// [`crate::node::PersonalizationRequest`]), scored on the local test part beside the
+    /// global model.
     Personalized {
         /// The round after which the global model personalization started from was taken (the
         /// run's last round when the node got the final model).

@@ -70,11 +70,12 @@ pub struct NodeConfig {
     pub participant: ParticipantSettings,
     /// Faults to inject, for fault tests only (see [`crate::faults`]).
     pub faults: FaultInjection,
-    /// Fine-tune the final global model on the local data once the run is over (`None`: no).
+    /// Fine-tune the run's global model on the local data once the run is over (`None`: no).
     pub personalization: Option<PersonalizationRequest>,
 }
 
-/// What `mpcl client --personalize-epochs E` asks for after the run: the final global model
+/// What `mpcl client --personalize-epochs E` asks for after the run: the run's global model
+/// (the best round's on federated validation when the run evaluated, else the last round's)
 /// fine-tuned on this participant's own training part for up to `epochs` epochs, the epoch
 /// chosen on its validation part, both models scored on its test part. Needs a run with
 /// federated evaluation (or `--validation-data` / `--test-data`). The personal model stays on
@@ -178,14 +179,15 @@ pub struct Node {
     split: Option<Arc<LocalSplit>>,
     /// The run's model configuration, once admitted.
     model_config: Option<ModelConfig>,
-    /// The run's final global model, asked for after `Finished` when personalizing.
+    /// The run's model, asked for after `Finished` when personalizing.
     final_model: Option<FinalModel>,
 }
 
-/// The global state after a run's last round, as the coordinator sent it.
+/// The run's model as the coordinator sent it: the global state after round `round` (the
+/// best round's on federated validation when the run evaluated, else the last round's).
 struct FinalModel {
     run_id: RunId,
-    rounds: u64,
+    round: u64,
     state: Arc<GlobalState>,
 }
 
@@ -276,29 +278,29 @@ impl Node {
         })
     }
 
-    /// Asks the coordinator for the run's final model, which personalization starts from. The
-    /// last state a `StartRound` handed this node is the model before its round, so without a
-    /// final evaluation round that hands the final model to this node, it is one or more rounds
-    /// old. Failing (a lost connection), the node falls back to it and says so.
+    /// Asks the coordinator for the run's model, which personalization starts from: the last
+    /// state a `StartRound` handed this node is the model before that round, which need not be
+    /// the run's (the best round's, or without evaluation the last one's). Failing (a lost
+    /// connection), the node falls back to it and says so.
     async fn fetch_final_model(&mut self, session: &Session) {
         match session.final_model().await {
-            Ok((run_id, rounds, state)) if run_id == session.welcome().run_id => {
-                debug!(rounds, "received the run's final model");
+            Ok((run_id, round, state)) if run_id == session.welcome().run_id => {
+                debug!(round, "received the run's model");
                 self.final_model = Some(FinalModel {
                     run_id,
-                    rounds,
+                    round,
                     state: Arc::new(state),
                 });
             }
-            Ok(_) => warn!("the coordinator sent the final model of another run; ignored"),
-            Err(error) => warn!(%error, "could not get the run's final model"),
+            Ok(_) => warn!("the coordinator sent the model of another run; ignored"),
+            Err(error) => warn!(%error, "could not get the run's model"),
         }
     }
 
-    /// Runs the requested personalization (if any) on the run's final model (or, if this node
-    /// could not get it, on the last global model it was handed), logs both models' test
-    /// metrics and writes the personal model where asked. `rounds`: the run's rounds.
-    async fn personalize(&mut self, rounds: u64) -> Result<(), NodeError> {
+    /// Runs the requested personalization (if any) on the run's model (or, if this node could
+    /// not get it, on the last global model it was handed), logs both models' test metrics and
+    /// writes the personal model where asked.
+    async fn personalize(&mut self) -> Result<(), NodeError> {
         let Some(request) = self.config.personalization.clone() else {
             return Ok(());
         };
@@ -317,19 +319,19 @@ impl Node {
                 "it needs a validation and a test part: a run with [evaluation] enabled, or --validation-data and --test-data".into(),
             ));
         }
-        // The state handed with round r is the model after round r - 1.
         let (global, global_round) = match &self.final_model {
-            Some(model) if model.run_id == last.run_id => (Arc::clone(&model.state), model.rounds),
-            _ => (Arc::clone(&last.state), last.round.saturating_sub(1)),
+            Some(model) if model.run_id == last.run_id => (Arc::clone(&model.state), model.round),
+            _ => {
+                // The state handed with round r is the model after round r - 1.
+                let round = last.round.saturating_sub(1);
+                warn!(
+                    global_round = round,
+                    "personalizing the global model after round {round}, the last this node was \
+                     handed: the run's model did not reach it"
+                );
+                (Arc::clone(&last.state), round)
+            }
         };
-        if global_round < rounds {
-            warn!(
-                global_round,
-                rounds,
-                "personalizing the global model after round {global_round}, the last this node \
-                 was handed: the run's final model (after round {rounds}) did not reach it"
-            );
-        }
         let device = self.device.clone();
         let options = options_from_training(request.epochs, request.scope, &last.config);
         let outcome = tokio::task::spawn_blocking(move || {
@@ -426,7 +428,7 @@ impl Node {
                         failing_since = None;
                         match self.serve(session, &shutdown).await {
                             Ok(SessionEnd::Finished(rounds)) => {
-                                self.personalize(rounds).await?;
+                                self.personalize().await?;
                                 return Ok(NodeOutcome::Finished { rounds });
                             }
                             Ok(SessionEnd::Cancelled) => return Ok(NodeOutcome::Cancelled),

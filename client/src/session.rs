@@ -353,15 +353,15 @@ impl Session {
         }
     }
 
-    /// Asks for the run's final global model (after `Finished`): the run id, the rounds it
-    /// took, and the state after the last of them.
+    /// Asks for the run's model (after `Finished`; see [`ClientMessage::RequestFinalModel`]):
+    /// the run id, the round the model is from, and its state.
     pub async fn final_model(&self) -> Result<(RunId, u64, GlobalState), SessionError> {
         match self.request(&ClientMessage::RequestFinalModel).await? {
             CoordinatorMessage::FinalModel {
                 run_id,
-                rounds,
+                round,
                 state,
-            } => Ok((run_id, rounds, state)),
+            } => Ok((run_id, round, state)),
             CoordinatorMessage::Error { reason } => Err(SessionError::Coordinator { reason }),
             other => Err(SessionError::Unexpected {
                 request: "RequestFinalModel",

@@ -26,7 +26,7 @@
 //!   | RequestWork { Some(round) } ------------> |  ... next round, or
 //!   | <---------------------- Finished { rounds } |  the run is over
 //!   | RequestFinalModel ----------------------> |  (a node that personalizes)
-//!   | <------ FinalModel { run_id, rounds, state } |  the model after the last round
+//!   | <------- FinalModel { run_id, round, state } |  the best (else the last) round's model
 //!   | Goodbye --------------------------------> |
 //!   | <------------------------------- Goodbye   |  then the client closes the connection
 //! ```
@@ -191,9 +191,10 @@ pub enum ClientMessage {
     StatusRequest,
     /// The client is leaving. Answered with `Goodbye`; the client then closes the connection.
     Goodbye,
-    /// After `Finished`: the run's final global model, the state after its last round, which
-    /// no `StartRound` hands out when the run has no final evaluation round (or this client was
-    /// not asked to it). Answered with `FinalModel`, or `Error` while the run is not over.
+    /// After `Finished`: the run's model, the global state a node personalizes or keeps (the
+    /// best round's on federated validation when the run evaluated, else the last round's),
+    /// which no `StartRound` need have handed this client. Answered with `FinalModel`, or
+    /// `Error` while the run is not over.
     RequestFinalModel,
     /// Secure aggregation: this client's message for one step of round `round`'s session
     /// (`nonce` is the session's, from [`SecureRoundSetup`]). Answered, once the step closes,
@@ -270,10 +271,10 @@ pub enum CoordinatorMessage {
     /// Reply to `SecureAggregation`: this client takes no further part in round `round`'s
     /// session (it failed, or the client was left out), and why. Ask for work again.
     SecureAggregationAborted { round: u64, reason: String },
-    /// Reply to `RequestFinalModel`: the global state after round `rounds`, the run's last.
+    /// Reply to `RequestFinalModel`: the run's model, the global state after round `round`.
     FinalModel {
         run_id: RunId,
-        rounds: u64,
+        round: u64,
         state: GlobalState,
     },
 }

@@ -154,7 +154,8 @@ pub struct ClientArgs {
     #[arg(long, value_name = "MASS", default_value_t = 1.0)]
     min_prototype_mass: f32,
 
-    /// After the run, fine-tune the run's final global model on this participant's own
+    /// After the run, fine-tune the run's global model (the best round's on federated
+    /// validation when the run evaluates, else the last round's) on this participant's own
     /// training part for up to E epochs (0: off), keeping the epoch with the lowest validation
     /// KL (epoch 0 is the global model itself), and print both models' metrics on the local
     /// test part. Needs a run with [evaluation] (or --validation-data and --test-data). Nothing

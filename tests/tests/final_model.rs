@@ -1,6 +1,7 @@
-//! A node that personalizes starts from the run's final model: after `Finished` it asks for it
-//! (`RequestFinalModel`), since without a final evaluation round no `StartRound` hands it out
-//! (the state handed with round r is the model after round r - 1).
+//! A node that personalizes starts from the run's model: after `Finished` it asks for it
+//! (`RequestFinalModel`) and gets the best round's state on federated validation when the run
+//! evaluated, else the last round's. No `StartRound` need have handed it that state: the one
+//! handed with round r is the model after round r - 1.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,11 +10,14 @@ use mpcl_client::evaluation::LocalSplit;
 use mpcl_client::node::PersonalizationRequest;
 use mpcl_client::personalize::{options_from_training, personalize_locally};
 use mpcl_client::{Node, NodeConfig, NodeEvent, NodeOutcome, Session, SessionError};
+use mpcl_coordinator::evaluation::{EvaluationConfig, best_round};
+use mpcl_coordinator::server::{BEST_CHECKPOINT_FILE, ServerOutcome};
+use mpcl_coordinator::{CoordinatorConfig, read_checkpoint};
 use mpcl_data::{ModelConfig, Standardizer};
 use mpcl_model::Device;
 use mpcl_model::personalize::PersonalizeScope;
-use mpcl_protocol::ModelFile;
-use mpcl_protocol::RunId;
+use mpcl_protocol::messages::GlobalState;
+use mpcl_protocol::{ModelFile, RunId};
 use mpcl_tests::{
     Federation, Keys, RunningServer, drain, join, run_config, session_config, start_run,
 };
@@ -21,29 +25,53 @@ use tempfile::TempDir;
 use tokio::sync::mpsc::unbounded_channel;
 use tokio_util::sync::CancellationToken;
 
-const ROUNDS: u64 = 2;
-
-/// A run of [`ROUNDS`] rounds without federated evaluation that needs both of its two
-/// participants, served on loopback.
-fn two_participants(run_id: RunId) -> anyhow::Result<(Federation, Keys, TempDir, RunningServer)> {
+/// A run of `config` that needs both of its two participants, served on loopback.
+fn two_participants(
+    config: CoordinatorConfig,
+    run_id: RunId,
+) -> anyhow::Result<(Federation, Keys, TempDir, RunningServer)> {
     let federation = Federation::synthetic(2);
     let keys = Keys::new(&["alice", "bob"]);
     let out = tempfile::tempdir()?;
-    let server = start_run(
-        &federation,
-        &keys,
-        run_config(ROUNDS, 2),
-        run_id,
-        out.path(),
-    )?;
+    let server = start_run(&federation, &keys, config, run_id, out.path())?;
     Ok((federation, keys, out, server))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_personalizing_node_starts_from_the_runs_final_model() -> anyhow::Result<()> {
-    // No federated evaluation, so no final evaluation round: the last `StartRound` hands out
-    // the model after round 1, and only `RequestFinalModel` gets the one after round 2.
-    let (federation, keys, out, server) = two_participants([6; 16])?;
+/// What one node reported of its personalization, and the inputs to check it with.
+struct Personalized {
+    global_round: u64,
+    global_test_kl: f64,
+    last_handed: Arc<GlobalState>,
+    split: LocalSplit,
+    training: mpcl_protocol::TrainingConfig,
+    model_file: ModelFile,
+}
+
+impl Personalized {
+    /// The test KL of `state` on this node's split, as its personalization scores the global
+    /// model (epoch 0).
+    fn global_test_kl_of(&self, state: &GlobalState) -> anyhow::Result<f64> {
+        let options = options_from_training(1, PersonalizeScope::HeadAndPrototypes, &self.training);
+        Ok(personalize_locally(
+            &self.split,
+            &Standardizer::fit(&self.split.train),
+            &ModelConfig::tiny(),
+            &Device::flex(),
+            state,
+            &options,
+        )?
+        .global_test
+        .kl)
+    }
+}
+
+/// Runs `config` with two nodes that personalize for one epoch on their held-out trials (as
+/// validation and test parts), and returns what each reported and the coordinator's outcome.
+async fn personalizing_run(
+    config: CoordinatorConfig,
+) -> anyhow::Result<(Vec<Personalized>, ServerOutcome, TempDir)> {
+    let rounds = config.rounds;
+    let (federation, keys, out, server) = two_participants(config, [6; 16])?;
     let shutdown = CancellationToken::new();
     let mut nodes = Vec::new();
     for (i, identity) in keys.participants.iter().enumerate() {
@@ -62,16 +90,11 @@ async fn a_personalizing_node_starts_from_the_runs_final_model() -> anyhow::Resu
         nodes.push((tokio::spawn(node.run(shutdown.clone())), received));
     }
     let mut reports = Vec::new();
-    for (task, mut received) in nodes {
+    for (i, (task, mut received)) in nodes.into_iter().enumerate() {
         let outcome = join(task, Duration::from_secs(120), "node").await??;
-        assert_eq!(outcome, NodeOutcome::Finished { rounds: ROUNDS });
-        reports.push(drain(&mut received));
-    }
-    let outcome = join(server.task, Duration::from_secs(30), "coordinator").await??;
-    assert!(outcome.finished);
-
-    for (i, events) in reports.iter().enumerate() {
-        let Some(NodeEvent::Personalized {
+        assert_eq!(outcome, NodeOutcome::Finished { rounds });
+        let events = drain(&mut received);
+        let Some(&NodeEvent::Personalized {
             global_round,
             global_test,
             ..
@@ -81,58 +104,93 @@ async fn a_personalizing_node_starts_from_the_runs_final_model() -> anyhow::Resu
         else {
             anyhow::bail!("node {i} did not personalize: {events:?}");
         };
-        assert_eq!(
-            *global_round, ROUNDS,
-            "node {i} started from an older model"
-        );
-        // The global model it scored is the coordinator's final state: the same metrics on the
-        // same split, computed here from that state.
-        let test = federation.test[i].clone();
-        let split = LocalSplit {
-            train: federation.train[i].clone(),
-            validation: test.clone(),
-            test,
-        };
         let Some((last_handed, training)) = events.iter().rev().find_map(|e| match e {
-            NodeEvent::RoundStarted { state, config, .. } => Some((state, config)),
+            NodeEvent::RoundStarted { state, config, .. } => Some((state.clone(), config.clone())),
             _ => None,
         }) else {
             anyhow::bail!("node {i} was handed no round");
         };
-        let global_test_kl = |state| -> anyhow::Result<f64> {
-            Ok(personalize_locally(
-                &split,
-                &Standardizer::fit(&split.train),
-                &ModelConfig::tiny(),
-                &Device::flex(),
-                state,
-                &options_from_training(1, PersonalizeScope::HeadAndPrototypes, training),
-            )?
-            .global_test
-            .kl)
-        };
-        let final_kl = global_test_kl(&outcome.global)?;
+        let test = federation.test[i].clone();
+        reports.push(Personalized {
+            global_round,
+            global_test_kl: global_test.kl,
+            last_handed,
+            split: LocalSplit {
+                train: federation.train[i].clone(),
+                validation: test.clone(),
+                test,
+            },
+            training,
+            model_file: ModelFile::read(out.path().join(format!("personal-{i}.mpcl")))?,
+        });
+    }
+    let outcome = join(server.task, Duration::from_secs(30), "coordinator").await??;
+    assert!(outcome.finished);
+    Ok((reports, outcome, out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_evaluation_a_personalizing_node_starts_from_the_last_rounds_model()
+-> anyhow::Result<()> {
+    // No federated evaluation, so no final evaluation round: the last `StartRound` hands out
+    // the model after round 1, and only `RequestFinalModel` gets the one after round 2.
+    let (reports, outcome, _out) = personalizing_run(run_config(2, 2)).await?;
+    for (i, node) in reports.iter().enumerate() {
+        assert_eq!(node.global_round, 2, "node {i} started from an older model");
+        assert_eq!(node.model_file.provenance.round, 2);
+        // The global model it scored is the coordinator's final state: the same metrics on the
+        // same split, computed here from that state.
+        let final_kl = node.global_test_kl_of(&outcome.global)?;
         assert!(
-            (global_test.kl - final_kl).abs() < 1e-6,
-            "node {i} scored a global model with test KL {} but the final model's is {final_kl}",
-            global_test.kl,
+            (node.global_test_kl - final_kl).abs() < 1e-6,
+            "node {i} scored a global model with test KL {} but the last round's is {final_kl}",
+            node.global_test_kl,
         );
         // And the last state a round handed it is another model (else this test proves nothing).
-        let handed_kl = global_test_kl(last_handed)?;
+        let handed_kl = node.global_test_kl_of(&node.last_handed)?;
         assert!(
             (handed_kl - final_kl).abs() > 1e-6,
             "{handed_kl} vs {final_kl}"
         );
-        let file = ModelFile::read(out.path().join(format!("personal-{i}.mpcl")))?;
-        assert_eq!(file.provenance.round, ROUNDS);
     }
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_final_model_is_refused_while_rounds_remain() -> anyhow::Result<()> {
+async fn with_evaluation_a_personalizing_node_starts_from_the_best_rounds_model()
+-> anyhow::Result<()> {
+    let mut config = run_config(3, 2);
+    config.evaluation = EvaluationConfig::default();
+    // Steps long enough that round 3 does worse on validation than round 2 (KL 0.359 against
+    // 0.307 here), so the best round is not the last; training is seeded, so this run is
+    // always the same.
+    config.training.learning_rate = 0.05;
+    let (reports, outcome, out) = personalizing_run(config).await?;
+    let best = best_round(&outcome.evaluations).expect("the run evaluated every round");
+    assert!(
+        best < outcome.completed_rounds,
+        "round {best} of {} was best: choose a run whose best round is an earlier one",
+        outcome.completed_rounds
+    );
+    let kept = read_checkpoint(out.path().join(BEST_CHECKPOINT_FILE))?;
+    assert_eq!(kept.completed_rounds, best);
+    for (i, node) in reports.iter().enumerate() {
+        assert_eq!(node.global_round, best, "node {i}");
+        assert_eq!(node.model_file.provenance.round, best);
+        let best_kl = node.global_test_kl_of(&kept.global)?;
+        assert!(
+            (node.global_test_kl - best_kl).abs() < 1e-6,
+            "node {i} scored a global model with test KL {} but the best round's is {best_kl}",
+            node.global_test_kl,
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runs_model_is_refused_while_rounds_remain() -> anyhow::Result<()> {
     // Two clients needed: with one connected the run never starts.
-    let (_federation, keys, _out, server) = two_participants([7; 16])?;
+    let (_federation, keys, _out, server) = two_participants(run_config(2, 2), [7; 16])?;
     let session = Session::connect(&session_config(
         server.addr,
         &keys,

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::BEST_CHECKPOINT_FILE;
-use crate::checkpoint::write_checkpoint;
+use crate::checkpoint::{read_checkpoint, write_checkpoint};
 use crate::evaluation::FederatedMetrics;
 use crate::final_table::{FINAL_CSV_FILE, FINAL_MARKDOWN_FILE, final_csv, final_markdown};
 use crate::round::{Action, Coordinator, Event, Millis, ParticipantId, RoundSummary, WaitReason};
@@ -180,6 +180,8 @@ pub(crate) struct Actor {
     /// The global state handed out last and its encoding, shared by every `StartRound` of the
     /// round (the state machine's `Arc` identifies the state).
     encoded: Option<(Arc<GlobalState>, EncodedState)>,
+    /// The best round's state, read back from `checkpoint.best.bin` for `RequestFinalModel`.
+    best_state: Option<(u64, Arc<GlobalState>)>,
 }
 
 /// How the actor answers `RequestWork` (from `[network]`).
@@ -229,6 +231,7 @@ impl Actor {
             parked: HashMap::new(),
             limits: polling.limits,
             encoded: None,
+            best_state: None,
         }
     }
 
@@ -415,7 +418,8 @@ impl Actor {
                 let _ = reply.send(CoordinatorMessage::Status(self.status(&participant)));
             }
             Command::FinalModel { reply, .. } => {
-                let _ = reply.send(final_model(&self.coordinator));
+                let answer = self.final_model().await;
+                let _ = reply.send(answer);
             }
             Command::SecureAggregation {
                 participant,
@@ -897,6 +901,74 @@ impl Actor {
         Ok(())
     }
 
+    /// The answer to `RequestFinalModel`: the run's model, that is the best round's global
+    /// state on federated validation when the run evaluated (kept in `checkpoint.best.bin`, as
+    /// the study's model file is), else the state after the last round; while rounds remain, an
+    /// error (the state in between is neither, and a node would personalize the wrong model).
+    async fn final_model(&mut self) -> CoordinatorMessage {
+        let coordinator = &self.coordinator;
+        if !coordinator.is_finished() {
+            return CoordinatorMessage::Error {
+                reason: format!(
+                    "the run is not over ({} of {} rounds aggregated): its model exists once \
+                     the coordinator answers `Finished`",
+                    coordinator.completed_rounds(),
+                    coordinator.config().rounds
+                ),
+            };
+        }
+        let run_id = coordinator.run_id();
+        let last = coordinator.completed_rounds();
+        let round = coordinator.best_round().unwrap_or(last);
+        if round == last {
+            return CoordinatorMessage::FinalModel {
+                run_id,
+                round,
+                state: GlobalState::clone(coordinator.global_state()),
+            };
+        }
+        if self
+            .best_state
+            .as_ref()
+            .is_none_or(|(kept, _)| *kept != round)
+        {
+            let path = self.checkpoint_path.with_file_name(BEST_CHECKPOINT_FILE);
+            let read = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || read_checkpoint(&path)).await
+            };
+            match read {
+                Ok(Ok(best)) if best.run_id == run_id && best.completed_rounds == round => {
+                    self.best_state = Some((round, Arc::new(best.global)));
+                }
+                Ok(Ok(best)) => {
+                    error!(path = %path.display(), "the best round's checkpoint is of another round or run");
+                    return CoordinatorMessage::Error {
+                        reason: format!(
+                            "the coordinator's copy of the best round ({round}) holds round {}",
+                            best.completed_rounds
+                        ),
+                    };
+                }
+                Ok(Err(error)) => {
+                    error!(%error, "cannot read the best round's model");
+                    return CoordinatorMessage::Error {
+                        reason: format!(
+                            "the coordinator cannot read the best round's model: {error}"
+                        ),
+                    };
+                }
+                Err(error) => return no_answer(&format!("RequestFinalModel ({error})")),
+            }
+        }
+        let (round, state) = self.best_state.as_ref().expect("just kept");
+        CoordinatorMessage::FinalModel {
+            run_id,
+            round: *round,
+            state: GlobalState::clone(state),
+        }
+    }
+
     /// Writes `final.md` and `final.csv` beside the checkpoint and prints the table to the log
     /// (nothing when the run evaluated nothing).
     fn write_final_table(&self) {
@@ -986,28 +1058,6 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// The answer to `RequestFinalModel`: the global state after the run's last round, or, while
-/// rounds remain, an error saying so (the state in between is not the final model, and handing
-/// it out as such would have a node personalize or keep the wrong one).
-fn final_model(coordinator: &Coordinator) -> CoordinatorMessage {
-    if coordinator.is_finished() {
-        CoordinatorMessage::FinalModel {
-            run_id: coordinator.run_id(),
-            rounds: coordinator.completed_rounds(),
-            state: GlobalState::clone(coordinator.global_state()),
-        }
-    } else {
-        CoordinatorMessage::Error {
-            reason: format!(
-                "the run is not over ({} of {} rounds aggregated): the final model exists once \
-                 the coordinator answers `Finished`",
-                coordinator.completed_rounds(),
-                coordinator.config().rounds
-            ),
-        }
     }
 }
 
