@@ -942,13 +942,18 @@ impl Actor {
                     self.best_state = Some((round, Arc::new(best.global)));
                 }
                 Ok(Ok(best)) => {
-                    error!(path = %path.display(), "the best round's checkpoint is of another round or run");
-                    return CoordinatorMessage::Error {
-                        reason: format!(
-                            "the coordinator's copy of the best round ({round}) holds round {}",
-                            best.completed_rounds
-                        ),
-                    };
+                    let reason = format!(
+                        "{} holds round {} of {}, not the best round ({round}) of this run",
+                        path.display(),
+                        best.completed_rounds,
+                        if best.run_id == run_id {
+                            "this run"
+                        } else {
+                            "another run"
+                        },
+                    );
+                    error!(%reason, "cannot hand out the run's model");
+                    return CoordinatorMessage::Error { reason };
                 }
                 Ok(Err(error)) => {
                     error!(%error, "cannot read the best round's model");
