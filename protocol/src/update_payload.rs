@@ -44,7 +44,7 @@ enum UpdatePayloadRef<'a> {
 
 /// The payload bytes of `update`: dense, or, when `compressed` is given, with the update's
 /// delta and prototype sums left out and `compressed` carried instead (what
-/// [`SignedUpdate::sign_compressed`] signs; simulations use it to count upload bytes).
+/// [`crate::SignedUpdate::sign_compressed`] signs; simulations use it to count upload bytes).
 pub fn encode_update_payload(
     update: &ClientUpdate,
     compressed: Option<&CompressedUpdate>,
