@@ -157,6 +157,12 @@ pub struct FlowerRow {
     /// set-up) divided by clients x rounds, seconds: the 2 cores serve both sides.
     #[serde(default)]
     pub client_cpu_per_client_round: Option<f64>,
+    /// The clients' CPU time over the same span as
+    /// [`FlowerRow::coordinator_rounds_cpu_per_client_round`], divided by clients x rounds,
+    /// seconds: what the rounds cost the clients, whose share of the two cores the overhead
+    /// includes.
+    #[serde(default)]
+    pub client_rounds_cpu_per_client_round: Option<f64>,
     /// Per-round overheads, seconds.
     pub overheads: Vec<f64>,
 }
@@ -314,18 +320,21 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
         keys.bind_server(coordinator, &model, &data.schema, network, out.path())
     })?;
     let addr = server.local_addr();
-    // The coordinator's CPU when the last round is aggregated: the rounds end there, and the
-    // run's close (`Finished`, goodbyes, connection shutdown) is not a round's work.
+    // Both sides' CPU when the last round is aggregated: the rounds end there, and the run's
+    // close (`Finished`, goodbyes, connection shutdown) is not a round's work.
     let mut aggregated = server.observe_rounds();
     let last_round = coordinator_runtime.spawn(async move {
         let mut rounds = 0;
         while aggregated.recv().await.is_some() {
             rounds += 1;
             if rounds == ROUNDS {
-                return threads_cpu_seconds(COORDINATOR_THREAD);
+                return (
+                    threads_cpu_seconds(COORDINATOR_THREAD),
+                    threads_cpu_seconds(CLIENT_THREAD),
+                );
             }
         }
-        None
+        (None, None)
     });
     let shutdown = CancellationToken::new();
     let cpu_before = threads_cpu_seconds(COORDINATOR_THREAD);
@@ -407,7 +416,8 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
     let last_round = coordinator_runtime
         .block_on(last_round)
         .map_err(|e| measure_error(format!("the round observer failed: {e}")))?;
-    let rounds_cpu = per_client_round(admitted.0, last_round);
+    let rounds_cpu = per_client_round(admitted.0, last_round.0);
+    let client_rounds_cpu = per_client_round(admitted.1, last_round.1);
     let client_cpu = per_client_round(client_cpu_before, threads_cpu_seconds(CLIENT_THREAD));
     drop(client_runtime);
     drop(coordinator_runtime);
@@ -426,6 +436,7 @@ pub fn measure(clients: usize) -> Result<FlowerRow, BenchError> {
         coordinator_cpu_per_client_round: cpu,
         coordinator_rounds_cpu_per_client_round: rounds_cpu,
         client_cpu_per_client_round: client_cpu,
+        client_rounds_cpu_per_client_round: client_rounds_cpu,
         overheads: logged.overheads,
     })
 }
@@ -466,6 +477,7 @@ mod tests {
             coordinator_cpu_per_client_round: Some(500e-6),
             coordinator_rounds_cpu_per_client_round: Some(415.984e-6),
             client_cpu_per_client_round: None,
+            client_rounds_cpu_per_client_round: None,
             overheads: vec![0.009],
         };
         assert!(close(row.coordinator_target_ratio().unwrap(), 2.0));

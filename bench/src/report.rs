@@ -129,7 +129,7 @@ pub fn markdown(r: &BenchReport) -> String {
             .any(|f| f.flower_same_session_seconds.is_some());
         let _ = writeln!(
             s,
-            "| clients | parameters | rounds | round wall | overhead | Flower overhead | mpcl / Flower |{} coordinator CPU per client-round | the same, rounds only (admitted to last aggregation) | client CPU per client-round |\n|---|---|---|---|---|---|---|{}---|---|---|",
+            "| clients | parameters | rounds | round wall | overhead | Flower overhead | mpcl / Flower |{} coordinator CPU per client-round | the same, rounds only (admitted to last aggregation) | client CPU per client-round | the same, rounds only |\n|---|---|---|---|---|---|---|{}---|---|---|---|",
             if same_session {
                 " Flower, this session | mpcl / Flower, this session |"
             } else {
@@ -150,7 +150,7 @@ pub fn markdown(r: &BenchReport) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} |{this_session} {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |{this_session} {} | {} | {} | {} |",
                 f.clients,
                 f.parameters,
                 f.rounds,
@@ -161,6 +161,7 @@ pub fn markdown(r: &BenchReport) -> String {
                 optional_seconds(f.coordinator_cpu_per_client_round),
                 optional_seconds(f.coordinator_rounds_cpu_per_client_round),
                 optional_seconds(f.client_cpu_per_client_round),
+                optional_seconds(f.client_rounds_cpu_per_client_round),
             );
         }
     }
