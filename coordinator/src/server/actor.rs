@@ -73,7 +73,8 @@ pub(crate) enum Command {
         participant: ParticipantId,
         reply: oneshot::Sender<CoordinatorMessage>,
     },
-    /// `RequestFinalModel`: answered with the state after the last round once the run is over.
+    /// `RequestFinalModel`: answered with the run's model once the run is over (see
+    /// `Actor::final_model`).
     FinalModel {
         participant: ParticipantId,
         reply: oneshot::Sender<CoordinatorMessage>,
