@@ -308,10 +308,10 @@ pub fn run_bench(
         }
         progress("mpcl's own work per client-round, stage by stage");
         let models: Vec<(&str, ModelConfig, usize)> = if quick {
-            vec![("tiny", ModelConfig::tiny(), 4)]
+            vec![("tiny", flower::workload_model(), 4)]
         } else {
             vec![
-                ("tiny", ModelConfig::tiny(), 100),
+                ("tiny", flower::workload_model(), 100),
                 ("default", ModelConfig::default(), 50),
             ]
         };

@@ -40,6 +40,12 @@ fn optional_seconds(s: Option<f64>) -> String {
     s.map(seconds).unwrap_or_else(|| "-".into())
 }
 
+/// A ratio to `decimals` places with an `x`, or "-" for one that could not be formed.
+fn optional_ratio(x: Option<f64>, decimals: usize) -> String {
+    x.map(|x| format!("{x:.decimals$}x"))
+        .unwrap_or_else(|| "-".into())
+}
+
 fn count(n: usize) -> String {
     match n {
         n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
@@ -137,7 +143,7 @@ pub fn markdown(r: &BenchReport) -> String {
             },
             if same_session { "---|---|" } else { "" }
         );
-        let ratio = |x: Option<f64>| x.map(|x| format!("{x:.3}x")).unwrap_or_else(|| "-".into());
+        let ratio = |x| optional_ratio(x, 3);
         for f in &r.flower {
             let this_session = if same_session {
                 format!(
@@ -202,7 +208,7 @@ pub fn markdown(r: &BenchReport) -> String {
             s,
             "| clients | parameters | target | coordinator, rounds only | coordinator / target | floor server | coordinator / floor server |\n|---|---|---|---|---|---|---|"
         );
-        let ratio = |x: Option<f64>| x.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into());
+        let ratio = |x| optional_ratio(x, 2);
         for f in &r.flower {
             let floor = r
                 .transport_floor
