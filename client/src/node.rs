@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use mpcl_data::ModelConfig;
 use mpcl_data::{Dataset, Schema, Standardizer};
-use mpcl_model::Device;
 use mpcl_model::personalize::PersonalizeScope;
+use mpcl_model::{Device, ModelPool};
 use mpcl_protocol::codec::CodecError;
 use mpcl_protocol::messages::EvaluationSplit;
 use mpcl_protocol::messages::{ClientMessage, CoordinatorMessage, GlobalState, RunId, Welcome};
@@ -559,10 +559,12 @@ impl Node {
         let device = self.device.clone();
         let settings = self.config.participant.clone();
         let participant = tokio::task::spawn_blocking(move || {
+            // A node trains one participant: its pool holds that participant's one model.
+            let models = ModelPool::new(&split.train.schema, &config, &device)?;
             if evaluates {
-                Participant::with_evaluation(&split, &config, &device, settings)
+                Participant::with_evaluation(&split, &models, settings)
             } else {
-                Participant::new(&split.train, &config, &device, settings)
+                Participant::new(&split.train, &models, settings)
             }
         })
         .await

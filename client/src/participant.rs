@@ -3,9 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use mpcl_data::ModelConfig;
 use mpcl_data::{Dataset, Standardizer};
-use mpcl_model::{Device, ModelError, MpclModel, TensorDataset, TrainOptions, train};
+use mpcl_model::{ModelError, ModelPool, MpclModel, TensorDataset, TrainOptions, train};
 use mpcl_protocol::codec::{CodecError, MessageLimits};
 use mpcl_protocol::compression::{
     CompressedUpdate, CompressionError, ErrorFeedback, compress_prototype_sums,
@@ -46,6 +45,8 @@ pub enum ParticipantError {
     Data(#[from] mpcl_data::DatasetError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error("the local data's schema is not the one the model was built for")]
+    SchemaMismatch,
     #[error("the global state's parameters do not fit the local model: {0}")]
     Layout(#[from] mpcl_protocol::ParameterSetError),
     #[error("local training produced non-finite parameters (learning rate {0} too high?)")]
@@ -84,9 +85,11 @@ impl TrainedUpdate {
     }
 }
 
-/// A participant: its own training data, standardised with its own statistics, and a model.
+/// A participant: its own training data, standardised with its own statistics, and the pool it
+/// borrows a model from for each round (between rounds its model would hold nothing of its own:
+/// every round starts by loading the global state).
 pub struct Participant {
-    model: MpclModel,
+    models: ModelPool,
     data: TensorDataset,
     standardizer: Standardizer,
     own_cooccurrence: CooccurrenceStatistics,
@@ -125,18 +128,19 @@ impl LocalTrainer for Participant {
 }
 
 impl Participant {
-    /// A participant training on `dataset` (its local training samples).
+    /// A participant training on `dataset` (its local training samples) with models of `models`
+    /// (a node's own pool of one, or the pool an in-process federation's participants share).
     pub fn new(
         dataset: &Dataset,
-        model_config: &ModelConfig,
-        device: &Device,
+        models: &ModelPool,
         settings: ParticipantSettings,
     ) -> Result<Self, ParticipantError> {
         dataset.validate()?;
-        // The initial weights are overwritten by the first round's global state.
-        let model = MpclModel::new(&dataset.schema, model_config, device, 0)?;
+        if &dataset.schema != models.schema() {
+            return Err(ParticipantError::SchemaMismatch);
+        }
         let standardizer = Standardizer::fit(dataset);
-        let data = TensorDataset::new(dataset, &standardizer, model.device());
+        let data = TensorDataset::new(dataset, &standardizer, models.training_device());
         let mut own_cooccurrence = CooccurrenceStatistics::zeros(dataset.schema.emotion_count());
         let mut label_sums = vec![0.0f32; dataset.schema.emotion_count()];
         for sample in &dataset.samples {
@@ -146,7 +150,7 @@ impl Participant {
             }
         }
         Ok(Self {
-            model,
+            models: models.clone(),
             data,
             standardizer,
             own_cooccurrence,
@@ -161,15 +165,14 @@ impl Participant {
     /// `split.validation` and `split.test` when a round asks it to (federated evaluation).
     pub fn with_evaluation(
         split: &LocalSplit,
-        model_config: &ModelConfig,
-        device: &Device,
+        models: &ModelPool,
         settings: ParticipantSettings,
     ) -> Result<Self, ParticipantError> {
-        let mut participant = Self::new(&split.train, model_config, device, settings)?;
+        let mut participant = Self::new(&split.train, models, settings)?;
         participant.evaluation = Some(EvaluationParts::new(
             split,
             &participant.standardizer,
-            participant.model.device(),
+            models.training_device(),
         ));
         Ok(participant)
     }
@@ -195,12 +198,25 @@ impl Participant {
         state: &GlobalState,
         config: &TrainingConfig,
     ) -> Result<TrainedUpdate, ParticipantError> {
+        let models = self.models.clone();
+        models.with_model(|model| self.train_round_with(model, run_id, round, state, config))?
+    }
+
+    /// [`Participant::train_round`] with a borrowed model.
+    fn train_round_with(
+        &mut self,
+        model: &mut MpclModel,
+        run_id: RunId,
+        round: u64,
+        state: &GlobalState,
+        config: &TrainingConfig,
+    ) -> Result<TrainedUpdate, ParticipantError> {
         let started = Instant::now();
-        self.model.load_global_state(state)?;
+        model.load_global_state(state)?;
         // The received state exactly as it is, before any local change (a direct evaluation of
         // the global model gives the same numbers).
         let evaluation = match (&self.evaluation, config.evaluate) {
-            (Some(parts), true) => Some(parts.report(&self.model, state)),
+            (Some(parts), true) => Some(parts.report(model, state)),
             _ => None,
         };
         match config.kind {
@@ -212,7 +228,7 @@ impl Participant {
         }
         if state.cooccurrence.count == 0.0 {
             // The first round has no global co-occurrence memory yet: use the local one.
-            self.model
+            model
                 .memories
                 .set_cooccurrence(self.own_cooccurrence.clone());
         }
@@ -225,13 +241,8 @@ impl Participant {
             proximal_mu: config.proximal_mu,
             progress: false,
         };
-        let report = train(
-            &mut self.model,
-            &self.data,
-            &options,
-            Some(&state.parameters),
-        );
-        let delta = self.model.parameters().delta_from(&state.parameters)?;
+        let report = train(model, &self.data, &options, Some(&state.parameters));
+        let delta = model.parameters().delta_from(&state.parameters)?;
         if delta.validate().is_err() {
             return Err(ParticipantError::Diverged(config.learning_rate));
         }
@@ -241,7 +252,7 @@ impl Participant {
         } else {
             (delta, None)
         };
-        let (mut prototypes, mut cooccurrence) = self.model.memory_statistics(&self.data);
+        let (mut prototypes, mut cooccurrence) = model.memory_statistics(&self.data);
         for statistics in &mut prototypes {
             if config.share_memories {
                 statistics.withhold_below(self.settings.min_prototype_mass);
@@ -344,12 +355,15 @@ impl Participant {
     /// Predictions of the global model `state` on `dataset` (standardised with this participant's
     /// own statistics), e.g. for evaluating on the participant's held-out trials.
     pub fn predict_with(
-        &mut self,
+        &self,
         state: &GlobalState,
         dataset: &Dataset,
     ) -> Result<Vec<Vec<f32>>, ParticipantError> {
-        self.model.load_global_state(state)?;
-        let tensors = TensorDataset::new(dataset, &self.standardizer, self.model.device());
-        Ok(self.model.predict(&tensors))
+        let tensors =
+            TensorDataset::new(dataset, &self.standardizer, self.models.training_device());
+        self.models.with_model(|model| {
+            model.load_global_state(state)?;
+            Ok(model.predict(&tensors))
+        })?
     }
 }

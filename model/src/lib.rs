@@ -17,6 +17,7 @@ pub mod model_file;
 pub mod network;
 pub mod parameters;
 pub mod personalize;
+pub mod pool;
 pub mod tensors;
 pub mod train;
 
@@ -26,5 +27,6 @@ pub use device::{DeviceChoice, DeviceError, SelectedDevice};
 pub use metrics::DistributionMetrics;
 pub use model::{ModelError, MpclModel};
 pub use personalize::{PersonalizeOptions, PersonalizeReport, PersonalizeScope, personalize};
+pub use pool::ModelPool;
 pub use tensors::TensorDataset;
 pub use train::{TrainOptions, TrainReport, train, train_observed};

@@ -31,7 +31,7 @@ use mpcl_coordinator::{
 };
 use mpcl_data::Dataset;
 use mpcl_data::ModelConfig;
-use mpcl_model::Device;
+use mpcl_model::{Device, ModelError, ModelPool};
 use mpcl_protocol::codec::{MessageLimits, VERSION_PREFIX_BYTES, encode_message};
 use mpcl_protocol::messages::{
     ClientMessage, ClientUpdate, CoordinatorMessage, GlobalState, RunId, TrainingConfig,
@@ -79,6 +79,8 @@ pub enum FederationError {
         attempts: u32,
         last: String,
     },
+    #[error("cannot build the participants' model: {0}")]
+    Model(#[from] ModelError),
 }
 
 /// Secure-aggregation sessions of one round that may fail in a row before the run gives up.
@@ -249,6 +251,8 @@ impl InProcessFederation {
         initial: GlobalState,
         device: &Device,
     ) -> Result<Self, FederationError> {
+        // The participants train one at a time per thread: they share models (`ModelPool`).
+        let models = ModelPool::new(&train_set.schema, model_config, device)?;
         let mut clients = Vec::new();
         for (index, subject) in train_set.subjects().into_iter().enumerate() {
             let train = train_set.subject_subset(&subject);
@@ -259,11 +263,10 @@ impl InProcessFederation {
                         validation: validation.subject_subset(&subject),
                         test: test.subject_subset(&subject),
                     },
-                    model_config,
-                    device,
+                    &models,
                     settings.clone(),
                 ),
-                None => Participant::new(&train, model_config, device, settings.clone()),
+                None => Participant::new(&train, &models, settings.clone()),
             }
             .map_err(|source| FederationError::Participant {
                 subject: subject.clone(),

@@ -2,42 +2,59 @@
 //! data) and each client of the local-only arm (its own data alone). Rounds are `local_epochs`
 //! epochs, so every arm sees the data the same number of times as the federated arms.
 
-use mpcl_data::ModelConfig;
 use mpcl_data::{Dataset, Standardizer};
-use mpcl_model::{Device, ModelError, MpclModel, TensorDataset, TrainOptions, train};
+use mpcl_model::{ModelError, ModelPool, TensorDataset, TrainOptions, train};
 use mpcl_protocol::messages::GlobalState;
 
 use crate::centralized::cooccurrence_of;
 
-/// A model and its training data, trained in round-sized steps.
+/// A learner's state and training data; it borrows a model for each round from a pool (the
+/// local-only arm's learners share one, see [`ModelPool`]), and keeps only the state it trained
+/// to in between.
 pub struct Learner {
-    model: MpclModel,
+    state: GlobalState,
     data: TensorDataset,
+    models: ModelPool,
 }
 
 impl Learner {
-    /// A learner on `train_set` starting from `initial` (the same start as the federation).
+    /// A learner on `train_set` starting from `initial` (the same start as the federation),
+    /// with its own co-occurrence memory.
     pub fn new(
         train_set: &Dataset,
-        model_config: &ModelConfig,
+        models: &ModelPool,
         initial: &GlobalState,
-        device: &Device,
     ) -> Result<Self, ModelError> {
         train_set.validate()?;
-        let mut model = MpclModel::new(&train_set.schema, model_config, device, 0)?;
-        model.load_global_state(initial)?;
-        model.memories.set_cooccurrence(cooccurrence_of(train_set));
-        let data = TensorDataset::new(train_set, &Standardizer::fit(train_set), model.device());
-        Ok(Self { model, data })
+        let state = models.with_model(|model| {
+            model.load_global_state(initial)?;
+            model.memories.set_cooccurrence(cooccurrence_of(train_set));
+            Ok::<_, ModelError>(model.global_state())
+        })??;
+        let data = TensorDataset::new(
+            train_set,
+            &Standardizer::fit(train_set),
+            models.training_device(),
+        );
+        Ok(Self {
+            state,
+            data,
+            models: models.clone(),
+        })
     }
 
     /// Trains one round with `options`.
-    pub fn train_round(&mut self, options: &TrainOptions) {
-        train(&mut self.model, &self.data, options, None);
+    pub fn train_round(&mut self, options: &TrainOptions) -> Result<(), ModelError> {
+        self.models.with_model(|model| {
+            model.load_global_state(&self.state)?;
+            train(model, &self.data, options, None);
+            self.state = model.global_state();
+            Ok(())
+        })?
     }
 
     /// The learner's current parameters and memories.
-    pub fn state(&self) -> GlobalState {
-        self.model.global_state()
+    pub fn state(&self) -> &GlobalState {
+        &self.state
     }
 }

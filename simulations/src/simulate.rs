@@ -30,7 +30,9 @@ use mpcl_data::Dataset;
 use mpcl_data::ModelConfig;
 use mpcl_model::metrics::evaluate;
 use mpcl_model::personalize::{DEFAULT_PERSONALIZE_EPOCHS, PersonalizeScope};
-use mpcl_model::{Device, DeviceChoice, DeviceError, ModelError, MpclModel, TrainOptions};
+use mpcl_model::{
+    Device, DeviceChoice, DeviceError, ModelError, ModelPool, MpclModel, TrainOptions,
+};
 use mpcl_protocol::messages::GlobalState;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -912,18 +914,19 @@ fn run_arm(
             Ok((trace, Some(final_state), stopped))
         }
         Arm::Centralized => {
-            let mut learner = Learner::new(data.train, &config.model, initial, device)?;
+            let models = ModelPool::new(&data.train.schema, &config.model, device)?;
+            let mut learner = Learner::new(data.train, &models, initial)?;
             for round in 1..=config.rounds {
                 let started = Instant::now();
-                learner.train_round(&options(round, 0));
+                learner.train_round(&options(round, 0))?;
                 let state = learner.state();
-                let predictions = evaluator.predict(&state)?;
+                let predictions = evaluator.predict(state)?;
                 let seconds = started.elapsed().as_secs_f64();
                 let stop = trace.record(
                     on_round,
                     round,
                     predictions,
-                    Some(&state),
+                    Some(state),
                     (0, 0),
                     seconds,
                     None,
@@ -933,20 +936,17 @@ fn run_arm(
                     break;
                 }
             }
-            Ok((trace, Some(learner.state()), None))
+            Ok((trace, Some(learner.state().clone()), None))
         }
         Arm::LocalOnly => {
+            // The learners train one after another: one model serves them all.
+            let models = ModelPool::new(&data.train.schema, &config.model, device)?;
             let mut learners = Vec::new();
             for (index, subject) in data.train.subjects().into_iter().enumerate() {
                 let own_rows = data.held_out.indices_of_subject(&subject);
                 learners.push((
                     index as u64,
-                    Learner::new(
-                        &data.train.subject_subset(&subject),
-                        &config.model,
-                        initial,
-                        device,
-                    )?,
+                    Learner::new(&data.train.subject_subset(&subject), &models, initial)?,
                     own_rows,
                 ));
             }
@@ -961,13 +961,13 @@ fn run_arm(
                 let started = Instant::now();
                 let mut predictions = vec![vec![0.0f32; emotions]; data.held_out.samples.len()];
                 for (salt, learner, rows) in &mut learners {
-                    learner.train_round(&options(round, *salt + 1));
+                    learner.train_round(&options(round, *salt + 1))?;
                     let state = learner.state();
-                    for (row, p) in rows.iter().zip(evaluator.predict_rows(&state, rows)?) {
+                    for (row, p) in rows.iter().zip(evaluator.predict_rows(state, rows)?) {
                         predictions[*row] = p;
                     }
                     if !orphan_rows.is_empty() {
-                        let ensemble = evaluator.predict_rows(&state, &orphan_rows)?;
+                        let ensemble = evaluator.predict_rows(state, &orphan_rows)?;
                         for (row, p) in orphan_rows.iter().zip(ensemble) {
                             for (acc, v) in predictions[*row].iter_mut().zip(p) {
                                 *acc += v / learner_count;

@@ -25,7 +25,7 @@ use mpcl_coordinator::round_log::{RoundRecord, read_round_log};
 use mpcl_coordinator::server::{CHECKPOINT_FILE, ROUND_LOG_FILE, RunFile};
 use mpcl_coordinator::{Checkpoint, ParticipantId, RoundAggregator};
 use mpcl_data::Dataset;
-use mpcl_model::{Device, MpclModel};
+use mpcl_model::{Device, ModelPool, MpclModel};
 use mpcl_protocol::identity::read_public_key_file;
 use mpcl_protocol::messages::GlobalState;
 use mpcl_simulations::synthetic::{SyntheticConfig, generate, synthetic_schema};
@@ -556,6 +556,7 @@ fn replay(run: &RunDir, records: &[RoundRecord]) -> anyhow::Result<GlobalState> 
     let model_config = &run_file.model;
     let device = Device::flex();
     let mut state = MpclModel::new(&schema, model_config, &device, config.seed)?.global_state();
+    let models = ModelPool::new(&schema, model_config, &device)?;
     let run_id = mpcl_coordinator::read_checkpoint(run.checkpoint())?.run_id;
 
     let all = generate(&SyntheticConfig::default());
@@ -579,8 +580,7 @@ fn replay(run: &RunDir, records: &[RoundRecord]) -> anyhow::Result<GlobalState> 
                     let data = synthetic_subject(&all, index_of[id]);
                     entry.insert(Participant::new(
                         &data,
-                        model_config,
-                        &device,
+                        &models,
                         ParticipantSettings::default(),
                     )?)
                 }

@@ -18,7 +18,7 @@ use mpcl_coordinator::{Coordinator, CoordinatorConfig};
 use mpcl_data::ModelConfig;
 use mpcl_data::{Dataset, Schema, split};
 use mpcl_model::metrics::{DistributionMetrics, evaluate, label_prior_metrics};
-use mpcl_model::{Device, MpclModel};
+use mpcl_model::{Device, ModelPool, MpclModel};
 use mpcl_protocol::identity::Participant as Enrolled;
 use mpcl_protocol::messages::{ClientUpdate, GlobalState, RunId, TrainingConfig};
 use mpcl_protocol::{Enrolment, NodeIdentity, SigningKey};
@@ -143,13 +143,10 @@ impl Federation {
     pub fn predict(&self, state: &GlobalState) -> Vec<Vec<f32>> {
         let mut predictions = Vec::new();
         for (train, test) in self.train.iter().zip(&self.test) {
-            let mut participant = Participant::new(
-                train,
-                &ModelConfig::tiny(),
-                &Device::flex(),
-                Default::default(),
-            )
-            .expect("participant");
+            let models = ModelPool::new(&train.schema, &ModelConfig::tiny(), &Device::flex())
+                .expect("model pool");
+            let participant =
+                Participant::new(train, &models, Default::default()).expect("participant");
             predictions.extend(participant.predict_with(state, test).expect("predict"));
         }
         predictions
