@@ -367,3 +367,113 @@ impl Participant {
         })?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mpcl_data::{Modality, ModalityGroup, ModelConfig, Sample, Schema};
+    use mpcl_model::Device;
+    use mpcl_protocol::compression::Compression;
+
+    /// Subject `offset`'s samples: the same schema, other values.
+    fn dataset(offset: u32) -> Dataset {
+        let schema = Schema {
+            emotions: vec!["a".into(), "b".into()],
+            modalities: vec![Modality::new("x", ModalityGroup::Physiological, 2, 2)],
+        };
+        let samples = (0..12u32)
+            .map(|trial| {
+                let v = ((trial + offset) % 7) as f32 / 7.0;
+                Sample {
+                    features: vec![vec![v, v * 2.0, 1.0 - v, 1.0]],
+                    label: vec![v, 1.0 - v],
+                    subject: format!("p{offset}"),
+                    trial,
+                    time: 0,
+                    stimulus: None,
+                }
+            })
+            .collect();
+        Dataset {
+            name: "local".into(),
+            schema,
+            samples,
+        }
+    }
+
+    fn round_config() -> TrainingConfig {
+        TrainingConfig {
+            local_epochs: 2,
+            batch_size: 4,
+            learning_rate: 0.01,
+            weight_decay: 0.0,
+            proximal_mu: 0.0,
+            seed: 3,
+            share_memories: true,
+            compression: Compression::None,
+            evaluate: false,
+            kind: RoundKind::Training,
+        }
+    }
+
+    /// Two rounds of each participant in turn, both from `start`: a shared model comes to each
+    /// one left trained by the other.
+    fn two_rounds(participants: &mut [Participant], start: &GlobalState) -> Vec<ClientUpdate> {
+        let mut updates = Vec::new();
+        for round in 1..=2 {
+            for participant in participants.iter_mut() {
+                let trained = participant
+                    .train_round([1; 16], round, start, &round_config())
+                    .unwrap();
+                updates.push((*trained.update).clone());
+            }
+        }
+        updates
+    }
+
+    #[test]
+    fn participants_sharing_a_pool_send_what_participants_with_a_model_each_send() {
+        let config = ModelConfig::tiny();
+        let device = Device::flex();
+        let data = [dataset(0), dataset(3)];
+        let start = MpclModel::new(&data[0].schema, &config, &device, 5)
+            .unwrap()
+            .global_state();
+        let shared = ModelPool::new(&data[0].schema, &config, &device).unwrap();
+        let mut sharing: Vec<Participant> = data
+            .iter()
+            .map(|d| Participant::new(d, &shared, ParticipantSettings::default()).unwrap())
+            .collect();
+        let mut alone: Vec<Participant> = data
+            .iter()
+            .map(|d| {
+                let own = ModelPool::new(&d.schema, &config, &device).unwrap();
+                Participant::new(d, &own, ParticipantSettings::default()).unwrap()
+            })
+            .collect();
+
+        let from_shared = two_rounds(&mut sharing, &start);
+        let from_own = two_rounds(&mut alone, &start);
+        assert_ne!(from_own[0].delta, from_own[1].delta, "the subjects differ");
+        for (a, b) in from_shared.iter().zip(&from_own) {
+            assert_eq!(a.delta, b.delta);
+            assert_eq!(a.prototypes, b.prototypes);
+            assert_eq!(a.cooccurrence, b.cooccurrence);
+        }
+        assert_eq!(
+            shared.idle_models(),
+            1,
+            "one model served both participants"
+        );
+    }
+
+    #[test]
+    fn a_pool_built_for_another_schema_is_refused() {
+        let data = dataset(0);
+        let mut other = data.schema.clone();
+        other.emotions.push("c".into());
+        let pool = ModelPool::new(&other, &ModelConfig::tiny(), &Device::flex()).unwrap();
+        let refused = Participant::new(&data, &pool, ParticipantSettings::default());
+        assert!(matches!(refused, Err(ParticipantError::SchemaMismatch)));
+    }
+}
