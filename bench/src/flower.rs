@@ -8,6 +8,8 @@
 //! coordinator ([`Server`]) on loopback, with the tiny model's global state (8,088 encoder
 //! parameters, near Flower's P = 1e4).
 //!
+//! [`Server`]: mpcl_coordinator::server::Server
+//!
 //! Overhead per round = the coordinator's round wall time (round started to aggregated, from its
 //! round log) minus the slowest client's "training". The coordinator runs on its own tokio
 //! runtime (threads named [`COORDINATOR_THREAD`]), so its CPU time is the sum over those

@@ -7,7 +7,8 @@
 //! | [`aggregation`] | aggregation time per round vs clients and parameters (in-process) |
 //! | [`network`] | system overhead per round over real QUIC on loopback |
 //! | [`flower`] | round overhead on Flower's workload (trivial trainer, 10 to 200 clients) vs Flower 1.41 |
-//! | [`transport_floor`] | what quinn alone takes to move those rounds' bytes (the floor under any QUIC protocol) |
+//! | [`transport_floor`] | what quinn alone takes to move those rounds' bytes (the floor under any QUIC protocol), and the tiny and default model's messages |
+//! | [`own_work`] | mpcl's own work per client-round on each end, stage by stage, without a network |
 //! | [`child`] | coordinator peak memory vs clients; 1,000 simulated clients (child processes) |
 //! | [`bytes`] | bytes per client per round with and without compression, and its effect on KL |
 //! | [`simulation`] | an in-process simulation's wall and CPU time on one thread and on every thread |
@@ -316,7 +317,15 @@ pub fn run_bench(
             ]
         };
         for (name, model, clients) in &models {
-            own_work.push(own_work::measure(name, model, *clients, repeats)?);
+            let mut row = own_work::measure(name, model, *clients, repeats)?;
+            row.floor_server_cpu_per_client_round = transport_floor::measure(
+                row.clients,
+                flower::ROUNDS,
+                row.start_round_bytes,
+                row.update_bytes,
+            )?
+            .server_cpu_per_client_round;
+            own_work.push(row);
         }
         for row in &flower {
             if let Some(ratio) = row.ratio() {

@@ -4,6 +4,8 @@
 //! round log) minus the slowest client's local training time (`LocalMetrics::seconds` of the
 //! updates that were aggregated). What is left is the framework: polling for work, transfers,
 //! TLS, encoding, signing and verification, validation, aggregation, checkpointing.
+//!
+//! [`Server`]: mpcl_coordinator::server::Server
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

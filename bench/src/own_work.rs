@@ -57,6 +57,11 @@ pub struct OwnWorkRow {
     pub update_bytes: usize,
     /// Every stage, the coordinator's first, in the order they happen.
     pub stages: Vec<StageTime>,
+    /// CPU of quinn's server alone per client-round moving these messages' bytes, with this
+    /// many clients over [`crate::flower::ROUNDS`] rounds ([`crate::transport_floor`]): with the
+    /// coordinator's stages, what the coordinator needs at least at this model's size.
+    #[serde(default)]
+    pub floor_server_cpu_per_client_round: Option<f64>,
 }
 
 impl OwnWorkRow {
@@ -141,6 +146,7 @@ pub fn measure(
         start_round_bytes: sizes.0,
         update_bytes: sizes.1,
         stages,
+        floor_server_cpu_per_client_round: None,
     })
 }
 

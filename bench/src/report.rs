@@ -264,6 +264,33 @@ pub fn markdown(r: &BenchReport) -> String {
                 );
             }
         }
+        let _ = writeln!(
+            s,
+            "\n**The coordinator's target at each model's size** (0.2 ms + 1 ns per parameter per client-round, against the least the coordinator needs: quinn's server alone moving that model's messages, as the QUIC floor above, with the clients of the row above over {} rounds, plus the coordinator's own work above)\n",
+            crate::flower::ROUNDS
+        );
+        let _ = writeln!(
+            s,
+            "| model | parameters | target | quinn alone | own work | the two | the two / target |\n|---|---|---|---|---|---|---|"
+        );
+        for row in &r.own_work {
+            let target = crate::flower::coordinator_cpu_target_seconds(row.parameters);
+            let own = row.total(crate::own_work::COORDINATOR);
+            let both = row
+                .floor_server_cpu_per_client_round
+                .map(|floor| floor + own);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                row.model,
+                row.parameters,
+                seconds(target),
+                optional_seconds(row.floor_server_cpu_per_client_round),
+                seconds(own),
+                optional_seconds(both),
+                optional_ratio(both.map(|both| both / target), 2),
+            );
+        }
     }
 
     if !r.memory.is_empty() {

@@ -73,6 +73,15 @@ fn quick_bench_writes_json_and_markdown() -> anyhow::Result<()> {
         own.total(mpcl_bench::own_work::COORDINATOR) > 0.0
             && own.total(mpcl_bench::own_work::CLIENT) > 0.0
     );
+    // And quinn alone moving that model's messages, and the table that sets both against the
+    // target.
+    assert!(
+        own.floor_server_cpu_per_client_round
+            .is_some_and(|s| s > 0.0)
+    );
+    assert!(
+        mpcl_bench::markdown(&report).contains("The coordinator's target at each model's size")
+    );
     // The simulation on one thread and on every thread, each timed (its jobs on threads:
     // without a launcher there are no job processes).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -17,8 +17,9 @@ use mpcl_model::DeviceChoice;
 /// 1,000 simulated clients in one process; round overhead on Flower's workload (10 to 200
 /// clients with a trivial trainer) against Flower 1.41, with the coordinator's CPU per
 /// client-round against 0.2 ms + 1 ns per parameter and against quinn alone moving the same
-/// bytes, and mpcl's own work per client-round on each end, stage by stage. Each figure is the
-/// median of --repeats runs.
+/// bytes, and mpcl's own work per client-round on each end, stage by stage, beside quinn alone
+/// moving the tiny and the default model's messages. Each figure is the median of --repeats
+/// runs.
 ///
 /// Writes bench.json (every run) and bench.md (the tables) to --out, prints the tables, and exits
 /// non-zero if a check failed (coordinator memory at 1,000 clients within 2x of 10 clients;
