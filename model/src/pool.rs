@@ -79,7 +79,7 @@ impl ModelPool {
         Ok(result)
     }
 
-    /// How many models the pool has built and holds now (all of them when none is lent).
+    /// How many of the pool's models are idle now (every model it has built, when none is lent).
     pub fn idle_models(&self) -> usize {
         self.idle().len()
     }
