@@ -137,6 +137,58 @@ fn loading_a_mismatched_parameter_set_is_an_error() -> Result<()> {
 }
 
 #[test]
+fn a_parameter_set_of_another_layout_is_refused_naming_what_differs() -> Result<()> {
+    use mpcl_model::ModelError;
+    use mpcl_model::parameters::ParameterLoadError;
+    use mpcl_protocol::ParameterSetError;
+    let (mut model, _) = model_and_data(&BOTH, 1)?;
+    let before = model.parameters();
+    let layout_error = |error: ModelError| match error {
+        ModelError::Parameters(ParameterLoadError::Layout(error)) => error,
+        other => panic!("not a layout error: {other}"),
+    };
+
+    let mut renamed = before.clone();
+    renamed.tensors[2].name = "somewhere.else".into();
+    let error = layout_error(model.load_parameters(&renamed).unwrap_err());
+    assert!(
+        matches!(&error, ParameterSetError::NameMismatch { index: 2, expected, found }
+            if *expected == before.tensors[2].name && found == "somewhere.else"),
+        "{error}"
+    );
+
+    // The same number of values in another shape.
+    let mut reshaped = before.clone();
+    let matrix = reshaped
+        .tensors
+        .iter_mut()
+        .find(|t| t.shape.len() == 2 && t.shape[0] != t.shape[1])
+        .expect("a non-square matrix");
+    matrix.shape.reverse();
+    let (name, shape) = (matrix.name.clone(), matrix.shape.clone());
+    let error = layout_error(model.load_parameters(&reshaped).unwrap_err());
+    assert!(
+        matches!(&error, ParameterSetError::ShapeMismatch { name: n, found, .. }
+            if *n == name && *found == shape),
+        "{error}"
+    );
+
+    let mut shorter = before.clone();
+    shorter.tensors.pop();
+    let error = layout_error(model.load_parameters(&shorter).unwrap_err());
+    assert_eq!(
+        error,
+        ParameterSetError::CountMismatch {
+            expected: before.tensors.len(),
+            found: before.tensors.len() - 1
+        }
+    );
+    // A refused set changes nothing.
+    assert_eq!(model.parameters(), before);
+    Ok(())
+}
+
+#[test]
 fn memory_statistics_match_their_definition_and_merge() -> Result<()> {
     let (model, data) = model_and_data(&BOTH, 4)?;
     let (prototypes, cooccurrence) = model.memory_statistics(&data);
