@@ -190,7 +190,7 @@ pub fn personalize(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use burn::tensor::Device;
     use mpcl_data::ModelConfig;
@@ -198,7 +198,7 @@ mod tests {
 
     /// One subject whose ratings lean towards emotion 0 whatever the features say: what a head
     /// can learn and a model started at another prior does not know.
-    fn dataset(trials: u32, offset: u32) -> Dataset {
+    pub(crate) fn dataset(trials: u32, offset: u32) -> Dataset {
         let schema = Schema {
             emotions: vec!["a".into(), "b".into(), "c".into()],
             modalities: vec![Modality::new("x", ModalityGroup::Physiological, 2, 3)],

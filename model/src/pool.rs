@@ -96,35 +96,11 @@ impl ModelPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::personalize::tests::dataset;
     use crate::tensors::TensorDataset;
     use crate::train::{TrainOptions, train};
-    use mpcl_data::{Dataset, Modality, ModalityGroup, Sample, Standardizer};
+    use mpcl_data::Standardizer;
     use mpcl_protocol::messages::GlobalState;
-
-    fn dataset() -> Dataset {
-        let schema = Schema {
-            emotions: vec!["a".into(), "b".into(), "c".into()],
-            modalities: vec![Modality::new("x", ModalityGroup::Physiological, 2, 3)],
-        };
-        let samples = (0..16u32)
-            .map(|trial| {
-                let v = (trial % 5) as f32 / 5.0;
-                Sample {
-                    features: vec![vec![v, 1.0 - v, v * v, 0.5, -v, 1.0]],
-                    label: vec![0.6 + 0.2 * v, 0.3 - 0.2 * v, 0.1],
-                    subject: "p".into(),
-                    trial,
-                    time: 0,
-                    stimulus: None,
-                }
-            })
-            .collect();
-        Dataset {
-            name: "pool".into(),
-            schema,
-            samples,
-        }
-    }
 
     /// Loads `start`, trains two epochs and returns the state trained to.
     fn trained_from(
@@ -144,7 +120,7 @@ mod tests {
 
     #[test]
     fn a_lent_model_trains_exactly_as_a_fresh_one() {
-        let set = dataset();
+        let set = dataset(16, 0);
         let config = ModelConfig::tiny();
         let device = Device::flex();
         let pool = ModelPool::new(&set.schema, &config, &device).unwrap();
@@ -175,7 +151,7 @@ mod tests {
 
     #[test]
     fn a_model_is_built_only_when_every_model_is_lent() {
-        let set = dataset();
+        let set = dataset(16, 0);
         let pool = ModelPool::new(&set.schema, &ModelConfig::tiny(), &Device::flex()).unwrap();
         let clone = pool.clone();
         pool.with_model(|_| {

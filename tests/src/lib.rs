@@ -142,9 +142,10 @@ impl Federation {
     /// (standardised with that client's own training statistics).
     pub fn predict(&self, state: &GlobalState) -> Vec<Vec<f32>> {
         let mut predictions = Vec::new();
+        // One model, lent to each client's participant in turn.
+        let models = ModelPool::new(&self.schema, &ModelConfig::tiny(), &Device::flex())
+            .expect("model pool");
         for (train, test) in self.train.iter().zip(&self.test) {
-            let models = ModelPool::new(&train.schema, &ModelConfig::tiny(), &Device::flex())
-                .expect("model pool");
             let participant =
                 Participant::new(train, &models, Default::default()).expect("participant");
             predictions.extend(participant.predict_with(state, test).expect("predict"));
