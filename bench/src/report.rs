@@ -175,22 +175,27 @@ pub fn markdown(r: &BenchReport) -> String {
     if !r.transport_floor.is_empty() {
         let _ = writeln!(
             s,
-            "\n**The QUIC floor under those rounds** (quinn alone with mpcl's TLS, one endpoint per client, the same bytes each way per client-round, connections set up before the timed rounds; no encoding, signatures, validation or aggregation; Flower's simulation mode moves no bytes over a network)\n"
+            "\n**The QUIC floor under those rounds** (quinn alone with mpcl's QUIC settings, one endpoint per client, the same bytes each way per client-round, connections set up before the timed rounds; no encoding, signatures, validation or aggregation; Flower's simulation mode moves no bytes over a network; datagrams: the largest payload the connections had discovered, down / up)\n"
         );
         let _ = writeln!(
             s,
-            "| clients | bytes down / up per client | round wall | floor / Flower | CPU per client-round (both sides) | the server's alone |\n|---|---|---|---|---|---|"
+            "| clients | bytes down / up per client | datagrams | round wall | floor / Flower | CPU per client-round (both sides) | the server's alone |\n|---|---|---|---|---|---|---|"
         );
         for f in &r.transport_floor {
             let flower = crate::flower::flower_overhead_seconds(f.clients)
                 .map(|flower| format!("{:.3}x", f.round_seconds / flower))
                 .unwrap_or_else(|| "-".into());
+            let datagrams = f
+                .datagram_bytes
+                .map(|(down, up)| format!("{down} / {up} B"))
+                .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 s,
-                "| {} | {} / {} B | {} | {} | {} | {} |",
+                "| {} | {} / {} B | {} | {} | {} | {} | {} |",
                 f.clients,
                 f.bytes_down,
                 f.bytes_up,
+                datagrams,
                 seconds(f.round_seconds),
                 flower,
                 seconds(f.cpu_per_client_round),

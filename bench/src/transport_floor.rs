@@ -1,6 +1,7 @@
-//! The floor under any round over QUIC on this machine: quinn alone, with mpcl's TLS
-//! configuration (TLS 1.3, ed25519 certificates both ways) and one endpoint per client as
-//! mpcl's participants have, moving a round's bytes: per client a small request answered by
+//! The floor under any round over QUIC on this machine: quinn alone, with mpcl's QUIC
+//! configuration (TLS 1.3 with ed25519 certificates both ways, the coordinator's and the
+//! clients' transport and endpoint settings) and one endpoint per client as mpcl's participants
+//! have, moving a round's bytes: per client a small request answered by
 //! as many bytes as mpcl's `StartRound`, then as many as mpcl's signed update answered by a
 //! small acknowledgement, over two streams, every client at once. No encoding, signatures,
 //! validation or aggregation.
@@ -11,12 +12,14 @@
 //! are set up before the timed rounds (mpcl's figures amortise the handshakes over 5 rounds).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use mpcl_coordinator::server::{NetworkSettings, udp_socket};
-use mpcl_protocol::{TLS_SERVER_NAME, client_config, server_config};
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use mpcl_client::SessionConfig;
+use mpcl_client::session::client_endpoint;
+use mpcl_coordinator::server::{NetworkSettings, endpoint_config, transport_config, udp_socket};
+use mpcl_protocol::{TLS_SERVER_NAME, server_config};
+use quinn::crypto::rustls::QuicServerConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
@@ -43,6 +46,10 @@ pub struct FloorRow {
     /// under the coordinator's CPU per client-round.
     #[serde(default)]
     pub server_cpu_per_client_round: Option<f64>,
+    /// The largest datagram payload the server's and the clients' connections had discovered
+    /// by the end (the smallest over the connections): down (server to client) and up.
+    #[serde(default)]
+    pub datagram_bytes: Option<(u16, u16)>,
 }
 
 /// Name of the floor server runtime's threads (its CPU time is theirs).
@@ -70,7 +77,11 @@ pub fn measure(
     )
     .map_err(|e| setup("server TLS", e))?;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| setup("server QUIC", e))?;
-    let server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let network = NetworkSettings::default();
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server_config.transport_config(Arc::new(
+        transport_config(&network).map_err(|e| setup("server transport", e))?,
+    ));
 
     // The server on its own runtime, as the bench's coordinator.
     let server_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -81,13 +92,12 @@ pub fn measure(
         .map_err(|e| setup("tokio runtime", e))?;
     let listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
     // The coordinator's socket, with its receive buffer.
-    let receive_buffer = NetworkSettings::default().udp_receive_buffer_bytes;
     let endpoint = server_runtime
         .block_on(async {
             quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
+                endpoint_config(),
                 Some(server_config),
-                udp_socket(listen, receive_buffer)?,
+                udp_socket(listen, network.udp_receive_buffer_bytes)?,
                 Arc::new(quinn::TokioRuntime),
             )
         })
@@ -96,7 +106,8 @@ pub fn measure(
         .local_addr()
         .map_err(|e| setup("server address", e))?;
     let down = Arc::new(vec![7u8; bytes_down]);
-    server_runtime.spawn(serve(endpoint.clone(), down));
+    let served = Arc::new(Mutex::new(Vec::new()));
+    server_runtime.spawn(serve(endpoint.clone(), down, served.clone()));
 
     let client_runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -105,12 +116,12 @@ pub fn measure(
     let result = client_runtime.block_on(async {
         let mut connections = Vec::with_capacity(clients);
         for participant in &participants {
-            let tls = client_config(participant, &server_identity.public_key())
-                .map_err(|e| setup("client TLS", e))?;
-            let crypto = QuicClientConfig::try_from(tls).map_err(|e| setup("client QUIC", e))?;
-            let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("valid"))
-                .map_err(|e| setup("client endpoint", e))?;
-            endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+            let session =
+                SessionConfig::new(addr, server_identity.public_key(), Arc::clone(participant));
+            let mut endpoint = client_endpoint(addr).map_err(|e| setup("client endpoint", e))?;
+            endpoint.set_default_client_config(
+                session.quic_config().map_err(|e| setup("client QUIC", e))?,
+            );
             let connection = endpoint
                 .connect(addr, TLS_SERVER_NAME)
                 .map_err(|e| setup("connect", e))?
@@ -140,14 +151,16 @@ pub fn measure(
         let server_cpu = server_cpu
             .zip(threads_cpu_seconds(SERVER_THREAD))
             .map(|(before, after)| after - before);
+        let up = smallest_datagram(connections.iter().map(|(_, connection)| connection));
+        let down = smallest_datagram(served.lock().unwrap_or_else(|e| e.into_inner()).iter());
         for (endpoint, connection) in &connections {
             connection.close(0u32.into(), b"done");
             endpoint.close(0u32.into(), b"done");
         }
-        Ok::<_, BenchError>((walls, cpu, server_cpu))
+        Ok::<_, BenchError>((walls, cpu, server_cpu, down.zip(up)))
     });
     endpoint.close(0u32.into(), b"done");
-    let (walls, cpu, server_cpu) = result?;
+    let (walls, cpu, server_cpu, datagram_bytes) = result?;
     let client_rounds = clients as f64 * rounds as f64;
     Ok(FloorRow {
         clients,
@@ -157,7 +170,15 @@ pub fn measure(
         round_seconds: median(&walls),
         cpu_per_client_round: cpu / client_rounds,
         server_cpu_per_client_round: server_cpu.map(|cpu| cpu / client_rounds),
+        datagram_bytes,
     })
+}
+
+/// The smallest of the connections' current datagram payload sizes (`None` for none).
+fn smallest_datagram<'a>(connections: impl Iterator<Item = &'a quinn::Connection>) -> Option<u16> {
+    connections
+        .map(|connection| connection.stats().path.current_mtu)
+        .min()
 }
 
 /// One client's round: the request answered by the global state, the update answered by an
@@ -175,13 +196,23 @@ async fn client_round(connection: quinn::Connection, up: Arc<Vec<u8>>) -> Result
 }
 
 /// Answers every stream: a small request with `down`, anything larger with an acknowledgement.
-async fn serve(endpoint: quinn::Endpoint, down: Arc<Vec<u8>>) {
+/// Every connection is also kept in `served`, for its statistics.
+async fn serve(
+    endpoint: quinn::Endpoint,
+    down: Arc<Vec<u8>>,
+    served: Arc<Mutex<Vec<quinn::Connection>>>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let down = down.clone();
+        let served = served.clone();
         tokio::spawn(async move {
             let Ok(connection) = incoming.await else {
                 return;
             };
+            served
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(connection.clone());
             while let Ok((mut send, mut recv)) = connection.accept_bi().await {
                 let down = down.clone();
                 tokio::spawn(async move {

@@ -64,6 +64,16 @@ fn quick_bench_writes_json_and_markdown() -> anyhow::Result<()> {
             .iter()
             .all(|f| f.round_seconds > 0.0 && f.cpu_per_client_round > 0.0 && f.bytes_up > 0)
     );
+    // With mpcl's QUIC settings, both ends of every floor connection had found datagrams larger
+    // than an Ethernet path carries (1,452 bytes): loopback carries them.
+    for floor in &report.transport_floor {
+        assert!(
+            floor
+                .datagram_bytes
+                .is_some_and(|(down, up)| down > 1452 && up > 1452),
+            "{floor:?}"
+        );
+    }
     // mpcl's own work on each end, every stage timed.
     let own = &report.own_work[0];
     assert_eq!(own.stages.len(), 8);

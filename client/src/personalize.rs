@@ -1,5 +1,5 @@
 //! A participant's personalization after the federation: the run's global model fine-tuned on
-//! the participant's own training part ([`mpcl_model::personalize`]), the epoch chosen on its
+//! the participant's own training part ([`mpcl_model::personalize()`]), the epoch chosen on its
 //! validation part, and both models scored on its test part. The personalized model never
 //! leaves the participant: it is returned to the caller, who may write it to a model file of
 //! its own ([`PersonalOutcome::model_file`]); nothing of it is sent to the coordinator.

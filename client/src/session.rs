@@ -17,7 +17,7 @@ use mpcl_protocol::codec::{CodecError, MessageLimits};
 use mpcl_protocol::framing::{encode_frame, read_message};
 use mpcl_protocol::messages::{ClientMessage, CoordinatorMessage, GlobalState, Welcome};
 use mpcl_protocol::tls::{TLS_SERVER_NAME, TlsError, client_config};
-use mpcl_protocol::{NodeIdentity, PROTOCOL_VERSION, RunId, VerifyingKey};
+use mpcl_protocol::{MAX_UDP_PAYLOAD_BYTES, NodeIdentity, PROTOCOL_VERSION, RunId, VerifyingKey};
 use quinn::crypto::rustls::QuicClientConfig;
 use thiserror::Error;
 use tracing::debug;
@@ -74,6 +74,47 @@ impl SessionConfig {
             sent_messages: None,
         }
     }
+
+    /// The QUIC side of a session: TLS with the coordinator's key pinned, keep-alives, the idle
+    /// timeout, no streams opened by the coordinator, and datagrams discovered up to
+    /// [`MAX_UDP_PAYLOAD_BYTES`] where the path allows.
+    pub fn quic_config(&self) -> Result<quinn::ClientConfig, SessionError> {
+        let tls = client_config(&self.identity, &self.coordinator_key)?;
+        let crypto =
+            QuicClientConfig::try_from(tls).map_err(|e| SessionError::Settings(e.to_string()))?;
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(self.keep_alive));
+        transport.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(self.idle_timeout)
+                .map_err(|e| SessionError::Settings(format!("idle timeout: {e}")))?,
+        ));
+        transport.max_concurrent_bidi_streams(0u32.into());
+        transport.max_concurrent_uni_streams(0u32.into());
+        let mut discovery = quinn::MtuDiscoveryConfig::default();
+        discovery.upper_bound(MAX_UDP_PAYLOAD_BYTES);
+        transport.mtu_discovery_config(Some(discovery));
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport));
+        Ok(config)
+    }
+}
+
+/// A client endpoint on an ephemeral port of the coordinator's address family, accepting
+/// datagrams up to [`MAX_UDP_PAYLOAD_BYTES`] (the coordinator discovers that size where the
+/// path allows). Call it inside a tokio runtime.
+pub fn client_endpoint(coordinator: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let bind: SocketAddr = if coordinator.is_ipv6() {
+        "[::]:0".parse().expect("valid address")
+    } else {
+        "0.0.0.0:0".parse().expect("valid address")
+    };
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD_BYTES)
+        .expect("MAX_UDP_PAYLOAD_BYTES is within QUIC's 1,200-65,527 bytes");
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime found"))?;
+    quinn::Endpoint::new(config, None, std::net::UdpSocket::bind(bind)?, runtime)
 }
 
 /// Errors of a session.
@@ -228,26 +269,8 @@ impl Session {
     /// Connects, says `Hello` and returns the admitted session with the coordinator's `Welcome`.
     pub async fn connect(config: &SessionConfig) -> Result<Self, SessionError> {
         let addr = config.coordinator;
-        let tls = client_config(&config.identity, &config.coordinator_key)?;
-        let crypto =
-            QuicClientConfig::try_from(tls).map_err(|e| SessionError::Settings(e.to_string()))?;
-        let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(config.keep_alive));
-        transport.max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(config.idle_timeout)
-                .map_err(|e| SessionError::Settings(format!("idle timeout: {e}")))?,
-        ));
-        transport.max_concurrent_bidi_streams(0u32.into());
-        transport.max_concurrent_uni_streams(0u32.into());
-        client_config.transport_config(Arc::new(transport));
-
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0".parse().expect("valid address")
-        } else {
-            "0.0.0.0:0".parse().expect("valid address")
-        };
-        let endpoint = quinn::Endpoint::client(bind).map_err(SessionError::Socket)?;
+        let client_config = config.quic_config()?;
+        let endpoint = client_endpoint(addr).map_err(SessionError::Socket)?;
         let connect = async {
             let connecting = endpoint
                 .connect_with(client_config, addr, TLS_SERVER_NAME)

@@ -13,7 +13,7 @@
 //! nearest. Range: an addend's magnitude must stay below [`MAX_ADDEND`] (about 1.1e12), and up to
 //! [`MAX_ADDENDS`] addends fit a sum without any chance of overflow.
 //!
-//! Speed: each fixed-point addend is held as three 35-bit limbs in `i64` ([`limbs`]), found with
+//! Speed: each fixed-point addend is held as three 35-bit limbs in `i64` (`limbs`), found with
 //! floating-point additions alone (no float-to-integer conversion instruction), and each limb has
 //! its own array; so adding a vector is a loop of plain `f64` and `i64` lane operations that the
 //! compiler vectorises, about a nanosecond per value.

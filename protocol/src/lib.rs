@@ -19,6 +19,7 @@
 //! | [`signing`] | signed updates, their verification, the replay guard |
 //! | [`start_round`] | `StartRound` payloads sharing one encoding of the round's global state |
 //! | [`tls`] | rustls configs that authenticate by enrolled / pinned ed25519 keys |
+//! | [`transport`] | the largest datagram both ends send and accept over QUIC |
 //! | [`secure_aggregation`] | masking math, Shamir shares and the client/coordinator steps of secure aggregation |
 
 pub mod close_code;
@@ -39,6 +40,7 @@ pub mod signing;
 pub mod start_round;
 pub mod stats;
 pub mod tls;
+pub mod transport;
 pub mod update_payload;
 pub mod vector;
 
@@ -58,6 +60,7 @@ pub use participant_id::ParticipantId;
 pub use signing::{SignedUpdate, UpdateError, UpdateVerifier, VerifiedUpdate};
 pub use stats::{CooccurrenceStatistics, PrototypeStatistics, StatisticsError};
 pub use tls::{TLS_SERVER_NAME, TlsError, client_config, server_config};
+pub use transport::MAX_UDP_PAYLOAD_BYTES;
 pub use vector::F32Vec;
 
 /// Re-exported so users of the identity and signing APIs need not depend on ed25519-dalek

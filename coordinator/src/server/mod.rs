@@ -6,6 +6,9 @@
 //!   only enrolled ed25519 keys complete the handshake. The key that authenticated the
 //!   connection is the participant's [`ParticipantId`]; its first request must be a `Hello`
 //!   naming the same participant.
+//! - **Transport.** One UDP endpoint: its socket's receive buffer ([`udp_socket`]), datagrams up
+//!   to [`mpcl_protocol::MAX_UDP_PAYLOAD_BYTES`] where the path allows ([`endpoint_config`]),
+//!   keep-alives and stream limits from [`NetworkSettings`] ([`transport_config`]).
 //! - **Conversation.** One request per bidirectional stream (see [`mpcl_protocol::messages`]).
 //!   Requests are read with the run's [`MessageLimits`] (computed from the model); a frame larger
 //!   than [`MessageLimits::CONTROL`] (an update) must first get one of
@@ -25,6 +28,7 @@
 
 mod actor;
 pub mod live;
+mod quic;
 pub mod run_file;
 
 use mpcl_data::{ModelConfig, Schema};
@@ -60,6 +64,7 @@ use actor::{Actor, Command, Polling, Traffic, WorkReply};
 pub use run_file::{NetworkSettings, RunFile, RunFileError};
 
 pub use live::{LiveParticipant, LivePhase, LiveStatus};
+pub use quic::{endpoint_config, transport_config, udp_socket};
 
 /// File name of the checkpoint in the output folder (its previous copy is
 /// `checkpoint.prev.bin`).
@@ -72,13 +77,6 @@ pub const ROUND_LOG_FILE: &str = "rounds.jsonl";
 
 use mpcl_protocol::close_code::{CLOSE_FINISHED, CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_SHUTDOWN};
 
-/// Most concurrent requests (streams) one connection may have open. A participant uses two
-/// at a time (its parked `RequestWork` and an upload); the memory of large messages is bounded
-/// by the server-wide upload permits, not by this. Not lower: quinn renews the peer's stream
-/// credit once more than an eighth of this limit is used up, so at 4 every finished request
-/// cost a `MAX_STREAMS` frame, often a datagram of its own (in `mpcl bench --only flower`: 61 ->
-/// 55 datagram sends per connection over 5 rounds going from 4 to 16).
-const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 /// How long shutdown waits for connections to close cleanly.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -356,7 +354,7 @@ impl Server {
         let socket =
             udp_socket(setup.listen, network.udp_receive_buffer_bytes).map_err(bind_error)?;
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config(),
             Some(config),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -510,48 +508,6 @@ impl Server {
             run_id: shared.run_id,
         })
     }
-}
-
-/// The coordinator's UDP socket on `addr`, its receive buffer raised to `receive_buffer` bytes
-/// where the operating system allows (see `[network] udp_receive_buffer_bytes`); a warning
-/// names the limit when it does not.
-pub fn udp_socket(addr: SocketAddr, receive_buffer: usize) -> std::io::Result<std::net::UdpSocket> {
-    let socket = std::net::UdpSocket::bind(addr)?;
-    let socket_ref = socket2::SockRef::from(&socket);
-    // Refused or capped by the system: the socket still works, with a smaller buffer.
-    let _ = socket_ref.set_recv_buffer_size(receive_buffer);
-    // Linux reports twice what it grants (the kernel's bookkeeping share).
-    let granted = socket_ref.recv_buffer_size()?;
-    let granted = if cfg!(target_os = "linux") {
-        granted / 2
-    } else {
-        granted
-    };
-    if granted < receive_buffer {
-        tracing::warn!(
-            asked = receive_buffer,
-            granted,
-            "the UDP receive buffer is smaller than asked: many clients uploading at once may \
-             lose packets and stall rounds; raise the system's limit (on Linux: sysctl -w \
-             net.core.rmem_max={receive_buffer})"
-        );
-    }
-    Ok(socket)
-}
-
-fn transport_config(network: &NetworkSettings) -> Result<quinn::TransportConfig, ServerError> {
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(network.keep_alive()));
-    transport.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(network.idle_timeout())
-            .map_err(|e| ServerError::Settings(format!("idle timeout: {e}")))?,
-    ));
-    let window = quinn::VarInt::from_u64(network.stream_receive_window)
-        .map_err(|e| ServerError::Settings(format!("stream receive window: {e}")))?;
-    transport.stream_receive_window(window);
-    transport.max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into());
-    transport.max_concurrent_uni_streams(0u32.into());
-    Ok(transport)
 }
 
 fn hex(bytes: &[u8]) -> String {
