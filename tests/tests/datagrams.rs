@@ -44,8 +44,9 @@ async fn both_ends_discover_datagrams_larger_than_ethernet_over_loopback() -> an
         up <= MAX_UDP_PAYLOAD_BYTES,
         "the client sends {up}-byte datagrams"
     );
-    // The coordinator probes in the same round trips; give its last probes time to land.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The coordinator starts probing first (it confirms the handshake first) and needs as many
+    // round trips; give its last probes time to land even on a loaded machine.
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Down: the round's state (tens of KB) arrives in datagrams that average more than the
     // Ethernet size, so some of them are larger than it.
