@@ -182,9 +182,11 @@ pub fn markdown(r: &BenchReport) -> String {
             "| clients | bytes down / up per client | datagrams | round wall | floor / Flower | CPU per client-round (both sides) | the server's alone |\n|---|---|---|---|---|---|---|"
         );
         for f in &r.transport_floor {
-            let flower = crate::flower::flower_overhead_seconds(f.clients)
-                .map(|flower| format!("{:.3}x", f.round_seconds / flower))
-                .unwrap_or_else(|| "-".into());
+            let flower = optional_ratio(
+                crate::flower::flower_overhead_seconds(f.clients)
+                    .map(|flower| f.round_seconds / flower),
+                3,
+            );
             let datagrams = f
                 .datagram_bytes
                 .map(|(down, up)| format!("{down} / {up} B"))
@@ -413,17 +415,13 @@ pub fn markdown(r: &BenchReport) -> String {
                 "| system | batch | samples/s | samples per CPU-second | mpcl / twin (per CPU-second) |\n|---|---|---|---|---|"
             );
             for t in &r.twin {
-                let ours = r
-                    .throughput
-                    .iter()
-                    .find(|m| m.batch_size == t.batch_size && m.device.starts_with("cpu"))
-                    .map(|m| {
-                        format!(
-                            "{:.2}x",
-                            m.samples_per_cpu_second / t.samples_per_cpu_second
-                        )
-                    })
-                    .unwrap_or_else(|| "-".into());
+                let ours = optional_ratio(
+                    r.throughput
+                        .iter()
+                        .find(|m| m.batch_size == t.batch_size && m.device.starts_with("cpu"))
+                        .map(|m| m.samples_per_cpu_second / t.samples_per_cpu_second),
+                    2,
+                );
                 let _ = writeln!(
                     s,
                     "| {} | {} | {:.0} | {:.0} | {} |",
