@@ -26,11 +26,11 @@ impl Learner {
         initial: &GlobalState,
     ) -> Result<Self, ModelError> {
         train_set.validate()?;
-        let state = models.with_model(|model| {
-            model.load_global_state(initial)?;
-            model.memories.set_cooccurrence(cooccurrence_of(train_set));
-            Ok::<_, ModelError>(model.global_state())
-        })??;
+        // The first round loads it into a model (and checks its layout there).
+        let state = GlobalState {
+            cooccurrence: cooccurrence_of(train_set),
+            ..initial.clone()
+        };
         let data = TensorDataset::new(
             train_set,
             &Standardizer::fit(train_set),
